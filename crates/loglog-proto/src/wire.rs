@@ -1,0 +1,557 @@
+//! The client protocol's frames (public contract, see `docs/FORMAT.md`).
+//!
+//! Requests are pipelined on one TCP connection; every response carries the
+//! id of its request, and responses may come back in any order. Every frame
+//! is a 16-byte header and a body:
+//!
+//! ```text
+//! request                          response
+//! 0..4   body length u32           0..4   body length u32
+//! 4      opcode u8                 4      opcode u8 (the request's)
+//! 5      flags u8                  5      status u8 (0 ok, else ErrorCode)
+//! 6..8   reserved, 0               6..8   reserved, 0
+//! 8..16  request id u64            8..16  request id u64
+//! ```
+//! All integers little endian.
+
+use std::fmt;
+
+pub const FRAME_HEADER_LEN: usize = 16;
+
+/// Opcodes of requests.
+pub mod opcode {
+    /// Body: the payload. Flags: [`super::APPEND_NO_WAIT`].
+    /// Ok body: offset u64 of the new entry.
+    pub const APPEND: u8 = 1;
+    /// Body: offset u64, max bytes u32, wait ms u32. Flags: [`super::READ_LINEARIZABLE`].
+    /// Ok body: commit offset u64, then whole entries starting at offset.
+    pub const READ: u8 = 2;
+    /// Body: empty. Ok body: [`super::NodeStatus`].
+    pub const STATUS: u8 = 3;
+}
+
+/// Append flag: answer once the entry has an offset, without waiting for commit.
+pub const APPEND_NO_WAIT: u8 = 1;
+/// Read flag: confirm leadership (read-index) before answering.
+pub const READ_LINEARIZABLE: u8 = 1;
+
+/// Status byte of a response that succeeded.
+pub const STATUS_OK: u8 = 0;
+
+/// The header shared by requests and responses. `code` is the opcode and
+/// `aux` is the request's flags or the response's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub body_len: u32,
+    pub opcode: u8,
+    pub aux: u8,
+    pub request_id: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame body of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: u32, max: u32 },
+    #[error("frame header has non-zero reserved bytes")]
+    ReservedNotZero,
+}
+
+impl FrameHeader {
+    pub fn encode(&self) -> [u8; FRAME_HEADER_LEN] {
+        let mut out = [0u8; FRAME_HEADER_LEN];
+        out[0..4].copy_from_slice(&self.body_len.to_le_bytes());
+        out[4] = self.opcode;
+        out[5] = self.aux;
+        out[8..16].copy_from_slice(&self.request_id.to_le_bytes());
+        out
+    }
+
+    /// Decodes a frame header from the start of `bytes`; `Ok(None)` when
+    /// fewer than 16 bytes are there yet. A frame whose body exceeds
+    /// `max_body` is an error: the connection cannot be trusted to resync.
+    pub fn decode(bytes: &[u8], max_body: u32) -> Result<Option<FrameHeader>, FrameError> {
+        let Some(bytes) = bytes.get(..FRAME_HEADER_LEN) else {
+            return Ok(None);
+        };
+        let body_len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+        if bytes[6] != 0 || bytes[7] != 0 {
+            return Err(FrameError::ReservedNotZero);
+        }
+        if body_len > max_body {
+            return Err(FrameError::TooLarge {
+                len: body_len,
+                max: max_body,
+            });
+        }
+        Ok(Some(FrameHeader {
+            body_len,
+            opcode: bytes[4],
+            aux: bytes[5],
+            request_id: u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")),
+        }))
+    }
+
+    /// Length of the whole frame, header included.
+    pub fn frame_len(&self) -> usize {
+        FRAME_HEADER_LEN + self.body_len as usize
+    }
+}
+
+/// A decoded request; the append payload borrows from the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    Append {
+        payload: &'a [u8],
+        no_wait: bool,
+    },
+    Read {
+        offset: u64,
+        max_bytes: u32,
+        wait_ms: u32,
+        linearizable: bool,
+    },
+    Status,
+}
+
+/// Length of a read request's body.
+pub const READ_BODY_LEN: usize = 16;
+
+impl<'a> Request<'a> {
+    /// Interprets a frame's body. Errors are `BadRequest`s to send back; the
+    /// connection stays usable since the frame length was valid.
+    pub fn parse(header: &FrameHeader, body: &'a [u8]) -> Result<Request<'a>, ServerError> {
+        let bad = |message: String| Err(ServerError::BadRequest { message });
+        match header.opcode {
+            opcode::APPEND => {
+                if header.aux & !APPEND_NO_WAIT != 0 {
+                    return bad(format!("unknown append flags {:#04x}", header.aux));
+                }
+                Ok(Request::Append {
+                    payload: body,
+                    no_wait: header.aux & APPEND_NO_WAIT != 0,
+                })
+            }
+            opcode::READ => {
+                if header.aux & !READ_LINEARIZABLE != 0 {
+                    return bad(format!("unknown read flags {:#04x}", header.aux));
+                }
+                if body.len() != READ_BODY_LEN {
+                    return bad(format!(
+                        "read body must be {READ_BODY_LEN} bytes, got {}",
+                        body.len()
+                    ));
+                }
+                Ok(Request::Read {
+                    offset: u64::from_le_bytes(body[0..8].try_into().expect("8 bytes")),
+                    max_bytes: u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")),
+                    wait_ms: u32::from_le_bytes(body[12..16].try_into().expect("4 bytes")),
+                    linearizable: header.aux & READ_LINEARIZABLE != 0,
+                })
+            }
+            opcode::STATUS => {
+                if !body.is_empty() || header.aux != 0 {
+                    return bad("status takes no body and no flags".to_string());
+                }
+                Ok(Request::Status)
+            }
+            other => bad(format!("unknown opcode {other}")),
+        }
+    }
+
+    pub fn opcode(&self) -> u8 {
+        match self {
+            Request::Append { .. } => opcode::APPEND,
+            Request::Read { .. } => opcode::READ,
+            Request::Status => opcode::STATUS,
+        }
+    }
+
+    /// Appends the whole frame for this request to `out`.
+    pub fn encode(&self, request_id: u64, out: &mut Vec<u8>) {
+        let (aux, body_len) = match *self {
+            Request::Append { payload, no_wait } => {
+                (if no_wait { APPEND_NO_WAIT } else { 0 }, payload.len())
+            }
+            Request::Read { linearizable, .. } => (
+                if linearizable { READ_LINEARIZABLE } else { 0 },
+                READ_BODY_LEN,
+            ),
+            Request::Status => (0, 0),
+        };
+        let header = FrameHeader {
+            body_len: u32::try_from(body_len).expect("request body fits a frame"),
+            opcode: self.opcode(),
+            aux,
+            request_id,
+        };
+        out.extend_from_slice(&header.encode());
+        match *self {
+            Request::Append { payload, .. } => out.extend_from_slice(payload),
+            Request::Read {
+                offset,
+                max_bytes,
+                wait_ms,
+                ..
+            } => {
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&max_bytes.to_le_bytes());
+                out.extend_from_slice(&wait_ms.to_le_bytes());
+            }
+            Request::Status => {}
+        }
+    }
+}
+
+/// Role of a node, as reported by status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    Candidate,
+    Leader,
+    Learner,
+    Unknown(u8),
+}
+
+impl Role {
+    pub fn to_byte(self) -> u8 {
+        match self {
+            Role::Follower => 0,
+            Role::Candidate => 1,
+            Role::Leader => 2,
+            Role::Learner => 3,
+            Role::Unknown(byte) => byte,
+        }
+    }
+
+    pub fn from_byte(byte: u8) -> Role {
+        match byte {
+            0 => Role::Follower,
+            1 => Role::Candidate,
+            2 => Role::Leader,
+            3 => Role::Learner,
+            other => Role::Unknown(other),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Follower => f.write_str("follower"),
+            Role::Candidate => f.write_str("candidate"),
+            Role::Leader => f.write_str("leader"),
+            Role::Learner => f.write_str("learner"),
+            Role::Unknown(byte) => write!(f, "unknown({byte})"),
+        }
+    }
+}
+
+/// Body of a successful status response. Fixed layout of
+/// [`NodeStatus::ENCODED_LEN`] bytes; later versions may append fields, so
+/// decoders accept longer bodies and ignore the rest.
+///
+/// ```text
+/// 0..8   node id          8..16  term
+/// 16     role             17..20 reserved
+/// 20..24 segment count    24..32 start offset
+/// 32..40 commit offset    40..48 end offset (written, may pass commit)
+/// 48..56 leader id (0: unknown)
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub node_id: u64,
+    pub term: u64,
+    pub role: Role,
+    pub segment_count: u32,
+    pub start_offset: u64,
+    pub commit_offset: u64,
+    pub end_offset: u64,
+    pub leader_id: u64,
+}
+
+impl NodeStatus {
+    pub const ENCODED_LEN: usize = 56;
+
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut out = [0u8; Self::ENCODED_LEN];
+        out[0..8].copy_from_slice(&self.node_id.to_le_bytes());
+        out[8..16].copy_from_slice(&self.term.to_le_bytes());
+        out[16] = self.role.to_byte();
+        out[20..24].copy_from_slice(&self.segment_count.to_le_bytes());
+        out[24..32].copy_from_slice(&self.start_offset.to_le_bytes());
+        out[32..40].copy_from_slice(&self.commit_offset.to_le_bytes());
+        out[40..48].copy_from_slice(&self.end_offset.to_le_bytes());
+        out[48..56].copy_from_slice(&self.leader_id.to_le_bytes());
+        out
+    }
+
+    pub fn decode(body: &[u8]) -> Option<NodeStatus> {
+        let body = body.get(..Self::ENCODED_LEN)?;
+        let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
+        Some(NodeStatus {
+            node_id: u64_at(0),
+            term: u64_at(8),
+            role: Role::from_byte(body[16]),
+            segment_count: u32::from_le_bytes(body[20..24].try_into().expect("4 bytes")),
+            start_offset: u64_at(24),
+            commit_offset: u64_at(32),
+            end_offset: u64_at(40),
+            leader_id: u64_at(48),
+        })
+    }
+}
+
+/// Length of the prefix of a successful read response's body.
+pub const READ_RESPONSE_PREFIX_LEN: usize = 8;
+
+/// Typed errors a node answers with. The status byte is [`ServerError::code`];
+/// the body carries the detail.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ServerError {
+    /// Body: the leader's client address as UTF-8, empty when unknown.
+    #[error("not the leader{}", match leader { Some(addr) => format!(" (leader is {addr})"), None => " (leader unknown)".to_string() })]
+    NotLeader { leader: Option<String> },
+    /// Body: the log's start offset u64.
+    #[error("offset is below the log's start offset {start} (trimmed)")]
+    Trimmed { start: u64 },
+    /// Body: the maximum payload u32.
+    #[error("entry too large: the maximum payload is {max} bytes")]
+    TooLarge { max: u32 },
+    /// Body: a UTF-8 message.
+    #[error("bad request: {message}")]
+    BadRequest { message: String },
+    /// Body: empty. Retry later.
+    #[error("server busy, retry later")]
+    Busy,
+    /// Body: empty.
+    #[error("server is shutting down")]
+    ShuttingDown,
+    /// Body: the node's commit offset u64, which the read offset passed.
+    #[error("offset is past the end of the committed log ({end})")]
+    OutOfRange { end: u64 },
+    /// Body: a UTF-8 message. The node cannot make entries durable (disk
+    /// full, IO error); nothing was acknowledged.
+    #[error("storage unavailable: {message}")]
+    Unavailable { message: String },
+    /// A status byte this version does not know.
+    #[error("unknown error code {code}")]
+    Unknown { code: u8 },
+}
+
+impl ServerError {
+    pub fn code(&self) -> u8 {
+        match self {
+            ServerError::NotLeader { .. } => 1,
+            ServerError::Trimmed { .. } => 2,
+            ServerError::TooLarge { .. } => 3,
+            ServerError::BadRequest { .. } => 4,
+            ServerError::Busy => 5,
+            ServerError::ShuttingDown => 6,
+            ServerError::OutOfRange { .. } => 7,
+            ServerError::Unavailable { .. } => 8,
+            ServerError::Unknown { code } => *code,
+        }
+    }
+
+    /// The error's body bytes.
+    pub fn encode_body(&self) -> Vec<u8> {
+        match self {
+            ServerError::NotLeader { leader } => leader.clone().unwrap_or_default().into_bytes(),
+            ServerError::Trimmed { start } => start.to_le_bytes().to_vec(),
+            ServerError::TooLarge { max } => max.to_le_bytes().to_vec(),
+            ServerError::BadRequest { message } | ServerError::Unavailable { message } => {
+                message.clone().into_bytes()
+            }
+            ServerError::OutOfRange { end } => end.to_le_bytes().to_vec(),
+            ServerError::Busy | ServerError::ShuttingDown | ServerError::Unknown { .. } => {
+                Vec::new()
+            }
+        }
+    }
+
+    /// Decodes the error of a response whose status byte is `code` (non-zero).
+    /// A malformed body gives the error with what could be read, not a panic.
+    pub fn decode(code: u8, body: &[u8]) -> ServerError {
+        let text = || String::from_utf8_lossy(body).into_owned();
+        let u64_body = || {
+            body.get(..8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .unwrap_or(0)
+        };
+        match code {
+            1 => ServerError::NotLeader {
+                leader: if body.is_empty() { None } else { Some(text()) },
+            },
+            2 => ServerError::Trimmed { start: u64_body() },
+            3 => ServerError::TooLarge {
+                max: body
+                    .get(..4)
+                    .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+                    .unwrap_or(0),
+            },
+            4 => ServerError::BadRequest { message: text() },
+            5 => ServerError::Busy,
+            6 => ServerError::ShuttingDown,
+            7 => ServerError::OutOfRange { end: u64_body() },
+            8 => ServerError::Unavailable { message: text() },
+            code => ServerError::Unknown { code },
+        }
+    }
+}
+
+/// Appends a whole error response frame to `out`.
+pub fn encode_error_response(opcode: u8, request_id: u64, error: &ServerError, out: &mut Vec<u8>) {
+    let body = error.encode_body();
+    let header = FrameHeader {
+        body_len: u32::try_from(body.len()).expect("error body fits a frame"),
+        opcode,
+        aux: error.code(),
+        request_id,
+    };
+    out.extend_from_slice(&header.encode());
+    out.extend_from_slice(&body);
+}
+
+/// Header of a successful response with a body of `body_len` bytes; the
+/// caller writes the body (for reads, possibly straight from a file).
+pub fn ok_response_header(opcode: u8, request_id: u64, body_len: u32) -> [u8; FRAME_HEADER_LEN] {
+    FrameHeader {
+        body_len,
+        opcode,
+        aux: STATUS_OK,
+        request_id,
+    }
+    .encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip(request: Request<'_>) {
+        let mut frame = Vec::new();
+        request.encode(77, &mut frame);
+        let header = FrameHeader::decode(&frame, 1 << 20).unwrap().unwrap();
+        assert_eq!(header.request_id, 77);
+        assert_eq!(header.frame_len(), frame.len());
+        assert_eq!(
+            Request::parse(&header, &frame[FRAME_HEADER_LEN..]).unwrap(),
+            request
+        );
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        round_trip(Request::Append {
+            payload: b"hello",
+            no_wait: false,
+        });
+        round_trip(Request::Append {
+            payload: b"",
+            no_wait: true,
+        });
+        round_trip(Request::Read {
+            offset: 1 << 40,
+            max_bytes: 4096,
+            wait_ms: 250,
+            linearizable: true,
+        });
+        round_trip(Request::Status);
+    }
+
+    #[test]
+    fn bad_frames_are_typed_errors() {
+        let header = FrameHeader {
+            body_len: 10,
+            opcode: 99,
+            aux: 0,
+            request_id: 1,
+        };
+        assert!(matches!(
+            Request::parse(&header, &[0; 10]),
+            Err(ServerError::BadRequest { .. })
+        ));
+        let read = FrameHeader {
+            body_len: 3,
+            opcode: opcode::READ,
+            aux: 0,
+            request_id: 1,
+        };
+        assert!(matches!(
+            Request::parse(&read, &[0; 3]),
+            Err(ServerError::BadRequest { .. })
+        ));
+        let big = FrameHeader {
+            body_len: 1000,
+            opcode: 1,
+            aux: 0,
+            request_id: 1,
+        }
+        .encode();
+        assert_eq!(
+            FrameHeader::decode(&big, 999),
+            Err(FrameError::TooLarge {
+                len: 1000,
+                max: 999
+            })
+        );
+        assert_eq!(FrameHeader::decode(&big[..15], 999), Ok(None));
+    }
+
+    #[test]
+    fn errors_round_trip() {
+        let errors = [
+            ServerError::NotLeader {
+                leader: Some("10.0.0.1:19194".into()),
+            },
+            ServerError::NotLeader { leader: None },
+            ServerError::Trimmed { start: 4096 },
+            ServerError::TooLarge { max: 1024 },
+            ServerError::BadRequest {
+                message: "nope".into(),
+            },
+            ServerError::Busy,
+            ServerError::ShuttingDown,
+            ServerError::OutOfRange { end: 9 },
+            ServerError::Unavailable {
+                message: "disk full".into(),
+            },
+        ];
+        for error in errors {
+            assert_eq!(
+                ServerError::decode(error.code(), &error.encode_body()),
+                error
+            );
+        }
+    }
+
+    #[test]
+    fn status_round_trips() {
+        let status = NodeStatus {
+            node_id: 1,
+            term: 5,
+            role: Role::Leader,
+            segment_count: 3,
+            start_offset: 0,
+            commit_offset: 100,
+            end_offset: 116,
+            leader_id: 1,
+        };
+        assert_eq!(NodeStatus::decode(&status.encode()), Some(status));
+        assert_eq!(NodeStatus::decode(&[0; 10]), None);
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(Some(header)) = FrameHeader::decode(&bytes, 1 << 20) {
+                let body = bytes.get(FRAME_HEADER_LEN..).unwrap_or(&[]);
+                let body = &body[..body.len().min(header.body_len as usize)];
+                let _ = Request::parse(&header, body);
+                let _ = ServerError::decode(header.aux, body);
+                let _ = NodeStatus::decode(body);
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! LogLog's consensus core: Raft over byte offsets, sans-IO.

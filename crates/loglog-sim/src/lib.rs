@@ -1,0 +1,1 @@
+//! Deterministic simulation of whole LogLog clusters, with a history checker.

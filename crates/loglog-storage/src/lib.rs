@@ -1,0 +1,1 @@
+//! LogLog's segment files: append, group commit, recovery, truncate, trim.

@@ -1,0 +1,1 @@
+//! LogLog client library: async (tokio) and blocking.

@@ -1,0 +1,1 @@
+//! The LogLog node: consensus core, storage and network wired together; also embeddable as a library.
