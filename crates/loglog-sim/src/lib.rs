@@ -1,1 +1,3 @@
 //! Deterministic simulation of whole LogLog clusters, with a history checker.
+
+pub mod history;
