@@ -1,0 +1,193 @@
+//! Opening a log directory: finding the segments, checking that they form
+//! one contiguous log, and finding the end of the tail.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use loglog_proto::entry::{EntryError, EntryIter};
+use loglog_proto::segment::{
+    parse_segment_file_name, segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN,
+};
+
+use crate::log::{create_segment, Segment, Shared};
+use crate::{FsyncPolicy, StorageConfig, StorageError};
+
+/// Bytes read per step while scanning the tail segment.
+const SCAN_CHUNK: u64 = 1024 * 1024;
+
+/// Recovers the log in `config.dir` (creating an empty one if there is none).
+pub(crate) fn recover(config: &StorageConfig) -> Result<Shared, StorageError> {
+    let dir = &config.dir;
+    fs::create_dir_all(dir).map_err(StorageError::io("create directory", dir))?;
+    let dir_file = File::open(dir).map_err(StorageError::io("open directory", dir))?;
+    let fsync_dir = |dir_file: &File| -> Result<(), StorageError> {
+        if config.fsync == FsyncPolicy::Always {
+            dir_file
+                .sync_all()
+                .map_err(StorageError::io("fsync directory", dir))?;
+        }
+        Ok(())
+    };
+
+    let mut starts = Vec::new();
+    let mut removed_temp_files = false;
+    for entry in fs::read_dir(dir).map_err(StorageError::io("list directory", dir))? {
+        let entry = entry.map_err(StorageError::io("list directory", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".tmp") {
+            // A segment whose roll never became durable, or a preallocated
+            // file: neither holds durable data (see the crate docs).
+            let path = entry.path();
+            tracing::info!(path = %path.display(), "removing leftover temporary file");
+            fs::remove_file(&path).map_err(StorageError::io("remove", &path))?;
+            removed_temp_files = true;
+        } else if let Some(start) = parse_segment_file_name(name) {
+            starts.push(start);
+        }
+    }
+    if removed_temp_files {
+        fsync_dir(&dir_file)?;
+    }
+    starts.sort_unstable();
+
+    if starts.is_empty() {
+        let segment = create_segment(dir, config.fsync, 0)?;
+        if config.fsync == FsyncPolicy::Always {
+            segment
+                .file
+                .sync_data()
+                .map_err(StorageError::io("fdatasync", &segment.path()))?;
+        }
+        segment.rename_to_final()?;
+        fsync_dir(&dir_file)?;
+        return Ok(Shared::new(
+            dir.clone(),
+            dir_file,
+            config.fsync,
+            config.max_payload,
+            vec![segment],
+            0,
+        ));
+    }
+
+    let mut segments = Vec::with_capacity(starts.len());
+    for (index, &start) in starts.iter().enumerate() {
+        let path = dir.join(segment_file_name(start));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(StorageError::io("open", &path))?;
+        let file_len = file
+            .metadata()
+            .map_err(StorageError::io("stat", &path))?
+            .len();
+        let mut header = [0u8; SEGMENT_HEADER_LEN];
+        let header_len = header.len().min(file_len as usize);
+        file.read_exact_at(&mut header[..header_len], 0)
+            .map_err(StorageError::io("read", &path))?;
+        let header = SegmentHeader::decode(&header[..header_len])
+            .map_err(|error| StorageError::from_segment_header(&path, error))?;
+        if header.start_offset != start {
+            return Err(StorageError::NotContiguous {
+                path,
+                reason: format!(
+                    "the file name says the segment starts at {start}, its header says {}",
+                    header.start_offset
+                ),
+            });
+        }
+        let data_len = file_len - SEGMENT_HEADER_LEN as u64;
+        let end = match starts.get(index + 1) {
+            // A non-tail segment ends where the next begins: it was fully
+            // fsynced before the next one got its name.
+            Some(&next_start) => {
+                if start + data_len < next_start {
+                    return Err(StorageError::NotContiguous {
+                        path,
+                        reason: format!(
+                            "the segment holds {data_len} bytes of log but the next segment starts at {next_start}"
+                        ),
+                    });
+                }
+                next_start
+            }
+            None => {
+                let end = scan(&file, &path, start, data_len, config.max_payload)?;
+                let valid_len = SEGMENT_HEADER_LEN as u64 + (end - start);
+                if valid_len < file_len {
+                    tracing::info!(
+                        path = %path.display(),
+                        end,
+                        removed = file_len - valid_len,
+                        "truncating the tail segment after its last valid entry"
+                    );
+                    file.set_len(valid_len)
+                        .map_err(StorageError::io("truncate", &path))?;
+                }
+                // What recovery found counts as durable from now on.
+                if config.fsync == FsyncPolicy::Always {
+                    file.sync_all().map_err(StorageError::io("fsync", &path))?;
+                }
+                end
+            }
+        };
+        segments.push(Arc::new(Segment::new(start, end, file, path.clone(), path)));
+    }
+    let end = segments
+        .last()
+        .expect("at least one segment")
+        .end
+        .load(std::sync::atomic::Ordering::Acquire);
+    Ok(Shared::new(
+        dir.clone(),
+        dir_file,
+        config.fsync,
+        config.max_payload,
+        segments,
+        end,
+    ))
+}
+
+/// Walks the entries of a tail segment and returns the log offset just past
+/// the last valid one. The first torn, corrupt or zeroed entry is the end.
+fn scan(
+    file: &File,
+    path: &Path,
+    start: u64,
+    data_len: u64,
+    max_payload: u32,
+) -> Result<u64, StorageError> {
+    let mut valid = 0u64;
+    let mut buffer = Vec::new();
+    // Bytes the next read must cover to hold the entry that did not fit.
+    let mut need = 0u64;
+    while valid < data_len {
+        let remaining = data_len - valid;
+        let chunk = remaining.min(SCAN_CHUNK.max(need));
+        buffer.resize(chunk as usize, 0);
+        file.read_exact_at(&mut buffer, SEGMENT_HEADER_LEN as u64 + valid)
+            .map_err(StorageError::io("read", path))?;
+        let mut iter = EntryIter::new(&buffer, start + valid, max_payload);
+        let error = iter.by_ref().find_map(Result::err);
+        let consumed = iter.offset() - (start + valid);
+        valid += consumed;
+        match error {
+            None => need = 0,
+            // The entry continues past this buffer but not past the file.
+            Some(EntryError::Truncated { needed, .. })
+                if chunk < remaining && needed <= remaining - consumed =>
+            {
+                need = needed;
+            }
+            Some(error) => {
+                tracing::info!(path = %path.display(), offset = start + valid, %error, "end of the valid log");
+                break;
+            }
+        }
+    }
+    Ok(start + valid)
+}

@@ -1,0 +1,186 @@
+//! Append, read, roll, truncate, trim and reopen on real files.
+
+use loglog_proto::entry::{encode_entry, EntryIter, EntryKind, DEFAULT_MAX_PAYLOAD};
+use loglog_storage::{open, FsyncPolicy, StorageConfig, StorageError};
+
+fn entries(payloads: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for payload in payloads {
+        encode_entry(1, EntryKind::Data, payload, &mut out);
+    }
+    out
+}
+
+fn payloads_of(bytes: &[u8]) -> Vec<Vec<u8>> {
+    EntryIter::new(bytes, 0, DEFAULT_MAX_PAYLOAD)
+        .map(|entry| entry.unwrap().payload.to_vec())
+        .collect()
+}
+
+fn small_config(dir: &std::path::Path) -> StorageConfig {
+    let mut config = StorageConfig::new(dir);
+    config.segment_size = 100;
+    config
+}
+
+#[test]
+fn append_read_sync_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, syncer, reader) = open(StorageConfig::new(dir.path())).unwrap();
+    assert_eq!((writer.start_offset(), writer.end_offset()), (0, 0));
+    let batch = entries(&[b"one", b"two", b"three"]);
+    let end = writer.append(&batch).unwrap();
+    assert_eq!(end, batch.len() as u64);
+    assert_eq!(syncer.sync().unwrap(), end);
+    assert_eq!(syncer.durable_offset(), end);
+
+    let chunk = reader.read(0, 1 << 20, end).unwrap();
+    assert_eq!(chunk.bytes, batch);
+    assert_eq!(chunk.entry_count, 3);
+    assert_eq!(chunk.next_offset(), end);
+    // At least one entry, even when max_bytes is smaller.
+    let chunk = reader.read(0, 1, end).unwrap();
+    assert_eq!(payloads_of(&chunk.bytes), vec![b"one".to_vec()]);
+    // Never past the limit.
+    let chunk = reader.read(0, 1 << 20, 19 + 19).unwrap();
+    assert_eq!(chunk.entry_count, 2);
+    assert!(reader.read(0, 1 << 20, 19 + 19).is_ok());
+    assert!(reader.read(end, 100, end).unwrap().bytes.is_empty());
+    assert!(
+        matches!(reader.read(end + 1, 100, end), Err(StorageError::OutOfRange { end: e }) if e == end)
+    );
+    assert!(matches!(
+        reader.read(1, 100, end),
+        Err(StorageError::NotEntryBoundary { offset: 1 })
+    ));
+    // The limit cuts an entry: the offset or the limit is not a boundary.
+    assert!(matches!(
+        reader.read(0, 100, 5),
+        Err(StorageError::NotEntryBoundary { offset: 0 })
+    ));
+    drop((writer, syncer, reader));
+
+    let (mut writer, _syncer, reader) = open(StorageConfig::new(dir.path())).unwrap();
+    assert_eq!(writer.end_offset(), end);
+    assert_eq!(reader.read(0, 1 << 20, end).unwrap().bytes, batch);
+    writer.append(&entries(&[b"four"])).unwrap();
+    let all = reader.read(0, 1 << 20, writer.end_offset()).unwrap();
+    assert_eq!(payloads_of(&all.bytes).len(), 4);
+}
+
+#[test]
+fn rolls_and_reads_stop_at_segment_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, syncer, reader) = open(small_config(dir.path())).unwrap();
+    // 30-byte entries: three fit in a 100-byte segment.
+    let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 14]).collect();
+    let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+    let batch = entries(&refs);
+    writer.append(&batch).unwrap();
+    assert_eq!(reader.segment_count(), 4);
+    let end = syncer.sync().unwrap();
+    assert_eq!(end, 300);
+    let mut offset = 0;
+    let mut seen = Vec::new();
+    while offset < end {
+        let chunk = reader.read(offset, 1 << 20, end).unwrap();
+        assert!(chunk.bytes.len() <= 90, "a read stops at its segment's end");
+        seen.extend(payloads_of(&chunk.bytes));
+        offset = chunk.next_offset();
+    }
+    assert_eq!(seen, payloads);
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"00000000000000000090.seg".to_string()),
+        "{names:?}"
+    );
+    drop((writer, syncer, reader));
+
+    let (writer, _syncer, reader) = open(small_config(dir.path())).unwrap();
+    assert_eq!(writer.end_offset(), 300);
+    assert_eq!(reader.segment_count(), 4);
+    assert_eq!(
+        payloads_of(&reader.read(270, 1000, 300).unwrap().bytes),
+        vec![payloads[9].clone()]
+    );
+}
+
+#[test]
+fn an_entry_larger_than_a_segment_gets_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, syncer, reader) = open(small_config(dir.path())).unwrap();
+    let batch = entries(&[b"small", &[7u8; 500], b"after"]);
+    writer.append(&batch).unwrap();
+    syncer.sync().unwrap();
+    assert_eq!(reader.segment_count(), 3);
+    let chunk = reader.read(21, 10, writer.end_offset()).unwrap();
+    assert_eq!(chunk.bytes.len(), 516);
+}
+
+#[test]
+fn truncate_suffix_then_shorter_appends_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, syncer, _reader) = open(small_config(dir.path())).unwrap();
+    let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 14]).collect();
+    let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+    writer.append(&entries(&refs)).unwrap();
+    syncer.sync().unwrap();
+    writer.truncate_suffix(60).unwrap();
+    assert_eq!(writer.end_offset(), 60);
+    assert!(syncer.durable_offset() <= 60);
+    writer.append(&entries(&[b"x"])).unwrap();
+    syncer.sync().unwrap();
+    drop((writer, syncer));
+    let (writer, _syncer, reader) = open(small_config(dir.path())).unwrap();
+    assert_eq!(writer.end_offset(), 77);
+    let chunk = reader.read(0, 1000, 77).unwrap();
+    let mut got = payloads_of(&chunk.bytes);
+    got.extend(payloads_of(
+        &reader.read(chunk.next_offset(), 1000, 77).unwrap().bytes,
+    ));
+    assert_eq!(
+        got,
+        vec![payloads[0].clone(), payloads[1].clone(), b"x".to_vec()]
+    );
+}
+
+#[test]
+fn trim_prefix_deletes_whole_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, syncer, reader) = open(small_config(dir.path())).unwrap();
+    let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 14]).collect();
+    let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+    writer.append(&entries(&refs)).unwrap();
+    syncer.sync().unwrap();
+    assert_eq!(writer.trim_prefix(100).unwrap(), 90);
+    assert_eq!(reader.start_offset(), 90);
+    assert!(matches!(
+        reader.read(0, 10, 300),
+        Err(StorageError::Trimmed { start: 90 })
+    ));
+    assert_eq!(reader.read(90, 10, 300).unwrap().entry_count, 1);
+    // Never the tail.
+    assert_eq!(writer.trim_prefix(10_000).unwrap(), 270);
+    drop((writer, syncer, reader));
+    let (writer, _, _) = open(small_config(dir.path())).unwrap();
+    assert_eq!((writer.start_offset(), writer.end_offset()), (270, 300));
+}
+
+#[test]
+fn fsync_never_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = small_config(dir.path());
+    config.fsync = FsyncPolicy::Never;
+    let (mut writer, syncer, _) = open(config.clone()).unwrap();
+    writer
+        .append(&entries(&[&[1u8; 40], &[2u8; 40], &[3u8; 40]]))
+        .unwrap();
+    assert_eq!(syncer.sync().unwrap(), 168);
+    drop((writer, syncer));
+    let (writer, _, reader) = open(config).unwrap();
+    assert_eq!(writer.end_offset(), 168);
+    assert_eq!(reader.segment_count(), 3);
+}
