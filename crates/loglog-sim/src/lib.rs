@@ -1,3 +1,5 @@
 //! Deterministic simulation of whole LogLog clusters, with a history checker.
 
+pub mod disk;
 pub mod history;
+pub mod net;
