@@ -1,1 +1,70 @@
-//! The LogLog node: consensus core, storage and network wired together; also embeddable as a library.
+//! The LogLog node: storage, the append pipeline and the TCP server wired
+//! together; the `loglogd` binary, and embeddable as a library.
+//!
+//! # Embedded use
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use loglogd::{Config, Node};
+//!
+//! let mut config = Config::new("/tmp/my-log");
+//! config.listen = None; // embedded only; Some(addr) also serves TCP clients
+//! let node = Node::start(config).await?;
+//! let offset = node.append(&b"hello"[..]).await?; // durable when it returns
+//! let chunk = node.read(offset, 1 << 20, Duration::ZERO).await?;
+//! for (at, payload) in chunk.data_entries() {
+//!     println!("{at}: {payload:?}");
+//! }
+//! node.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//! `examples/embedded.rs` is the runnable version
+//! (`cargo run -p loglogd --example embedded`).
+//!
+//! # Shape (single node now, a Raft cluster later)
+//!
+//! * An entry's id is its byte offset; offsets are dense. Every entry header
+//!   carries the term of the node that appended it.
+//! * Term: `<data-dir>/node.state` holds the node's term. On start the node
+//!   takes term = stored + 1 (what a single-node election does), saves it
+//!   durably, then appends a no-op entry of that term before serving.
+//! * The **commit offset** is what readers never pass. A single node
+//!   commits what it has made durable (with `--fsync never`, what it has
+//!   written). [`pipeline`](crate) documents the seam where replication
+//!   plugs in: the commit tracker is advanced by the syncer today, by the
+//!   Raft core's quorum tomorrow.
+//! * Appends run through a pipelined group commit: one writer thread (one
+//!   write per batch) and one syncer thread (one fdatasync per round, which
+//!   overlaps the next batch's write).
+//!
+//! # Data directory layout
+//!
+//! ```text
+//! <data-dir>/LOCK          flock'ed while a node runs (one node per directory)
+//! <data-dir>/node.state    node id, term, vote (atomically replaced, CRC-framed)
+//! <data-dir>/log/          segment files: 00000000000000000000.seg, ...
+//! ```
+//! A node refuses to start (a typed [`StartError`]) on a node state or a
+//! segment of another format version, a damaged segment header, segments
+//! without a node state, or a directory locked by another node. It never
+//! deletes data to get going.
+//!
+//! # Errors
+//!
+//! Every request error is a [`loglog_proto::wire::ServerError`]: `TooLarge`,
+//! `Trimmed`, `OutOfRange`, `BadRequest`, `Busy`, `ShuttingDown`,
+//! `Unavailable` (the disk failed or is full: nothing unacknowledged is ever
+//! reported durable).
+
+pub mod config;
+mod node;
+mod pipeline;
+mod server;
+mod state;
+
+pub use config::{parse_byte_size, Config, Fsync, Limits};
+pub use loglog_proto::wire::{NodeStatus, Role, ServerError};
+pub use node::{Chunk, Node, StartError, LOCK_FILE, LOG_DIR, NODE_STATE_FILE};
+pub use state::NODE_STATE_VERSION;

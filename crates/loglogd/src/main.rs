@@ -1,1 +1,108 @@
-fn main() {}
+//! `loglogd`: a LogLog node.
+//!
+//! With no flags: a single node on 127.0.0.1:19194 with its data in
+//! `./loglog-data`. SIGINT or SIGTERM stops it cleanly (stop accepting,
+//! finish in-flight appends, fsync, exit 0); a second signal exits at once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use loglogd::{parse_byte_size, Config, Fsync, Node};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loglogd",
+    version,
+    about = "A LogLog node (single node for now)."
+)]
+struct Args {
+    /// Data directory (created if missing).
+    #[arg(long, default_value = loglogd::config::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Client address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = loglogd::config::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Segment file size: bytes, or with a suffix (64MiB, 1GiB).
+    #[arg(long, default_value = "64MiB", value_parser = parse_byte_size)]
+    segment_size: u64,
+    /// Largest entry payload: bytes, or with a suffix (1MiB).
+    #[arg(long, default_value = "16777215", value_parser = parse_entry_size)]
+    max_entry_size: u32,
+    /// `always`: every acknowledged append is fsynced (group commit).
+    /// `never`: BENCHMARK ONLY, UNSAFE: acknowledged appends can be lost on
+    /// an OS crash or power loss.
+    #[arg(long, default_value = "always")]
+    fsync: Fsync,
+}
+
+fn parse_entry_size(text: &str) -> Result<u32, String> {
+    let size = parse_byte_size(text)?;
+    u32::try_from(size).map_err(|_| format!("{text:?} is larger than 4 GiB"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("loglogd")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let mut config = Config::new(args.data_dir);
+    config.listen = Some(args.listen);
+    config.segment_size = args.segment_size;
+    config.max_entry_size = args.max_entry_size;
+    config.fsync = args.fsync;
+    if config.fsync == Fsync::Never {
+        tracing::warn!(
+            "!!! --fsync never: BENCHMARK ONLY, UNSAFE: acknowledged appends are NOT durable and \
+             can be lost on an OS crash or power loss !!!"
+        );
+    }
+    let node = match Node::start(config).await {
+        Ok(node) => node,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(error) = wait_for_signal().await {
+        tracing::error!(%error, "cannot listen for signals; shutting down");
+    }
+    // A second signal while draining exits at once.
+    tokio::spawn(async {
+        let _ = wait_for_signal().await;
+        tracing::warn!("second signal: exiting without a clean shutdown");
+        std::process::exit(130);
+    });
+    node.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}

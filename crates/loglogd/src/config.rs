@@ -1,0 +1,257 @@
+//! A node's configuration: where it keeps its data, where it listens, and
+//! the explicit bound of every queue and buffer it owns.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use loglog_proto::entry::{DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_LIMIT};
+
+/// Default client address of `loglogd` (design notes, section 6).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:19194";
+/// Default data directory of the `loglogd` binary, relative to its cwd.
+pub const DEFAULT_DATA_DIR: &str = "loglog-data";
+/// Default segment size: a new segment starts once the current one passes it.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
+
+/// When entries are made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fsync {
+    /// Every acknowledged append is on disk (fdatasync, group commit).
+    Always,
+    /// BENCHMARK ONLY, UNSAFE: never fsync; the commit offset is the written
+    /// end, so an OS crash or power loss can lose acknowledged appends.
+    Never,
+}
+
+impl std::str::FromStr for Fsync {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Fsync, String> {
+        match text {
+            "always" => Ok(Fsync::Always),
+            "never" => Ok(Fsync::Never),
+            other => Err(format!(
+                "unknown fsync policy {other:?}: expected \"always\" or \"never\""
+            )),
+        }
+    }
+}
+
+/// Explicit bounds of everything a node queues or buffers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Open client connections; one more is answered `Busy` and closed.
+    pub max_connections: usize,
+    /// Requests read from one connection and not yet answered; at the bound
+    /// the node stops reading that socket (backpressure).
+    pub max_in_flight_requests: usize,
+    /// Bytes of requests (and of the reads they ask for) in flight on one
+    /// connection; at the bound the node stops reading that socket.
+    pub max_in_flight_bytes: usize,
+    /// Appends queued for the writer thread, node-wide; callers wait
+    /// (backpressure) when it is full.
+    pub max_pending_appends: usize,
+    /// Payload bytes queued for the writer thread, node-wide.
+    pub max_pending_append_bytes: usize,
+    /// Bytes the writer thread encodes into one write (it always takes at
+    /// least one entry).
+    pub max_write_batch_bytes: usize,
+    /// Largest read answer, whatever the client asks (at least one entry is
+    /// always returned, even if it is larger).
+    pub max_read_bytes: u32,
+    /// Longest a read may wait for the commit offset to pass it.
+    pub max_long_poll_wait: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 1024,
+            max_in_flight_requests: 1024,
+            max_in_flight_bytes: 64 * 1024 * 1024,
+            max_pending_appends: 16 * 1024,
+            max_pending_append_bytes: 256 * 1024 * 1024,
+            max_write_batch_bytes: 1024 * 1024,
+            max_read_bytes: 4 * 1024 * 1024,
+            max_long_poll_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything [`crate::Node::start`] needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Data directory; see the crate documentation for its layout.
+    pub data_dir: PathBuf,
+    /// Client address to listen on; `None` runs the node embedded only, with
+    /// no TCP server. Port 0 picks a free port ([`crate::Node::local_addr`]).
+    pub listen: Option<SocketAddr>,
+    /// This node's id, reported by status (1 for a single node).
+    pub node_id: u64,
+    /// A new segment file starts once the current one passes this size.
+    pub segment_size: u64,
+    /// Largest entry payload accepted, in bytes.
+    pub max_entry_size: u32,
+    pub fsync: Fsync,
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Defaults of the `loglogd` binary run without flags: data in
+    /// `./loglog-data`, listening on `127.0.0.1:19194`, fsync always.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            listen: Some(
+                DEFAULT_LISTEN
+                    .parse()
+                    .expect("DEFAULT_LISTEN is a valid socket address"),
+            ),
+            node_id: 1,
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            max_entry_size: DEFAULT_MAX_PAYLOAD,
+            fsync: Fsync::Always,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Checks that the bounds are consistent with each other.
+    pub fn validate(&self) -> Result<(), String> {
+        let limits = &self.limits;
+        if self.max_entry_size > MAX_PAYLOAD_LIMIT {
+            return Err(format!(
+                "max entry size {} exceeds the format's limit {MAX_PAYLOAD_LIMIT}",
+                self.max_entry_size
+            ));
+        }
+        if self.segment_size < 4096 {
+            return Err(format!(
+                "segment size {} is too small (at least 4096 bytes)",
+                self.segment_size
+            ));
+        }
+        if self.node_id == 0 {
+            return Err("node id 0 is reserved for \"unknown\"".to_string());
+        }
+        let zero_bound = [
+            ("max connections", limits.max_connections),
+            ("max in-flight requests", limits.max_in_flight_requests),
+            ("max pending appends", limits.max_pending_appends),
+            ("max write batch bytes", limits.max_write_batch_bytes),
+            ("max read bytes", limits.max_read_bytes as usize),
+        ];
+        for (name, value) in zero_bound {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        // One whole entry must always fit the byte bounds, or it could never pass.
+        let largest_frame = self.max_entry_size as usize + FRAME_SLACK as usize;
+        if limits.max_in_flight_bytes < largest_frame {
+            return Err(format!(
+                "max in-flight bytes per connection ({}) must hold one largest entry ({largest_frame})",
+                limits.max_in_flight_bytes
+            ));
+        }
+        if limits.max_pending_append_bytes < self.max_entry_size as usize {
+            return Err(format!(
+                "max pending append bytes ({}) must hold one largest entry ({})",
+                limits.max_pending_append_bytes, self.max_entry_size
+            ));
+        }
+        if limits.max_pending_append_bytes > tokio::sync::Semaphore::MAX_PERMITS
+            || limits.max_in_flight_bytes > tokio::sync::Semaphore::MAX_PERMITS
+        {
+            return Err("byte bounds are too large".to_string());
+        }
+        Ok(())
+    }
+
+    /// Largest frame body the TCP server accepts: one largest entry plus a
+    /// little room, so a slightly oversize append is answered `TooLarge` and
+    /// the connection goes on.
+    pub fn max_frame_body(&self) -> u32 {
+        self.max_entry_size.saturating_add(FRAME_SLACK)
+    }
+}
+
+/// Room above the largest entry in a frame body (see [`Config::max_frame_body`]).
+pub const FRAME_SLACK: u32 = 1024;
+
+/// Parses a byte size: a plain number, or a number with a suffix among
+/// `B`, `K`/`KB`/`KiB`, `M`/`MB`/`MiB`, `G`/`GB`/`GiB` (all binary: powers
+/// of 1024, case-insensitive).
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '_')
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let digits: String = digits.chars().filter(|c| *c != '_').collect();
+    if digits.is_empty() {
+        return Err(format!("{text:?} is not a byte size (e.g. 1048576, 64MiB)"));
+    }
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte size"))?;
+    let multiplier: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size suffix {other:?} in {text:?}")),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let config = Config::new(DEFAULT_DATA_DIR);
+        assert_eq!(config.listen, Some("127.0.0.1:19194".parse().unwrap()));
+        assert_eq!(config.data_dir, PathBuf::from("loglog-data"));
+        assert_eq!(config.max_entry_size, 16 * 1024 * 1024 - 1);
+        assert_eq!(config.fsync, Fsync::Always);
+        assert_eq!(config.node_id, 1);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn byte_sizes_parse() {
+        assert_eq!(parse_byte_size("4096"), Ok(4096));
+        assert_eq!(parse_byte_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_byte_size("64mb"), Ok(64 << 20));
+        assert_eq!(parse_byte_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_byte_size("8 KiB"), Ok(8 << 10));
+        assert_eq!(parse_byte_size("1_000"), Ok(1000));
+        assert!(parse_byte_size("MiB").is_err());
+        assert!(parse_byte_size("12XB").is_err());
+        assert!(parse_byte_size("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn inconsistent_bounds_are_rejected() {
+        let mut config = Config::new("x");
+        config.limits.max_in_flight_bytes = 1024;
+        assert!(config.validate().is_err());
+        let mut config = Config::new("x");
+        config.limits.max_connections = 0;
+        assert!(config.validate().is_err());
+        let mut config = Config::new("x");
+        config.segment_size = 10;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn fsync_parses() {
+        assert_eq!("always".parse(), Ok(Fsync::Always));
+        assert_eq!("never".parse(), Ok(Fsync::Never));
+        assert!("sometimes".parse::<Fsync>().is_err());
+    }
+}
