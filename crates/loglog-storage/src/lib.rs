@@ -4,6 +4,7 @@
 
 mod error;
 mod log;
+mod prealloc;
 mod recovery;
 pub mod state_file;
 
@@ -51,8 +52,32 @@ impl StorageConfig {
 
 /// Opens (creating if empty) and recovers the log. Returns the three handles.
 pub fn open(config: StorageConfig) -> Result<(LogWriter, LogSyncer, LogReader), StorageError> {
+    open_with(config, Preallocation::ZeroAhead)
+}
+
+/// How segment space is prepared ahead of the writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preallocation {
+    /// A background thread zeroes the tail ahead of the write position and
+    /// prepares the next segment file (the default; see the crate docs).
+    /// Ignored with [`FsyncPolicy::Never`], where it would gain nothing.
+    ZeroAhead,
+    /// Append into growing files, create segment files at roll time. For
+    /// measurements and for filesystems where zeroing does not pay.
+    Off,
+}
+
+/// [`open`], choosing the preallocation policy.
+pub fn open_with(
+    config: StorageConfig,
+    preallocation: Preallocation,
+) -> Result<(LogWriter, LogSyncer, LogReader), StorageError> {
     let shared = Arc::new(recovery::recover(&config)?);
-    let writer = LogWriter::new(shared.clone(), config.segment_size);
+    let writer = LogWriter::new(
+        shared.clone(),
+        config.segment_size,
+        preallocation == Preallocation::ZeroAhead,
+    );
     Ok((
         writer,
         LogSyncer::new(shared.clone()),

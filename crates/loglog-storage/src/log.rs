@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use loglog_proto::entry::{EntryHeader, ENTRY_HEADER_LEN};
 use loglog_proto::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
 
+use crate::prealloc::{Preparer, ZeroAhead, ZERO_AHEAD};
 use crate::{FsyncPolicy, StorageError};
 
 /// Upper bound of one read's buffer, whatever `max_bytes` the caller asks
@@ -42,6 +43,8 @@ pub(crate) struct Segment {
     /// is durable, then `final_path`.
     path: Mutex<PathBuf>,
     final_path: PathBuf,
+    /// Zeroing ahead of the write position (see [`crate::prealloc`]).
+    pub(crate) zero: Arc<ZeroAhead>,
 }
 
 impl Segment {
@@ -51,6 +54,7 @@ impl Segment {
         file: File,
         path: PathBuf,
         final_path: PathBuf,
+        zero: Arc<ZeroAhead>,
     ) -> Self {
         Segment {
             start,
@@ -58,6 +62,7 @@ impl Segment {
             end: AtomicU64::new(end),
             path: Mutex::new(path),
             final_path,
+            zero,
         }
     }
 
@@ -165,7 +170,7 @@ impl Shared {
         Ok(())
     }
 
-    fn tail(&self) -> Arc<Segment> {
+    pub(crate) fn tail(&self) -> Arc<Segment> {
         read_lock(&self.segments)
             .last()
             .expect("a log always has a tail segment")
@@ -261,7 +266,19 @@ pub(crate) fn create_segment(
         0,
     )
     .map_err(StorageError::io("write", &path))?;
-    Ok(Arc::new(Segment::new(start, start, file, path, final_path)))
+    let header_len = SEGMENT_HEADER_LEN as u64;
+    let zero = match fsync {
+        FsyncPolicy::Always => ZeroAhead::new(&file, header_len),
+        FsyncPolicy::Never => ZeroAhead::disabled(header_len),
+    };
+    Ok(Arc::new(Segment::new(
+        start,
+        start,
+        file,
+        path,
+        final_path,
+        Arc::new(zero),
+    )))
 }
 
 /// Walks the headers of `entries` and returns the length of the longest
@@ -300,18 +317,33 @@ pub struct LogWriter {
     segment_size: u64,
     /// A write failed part-way and its bytes past `end` are not removed yet.
     dirty_past_end: bool,
+    /// Zeroes ahead and prepares the next segment (None without fsyncs).
+    preparer: Option<Preparer>,
 }
 
 impl LogWriter {
-    pub(crate) fn new(shared: Arc<Shared>, segment_size: u64) -> LogWriter {
+    pub(crate) fn new(shared: Arc<Shared>, segment_size: u64, preallocate: bool) -> LogWriter {
         let tail = shared.tail();
         let end = shared.end.load(Ordering::Acquire);
+        let preparer = match shared.fsync {
+            FsyncPolicy::Always if preallocate => {
+                match Preparer::start(shared.clone(), segment_size) {
+                    Ok(preparer) => Some(preparer),
+                    Err(error) => {
+                        tracing::warn!(%error, "running without preallocation");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         LogWriter {
             shared,
             tail,
             end,
             segment_size,
             dirty_past_end: false,
+            preparer,
         }
     }
 
@@ -374,6 +406,8 @@ impl LogWriter {
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         let position = self.tail.position(self.end);
+        let write_end = position + bytes.len() as u64;
+        self.tail.zero.claim(position, write_end);
         if let Err(error) = self.tail.file.write_all_at(bytes, position) {
             self.dirty_past_end = true;
             let error = StorageError::io("write", &self.tail.path())(error);
@@ -384,6 +418,16 @@ impl LogWriter {
         self.end += bytes.len() as u64;
         self.tail.end.store(self.end, Ordering::Release);
         self.shared.end.store(self.end, Ordering::Release);
+        if let Some(preparer) = &self.preparer {
+            let zeroed = self.tail.zero.zeroed();
+            let zero_limit = SEGMENT_HEADER_LEN as u64 + self.segment_size;
+            if write_end + ZERO_AHEAD / 2 > zeroed
+                && zeroed < zero_limit
+                && self.tail.zero.enabled()
+            {
+                preparer.wake();
+            }
+        }
         Ok(())
     }
 
@@ -391,10 +435,10 @@ impl LogWriter {
     /// batch can never be recovered as if it had been appended.
     fn remove_bytes_past_end(&mut self) -> Result<(), StorageError> {
         let position = self.tail.position(self.end);
-        self.tail
-            .file
-            .set_len(position)
-            .map_err(StorageError::io("truncate", &self.tail.path()))?;
+        let tail = &self.tail;
+        tail.zero
+            .shrink(position, || tail.file.set_len(position))
+            .map_err(StorageError::io("truncate", &tail.path()))?;
         self.dirty_past_end = false;
         Ok(())
     }
@@ -402,8 +446,33 @@ impl LogWriter {
     /// Starts a new segment at `end`. Cheap: no fsync here; the syncer makes
     /// the roll durable before it counts anything in the new segment.
     fn roll(&mut self) -> Result<(), StorageError> {
-        let new = create_segment(&self.shared.dir, self.shared.fsync, self.end)?;
+        let start = self.end;
+        let prepared = self.preparer.as_ref().and_then(Preparer::take);
+        let new = match prepared {
+            Some(prepared) => {
+                let header = SegmentHeader {
+                    start_offset: start,
+                }
+                .encode();
+                prepared.zero.claim(0, header.len() as u64);
+                prepared
+                    .file
+                    .write_all_at(&header, 0)
+                    .map_err(StorageError::io("write", &prepared.path))?;
+                let final_path = self.shared.dir.join(segment_file_name(start));
+                Arc::new(Segment::new(
+                    start,
+                    start,
+                    prepared.file,
+                    prepared.path,
+                    final_path,
+                    prepared.zero,
+                ))
+            }
+            None => create_segment(&self.shared.dir, self.shared.fsync, start)?,
+        };
         let old = self.tail.clone();
+        old.zero.retire();
         {
             let mut pending = lock(&self.shared.pending_rolls);
             if self.shared.fsync == FsyncPolicy::Always {
@@ -473,8 +542,8 @@ impl LogWriter {
         let tail = &self.tail;
         tail.end.store(offset, Ordering::Release);
         let position = tail.position(offset);
-        tail.file
-            .set_len(position)
+        tail.zero
+            .shrink(position, || tail.file.set_len(position))
             .map_err(StorageError::io("truncate", &tail.path()))?;
         if self.shared.fsync == FsyncPolicy::Always {
             tail.file

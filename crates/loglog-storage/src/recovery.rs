@@ -12,6 +12,7 @@ use loglog_proto::segment::{
 };
 
 use crate::log::{create_segment, Segment, Shared};
+use crate::prealloc::ZeroAhead;
 use crate::{FsyncPolicy, StorageConfig, StorageError};
 
 /// Bytes read per step while scanning the tail segment.
@@ -135,7 +136,21 @@ pub(crate) fn recover(config: &StorageConfig) -> Result<Shared, StorageError> {
                 end
             }
         };
-        segments.push(Arc::new(Segment::new(start, end, file, path.clone(), path)));
+        let is_tail = index + 1 == starts.len();
+        let written = SEGMENT_HEADER_LEN as u64 + (end - start);
+        let zero = if is_tail && config.fsync == FsyncPolicy::Always {
+            ZeroAhead::new(&file, written)
+        } else {
+            ZeroAhead::disabled(written)
+        };
+        segments.push(Arc::new(Segment::new(
+            start,
+            end,
+            file,
+            path.clone(),
+            path,
+            Arc::new(zero),
+        )));
     }
     let end = segments
         .last()
