@@ -1,1 +1,169 @@
 //! LogLog's consensus core: Raft over byte offsets, sans-IO.
+//!
+//! [`RaftNode`] is a deterministic state machine. It does no IO, reads no
+//! clock, starts no thread and draws randomness only from a generator
+//! seeded by [`Config::seed`]: the same inputs in the same order give the
+//! same outputs, which is what the deterministic simulator (`loglog-sim`)
+//! relies on. The driver (the simulator, or `loglogd` over real files and
+//! TCP) feeds it events and performs the [`Action`]s it returns.
+//!
+//! # Raft over byte offsets
+//!
+//! The Raft log *is* the data log: a dense sequence of entries in
+//! `loglog-proto`'s format (16-byte header: CRC32C, length, term, kind).
+//! Positions are byte offsets; an entry is identified by its start offset,
+//! and "index" in the Raft paper becomes "end offset" here:
+//!
+//! * AppendEntries carries `(prev_offset, prev_term, raw entry bytes,
+//!   leader_commit)`, where `prev_term` is the term of the entry *ending*
+//!   at `prev_offset`. Entry bytes travel exactly as stored.
+//! * The commit offset is the largest end offset durable on a quorum of
+//!   voters whose last entry is of the leader's current term (Raft's
+//!   Figure 8 rule); a new leader appends a no-op to get there.
+//! * Instead of an index of every entry the node keeps a [`TermMap`] (the
+//!   first offset of each term; all entries of a term are contiguous, and
+//!   a term starts at the same offset in every log that has it) and the
+//!   entry boundaries above its commit offset. Below the commit offset all
+//!   logs agree, so a leader's `prev_offset` there is trusted; above it a
+//!   follower rejects a `prev_offset` that is not one of its boundaries.
+//! * A rejecting follower sends a [`ConflictHint`] (its term at the
+//!   divergence and that term's first offset), so the leader jumps back a
+//!   whole term per round trip, never an entry at a time.
+//!
+//! Also: randomized election timeouts, pre-vote, check-quorum (a leader
+//! that hears from no quorum for an election timeout steps down; followers
+//! that heard from a leader recently ignore candidates), pipelined
+//! replication with per-follower flow control (`max_inflight_bytes`) and
+//! batching (`max_batch_bytes`), probe mode after a rejection, read-index
+//! ([`RaftNode::read_index`]), leadership transfer
+//! ([`RaftNode::transfer_leadership`]), single-server membership changes
+//! with learners ([`RaftNode::propose_membership`]; config entry payload format in
+//! the [`membership`] module docs).
+//!
+//! # Driver contract
+//!
+//! **Startup.** The driver persists two things: the [`HardState`] (term and
+//! vote) and, lazily, a [`Checkpoint`] (a commit offset, the term map below
+//! it, the membership in force at it). At start it recovers the log (cut at
+//! the first torn or corrupt entry), then scans the entries from
+//! `checkpoint.commit_offset` to the end through a [`LogScan`] and calls
+//! [`RaftNode::new`]. A brand-new founding node uses
+//! `Checkpoint::bootstrap(initial voters)` (the same on every founding
+//! node); a node joining an existing cluster uses
+//! `Checkpoint::bootstrap(Membership::default())` and learns the
+//! configuration from the log. The node never reports a commit offset below
+//! the checkpoint's.
+//!
+//! **Events.** Call [`RaftNode::tick`] every tick (the driver's unit of
+//! time; the timeouts in [`Config`] are counted in ticks),
+//! [`RaftNode::step`] for each message received, [`RaftNode::propose`] /
+//! [`RaftNode::propose_membership`] / [`RaftNode::read_index`] /
+//! [`RaftNode::transfer_leadership`] for client requests, and
+//! [`RaftNode::storage_synced`]`(write_id)` when an fsync completed: every
+//! `Append`/`Truncate` with an id up to `write_id` is then durable.
+//!
+//! **Actions.** After any batch of events, call
+//! [`RaftNode::take_actions`]`(&log)` and perform the actions **in order**:
+//!
+//! 1. [`Action::PersistHardState`]: make it durable (write, fsync, rename)
+//!    *before performing any later action of the list*: a vote or a term
+//!    must never be visible to a peer, nor entries of the new term be
+//!    written, before it survives a crash.
+//! 2. [`Action::Append`] / [`Action::Truncate`]: apply to the log in order.
+//!    They need not be durable at once, but must be readable through the
+//!    [`LogRead`] passed to the next `take_actions`. Fsync whenever
+//!    convenient (group commit) and report with `storage_synced`; the node
+//!    counts bytes as durable (its own match as leader, its ack as
+//!    follower, its commit offset) only after that. Write ids make this
+//!    safe across truncation (an offset may be rewritten; an id is not).
+//! 3. [`Action::Send`]: send best effort (drops, duplicates and reordering
+//!    are tolerated); [`Envelope::encode`] gives the bytes.
+//! 4. [`Action::CommitAdvanced`]: entries below the offset are committed and
+//!    durable locally: serve reads up to it and acknowledge client appends
+//!    below it. A pending append at offset `o` (from `propose`) succeeded
+//!    when the commit offset passes `o`, unless a `Truncate` at or below `o`
+//!    came first (then it failed, or is indeterminate if the driver lost
+//!    track). Persist [`RaftNode::checkpoint`] from time to time.
+//! 5. [`Action::ReadReady`] / [`Action::ReadFailed`]: answer read-index
+//!    requests. [`Action::RoleChanged`] is informational.
+//!
+//! **Reading the log.** The leader reads the entries it sends from the
+//! driver's [`LogRead`], except its own fresh entries (above the commit
+//! offset), which it keeps in memory (bounded by
+//! `max_uncommitted_bytes`) because the driver may not have written them
+//! yet when they are sent.
+//!
+//! # Example
+//!
+//! A single-node cluster, with the log kept in a `Vec<u8>`:
+//!
+//! ```
+//! use loglog_raft::{Action, Checkpoint, Config, HardState, LogRead, LogReadError, LogScan,
+//!                   Membership, RaftNode, Role};
+//!
+//! struct MemLog(Vec<u8>);
+//! impl LogRead for MemLog {
+//!     fn read(&self, from: u64, max_bytes: u64) -> Result<Vec<u8>, LogReadError> {
+//!         // A real driver returns whole entries only; one node never reads.
+//!         let end = (from + max_bytes).min(self.0.len() as u64);
+//!         Ok(self.0[from as usize..end as usize].to_vec())
+//!     }
+//! }
+//!
+//! let scan = LogScan::new(Checkpoint::bootstrap(Membership::with_voters([1])));
+//! let mut node = RaftNode::new(Config::new(1, 42), HardState::default(), scan.finish()).unwrap();
+//! let mut log = MemLog(Vec::new());
+//! let mut hard_state = HardState::default();
+//! let mut run = |node: &mut RaftNode, log: &mut MemLog, hard_state: &mut HardState| {
+//!     for action in node.take_actions(log) {
+//!         match action {
+//!             Action::PersistHardState(state) => *hard_state = state, // + fsync
+//!             Action::Append { write_id, offset, bytes } => {
+//!                 assert_eq!(offset, log.0.len() as u64);
+//!                 log.0.extend_from_slice(&bytes);
+//!                 node.storage_synced(write_id); // after fsync
+//!             }
+//!             Action::Truncate { offset, .. } => log.0.truncate(offset as usize),
+//!             _ => {}
+//!         }
+//!     }
+//! };
+//! while node.role() != Role::Leader {
+//!     node.tick();
+//!     run(&mut node, &mut log, &mut hard_state);
+//! }
+//! let offset = node.propose(b"hello").unwrap();
+//! run(&mut node, &mut log, &mut hard_state);
+//! run(&mut node, &mut log, &mut hard_state);
+//! assert!(node.commit_offset() > offset);
+//! assert_eq!(hard_state.term, node.term());
+//! ```
+//!
+//! # Bug injection
+//!
+//! With the cargo feature `bug-injection` (off by default), [`Config`] has
+//! a `bugs` field whose switches make a node commit an old-term entry by
+//! counting replicas, forget to persist its vote, or count bytes durable
+//! before the fsync. They exist so the simulator can prove it catches each.
+
+pub mod log;
+pub mod membership;
+pub mod message;
+mod node;
+mod rng;
+mod types;
+
+pub use log::{
+    Checkpoint, LogRead, LogReadError, LogScan, LogStateError, RecoveredLog, TermMap, TermRun,
+};
+pub use membership::{
+    Membership, MembershipChange, MembershipError, CONFIG_PAYLOAD_VERSION, MAX_MEMBERS,
+};
+pub use message::{
+    AppendEntries, AppendOutcome, AppendResponse, ConflictHint, DecodeError, Envelope, Heartbeat,
+    HeartbeatResponse, Message, RequestVote, RequestVoteResponse, TimeoutNow,
+};
+pub use node::{Action, RaftNode, Role, Status};
+#[cfg(feature = "bug-injection")]
+pub use types::Bugs;
+pub use types::{Config, HardState, NodeId, ProposeError, RequestError, StartError, Term, WriteId};

@@ -1,0 +1,268 @@
+//! Cluster membership: who votes, who only learns, and the payload of
+//! membership config entries ([`loglog_proto::EntryKind::Config`]).
+//!
+//! # Config entry payload (version 1)
+//!
+//! A config entry carries the *whole* new membership, not a delta, so a node
+//! that replicates the log from its start learns the configuration by
+//! reading the latest config entry. Little endian:
+//!
+//! ```text
+//! 0      version u8        1
+//! 1      voter count u8    V (1..=255)
+//! 2      learner count u8  L (0..=255)
+//! 3      reserved u8       0
+//! 4..    V voter ids, u64 each, strictly increasing
+//! ..     L learner ids, u64 each, strictly increasing
+//! ```
+//!
+//! The payload is exactly `4 + 8 * (V + L)` bytes; a voter is never also a
+//! learner. Anything else is a [`MembershipError`].
+//!
+//! # Changes
+//!
+//! One server at a time (Ongaro's single-server change): each config entry
+//! differs from the previous one by one learner added, one learner promoted
+//! to voter, or one node removed, so any two consecutive configurations
+//! have overlapping majorities. A configuration takes effect on a node as
+//! soon as its entry is appended to that node's log (and is undone if that
+//! entry is truncated), not when it commits. A leader proposes a change only
+//! when the previous one has committed and it has committed an entry of its
+//! own term.
+
+use std::collections::BTreeSet;
+
+use crate::types::NodeId;
+
+/// Version byte of the config entry payload.
+pub const CONFIG_PAYLOAD_VERSION: u8 = 1;
+/// Most voters, and most learners, one configuration may hold.
+pub const MAX_MEMBERS: usize = 255;
+
+/// A cluster configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+}
+
+/// Why a config payload does not decode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    #[error("config payload is {len} bytes, expected {expected}")]
+    BadLength { len: usize, expected: usize },
+    #[error("unknown config payload version {0}")]
+    UnknownVersion(u8),
+    #[error("config payload reserved byte is not zero")]
+    ReservedNotZero,
+    #[error("config has no voter")]
+    NoVoter,
+    #[error("config ids are not strictly increasing, or a voter is also a learner")]
+    NotCanonical,
+}
+
+/// One single-server membership change (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Add a non-voting learner; it receives the log but does not vote and
+    /// does not count towards commit.
+    AddLearner(NodeId),
+    /// Make a caught-up learner a voter.
+    PromoteLearner(NodeId),
+    /// Remove a voter or a learner. A leader removing itself keeps leading
+    /// until the change commits, then steps down.
+    Remove(NodeId),
+}
+
+impl Membership {
+    /// A configuration of voters only (the bootstrap configuration).
+    pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Membership {
+        Membership {
+            voters: voters.into_iter().collect(),
+            learners: BTreeSet::new(),
+        }
+    }
+
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.contains(&id)
+    }
+
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+
+    /// Votes needed for a majority of the voters.
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    /// Voters and learners, in id order (voters first).
+    pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(self.learners.iter()).copied()
+    }
+
+    /// The configuration after `change`, or why the change does not apply.
+    pub fn apply(&self, change: MembershipChange) -> Result<Membership, &'static str> {
+        let mut next = self.clone();
+        match change {
+            MembershipChange::AddLearner(id) => {
+                if self.is_member(id) {
+                    return Err("node is already a member");
+                }
+                if next.learners.len() >= MAX_MEMBERS {
+                    return Err("too many learners");
+                }
+                next.learners.insert(id);
+            }
+            MembershipChange::PromoteLearner(id) => {
+                if !next.learners.remove(&id) {
+                    return Err("node is not a learner");
+                }
+                if next.voters.len() >= MAX_MEMBERS {
+                    return Err("too many voters");
+                }
+                next.voters.insert(id);
+            }
+            MembershipChange::Remove(id) => {
+                if !next.voters.remove(&id) && !next.learners.remove(&id) {
+                    return Err("node is not a member");
+                }
+                if next.voters.is_empty() {
+                    return Err("cannot remove the last voter");
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    /// The config entry payload (see the module docs).
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(
+            !self.voters.is_empty()
+                && self.voters.len() <= MAX_MEMBERS
+                && self.learners.len() <= MAX_MEMBERS,
+            "membership sizes are checked before encoding"
+        );
+        let mut out = Vec::with_capacity(4 + 8 * (self.voters.len() + self.learners.len()));
+        out.push(CONFIG_PAYLOAD_VERSION);
+        out.push(self.voters.len() as u8);
+        out.push(self.learners.len() as u8);
+        out.push(0);
+        for id in self.members() {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decodes a config entry payload; untrusted bytes give an error, never
+    /// a panic.
+    pub fn decode(payload: &[u8]) -> Result<Membership, MembershipError> {
+        if payload.len() < 4 {
+            return Err(MembershipError::BadLength {
+                len: payload.len(),
+                expected: 4,
+            });
+        }
+        if payload[0] != CONFIG_PAYLOAD_VERSION {
+            return Err(MembershipError::UnknownVersion(payload[0]));
+        }
+        if payload[3] != 0 {
+            return Err(MembershipError::ReservedNotZero);
+        }
+        let voter_count = usize::from(payload[1]);
+        let learner_count = usize::from(payload[2]);
+        let expected = 4 + 8 * (voter_count + learner_count);
+        if payload.len() != expected {
+            return Err(MembershipError::BadLength {
+                len: payload.len(),
+                expected,
+            });
+        }
+        if voter_count == 0 {
+            return Err(MembershipError::NoVoter);
+        }
+        let ids: Vec<NodeId> = payload[4..]
+            .chunks_exact(8)
+            .map(|chunk| u64::from_le_bytes(chunk.try_into().expect("chunks of 8")))
+            .collect();
+        let (voters, learners) = ids.split_at(voter_count);
+        let increasing = |list: &[NodeId]| list.windows(2).all(|pair| pair[0] < pair[1]);
+        if !increasing(voters) || !increasing(learners) {
+            return Err(MembershipError::NotCanonical);
+        }
+        let membership = Membership {
+            voters: voters.iter().copied().collect(),
+            learners: learners.iter().copied().collect(),
+        };
+        if membership
+            .voters
+            .intersection(&membership.learners)
+            .next()
+            .is_some()
+        {
+            return Err(MembershipError::NotCanonical);
+        }
+        Ok(membership)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn layout_matches_the_docs() {
+        let membership = Membership {
+            voters: [1, 2].into(),
+            learners: [9].into(),
+        };
+        let bytes = membership.encode();
+        assert_eq!(&bytes[..4], &[1, 2, 1, 0]);
+        assert_eq!(&bytes[4..12], &1u64.to_le_bytes());
+        assert_eq!(&bytes[12..20], &2u64.to_le_bytes());
+        assert_eq!(&bytes[20..28], &9u64.to_le_bytes());
+        assert_eq!(Membership::decode(&bytes), Ok(membership));
+    }
+
+    #[test]
+    fn changes_are_single_server() {
+        let base = Membership::with_voters([1, 2, 3]);
+        let with_learner = base.apply(MembershipChange::AddLearner(4)).unwrap();
+        assert!(with_learner.learners.contains(&4));
+        assert!(with_learner.apply(MembershipChange::AddLearner(4)).is_err());
+        assert!(base.apply(MembershipChange::PromoteLearner(4)).is_err());
+        let promoted = with_learner
+            .apply(MembershipChange::PromoteLearner(4))
+            .unwrap();
+        assert_eq!(promoted.voters.len(), 4);
+        assert_eq!(promoted.quorum(), 3);
+        let single = Membership::with_voters([1]);
+        assert!(single.apply(MembershipChange::Remove(1)).is_err());
+    }
+
+    #[test]
+    fn voter_and_learner_at_once_is_rejected() {
+        let mut bytes = vec![1, 1, 1, 0];
+        bytes.extend_from_slice(&5u64.to_le_bytes());
+        bytes.extend_from_slice(&5u64.to_le_bytes());
+        assert_eq!(
+            Membership::decode(&bytes),
+            Err(MembershipError::NotCanonical)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(voters in proptest::collection::btree_set(any::<u64>(), 1..20), learners in proptest::collection::btree_set(any::<u64>(), 0..20)) {
+            let learners = learners.difference(&voters).copied().collect();
+            let membership = Membership { voters, learners };
+            prop_assert_eq!(Membership::decode(&membership.encode()), Ok(membership));
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
+            let _ = Membership::decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,1519 @@
+//! The Raft state machine: [`RaftNode`]. See the crate docs for how to
+//! drive it.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use loglog_proto::entry::{encode_entry, EntryHeader, EntryIter, EntryKind};
+use loglog_proto::ENTRY_HEADER_LEN;
+
+use crate::log::{Checkpoint, LogRead, LogState, RecoveredLog, TermMap};
+use crate::membership::{Membership, MembershipChange};
+use crate::message::{
+    AppendEntries, AppendOutcome, AppendResponse, ConflictHint, Envelope, Heartbeat,
+    HeartbeatResponse, Message, RequestVote, RequestVoteResponse, TimeoutNow,
+};
+use crate::rng::SplitMix64;
+use crate::types::{
+    Config, HardState, NodeId, ProposeError, RequestError, StartError, Term, WriteId,
+};
+
+/// What a node is doing in the current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    /// Running a pre-vote round (term not bumped yet).
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// Something the driver must do, in the order given. See the crate docs
+/// for the contract.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Persist the term and vote. Must be durable before the driver performs
+    /// any action that comes after it in the list (sends and writes).
+    PersistHardState(HardState),
+    /// Write `bytes` (whole entries) at `offset`, which is the log's end
+    /// after the previous writes. Durability is reported later through
+    /// [`RaftNode::storage_synced`] with this `write_id` (or a later one).
+    Append {
+        write_id: WriteId,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// Cut the log at `offset` (an entry boundary above the commit offset):
+    /// every byte from `offset` on is discarded. Any client append waiting
+    /// at an offset at or above it has failed (its entry is gone).
+    Truncate { write_id: WriteId, offset: u64 },
+    /// Send a message to a peer (best effort: loss is fine).
+    Send(Envelope),
+    /// The commit offset moved up: entries below it are committed and
+    /// durable locally; reads and client acknowledgements may use it. The
+    /// driver may persist [`RaftNode::checkpoint`] now or later.
+    CommitAdvanced { commit_offset: u64 },
+    /// A read-index request (`ctx`) is confirmed: the node was leader when
+    /// the request came and its commit offset has reached `read_index`. The
+    /// read may be served from the local log up to the current commit.
+    ReadReady { ctx: u64, read_index: u64 },
+    /// A read-index request can no longer be confirmed (leadership lost).
+    ReadFailed { ctx: u64, leader: Option<NodeId> },
+    /// Role, term or known leader changed (informational).
+    RoleChanged {
+        role: Role,
+        term: Term,
+        leader: Option<NodeId>,
+    },
+}
+
+/// A snapshot of the node's state, for status pages and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub voted_for: Option<NodeId>,
+    pub leader: Option<NodeId>,
+    pub commit_offset: u64,
+    pub end_offset: u64,
+    pub durable_offset: u64,
+    pub last_term: Term,
+    pub membership: Membership,
+}
+
+/// The leader's view of one follower's log.
+#[derive(Clone, Debug)]
+struct Progress {
+    /// The follower's log is durable and matches ours up to here.
+    match_offset: u64,
+    /// Next byte to send.
+    next_offset: u64,
+    /// Probe: one message at a time until a success shows where logs match.
+    /// Replicate: pipelined, up to `max_inflight_bytes` unacknowledged.
+    replicating: bool,
+    /// In probe mode, a probe is out and unanswered.
+    probe_sent: bool,
+    /// Heard from since the last check-quorum round.
+    recent_active: bool,
+    /// Highest read-index round it confirmed.
+    read_seq_acked: u64,
+}
+
+impl Progress {
+    fn new(next_offset: u64) -> Progress {
+        Progress {
+            match_offset: 0,
+            next_offset,
+            replicating: false,
+            probe_sent: false,
+            recent_active: false,
+            read_seq_acked: 0,
+        }
+    }
+
+    fn become_probe(&mut self, next_offset: u64) {
+        self.replicating = false;
+        self.probe_sent = false;
+        self.next_offset = next_offset;
+    }
+}
+
+#[derive(Clone, Debug)]
+struct PendingRead {
+    ctx: u64,
+    /// The heartbeat round that confirms it.
+    seq: u64,
+    /// Set once leadership is confirmed.
+    read_index: Option<u64>,
+}
+
+/// State that only exists while leading.
+#[derive(Clone, Debug)]
+struct LeaderState {
+    progress: BTreeMap<NodeId, Progress>,
+    /// Our own entries not yet committed, from `fresh_start` on: what we
+    /// send to followers that are caught up, without reading storage (the
+    /// driver has not necessarily written them yet when we send).
+    fresh: VecDeque<u8>,
+    fresh_start: u64,
+    /// Offset of this term's no-op: once the commit offset passes it, this
+    /// leader's commit offset is up to date (read-index needs that).
+    term_start: u64,
+    heartbeat_elapsed: u32,
+    heartbeat_due: bool,
+    read_seq: u64,
+    pending_reads: VecDeque<PendingRead>,
+    transfer_target: Option<NodeId>,
+}
+
+/// A Raft node over a byte-offset log. Deterministic: the same inputs in the
+/// same order produce the same actions.
+#[derive(Debug)]
+pub struct RaftNode {
+    config: Config,
+    rng: SplitMix64,
+    hard: HardState,
+    role: Role,
+    leader_id: Option<NodeId>,
+    log: LogState,
+    /// Highest offset this node knows is committed in the cluster, within
+    /// the prefix it knows matches the leader's log.
+    known_commit: u64,
+    /// What the node reports: `min(known_commit, durable end)`; monotonic.
+    commit: u64,
+    /// As a follower: our log matches the current leader's up to here.
+    verified_end: u64,
+    /// The durable matching offset last reported to the leader.
+    reported_durable: u64,
+    committed_membership: Membership,
+    /// Config entries at or above the commit offset: `(offset, config)`.
+    pending_configs: Vec<(u64, Membership)>,
+    election_elapsed: u32,
+    randomized_timeout: u32,
+    votes: BTreeMap<NodeId, bool>,
+    leader: Option<LeaderState>,
+    actions: Vec<Action>,
+}
+
+impl RaftNode {
+    /// Starts a node from what the driver persisted: the hard state and the
+    /// log recovered by a [`crate::LogScan`]. The node starts as a follower
+    /// with the commit offset at the scan's floor.
+    pub fn new(
+        config: Config,
+        hard_state: HardState,
+        recovered: RecoveredLog,
+    ) -> Result<RaftNode, StartError> {
+        config.validate()?;
+        if recovered.commit_floor > recovered.end {
+            return Err(StartError::Inconsistent(
+                "the commit floor is past the end of the log",
+            ));
+        }
+        if recovered.terms.last_term() > hard_state.term {
+            return Err(StartError::Inconsistent(
+                "the log holds an entry of a term above the persisted term",
+            ));
+        }
+        let mut rng = SplitMix64::new(config.seed);
+        let randomized_timeout = rng.in_range(config.election_ticks, 2 * config.election_ticks);
+        let log = LogState::from_recovered(&recovered);
+        let node = RaftNode {
+            rng,
+            hard: hard_state,
+            role: Role::Follower,
+            leader_id: None,
+            known_commit: recovered.commit_floor,
+            commit: recovered.commit_floor,
+            verified_end: recovered.commit_floor,
+            reported_durable: 0,
+            committed_membership: recovered.committed_membership,
+            pending_configs: recovered.pending_configs,
+            election_elapsed: 0,
+            randomized_timeout,
+            votes: BTreeMap::new(),
+            leader: None,
+            actions: Vec::new(),
+            log,
+            config,
+        };
+        node.check_invariants();
+        Ok(node)
+    }
+
+    // ----- accessors -----
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn term(&self) -> Term {
+        self.hard.term
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        self.hard
+    }
+
+    /// The leader of the current term, as far as this node knows.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader_id
+    }
+
+    /// Entries below this offset are committed and durable locally.
+    pub fn commit_offset(&self) -> u64 {
+        self.commit
+    }
+
+    /// End of the local log (committed or not).
+    pub fn end_offset(&self) -> u64 {
+        self.log.end
+    }
+
+    /// Bytes below this offset are fsynced (as reported by the driver).
+    pub fn durable_offset(&self) -> u64 {
+        self.log.synced
+    }
+
+    pub fn term_map(&self) -> &TermMap {
+        &self.log.terms
+    }
+
+    /// The configuration in force: the latest config entry in the log.
+    pub fn membership(&self) -> &Membership {
+        self.pending_configs
+            .last()
+            .map_or(&self.committed_membership, |(_, membership)| membership)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.config.id,
+            role: self.role,
+            term: self.hard.term,
+            voted_for: self.hard.voted_for,
+            leader: self.leader_id,
+            commit_offset: self.commit,
+            end_offset: self.log.end,
+            durable_offset: self.log.synced,
+            last_term: self.log.last_term(),
+            membership: self.membership().clone(),
+        }
+    }
+
+    /// What to persist so a restart can skip scanning below the commit
+    /// offset (see [`Checkpoint`]).
+    pub fn checkpoint(&self) -> Checkpoint {
+        let mut terms = self.log.terms.clone();
+        terms.truncate(self.commit);
+        Checkpoint {
+            commit_offset: self.commit,
+            terms,
+            membership: self.committed_membership.clone(),
+        }
+    }
+
+    // ----- inputs -----
+
+    /// One unit of time passed.
+    pub fn tick(&mut self) {
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else {
+            self.election_elapsed += 1;
+            if self.election_elapsed >= self.randomized_timeout && self.is_promotable() {
+                self.campaign(false);
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// A message from peer `from`. Anything malformed is dropped or
+    /// rejected, never trusted and never a panic.
+    pub fn step(&mut self, from: NodeId, message: Message) {
+        if from == self.config.id {
+            return;
+        }
+        self.step_inner(from, message);
+        self.check_invariants();
+    }
+
+    /// The driver made every write up to `write_id` durable (fsync done).
+    pub fn storage_synced(&mut self, write_id: WriteId) {
+        if write_id > self.log.last_write_id {
+            // Not a write we asked for: ignore rather than trust it.
+            return;
+        }
+        self.log.synced_through(write_id);
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        } else {
+            self.advance_commit();
+            self.report_durable_progress();
+        }
+        self.check_invariants();
+    }
+
+    /// Appends a data entry (leader only). Returns its offset; the entry is
+    /// committed once [`RaftNode::commit_offset`] passes that offset (and no
+    /// `Truncate` at or below it came first).
+    pub fn propose(&mut self, payload: &[u8]) -> Result<u64, ProposeError> {
+        self.check_can_propose(payload.len() as u64)?;
+        let offset = self.append_local(EntryKind::Data, payload);
+        self.check_invariants();
+        Ok(offset)
+    }
+
+    /// Proposes a single-server membership change (leader only), as a
+    /// config entry. It takes effect as soon as it is appended.
+    pub fn propose_membership(&mut self, change: MembershipChange) -> Result<u64, ProposeError> {
+        let current = self.membership().clone();
+        let next = current
+            .apply(change)
+            .map_err(ProposeError::BadMembershipChange)?;
+        let payload = next.encode();
+        self.check_can_propose(payload.len() as u64)?;
+        if !self.pending_configs.is_empty() {
+            return Err(ProposeError::Busy(
+                "a membership change is not committed yet",
+            ));
+        }
+        let leader = self.leader.as_ref().expect("checked: leader");
+        if self.known_commit <= leader.term_start {
+            return Err(ProposeError::Busy(
+                "the leader has not committed an entry of its term yet",
+            ));
+        }
+        if let MembershipChange::PromoteLearner(id) = change {
+            let caught_up = leader.progress.get(&id).is_some_and(|progress| {
+                progress.match_offset + self.config.max_learner_lag_bytes >= self.known_commit
+            });
+            if !caught_up {
+                return Err(ProposeError::BadMembershipChange(
+                    "the learner has not caught up yet",
+                ));
+            }
+        }
+        let offset = self.append_local(EntryKind::Config, &payload);
+        self.check_invariants();
+        Ok(offset)
+    }
+
+    /// Starts a linearizable read (leader only): once leadership is
+    /// confirmed by a heartbeat round and the commit offset reaches the read
+    /// index, the node emits [`Action::ReadReady`] with `ctx`.
+    pub fn read_index(&mut self, ctx: u64) -> Result<(), RequestError> {
+        let leader_hint = self.leader_id;
+        let max_pending = self.config.max_pending_reads;
+        let Some(leader) = self.leader.as_mut() else {
+            return Err(RequestError::NotLeader {
+                leader: leader_hint,
+            });
+        };
+        if leader.pending_reads.len() >= max_pending {
+            return Err(RequestError::Busy("too many pending reads"));
+        }
+        leader.read_seq += 1;
+        let seq = leader.read_seq;
+        leader.pending_reads.push_back(PendingRead {
+            ctx,
+            seq,
+            read_index: None,
+        });
+        leader.heartbeat_due = true;
+        self.process_reads();
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// Hands leadership to `target` (leader only): once the target's log is
+    /// durable up to ours, it gets `TimeoutNow` and campaigns at once. New
+    /// proposals are refused meanwhile; the transfer is abandoned after an
+    /// election timeout.
+    pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), RequestError> {
+        if self.role != Role::Leader {
+            return Err(RequestError::NotLeader {
+                leader: self.leader_id,
+            });
+        }
+        if target == self.config.id {
+            return Err(RequestError::Invalid("already the leader"));
+        }
+        if !self.membership().is_voter(target) {
+            return Err(RequestError::Invalid("the target is not a voter"));
+        }
+        self.election_elapsed = 0;
+        let leader = self.leader.as_mut().expect("role is leader");
+        leader.transfer_target = Some(target);
+        self.maybe_send_timeout_now(target);
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// Takes the actions accumulated since the last call, first generating
+    /// the entries to send to followers (read from `log` or from the
+    /// leader's memory). Call it after every batch of inputs and perform the
+    /// actions in order.
+    pub fn take_actions(&mut self, log: &dyn LogRead) -> Vec<Action> {
+        if self.role == Role::Leader {
+            self.replicate(log);
+        }
+        self.check_invariants();
+        std::mem::take(&mut self.actions)
+    }
+
+    // ----- timing and elections -----
+
+    fn tick_leader(&mut self) {
+        let heartbeat_ticks = self.config.heartbeat_ticks;
+        let leader = self.leader.as_mut().expect("role is leader");
+        leader.heartbeat_elapsed += 1;
+        if leader.heartbeat_elapsed >= heartbeat_ticks {
+            leader.heartbeat_elapsed = 0;
+            leader.heartbeat_due = true;
+            // A probe may have been lost: allow another.
+            for progress in leader.progress.values_mut() {
+                progress.probe_sent = false;
+            }
+        }
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.config.election_ticks {
+            self.election_elapsed = 0;
+            if self.config.check_quorum && !self.quorum_recently_active() {
+                self.become_follower(self.hard.term, None);
+                return;
+            }
+            let leader = self.leader.as_mut().expect("role is leader");
+            for progress in leader.progress.values_mut() {
+                progress.recent_active = false;
+            }
+            leader.transfer_target = None;
+        }
+    }
+
+    fn quorum_recently_active(&self) -> bool {
+        let leader = self.leader.as_ref().expect("role is leader");
+        let membership = self.membership();
+        let active = membership
+            .voters
+            .iter()
+            .filter(|&&id| {
+                id == self.config.id || leader.progress.get(&id).is_some_and(|p| p.recent_active)
+            })
+            .count();
+        active >= membership.quorum()
+    }
+
+    fn is_promotable(&self) -> bool {
+        self.membership().is_voter(self.config.id)
+    }
+
+    /// Whether we heard from a leader recently enough to ignore candidates.
+    fn in_lease(&self) -> bool {
+        self.config.check_quorum
+            && self.leader_id.is_some()
+            && self.election_elapsed < self.config.election_ticks
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        self.randomized_timeout = self
+            .rng
+            .in_range(self.config.election_ticks, 2 * self.config.election_ticks);
+    }
+
+    fn campaign(&mut self, transfer: bool) {
+        if self.config.pre_vote && !transfer {
+            self.become_pre_candidate();
+        } else {
+            self.become_candidate(transfer);
+        }
+    }
+
+    fn become_pre_candidate(&mut self) {
+        self.set_role(Role::PreCandidate, None);
+        self.reset_election_timer();
+        self.votes.clear();
+        self.votes.insert(self.config.id, true);
+        let request = RequestVote {
+            term: self.hard.term + 1,
+            pre_vote: true,
+            transfer: false,
+            last_offset: self.log.end,
+            last_term: self.log.last_term(),
+        };
+        self.broadcast_vote_request(request);
+        self.tally_votes();
+    }
+
+    fn become_candidate(&mut self, transfer: bool) {
+        self.hard.term += 1;
+        self.hard.voted_for = Some(self.config.id);
+        self.actions.push(Action::PersistHardState(self.hard));
+        self.set_role(Role::Candidate, None);
+        self.reset_election_timer();
+        self.votes.clear();
+        self.votes.insert(self.config.id, true);
+        let request = RequestVote {
+            term: self.hard.term,
+            pre_vote: false,
+            transfer,
+            last_offset: self.log.end,
+            last_term: self.log.last_term(),
+        };
+        self.broadcast_vote_request(request);
+        self.tally_votes();
+    }
+
+    fn broadcast_vote_request(&mut self, request: RequestVote) {
+        let voters: Vec<NodeId> = self.membership().voters.iter().copied().collect();
+        for voter in voters {
+            if voter != self.config.id {
+                self.send(voter, Message::RequestVote(request));
+            }
+        }
+    }
+
+    fn tally_votes(&mut self) {
+        let membership = self.membership();
+        let granted = membership
+            .voters
+            .iter()
+            .filter(|id| self.votes.get(id) == Some(&true))
+            .count();
+        let rejected = membership
+            .voters
+            .iter()
+            .filter(|id| self.votes.get(id) == Some(&false))
+            .count();
+        let quorum = membership.quorum();
+        let voters = membership.voters.len();
+        if granted >= quorum {
+            match self.role {
+                Role::PreCandidate => self.become_candidate(false),
+                Role::Candidate => self.become_leader(),
+                _ => {}
+            }
+        } else if rejected > voters - quorum {
+            self.become_follower(self.hard.term, None);
+        }
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        assert!(term >= self.hard.term, "terms never go backwards");
+        if term > self.hard.term {
+            self.hard.term = term;
+            self.hard.voted_for = None;
+            self.actions.push(Action::PersistHardState(self.hard));
+        }
+        if let Some(state) = self.leader.take() {
+            for read in state.pending_reads {
+                self.actions.push(Action::ReadFailed {
+                    ctx: read.ctx,
+                    leader,
+                });
+            }
+        }
+        // Only the committed prefix is known to match the next leader.
+        self.verified_end = self.known_commit;
+        self.reported_durable = 0;
+        self.votes.clear();
+        self.reset_election_timer();
+        self.set_role(Role::Follower, leader);
+    }
+
+    fn become_leader(&mut self) {
+        assert_eq!(
+            self.role,
+            Role::Candidate,
+            "only a candidate becomes leader"
+        );
+        let end = self.log.end;
+        let progress = self
+            .membership()
+            .members()
+            .filter(|&id| id != self.config.id)
+            .map(|id| (id, Progress::new(end)))
+            .collect();
+        self.leader = Some(LeaderState {
+            progress,
+            fresh: VecDeque::new(),
+            fresh_start: end,
+            term_start: end,
+            heartbeat_elapsed: 0,
+            heartbeat_due: false,
+            read_seq: 0,
+            pending_reads: VecDeque::new(),
+            transfer_target: None,
+        });
+        self.election_elapsed = 0;
+        self.set_role(Role::Leader, Some(self.config.id));
+        self.append_local(EntryKind::NoOp, &[]);
+    }
+
+    fn set_role(&mut self, role: Role, leader: Option<NodeId>) {
+        if self.role != role || self.leader_id != leader {
+            self.role = role;
+            self.leader_id = leader;
+            self.actions.push(Action::RoleChanged {
+                role,
+                term: self.hard.term,
+                leader,
+            });
+        }
+    }
+
+    fn send(&mut self, to: NodeId, message: Message) {
+        self.actions.push(Action::Send(Envelope {
+            from: self.config.id,
+            to,
+            message,
+        }));
+    }
+
+    // ----- message handling -----
+
+    fn step_inner(&mut self, from: NodeId, message: Message) {
+        let term = message.term();
+        if term > self.hard.term {
+            match &message {
+                Message::RequestVote(request) => {
+                    if self.in_lease() && !request.transfer {
+                        // A leader is alive: do not let this candidate disrupt it.
+                        if request.pre_vote {
+                            self.send(
+                                from,
+                                Message::RequestVoteResponse(RequestVoteResponse {
+                                    term: self.hard.term,
+                                    pre_vote: true,
+                                    granted: false,
+                                }),
+                            );
+                        }
+                        return;
+                    }
+                    if !request.pre_vote {
+                        self.become_follower(term, None);
+                    }
+                }
+                Message::RequestVoteResponse(response) if response.pre_vote && response.granted => {
+                    // Granted pre-votes carry the term we would campaign in.
+                }
+                Message::AppendEntries(_) | Message::Heartbeat(_) | Message::TimeoutNow(_) => {
+                    self.become_follower(term, Some(from));
+                }
+                _ => self.become_follower(term, None),
+            }
+        } else if term < self.hard.term {
+            match message {
+                Message::AppendEntries(_) | Message::Heartbeat(_) => {
+                    // A stale leader: tell it about the newer term so it steps down.
+                    self.send(
+                        from,
+                        Message::HeartbeatResponse(HeartbeatResponse {
+                            term: self.hard.term,
+                            read_seq: 0,
+                        }),
+                    );
+                }
+                Message::RequestVote(request) if request.pre_vote => {
+                    self.send(
+                        from,
+                        Message::RequestVoteResponse(RequestVoteResponse {
+                            term: self.hard.term,
+                            pre_vote: true,
+                            granted: false,
+                        }),
+                    );
+                }
+                _ => {}
+            }
+            return;
+        }
+
+        match message {
+            Message::RequestVote(request) => self.handle_vote_request(from, request),
+            Message::RequestVoteResponse(response) => self.handle_vote_response(from, response),
+            Message::AppendEntries(append) => {
+                if self.accept_leader(from) {
+                    self.handle_append(from, append);
+                }
+            }
+            Message::Heartbeat(heartbeat) => {
+                if self.accept_leader(from) {
+                    self.handle_heartbeat(from, heartbeat);
+                }
+            }
+            Message::AppendResponse(response) => self.handle_append_response(from, response),
+            Message::HeartbeatResponse(response) => self.handle_heartbeat_response(from, response),
+            Message::TimeoutNow(_) => {
+                if self.role != Role::Leader && self.is_promotable() {
+                    self.campaign(true);
+                }
+            }
+        }
+    }
+
+    /// A message from the leader of our term: follow it. Returns false if
+    /// we are ourselves leader of this term (impossible unless a peer is
+    /// broken; ignore it).
+    fn accept_leader(&mut self, from: NodeId) -> bool {
+        if self.role == Role::Leader {
+            return false;
+        }
+        if self.role != Role::Follower || self.leader_id != Some(from) {
+            self.become_follower(self.hard.term, Some(from));
+        }
+        self.election_elapsed = 0;
+        true
+    }
+
+    fn handle_vote_request(&mut self, from: NodeId, request: RequestVote) {
+        let can_vote = self.hard.voted_for == Some(from)
+            || (self.hard.voted_for.is_none() && self.leader_id.is_none())
+            || (request.pre_vote && request.term > self.hard.term);
+        let up_to_date =
+            (request.last_term, request.last_offset) >= (self.log.last_term(), self.log.end);
+        let granted = can_vote && up_to_date;
+        if granted && !request.pre_vote {
+            self.hard.voted_for = Some(from);
+            self.reset_election_timer();
+            if !self.bug_forget_to_persist_vote() {
+                self.actions.push(Action::PersistHardState(self.hard));
+            }
+        }
+        let term = if granted && request.pre_vote {
+            request.term
+        } else {
+            self.hard.term
+        };
+        self.send(
+            from,
+            Message::RequestVoteResponse(RequestVoteResponse {
+                term,
+                pre_vote: request.pre_vote,
+                granted,
+            }),
+        );
+    }
+
+    fn handle_vote_response(&mut self, from: NodeId, response: RequestVoteResponse) {
+        let expected = match self.role {
+            Role::PreCandidate => response.pre_vote,
+            Role::Candidate => !response.pre_vote && response.term == self.hard.term,
+            _ => false,
+        };
+        if !expected || !self.membership().is_voter(from) {
+            return;
+        }
+        self.votes.entry(from).or_insert(response.granted);
+        self.tally_votes();
+    }
+
+    fn handle_heartbeat(&mut self, from: NodeId, heartbeat: Heartbeat) {
+        // `commit` is at most our durable match as the leader knows it, so
+        // it lies in the prefix of our log that matches the leader's.
+        let commit = heartbeat.commit.min(self.log.end);
+        if commit > self.known_commit {
+            self.known_commit = commit;
+            self.verified_end = self.verified_end.max(commit);
+            self.advance_commit();
+        }
+        self.send(
+            from,
+            Message::HeartbeatResponse(HeartbeatResponse {
+                term: self.hard.term,
+                read_seq: heartbeat.read_seq,
+            }),
+        );
+    }
+
+    /// The follower side of AppendEntries: check `prev`, validate every
+    /// entry, truncate a conflicting suffix, append the rest.
+    fn handle_append(&mut self, from: NodeId, append: AppendEntries) {
+        let prev = append.prev_offset;
+        let prev_matches = prev <= self.log.end
+            && self.log.is_boundary(prev)
+            && self.log.terms.term_before(prev) == append.prev_term;
+        if !prev_matches {
+            let hint = self.conflict_hint(prev, append.prev_term);
+            self.reject_append(from, prev, hint);
+            return;
+        }
+        let Some(entries) = self.validate_entries(&append) else {
+            // Corrupt or impossible bytes: ask for them again from `prev`.
+            let hint = self.conflict_hint(prev, append.prev_term);
+            self.reject_append(from, prev, hint);
+            return;
+        };
+        // Skip the entries we already have (same offset and term means the
+        // same entry); the first that differs is where our log diverges.
+        let mut first_new = entries.len();
+        for (index, entry) in entries.iter().enumerate() {
+            if entry.offset >= self.log.end || self.log.terms.term_at(entry.offset) != entry.term {
+                first_new = index;
+                break;
+            }
+        }
+        if let Some(first) = entries.get(first_new) {
+            if first.offset < self.log.end {
+                if first.offset < self.known_commit {
+                    // The leader contradicts our committed prefix: a broken
+                    // peer. Never truncate committed bytes.
+                    return;
+                }
+                let write_id = self.log.truncate(first.offset);
+                self.pending_configs
+                    .retain(|(offset, _)| *offset < first.offset);
+                self.verified_end = self.verified_end.min(first.offset);
+                self.actions.push(Action::Truncate {
+                    write_id,
+                    offset: first.offset,
+                });
+            }
+            let start = (first.offset - prev) as usize;
+            for entry in &entries[first_new..] {
+                self.log
+                    .push_entry(entry.term, entry.len)
+                    .expect("validated: terms non-decreasing and non-zero");
+                if let Some(membership) = &entry.config {
+                    self.pending_configs
+                        .push((entry.offset, membership.clone()));
+                }
+            }
+            let write_id = self.log.record_write(self.log.end);
+            self.actions.push(Action::Append {
+                write_id,
+                offset: first.offset,
+                bytes: append.entries[start..].to_vec(),
+            });
+        }
+        let end = prev + append.entries.len() as u64;
+        self.verified_end = self.verified_end.max(end);
+        let commit = append.leader_commit.min(end);
+        if commit > self.known_commit {
+            self.known_commit = commit;
+        }
+        self.advance_commit();
+        let durable_end = self.durable_end().min(self.verified_end);
+        self.reported_durable = self.reported_durable.max(durable_end);
+        self.send(
+            from,
+            Message::AppendResponse(AppendResponse {
+                term: self.hard.term,
+                outcome: AppendOutcome::Accepted {
+                    verified_end: self.verified_end,
+                    durable_end,
+                },
+            }),
+        );
+    }
+
+    fn reject_append(&mut self, to: NodeId, rejected_prev: u64, hint: ConflictHint) {
+        self.send(
+            to,
+            Message::AppendResponse(AppendResponse {
+                term: self.hard.term,
+                outcome: AppendOutcome::Rejected {
+                    rejected_prev,
+                    hint,
+                },
+            }),
+        );
+    }
+
+    /// Where our log may diverge from a leader whose entry ending at
+    /// `prev_offset` has term `prev_term`: walk back a term at a time
+    /// (never an entry at a time) to the last run whose term is at most
+    /// `prev_term`.
+    fn conflict_hint(&self, prev_offset: u64, prev_term: Term) -> ConflictHint {
+        let mut offset = prev_offset.min(self.log.end);
+        loop {
+            let Some(run) = offset
+                .checked_sub(1)
+                .and_then(|last| self.log.terms.run_at(last))
+            else {
+                return ConflictHint {
+                    term: 0,
+                    term_start: 0,
+                    offset: 0,
+                };
+            };
+            if run.term <= prev_term {
+                return ConflictHint {
+                    term: run.term,
+                    term_start: run.start,
+                    offset,
+                };
+            }
+            offset = run.start;
+        }
+    }
+
+    /// Parses and checks every entry of an AppendEntries; `None` if any is
+    /// corrupt, too large, of a bad term, or a config that does not decode.
+    fn validate_entries(&self, append: &AppendEntries) -> Option<Vec<ReceivedEntry>> {
+        let mut entries = Vec::new();
+        let mut last_term = append.prev_term;
+        let mut iter = EntryIter::new(&append.entries, append.prev_offset, self.config.max_payload);
+        for entry in iter.by_ref() {
+            let entry = entry.ok()?;
+            let term = entry.header.term;
+            if term == 0 || term < last_term || term > append.term || entry.header.flags != 0 {
+                return None;
+            }
+            last_term = term;
+            let config = if entry.header.kind == EntryKind::Config {
+                Some(Membership::decode(entry.payload).ok()?)
+            } else {
+                None
+            };
+            entries.push(ReceivedEntry {
+                offset: entry.offset,
+                term,
+                len: entry.header.entry_len(),
+                config,
+            });
+        }
+        (iter.offset() == append.prev_offset + append.entries.len() as u64).then_some(entries)
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, response: AppendResponse) {
+        let end = self.log.end;
+        let Some(leader) = self.leader.as_mut() else {
+            return;
+        };
+        let Some(progress) = leader.progress.get_mut(&from) else {
+            return;
+        };
+        progress.recent_active = true;
+        match response.outcome {
+            AppendOutcome::Accepted {
+                verified_end,
+                durable_end,
+            } => {
+                if verified_end > end || durable_end > verified_end {
+                    return; // Not a log of ours: ignore.
+                }
+                progress.match_offset = progress.match_offset.max(durable_end);
+                if progress.replicating {
+                    progress.next_offset = progress.next_offset.max(verified_end);
+                } else {
+                    progress.replicating = true;
+                    progress.probe_sent = false;
+                    progress.next_offset = verified_end.max(progress.match_offset);
+                }
+                self.maybe_commit();
+                self.maybe_send_timeout_now(from);
+            }
+            AppendOutcome::Rejected {
+                rejected_prev,
+                hint,
+            } => {
+                let stale = if progress.replicating {
+                    rejected_prev < progress.match_offset
+                } else {
+                    rejected_prev != progress.next_offset
+                };
+                if stale {
+                    return;
+                }
+                let match_offset = progress.match_offset;
+                let mut next = self.next_after_rejection(rejected_prev, hint);
+                if match_offset < rejected_prev {
+                    next = next.max(match_offset);
+                }
+                let leader = self.leader.as_mut().expect("checked above");
+                let progress = leader.progress.get_mut(&from).expect("checked above");
+                progress.become_probe(next);
+            }
+        }
+    }
+
+    /// Where to probe after a rejection, using the follower's hint: an
+    /// offset that is an entry boundary of our log and, given the hint,
+    /// most likely of the follower's too. Always below `rejected_prev`.
+    fn next_after_rejection(&self, rejected_prev: u64, hint: ConflictHint) -> u64 {
+        let terms = &self.log.terms;
+        let fallback = |below: u64| -> u64 {
+            if self.log.end < below {
+                self.log.end
+            } else {
+                below
+                    .checked_sub(1)
+                    .and_then(|last| terms.last_start_at_most(last))
+                    .unwrap_or(0)
+            }
+        };
+        let candidate = if hint.term == 0 {
+            0
+        } else if terms.start_of(hint.term) == Some(hint.term_start) {
+            // Both logs hold this term from the same start, each a prefix of
+            // what its leader wrote: they agree up to the shorter run.
+            let our_end = terms.end_of(hint.term, self.log.end).expect("term present");
+            our_end.min(hint.offset)
+        } else if self.log.end <= hint.term_start {
+            self.log.end
+        } else {
+            // The follower's entries of that term are not in our log: go
+            // back to our last term boundary at or before them.
+            terms.last_start_at_most(hint.term_start).unwrap_or(0)
+        };
+        let is_our_boundary = candidate <= self.log.end
+            && (self.log.is_boundary(candidate)
+                || terms.start_of(terms.term_at(candidate)) == Some(candidate));
+        if candidate < rejected_prev && is_our_boundary {
+            candidate
+        } else {
+            fallback(rejected_prev)
+        }
+    }
+
+    fn handle_heartbeat_response(&mut self, from: NodeId, response: HeartbeatResponse) {
+        let end = self.log.end;
+        let Some(leader) = self.leader.as_mut() else {
+            return;
+        };
+        let Some(progress) = leader.progress.get_mut(&from) else {
+            return;
+        };
+        progress.recent_active = true;
+        progress.read_seq_acked = progress.read_seq_acked.max(response.read_seq);
+        if !progress.replicating && progress.match_offset < end {
+            progress.probe_sent = false;
+        }
+        self.process_reads();
+    }
+
+    // ----- leader: appending, replicating, committing -----
+
+    fn check_can_propose(&self, payload_len: u64) -> Result<(), ProposeError> {
+        let Some(leader) = self.leader.as_ref() else {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader_id,
+            });
+        };
+        if payload_len > u64::from(self.config.max_payload) {
+            return Err(ProposeError::TooLarge {
+                len: payload_len,
+                max: self.config.max_payload,
+            });
+        }
+        if leader.transfer_target.is_some() {
+            return Err(ProposeError::Busy("leadership transfer in progress"));
+        }
+        let uncommitted = self.log.end - self.known_commit;
+        if uncommitted + ENTRY_HEADER_LEN as u64 + payload_len > self.config.max_uncommitted_bytes {
+            return Err(ProposeError::Busy("too many uncommitted bytes"));
+        }
+        Ok(())
+    }
+
+    /// Appends an entry of the current term to our own log (leader only).
+    fn append_local(&mut self, kind: EntryKind, payload: &[u8]) -> u64 {
+        let offset = self.log.end;
+        let mut bytes = Vec::with_capacity(ENTRY_HEADER_LEN + payload.len());
+        encode_entry(self.hard.term, kind, payload, &mut bytes);
+        self.log
+            .push_entry(self.hard.term, bytes.len() as u64)
+            .expect("a leader appends entries of its own, highest, term");
+        let write_id = self.log.record_write(self.log.end);
+        let leader = self.leader.as_mut().expect("only a leader appends locally");
+        leader.fresh.extend(bytes.iter());
+        if kind == EntryKind::Config {
+            let membership = Membership::decode(payload).expect("encoded by Membership::encode");
+            let end = self.log.end;
+            leader.progress.retain(|id, _| membership.is_member(*id));
+            for id in membership.members() {
+                if id != self.config.id {
+                    leader
+                        .progress
+                        .entry(id)
+                        .or_insert_with(|| Progress::new(end));
+                }
+            }
+            self.pending_configs.push((offset, membership));
+        }
+        self.actions.push(Action::Append {
+            write_id,
+            offset,
+            bytes,
+        });
+        #[cfg(feature = "bug-injection")]
+        if self.config.bugs.ack_before_fsync {
+            self.maybe_commit();
+        }
+        offset
+    }
+
+    /// Our own durable end, as far as commit and acks are concerned.
+    fn durable_end(&self) -> u64 {
+        #[cfg(feature = "bug-injection")]
+        if self.config.bugs.ack_before_fsync {
+            return self.log.end;
+        }
+        self.log.synced
+    }
+
+    fn bug_forget_to_persist_vote(&self) -> bool {
+        #[cfg(feature = "bug-injection")]
+        if self.config.bugs.forget_to_persist_vote {
+            return true;
+        }
+        false
+    }
+
+    fn bug_commit_old_term(&self) -> bool {
+        #[cfg(feature = "bug-injection")]
+        if self.config.bugs.commit_old_term_by_counting {
+            return true;
+        }
+        false
+    }
+
+    /// Leader: the commit offset is the largest offset durable on a quorum
+    /// of voters, provided the entry ending there is of the current term.
+    fn maybe_commit(&mut self) {
+        let Some(leader) = self.leader.as_ref() else {
+            return;
+        };
+        let membership = self.membership();
+        let mut durable: Vec<u64> = membership
+            .voters
+            .iter()
+            .map(|&id| {
+                if id == self.config.id {
+                    self.durable_end()
+                } else {
+                    leader.progress.get(&id).map_or(0, |p| p.match_offset)
+                }
+            })
+            .collect();
+        durable.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_durable = durable[membership.quorum() - 1];
+        if quorum_durable > self.known_commit
+            && (self.log.terms.term_before(quorum_durable) == self.hard.term
+                || self.bug_commit_old_term())
+        {
+            self.known_commit = quorum_durable;
+        }
+        self.advance_commit();
+    }
+
+    /// Moves the reported commit offset to `min(known commit, durable end)`
+    /// and applies what follows from it.
+    fn advance_commit(&mut self) {
+        let commit = self.known_commit.min(self.durable_end());
+        if commit <= self.commit {
+            return;
+        }
+        self.commit = commit;
+        self.log.raise_floor(commit);
+        let committed = self
+            .pending_configs
+            .partition_point(|(offset, _)| *offset < commit);
+        if committed > 0 {
+            let mut drained: Vec<_> = self.pending_configs.drain(..committed).collect();
+            self.committed_membership = drained.pop().expect("at least one").1;
+        }
+        self.actions.push(Action::CommitAdvanced {
+            commit_offset: commit,
+        });
+        if let Some(leader) = self.leader.as_mut() {
+            if commit > leader.fresh_start {
+                let drop = (commit - leader.fresh_start).min(leader.fresh.len() as u64);
+                leader.fresh.drain(..drop as usize);
+                leader.fresh_start += drop;
+            }
+        }
+        self.process_reads();
+        if self.role == Role::Leader && !self.membership().is_voter(self.config.id) {
+            // Our removal is committed (or we are a learner): step aside.
+            if self.pending_configs.is_empty() {
+                self.become_follower(self.hard.term, None);
+            }
+        }
+    }
+
+    /// Confirms read-index requests whose heartbeat round a quorum answered,
+    /// and releases those whose read index is committed.
+    fn process_reads(&mut self) {
+        let Some(leader) = self.leader.as_ref() else {
+            return;
+        };
+        if self.known_commit <= leader.term_start {
+            // Our commit offset may still lag the cluster's: wait for the no-op.
+            return;
+        }
+        let membership = self.membership();
+        let mut acked: Vec<u64> = membership
+            .voters
+            .iter()
+            .map(|&id| {
+                if id == self.config.id {
+                    leader.read_seq
+                } else {
+                    leader.progress.get(&id).map_or(0, |p| p.read_seq_acked)
+                }
+            })
+            .collect();
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed_seq = acked[membership.quorum() - 1];
+        let known_commit = self.known_commit;
+        let commit = self.commit;
+        let leader = self.leader.as_mut().expect("checked above");
+        for read in leader.pending_reads.iter_mut() {
+            if read.seq > confirmed_seq {
+                break;
+            }
+            read.read_index.get_or_insert(known_commit);
+        }
+        while let Some(read) = leader.pending_reads.front() {
+            match read.read_index {
+                Some(read_index) if read_index <= commit => {
+                    self.actions.push(Action::ReadReady {
+                        ctx: read.ctx,
+                        read_index,
+                    });
+                    leader.pending_reads.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    fn maybe_send_timeout_now(&mut self, target: NodeId) {
+        let end = self.log.end;
+        let Some(leader) = self.leader.as_ref() else {
+            return;
+        };
+        if leader.transfer_target != Some(target) {
+            return;
+        }
+        if leader
+            .progress
+            .get(&target)
+            .is_some_and(|p| p.match_offset == end)
+        {
+            self.send(
+                target,
+                Message::TimeoutNow(TimeoutNow {
+                    term: self.hard.term,
+                }),
+            );
+        }
+    }
+
+    /// Generates heartbeats and AppendEntries for every follower, within
+    /// each one's flow-control window.
+    fn replicate(&mut self, log: &dyn LogRead) {
+        let peers: Vec<NodeId> = self
+            .leader
+            .as_ref()
+            .expect("role is leader")
+            .progress
+            .keys()
+            .copied()
+            .collect();
+        let heartbeat_due =
+            std::mem::take(&mut self.leader.as_mut().expect("role is leader").heartbeat_due);
+        for peer in peers {
+            if heartbeat_due {
+                let leader = self.leader.as_ref().expect("role is leader");
+                let progress = &leader.progress[&peer];
+                let heartbeat = Heartbeat {
+                    term: self.hard.term,
+                    commit: self.known_commit.min(progress.match_offset),
+                    read_seq: leader.read_seq,
+                };
+                self.send(peer, Message::Heartbeat(heartbeat));
+            }
+            self.replicate_to(peer, log);
+        }
+    }
+
+    fn replicate_to(&mut self, peer: NodeId, log: &dyn LogRead) {
+        loop {
+            let leader = self.leader.as_ref().expect("role is leader");
+            let progress = &leader.progress[&peer];
+            let from = progress.next_offset;
+            let budget = if progress.replicating {
+                let in_flight = from.saturating_sub(progress.match_offset);
+                if from >= self.log.end || in_flight >= self.config.max_inflight_bytes {
+                    return;
+                }
+                (self.config.max_inflight_bytes - in_flight).min(self.config.max_batch_bytes)
+            } else {
+                if progress.probe_sent {
+                    return;
+                }
+                self.config.max_batch_bytes
+            };
+            let entries = if from < self.log.end {
+                match self.read_entries(from, budget, log) {
+                    Some(entries) => entries,
+                    None => return, // Retried on the next call.
+                }
+            } else {
+                Vec::new()
+            };
+            let message = AppendEntries {
+                term: self.hard.term,
+                prev_offset: from,
+                prev_term: self.log.terms.term_before(from),
+                leader_commit: self.known_commit,
+                entries,
+            };
+            let sent_end = from + message.entries.len() as u64;
+            let leader = self.leader.as_mut().expect("role is leader");
+            let progress = leader.progress.get_mut(&peer).expect("peer listed");
+            let replicating = progress.replicating;
+            if replicating {
+                progress.next_offset = sent_end;
+            } else {
+                progress.probe_sent = true;
+            }
+            self.send(peer, Message::AppendEntries(message));
+            if !replicating {
+                return;
+            }
+        }
+    }
+
+    /// Whole entries from `from` (a boundary below our end), up to `budget`
+    /// bytes but at least one entry: from memory when fresh, else from the
+    /// driver's log. `None` if they cannot be read now.
+    fn read_entries(&self, from: u64, budget: u64, log: &dyn LogRead) -> Option<Vec<u8>> {
+        let leader = self.leader.as_ref().expect("role is leader");
+        if from >= leader.fresh_start {
+            let limit = from.saturating_add(budget);
+            // The last boundary at or below the limit, but past `from`.
+            let boundaries = &self.log.boundaries;
+            let after_limit = boundaries.partition_point(|&start| start <= limit);
+            let mut end = if limit >= self.log.end {
+                self.log.end
+            } else {
+                boundaries
+                    .get(after_limit.saturating_sub(1))
+                    .copied()
+                    .unwrap_or(from)
+            };
+            if end <= from {
+                let next = boundaries.partition_point(|&start| start <= from);
+                end = boundaries.get(next).copied().unwrap_or(self.log.end);
+            }
+            let start_index = (from - leader.fresh_start) as usize;
+            let end_index = (end - leader.fresh_start) as usize;
+            return Some(
+                leader
+                    .fresh
+                    .range(start_index..end_index)
+                    .copied()
+                    .collect(),
+            );
+        }
+        let bytes = log.read(from, budget).ok()?;
+        // Keep only whole entries inside our log (a header walk; the
+        // follower checks the CRCs).
+        let limit = self.log.end - from;
+        let mut taken: u64 = 0;
+        while taken < bytes.len() as u64 {
+            let header =
+                EntryHeader::decode(&bytes[taken as usize..], self.config.max_payload).ok()?;
+            let next = taken + header.entry_len();
+            if next > bytes.len() as u64 || next > limit {
+                break;
+            }
+            taken = next;
+        }
+        if taken == 0 {
+            return None;
+        }
+        let mut bytes = bytes;
+        bytes.truncate(taken as usize);
+        Some(bytes)
+    }
+
+    // ----- follower: acknowledgements -----
+
+    /// After an fsync, tell the leader how far our matching log is durable.
+    fn report_durable_progress(&mut self) {
+        let Some(leader) = self.leader_id else {
+            return;
+        };
+        if self.role != Role::Follower {
+            return;
+        }
+        let durable_end = self.durable_end().min(self.verified_end);
+        if durable_end > self.reported_durable {
+            self.reported_durable = durable_end;
+            self.send(
+                leader,
+                Message::AppendResponse(AppendResponse {
+                    term: self.hard.term,
+                    outcome: AppendOutcome::Accepted {
+                        verified_end: self.verified_end,
+                        durable_end,
+                    },
+                }),
+            );
+        }
+    }
+
+    // ----- invariants -----
+
+    /// Cheap checks always; the costly ones only in debug builds.
+    fn check_invariants(&self) {
+        assert!(
+            self.commit <= self.known_commit,
+            "commit beyond what is known committed"
+        );
+        assert!(
+            self.commit <= self.durable_end(),
+            "commit beyond the durable log"
+        );
+        assert!(
+            self.known_commit <= self.log.end,
+            "known commit beyond the log"
+        );
+        assert!(
+            self.log.synced <= self.log.end,
+            "durable offset beyond the log"
+        );
+        assert!(
+            self.log.last_term() <= self.hard.term,
+            "an entry from a future term"
+        );
+        if self.role == Role::Leader {
+            assert!(self.leader.is_some() && self.leader_id == Some(self.config.id));
+        }
+        if cfg!(debug_assertions) {
+            let boundaries = &self.log.boundaries;
+            assert!(boundaries
+                .iter()
+                .zip(boundaries.iter().skip(1))
+                .all(|(a, b)| a < b));
+            assert!(boundaries
+                .front()
+                .is_none_or(|&first| first >= self.log.boundary_floor));
+            assert!(boundaries.back().is_none_or(|&last| last < self.log.end));
+            assert!(self
+                .log
+                .terms
+                .runs()
+                .last()
+                .is_none_or(|run| run.start < self.log.end));
+            assert!(self
+                .pending_configs
+                .iter()
+                .all(|(offset, _)| *offset >= self.commit));
+            if let Some(leader) = &self.leader {
+                assert_eq!(
+                    leader.fresh_start + leader.fresh.len() as u64,
+                    self.log.end,
+                    "the leader's fresh entries end at the log's end"
+                );
+                for progress in leader.progress.values() {
+                    assert!(progress.match_offset <= self.log.end);
+                }
+            }
+        }
+    }
+}
+
+/// One entry of a received AppendEntries, after validation.
+#[derive(Debug)]
+struct ReceivedEntry {
+    offset: u64,
+    term: Term,
+    len: u64,
+    config: Option<Membership>,
+}
