@@ -620,6 +620,19 @@ impl LogWriter {
     }
 }
 
+impl Drop for LogWriter {
+    /// A clean close makes everything written durable, including any roll
+    /// still pending (whose segment would otherwise be discarded by recovery
+    /// as never durable). Errors are only logged: nothing was promised.
+    fn drop(&mut self) {
+        if self.shared.check_poisoned().is_ok() {
+            if let Err(error) = self.shared.sync() {
+                tracing::warn!(%error, "final sync while closing the log failed");
+            }
+        }
+    }
+}
+
 fn first_entry_len(entries: &[u8], max_payload: u32) -> Result<usize, StorageError> {
     let header =
         EntryHeader::decode(entries, max_payload).map_err(|error| StorageError::InvalidAppend {

@@ -1,0 +1,321 @@
+//! Property tests of crash recovery: damage the tail segment (cut it short,
+//! flip a bit) and reopen. The recovered log must be a prefix of what was
+//! written, hold every entry synced before the damage, and take new appends.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use loglog_proto::entry::{encode_entry, EntryIter, EntryKind, DEFAULT_MAX_PAYLOAD};
+use loglog_proto::segment::{parse_segment_file_name, SEGMENT_HEADER_LEN};
+use loglog_storage::{open, LogReader, StorageConfig, StorageError};
+use proptest::prelude::*;
+
+fn config(dir: &Path, segment_size: u64) -> StorageConfig {
+    let mut config = StorageConfig::new(dir);
+    config.segment_size = segment_size;
+    config
+}
+
+/// A payload that names its entry, so no two entries look alike.
+fn payload(id: u32, filler: &[u8]) -> Vec<u8> {
+    let mut payload = id.to_le_bytes().to_vec();
+    payload.extend_from_slice(filler);
+    payload
+}
+
+fn read_all(reader: &LogReader) -> Vec<Vec<u8>> {
+    let end = reader.end_offset();
+    let mut offset = reader.start_offset();
+    let mut payloads = Vec::new();
+    while offset < end {
+        let chunk = reader
+            .read(offset, 4096, end)
+            .expect("read the recovered log");
+        for entry in EntryIter::new(&chunk.bytes, offset, DEFAULT_MAX_PAYLOAD) {
+            payloads.push(entry.expect("entries read are valid").payload.to_vec());
+        }
+        offset = chunk.next_offset();
+    }
+    payloads
+}
+
+/// The last segment file (by start offset) and its start.
+fn tail_segment(dir: &Path) -> (PathBuf, u64) {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.unwrap();
+            let start = parse_segment_file_name(entry.file_name().to_str()?)?;
+            Some((entry.path(), start))
+        })
+        .max_by_key(|(_, start)| *start)
+        .expect("a segment file")
+}
+
+#[derive(Clone, Debug)]
+enum Damage {
+    /// Cut the tail file at this fraction of its data (and a bit past it).
+    Truncate(f64),
+    /// Flip one bit at this fraction.
+    FlipBit(f64, u8),
+    /// Overwrite a range with zeros, as a lost page would read.
+    Zero(f64, usize),
+}
+
+fn damage_strategy() -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        (0.0..1.0f64).prop_map(Damage::Truncate),
+        (0.0..1.0f64, 0u8..8).prop_map(|(at, bit)| Damage::FlipBit(at, bit)),
+        (0.0..1.0f64, 1usize..300).prop_map(|(at, len)| Damage::Zero(at, len)),
+    ]
+}
+
+/// One appended batch: entry payload fillers, then whether to sync after it.
+type Batch = (Vec<Vec<u8>>, bool);
+
+fn batches_strategy() -> impl Strategy<Value = Vec<Batch>> {
+    proptest::collection::vec(
+        (
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..120), 1..6),
+            any::<bool>(),
+        ),
+        1..20,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn recovery_keeps_a_valid_prefix_with_everything_synced(
+        batches in batches_strategy(),
+        segment_size in 64u64..1500,
+        damage in damage_strategy(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut written: Vec<Vec<u8>> = Vec::new();
+        let mut entry_ends: Vec<u64> = Vec::new();
+        let mut synced = 0u64;
+        {
+            let (mut writer, syncer, _reader) = open(config(dir.path(), segment_size)).unwrap();
+            for (fillers, sync) in &batches {
+                let mut bytes = Vec::new();
+                for filler in fillers {
+                    let payload = payload(written.len() as u32, filler);
+                    let before = bytes.len();
+                    encode_entry(1, EntryKind::Data, &payload, &mut bytes);
+                    entry_ends.push(writer.end_offset() + bytes.len() as u64);
+                    let _ = before;
+                    written.push(payload);
+                }
+                writer.append(&bytes).unwrap();
+                if *sync {
+                    synced = syncer.sync().unwrap();
+                }
+            }
+            // Dropping closes cleanly; the damage below stands in for a crash.
+        }
+
+        let (tail_path, tail_start) = tail_segment(dir.path());
+        let file = fs::OpenOptions::new().read(true).write(true).open(&tail_path).unwrap();
+        let file_len = file.metadata().unwrap().len();
+        let data_end = entry_ends.last().copied().unwrap_or(0).max(tail_start);
+        // Damage lands in the data or just past it (pre-zeroed space).
+        let span = (SEGMENT_HEADER_LEN as u64 + (data_end - tail_start) + 16).min(file_len);
+        let header = SEGMENT_HEADER_LEN as u64;
+        let position_at = |fraction: f64| header + ((span.saturating_sub(header)) as f64 * fraction) as u64;
+        let damage_position = match damage {
+            Damage::Truncate(at) => {
+                let position = position_at(at);
+                file.set_len(position).unwrap();
+                position
+            }
+            Damage::FlipBit(at, bit) => {
+                let position = position_at(at);
+                let mut byte = [0u8; 1];
+                if position < file_len {
+                    file.read_exact_at(&mut byte, position).unwrap();
+                    byte[0] ^= 1 << bit;
+                    file.write_all_at(&byte, position).unwrap();
+                }
+                position
+            }
+            Damage::Zero(at, len) => {
+                let position = position_at(at);
+                let len = (len as u64).min(file_len.saturating_sub(position));
+                file.write_all_at(&vec![0u8; len as usize], position).unwrap();
+                position
+            }
+        };
+        drop(file);
+        let damaged_offset = tail_start + (damage_position - header);
+
+        let (mut writer, syncer, reader) = open(config(dir.path(), segment_size)).unwrap();
+        let recovered = read_all(&reader);
+        prop_assert!(recovered.len() <= written.len());
+        prop_assert_eq!(&recovered[..], &written[..recovered.len()], "not a prefix");
+        prop_assert_eq!(
+            writer.end_offset(),
+            if recovered.is_empty() { 0 } else { entry_ends[recovered.len() - 1] }
+        );
+        let must_survive = entry_ends
+            .iter()
+            .filter(|&&end| end <= synced.min(damaged_offset))
+            .count();
+        prop_assert!(
+            recovered.len() >= must_survive,
+            "lost synced entries: recovered {}, synced before damage {}", recovered.len(), must_survive
+        );
+
+        // New appends go on after the recovered end and survive a reopen.
+        let mut bytes = Vec::new();
+        let fresh = payload(u32::MAX, b"after recovery");
+        encode_entry(2, EntryKind::Data, &fresh, &mut bytes);
+        writer.append(&bytes).unwrap();
+        syncer.sync().unwrap();
+        drop((writer, syncer, reader));
+        let (_writer, _syncer, reader) = open(config(dir.path(), segment_size)).unwrap();
+        let mut expected = recovered.clone();
+        expected.push(fresh);
+        prop_assert_eq!(read_all(&reader), expected);
+    }
+
+    #[test]
+    fn truncated_entries_never_come_back(
+        first in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..100), 1..30),
+        second in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..10),
+        cut in any::<proptest::sample::Index>(),
+        lost_tail in 0.0..1.0f64,
+        sync_second in any::<bool>(),
+        segment_size in 64u64..800,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, syncer, _reader) = open(config(dir.path(), segment_size)).unwrap();
+        let mut boundaries = vec![0u64];
+        let mut bytes = Vec::new();
+        let first: Vec<Vec<u8>> = first.iter().enumerate().map(|(id, f)| payload(id as u32, f)).collect();
+        for payload in &first {
+            encode_entry(1, EntryKind::Data, payload, &mut bytes);
+            boundaries.push(bytes.len() as u64);
+        }
+        writer.append(&bytes).unwrap();
+        syncer.sync().unwrap();
+
+        let kept = cut.index(first.len() + 1);
+        let offset = boundaries[kept];
+        writer.truncate_suffix(offset).unwrap();
+        prop_assert_eq!(writer.end_offset(), offset);
+        prop_assert!(syncer.durable_offset() <= offset);
+
+        let second: Vec<Vec<u8>> = second.iter().enumerate().map(|(id, f)| payload(1000 + id as u32, f)).collect();
+        let mut bytes = Vec::new();
+        for payload in &second {
+            encode_entry(2, EntryKind::Data, payload, &mut bytes);
+        }
+        writer.append(&bytes).unwrap();
+        if sync_second {
+            syncer.sync().unwrap();
+        }
+        drop((writer, syncer));
+
+        // Without a sync of the second batch, a crash may lose any part of
+        // it: cut the tail file somewhere past the truncation point.
+        if !sync_second {
+            let (tail_path, tail_start) = tail_segment(dir.path());
+            let file = fs::OpenOptions::new().write(true).open(&tail_path).unwrap();
+            let len = file.metadata().unwrap().len();
+            let floor = SEGMENT_HEADER_LEN as u64 + offset.saturating_sub(tail_start);
+            let at = floor + ((len.saturating_sub(floor)) as f64 * lost_tail) as u64;
+            if at < len {
+                file.set_len(at).unwrap();
+            }
+        }
+
+        let (_writer, _syncer, reader) = open(config(dir.path(), segment_size)).unwrap();
+        let recovered = read_all(&reader);
+        let mut expected: Vec<Vec<u8>> = first[..kept].to_vec();
+        expected.extend(second.iter().cloned());
+        prop_assert!(recovered.len() >= kept, "lost entries below the truncation point");
+        prop_assert!(recovered.len() <= expected.len());
+        prop_assert_eq!(&recovered[..], &expected[..recovered.len()]);
+        if sync_second {
+            prop_assert_eq!(recovered, expected);
+        }
+    }
+}
+
+#[test]
+fn a_damaged_segment_header_is_a_typed_error_not_a_silent_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut writer, syncer, _) = open(config(dir.path(), 100)).unwrap();
+        let mut bytes = Vec::new();
+        for id in 0..10 {
+            encode_entry(1, EntryKind::Data, &payload(id, &[7; 30]), &mut bytes);
+        }
+        writer.append(&bytes).unwrap();
+        syncer.sync().unwrap();
+    }
+    let (tail_path, _) = tail_segment(dir.path());
+    let original = fs::read(&tail_path).unwrap();
+    for position in [0usize, 9, 17, 30] {
+        let mut damaged = original.clone();
+        damaged[position] ^= 0x40;
+        fs::write(&tail_path, &damaged).unwrap();
+        let result = open(config(dir.path(), 100));
+        assert!(
+            matches!(
+                result,
+                Err(StorageError::BadSegmentHeader { .. } | StorageError::NotContiguous { .. })
+            ),
+            "byte {position}: {:?}",
+            result.err()
+        );
+    }
+    // The data is still there once the header is repaired.
+    fs::write(&tail_path, &original).unwrap();
+    let (writer, _, _) = open(config(dir.path(), 100)).unwrap();
+    assert_eq!(writer.end_offset(), 500);
+}
+
+#[test]
+fn a_missing_middle_segment_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut writer, _syncer, reader) = open(config(dir.path(), 100)).unwrap();
+        let mut bytes = Vec::new();
+        for id in 0..10 {
+            encode_entry(1, EntryKind::Data, &payload(id, &[7; 30]), &mut bytes);
+        }
+        writer.append(&bytes).unwrap();
+        assert!(reader.segment_count() >= 3);
+    }
+    let mut starts: Vec<u64> = fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| parse_segment_file_name(e.unwrap().file_name().to_str()?))
+        .collect();
+    starts.sort();
+    fs::remove_file(
+        dir.path()
+            .join(loglog_proto::segment::segment_file_name(starts[1])),
+    )
+    .unwrap();
+    assert!(matches!(
+        open(config(dir.path(), 100)),
+        Err(StorageError::NotContiguous { .. })
+    ));
+}
+
+#[test]
+fn leftover_temporary_files_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(config(dir.path(), 100)).unwrap());
+    fs::write(dir.path().join("prealloc-7.tmp"), vec![0u8; 4096]).unwrap();
+    fs::write(dir.path().join("00000000000000000090.seg.tmp"), b"garbage").unwrap();
+    let (writer, _, reader) = open(config(dir.path(), 100)).unwrap();
+    assert_eq!(writer.end_offset(), 0);
+    assert_eq!(reader.segment_count(), 1);
+    assert!(!dir.path().join("prealloc-7.tmp").exists());
+    assert!(!dir.path().join("00000000000000000090.seg.tmp").exists());
+}
