@@ -184,3 +184,96 @@ fn fsync_never_still_works() {
     assert_eq!(writer.end_offset(), 168);
     assert_eq!(reader.segment_count(), 3);
 }
+
+#[test]
+fn invalid_appends_and_bad_arguments_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, syncer, reader) = open(small_config(dir.path())).unwrap();
+    assert_eq!(writer.append(&[]).unwrap(), 0);
+    assert!(matches!(
+        writer.append(&[1, 2, 3]),
+        Err(StorageError::InvalidAppend { .. })
+    ));
+    let batch = entries(&[b"abc", b"defg"]);
+    assert!(matches!(
+        writer.append(&batch[..batch.len() - 30]),
+        Err(StorageError::InvalidAppend { .. })
+    ));
+    assert_eq!(writer.end_offset(), 0);
+    writer.append(&batch).unwrap();
+    syncer.sync().unwrap();
+    assert!(matches!(
+        writer.truncate_suffix(1000),
+        Err(StorageError::OutOfRange { end: 39 })
+    ));
+    assert!(matches!(
+        writer.truncate_suffix(5),
+        Err(StorageError::NotEntryBoundary { offset: 5 })
+    ));
+    assert_eq!(writer.end_offset(), 39);
+    assert_eq!(syncer.durable_offset(), 39);
+    // A limit past the end is clamped to the end.
+    assert_eq!(reader.read(0, u32::MAX, 10_000).unwrap().bytes, batch);
+    writer.truncate_suffix(0).unwrap();
+    assert_eq!((writer.end_offset(), syncer.durable_offset()), (0, 0));
+    assert!(reader.read(0, 100, 0).unwrap().bytes.is_empty());
+    drop((writer, syncer, reader));
+    let (writer, _, _) = open(small_config(dir.path())).unwrap();
+    assert_eq!(writer.end_offset(), 0);
+}
+
+#[test]
+fn a_roll_counts_only_once_a_sync_completes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, syncer, reader) = open(small_config(dir.path())).unwrap();
+    let first = entries(&[&[1u8; 34], &[2u8; 34]]); // 100 bytes: fills a segment
+    writer.append(&first).unwrap();
+    syncer.sync().unwrap();
+    writer.append(&entries(&[&[3u8; 34]])).unwrap();
+    assert_eq!(reader.segment_count(), 2);
+    let names = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    // The new segment still has its temporary name: a crash now (simulated
+    // by copying the directory) recovers the log as it was at the last sync.
+    assert!(!names(dir.path()).contains(&"00000000000000000100.seg".to_string()));
+    let crashed = tempfile::tempdir().unwrap();
+    for name in names(dir.path()) {
+        std::fs::copy(dir.path().join(&name), crashed.path().join(&name)).unwrap();
+    }
+    let (recovered, _, _) = open(small_config(crashed.path())).unwrap();
+    assert_eq!(recovered.end_offset(), 100);
+    assert_eq!(names(crashed.path()), vec!["00000000000000000000.seg"]);
+
+    assert_eq!(syncer.sync().unwrap(), 150);
+    assert!(names(dir.path()).contains(&"00000000000000000100.seg".to_string()));
+}
+
+#[test]
+fn truncation_across_segments_then_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, syncer, reader) = open(small_config(dir.path())).unwrap();
+    let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 14]).collect();
+    let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+    writer.append(&entries(&refs)).unwrap();
+    syncer.sync().unwrap();
+    assert_eq!(reader.segment_count(), 4);
+    // Exactly at a segment's start: that segment stays, empty.
+    writer.truncate_suffix(180).unwrap();
+    assert_eq!(reader.segment_count(), 3);
+    assert_eq!(writer.end_offset(), 180);
+    writer.truncate_suffix(120).unwrap();
+    assert_eq!(reader.segment_count(), 2);
+    writer.append(&entries(&[&[9u8; 200]])).unwrap();
+    syncer.sync().unwrap();
+    drop((writer, syncer, reader));
+    let (writer, _, reader) = open(small_config(dir.path())).unwrap();
+    assert_eq!(writer.end_offset(), 120 + 216);
+    let chunk = reader.read(120, 1, 336).unwrap();
+    assert_eq!(payloads_of(&chunk.bytes), vec![vec![9u8; 200]]);
+}
