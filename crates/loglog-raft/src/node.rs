@@ -81,6 +81,10 @@ pub struct Status {
     pub membership: Membership,
 }
 
+/// Heartbeat intervals without any ack progress, bytes in flight, before a
+/// replicating follower is probed again (its messages were likely lost).
+const STALLED_HEARTBEATS_BEFORE_PROBE: u32 = 3;
+
 /// The leader's view of one follower's log.
 #[derive(Clone, Debug)]
 struct Progress {
@@ -97,6 +101,11 @@ struct Progress {
     recent_active: bool,
     /// Highest read-index round it confirmed.
     read_seq_acked: u64,
+    /// `match_offset` at the previous heartbeat, and how many heartbeats in
+    /// a row found it unchanged with bytes in flight: a lost message in
+    /// replicate mode is detected this way and answered with a probe.
+    match_at_heartbeat: u64,
+    stalled_heartbeats: u32,
 }
 
 impl Progress {
@@ -108,6 +117,8 @@ impl Progress {
             probe_sent: false,
             recent_active: false,
             read_seq_acked: 0,
+            match_at_heartbeat: 0,
+            stalled_heartbeats: 0,
         }
     }
 
@@ -459,9 +470,24 @@ impl RaftNode {
         if leader.heartbeat_elapsed >= heartbeat_ticks {
             leader.heartbeat_elapsed = 0;
             leader.heartbeat_due = true;
-            // A probe may have been lost: allow another.
             for progress in leader.progress.values_mut() {
+                // A probe may have been lost: allow another.
                 progress.probe_sent = false;
+                // Replicate mode: bytes in flight and no ack for a while
+                // means a message was lost; probe from what is known.
+                let stalled = progress.replicating
+                    && progress.match_offset < progress.next_offset
+                    && progress.match_offset == progress.match_at_heartbeat;
+                progress.stalled_heartbeats = if stalled {
+                    progress.stalled_heartbeats + 1
+                } else {
+                    0
+                };
+                progress.match_at_heartbeat = progress.match_offset;
+                if progress.stalled_heartbeats >= STALLED_HEARTBEATS_BEFORE_PROBE {
+                    progress.stalled_heartbeats = 0;
+                    progress.become_probe(progress.match_offset);
+                }
             }
         }
         self.election_elapsed += 1;

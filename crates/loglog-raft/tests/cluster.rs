@@ -1,0 +1,538 @@
+//! Whole-cluster behaviour of the core, through the in-memory harness.
+
+mod harness;
+
+use harness::Cluster;
+use loglog_proto::entry::{EntryIter, EntryKind};
+use loglog_raft::{
+    AppendOutcome, Membership, MembershipChange, Message, ProposeError, RequestError, Role,
+};
+
+fn payloads(log: &[u8]) -> Vec<Vec<u8>> {
+    EntryIter::new(log, 0, u32::MAX)
+        .map(|entry| entry.expect("valid log"))
+        .filter(|entry| entry.header.kind == EntryKind::Data)
+        .map(|entry| entry.payload.to_vec())
+        .collect()
+}
+
+#[test]
+fn a_leader_is_elected_and_its_no_op_commits_everywhere() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.ticks(40);
+    let leader = cluster.leader().expect("a leader");
+    let term = cluster.node(leader).term();
+    cluster.ticks(5);
+    for id in [1, 2, 3] {
+        let node = cluster.node(id);
+        assert_eq!(node.term(), term);
+        assert_eq!(node.leader(), Some(leader));
+        assert_eq!(node.commit_offset(), 16, "the 16-byte no-op is committed");
+    }
+}
+
+#[test]
+fn elections_are_deterministic_for_a_seed() {
+    let run = || {
+        let mut cluster = Cluster::new(&[1, 2, 3, 4, 5]);
+        cluster.ticks(60);
+        (cluster.leader(), cluster.delivered.clone())
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn entries_replicate_and_commit_on_every_node() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    let mut offsets = Vec::new();
+    for i in 0..50u32 {
+        offsets.push(cluster.propose(1, &i.to_le_bytes()));
+    }
+    cluster.deliver_all();
+    cluster.ticks(3);
+    let end = cluster.node(1).end_offset();
+    assert_eq!(end, 16 + 50 * 20);
+    assert_eq!(
+        offsets[1] - offsets[0],
+        20,
+        "offsets are dense byte offsets"
+    );
+    for id in [1, 2, 3] {
+        assert_eq!(cluster.node(id).commit_offset(), end);
+        assert_eq!(cluster.log(id), cluster.log(1));
+    }
+    assert_eq!(payloads(cluster.log(2)).len(), 50);
+}
+
+#[test]
+fn proposals_are_refused_by_followers_with_a_leader_hint() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(2);
+    assert_eq!(
+        cluster.node_mut(1).propose(b"x"),
+        Err(ProposeError::NotLeader { leader: Some(2) })
+    );
+    let too_large = vec![0; cluster.node(2).config().max_payload as usize + 1];
+    assert!(matches!(
+        cluster.node_mut(2).propose(&too_large),
+        Err(ProposeError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn uncommitted_bytes_are_bounded() {
+    let mut cluster = Cluster::with_config(&[1, 2, 3], |config| {
+        config.max_uncommitted_bytes = 1000;
+    });
+    cluster.elect(1);
+    cluster.isolate(1);
+    let mut accepted = 0;
+    while cluster.node_mut(1).propose(&[7; 84]).is_ok() {
+        accepted += 1;
+    }
+    assert_eq!(accepted, 10, "10 entries of 100 bytes fit in 1000");
+    assert_eq!(
+        cluster.node_mut(1).propose(&[7; 84]),
+        Err(ProposeError::Busy("too many uncommitted bytes"))
+    );
+}
+
+#[test]
+fn pre_vote_keeps_a_partitioned_node_from_disrupting_the_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    let term = cluster.node(1).term();
+    cluster.isolate(3);
+    cluster.ticks(100);
+    assert_eq!(
+        cluster.node(3).term(),
+        term,
+        "pre-votes never bump the term"
+    );
+    cluster.heal();
+    cluster.ticks(30);
+    assert_eq!(cluster.leader(), Some(1));
+    assert_eq!(cluster.node(1).term(), term);
+    assert_eq!(cluster.node(3).leader(), Some(1));
+}
+
+#[test]
+fn without_pre_vote_a_rejoining_node_bumps_the_term() {
+    // The contrast that shows what pre-vote buys (check-quorum off too, or
+    // the lease alone would protect the leader).
+    let mut cluster = Cluster::with_config(&[1, 2, 3], |config| {
+        config.pre_vote = false;
+        config.check_quorum = false;
+    });
+    cluster.elect(1);
+    let term = cluster.node(1).term();
+    cluster.isolate(3);
+    cluster.ticks(100);
+    assert!(cluster.node(3).term() > term);
+    cluster.heal();
+    cluster.ticks(50);
+    assert!(
+        cluster.node(1).term() > term,
+        "the old leader was disrupted"
+    );
+}
+
+#[test]
+fn check_quorum_makes_an_isolated_leader_step_down() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.isolate(1);
+    let election_ticks = cluster.node(1).config().election_ticks as usize;
+    cluster.ticks(2 * election_ticks);
+    assert_eq!(cluster.node(1).role(), Role::Follower);
+    cluster.ticks(60);
+    let new_leader = cluster.leader().expect("the majority elects a leader");
+    assert_ne!(new_leader, 1);
+    // Proposals on the old leader fail fast instead of hanging.
+    assert!(matches!(
+        cluster.node_mut(1).propose(b"x"),
+        Err(ProposeError::NotLeader { .. })
+    ));
+}
+
+#[test]
+fn votes_are_persisted_before_the_response_is_sent() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    for id in [2, 3] {
+        let node = &cluster.nodes[&id];
+        assert_eq!(node.hard_state.term, node.raft.term());
+        // Node 2 and 3 voted for 1 (or learned the term from it).
+        assert!(node.hard_state.voted_for.is_none_or(|vote| vote == 1));
+    }
+}
+
+/// A deposed leader's divergent suffix (many entries of an old term) is
+/// truncated at a byte offset, and the new leader finds the divergence in
+/// a few round trips thanks to the term hints, not one per entry.
+#[test]
+fn conflicting_suffix_is_truncated_with_fast_backtracking() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.propose(1, b"committed");
+    cluster.ticks(2); // followers learn the commit offset from heartbeats
+    let committed_end = cluster.node(1).end_offset();
+    assert_eq!(cluster.node(2).commit_offset(), committed_end);
+
+    // Node 1 appends 100 entries nobody else sees.
+    cluster.isolate(1);
+    for i in 0..100u32 {
+        cluster.propose(1, &[i as u8; 50]);
+    }
+    // Nodes 2 and 3 elect one of them, which writes different, shorter entries.
+    cluster.blocked.insert((1, 2));
+    let leader = cluster.elect_new_leader();
+    for i in 0..10u32 {
+        cluster.propose(leader, &[i as u8; 7]);
+    }
+    cluster.deliver_all();
+    let rejections_before = count_rejections(&cluster);
+    cluster.heal();
+    cluster.ticks(10);
+    let rejections = count_rejections(&cluster) - rejections_before;
+
+    assert_eq!(cluster.leader(), Some(leader));
+    assert_eq!(
+        cluster.log(1),
+        cluster.log(leader),
+        "node 1 now holds the leader's log"
+    );
+    assert_eq!(cluster.nodes[&1].truncations, vec![committed_end]);
+    assert!(
+        rejections <= 3,
+        "{rejections} rejections: backtracking went entry by entry"
+    );
+    let payloads = payloads(cluster.log(1));
+    assert_eq!(payloads.len(), 11);
+    assert_eq!(payloads[10], vec![9u8; 7]);
+}
+
+fn count_rejections(cluster: &Cluster) -> usize {
+    cluster.count_delivered(|message| {
+        matches!(
+            message,
+            Message::AppendResponse(response)
+                if matches!(response.outcome, AppendOutcome::Rejected { .. })
+        )
+    })
+}
+
+/// A follower lagging by many terms of small divergent runs still catches
+/// up, with rejections bounded by the number of terms, not entries.
+#[test]
+fn backtracking_across_several_terms() {
+    let mut cluster = Cluster::new(&[1, 2, 3, 4, 5]);
+    cluster.elect(1);
+    cluster.deliver_all();
+    // Node 5 is cut off; nodes 1..=4 go through several leaders.
+    cluster.isolate(5);
+    for leader in [2, 3, 4, 1, 2] {
+        cluster.elect_among(leader);
+        for i in 0..20u8 {
+            cluster.propose(leader, &[i; 3]);
+        }
+        cluster.deliver_all();
+    }
+    let rejections_before = count_rejections(&cluster);
+    cluster.heal();
+    cluster.ticks(20);
+    let rejections = count_rejections(&cluster) - rejections_before;
+    let leader = cluster.leader().expect("leader");
+    assert_eq!(cluster.log(5), cluster.log(leader));
+    assert!(
+        rejections <= 2,
+        "{rejections} rejections for an empty-suffix follower"
+    );
+}
+
+/// Raft's Figure 8: an entry of an older term stored on a majority must not
+/// be committed by counting replicas; only an entry of the current term
+/// commits (and with it everything before).
+#[test]
+fn an_old_term_entry_on_a_majority_is_not_committed_by_counting() {
+    let mut cluster = Cluster::with_config(&[1, 2, 3], |config| {
+        config.max_batch_bytes = 1; // one entry per AppendEntries
+    });
+    let old_entry_end = figure8_setup(&mut cluster);
+    let node2 = cluster.node(2);
+    assert_eq!(node2.role(), Role::Leader);
+    assert!(
+        node2.commit_offset() < old_entry_end,
+        "the term-1 entry is on 2 of 3 nodes but no term-2 entry is: nothing new commits"
+    );
+    // Once the no-op of term 2 reaches a majority, both commit together.
+    cluster.drop_filter = None;
+    cluster.ticks(5);
+    assert_eq!(
+        cluster.node(2).commit_offset(),
+        cluster.node(2).end_offset()
+    );
+}
+
+/// Node 1 leads term 1 and writes X, which reaches node 2 only (acks lost).
+/// Node 1 goes down; node 2 wins term 2 and sends X then its no-op to node
+/// 3, but the no-op is lost: X (term 1) is durable on nodes 2 and 3.
+/// Returns X's end offset.
+fn figure8_setup(cluster: &mut Cluster) -> u64 {
+    cluster.elect(1);
+    cluster.ticks(2);
+    cluster.isolate(1);
+    let x = cluster.propose(1, b"X");
+    let x_end = x + 16 + 1;
+    // Deliver X to node 2 only, and lose node 2's acks.
+    cluster.blocked.remove(&(1, 2));
+    cluster.tick(1);
+    cluster.tick(1);
+    cluster.deliver_all();
+    assert_eq!(cluster.node(2).end_offset(), x_end);
+    assert!(cluster.node(1).commit_offset() < x_end);
+    cluster.crash(1);
+    cluster.heal();
+    // Node 3 receives only entries of term 1 from node 2 (no no-op).
+    // The first such message is a probe past node 3's end: it is rejected
+    // anyway, and the rejection leads node 2 back to X.
+    let mut seen = 0;
+    cluster.drop_filter = Some(Box::new(move |envelope| {
+        let no_op_to_3 = matches!(&envelope.message, Message::AppendEntries(append)
+            if envelope.to == 3 && append.entries.len() >= 16
+                && u32::from_le_bytes(append.entries[8..12].try_into().unwrap()) == 2);
+        if no_op_to_3 {
+            seen += 1;
+        }
+        no_op_to_3 && seen > 1
+    }));
+    // Node 3 still follows node 1's lease: let time pass for 2 and 3. Node
+    // 3 cannot win (its log lacks X), node 2 can.
+    for _ in 0..100 {
+        if cluster.node(2).role() == Role::Leader {
+            break;
+        }
+        cluster.tick_all();
+    }
+    assert_eq!(cluster.node(2).role(), Role::Leader);
+    cluster.ticks(3);
+    assert_eq!(cluster.node(3).end_offset(), x_end, "X reached node 3");
+    x_end
+}
+
+#[cfg(feature = "bug-injection")]
+#[test]
+fn the_injected_bug_commits_the_old_term_entry() {
+    let mut cluster = Cluster::with_config(&[1, 2, 3], |config| {
+        config.max_batch_bytes = 1;
+        config.bugs.commit_old_term_by_counting = true;
+    });
+    let old_entry_end = figure8_setup(&mut cluster);
+    assert!(cluster.node(2).commit_offset() >= old_entry_end);
+}
+
+#[test]
+fn read_index_waits_for_a_heartbeat_round() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.propose(1, b"before the read");
+    cluster.deliver_all();
+    let commit = cluster.node(1).commit_offset();
+    cluster.node_mut(1).read_index(7).unwrap();
+    cluster.run(1);
+    assert!(
+        cluster.nodes[&1].reads_ready.is_empty(),
+        "not confirmed yet"
+    );
+    cluster.deliver_all();
+    assert_eq!(cluster.nodes[&1].reads_ready, vec![(7, commit)]);
+
+    // Followers refuse, naming the leader.
+    assert_eq!(
+        cluster.node_mut(2).read_index(8),
+        Err(RequestError::NotLeader { leader: Some(1) })
+    );
+}
+
+#[test]
+fn read_index_on_a_deposed_leader_never_succeeds() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.isolate(1);
+    cluster.node_mut(1).read_index(9).unwrap();
+    cluster.run(1);
+    cluster.ticks(40);
+    assert!(cluster.nodes[&1].reads_ready.is_empty());
+    assert_eq!(cluster.nodes[&1].reads_failed, vec![9]);
+}
+
+#[test]
+fn read_index_in_a_single_node_cluster_is_immediate() {
+    let mut cluster = Cluster::new(&[1]);
+    cluster.elect(1);
+    cluster.node_mut(1).read_index(1).unwrap();
+    cluster.run(1);
+    assert_eq!(cluster.nodes[&1].reads_ready, vec![(1, 16)]);
+}
+
+#[test]
+fn leadership_transfer_hands_over_without_waiting_for_a_timeout() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.propose(1, b"data");
+    let term = cluster.node(1).term();
+    cluster.node_mut(1).transfer_leadership(3).unwrap();
+    assert!(matches!(
+        cluster.node_mut(1).propose(b"during transfer"),
+        Err(ProposeError::Busy(_))
+    ));
+    cluster.run(1);
+    cluster.deliver_all();
+    // No tick at all: the target campaigned at once and won (the lease
+    // check lets a transfer election through).
+    assert_eq!(cluster.leader(), Some(3));
+    assert_eq!(cluster.node(3).term(), term + 1);
+    assert_eq!(cluster.node(1).role(), Role::Follower);
+    assert_eq!(
+        cluster.node_mut(1).transfer_leadership(2),
+        Err(RequestError::NotLeader { leader: Some(3) })
+    );
+}
+
+#[test]
+fn a_learner_catches_up_is_promoted_and_the_old_leader_can_leave() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    for i in 0..30u8 {
+        cluster.propose(1, &[i; 100]);
+    }
+    cluster.deliver_all();
+    cluster.add_node(4, Membership::default());
+
+    // Promotion of a non-member, or before it caught up, is refused.
+    assert!(matches!(
+        cluster
+            .node_mut(1)
+            .propose_membership(MembershipChange::PromoteLearner(4)),
+        Err(ProposeError::BadMembershipChange(_))
+    ));
+    cluster
+        .node_mut(1)
+        .propose_membership(MembershipChange::AddLearner(4))
+        .unwrap();
+    assert!(
+        matches!(
+            cluster
+                .node_mut(1)
+                .propose_membership(MembershipChange::Remove(2)),
+            Err(ProposeError::Busy(_))
+        ),
+        "one change at a time"
+    );
+    cluster.run(1);
+    cluster.ticks(10);
+    assert_eq!(
+        cluster.log(4),
+        cluster.log(1),
+        "the learner caught up from offset 0"
+    );
+    assert!(cluster.node(4).membership().learners.contains(&4));
+    assert_eq!(cluster.node(4).role(), Role::Follower);
+
+    cluster
+        .node_mut(1)
+        .propose_membership(MembershipChange::PromoteLearner(4))
+        .unwrap();
+    cluster.run(1);
+    cluster.ticks(5);
+    let membership = cluster.node(2).membership().clone();
+    assert_eq!(membership.voters, [1, 2, 3, 4].into());
+    assert_eq!(membership.quorum(), 3);
+
+    // The leader removes itself: it leads until that commits, then steps
+    // down, and the rest elect a new leader.
+    cluster
+        .node_mut(1)
+        .propose_membership(MembershipChange::Remove(1))
+        .unwrap();
+    cluster.run(1);
+    cluster.ticks(5);
+    assert_eq!(cluster.node(1).role(), Role::Follower);
+    cluster.ticks(60);
+    let leader = cluster.leader().expect("new leader");
+    assert_ne!(leader, 1);
+    let offset = cluster.propose(leader, b"after the change");
+    cluster.ticks(3);
+    for id in [2, 3, 4] {
+        assert!(cluster.node(id).commit_offset() > offset);
+    }
+}
+
+#[test]
+fn a_learner_never_campaigns() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.add_node(4, Membership::default());
+    cluster
+        .node_mut(1)
+        .propose_membership(MembershipChange::AddLearner(4))
+        .unwrap();
+    cluster.run(1);
+    cluster.ticks(5);
+    cluster.isolate(4);
+    cluster.ticks(100);
+    assert_eq!(cluster.node(4).role(), Role::Follower);
+    assert_eq!(cluster.node(4).term(), cluster.node(1).term());
+}
+
+#[test]
+fn a_restarted_node_keeps_its_vote_term_and_commit_floor() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    for i in 0..10u8 {
+        cluster.propose(1, &[i; 10]);
+    }
+    cluster.ticks(3);
+    let commit = cluster.node(2).commit_offset();
+    let term = cluster.node(2).term();
+    cluster.crash(2);
+    cluster.restart(2);
+    assert_eq!(cluster.node(2).term(), term);
+    assert_eq!(
+        cluster.node(2).commit_offset(),
+        commit,
+        "checkpoint kept the commit"
+    );
+    cluster.ticks(3);
+    assert_eq!(cluster.log(2), cluster.log(1));
+}
+
+#[test]
+fn unsynced_writes_are_not_acknowledged() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.ticks(2);
+    for id in [1, 2, 3] {
+        cluster.nodes.get_mut(&id).unwrap().auto_sync = false;
+    }
+    let offset = cluster.propose(1, b"not yet durable");
+    cluster.ticks(3);
+    assert!(cluster.node(1).commit_offset() <= offset, "nobody fsynced");
+    cluster.sync(2);
+    cluster.run(2);
+    cluster.deliver_all();
+    assert!(
+        cluster.node(1).commit_offset() <= offset,
+        "only one durable copy of 3"
+    );
+    cluster.sync(3);
+    cluster.run(3);
+    cluster.deliver_all();
+    // Two followers durable: a quorum, but the leader reports commit only
+    // once its own copy is durable too (the commit offset is local).
+    assert!(cluster.node(1).commit_offset() <= offset);
+    cluster.sync(1);
+    cluster.run(1);
+    assert!(cluster.node(1).commit_offset() > offset);
+}
