@@ -38,6 +38,9 @@ use crate::StorageError;
 pub(crate) const ZERO_AHEAD: u64 = 8 * 1024 * 1024;
 /// Bytes zeroed (and fdatasynced) per step.
 pub(crate) const ZERO_CHUNK: u64 = 1024 * 1024;
+/// Bytes written per `pwrite` of zeros: the longest a writer that caught up
+/// with the zeroing may wait.
+const ZERO_PIECE: u64 = 256 * 1024;
 /// Alignment of `O_DIRECT` writes.
 const ALIGN: u64 = 4096;
 /// How long the preparer waits before retrying after an error (a full disk).
@@ -66,8 +69,12 @@ pub(crate) struct ZeroAhead {
 }
 
 struct ZeroState {
+    /// File range the preparer is writing zeros to right now.
     in_progress: Option<(u64, u64)>,
     claimed: u64,
+    /// Bumped whenever the file is cut, so a zeroing step that started
+    /// before does not report space as zeroed.
+    generation: u64,
 }
 
 impl ZeroAhead {
@@ -87,6 +94,7 @@ impl ZeroAhead {
             state: Mutex::new(ZeroState {
                 in_progress: None,
                 claimed: zeroed,
+                generation: 0,
             }),
             zeroing_done: Condvar::new(),
             zero_file: Mutex::new(zero_file),
@@ -101,6 +109,7 @@ impl ZeroAhead {
             state: Mutex::new(ZeroState {
                 in_progress: None,
                 claimed: zeroed,
+                generation: 0,
             }),
             zeroing_done: Condvar::new(),
             zero_file: Mutex::new(None),
@@ -146,65 +155,90 @@ impl ZeroAhead {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         let result = shrink();
+        state.generation += 1;
         state.claimed = len;
         self.zeroed.fetch_min(len, Ordering::AcqRel);
         result
     }
 
     /// Zeroes one chunk ahead of `write_position` if the zeroed space ends
-    /// less than `ZERO_AHEAD` ahead of it and below `limit`. Returns whether
-    /// it did any work.
+    /// less than `ZERO_AHEAD` ahead of it and below `limit`, then fdatasyncs.
+    /// Returns whether it did any work.
+    ///
+    /// The chunk is written in pieces, each announced in `in_progress`, so a
+    /// writer that catches up waits for one piece at most, and each piece
+    /// starts at or above the writer's claim.
     fn zero_step(
         &self,
         path: &Path,
         write_position: u64,
+        gap: u64,
         limit: u64,
     ) -> Result<bool, StorageError> {
         let Some(file) = lock(&self.zero_file).clone() else {
             return Ok(false);
         };
-        let (from, to) = {
-            let mut state = lock(&self.state);
+        let (from, to, generation) = {
+            let state = lock(&self.state);
             debug_assert!(state.in_progress.is_none(), "only the preparer zeroes");
-            let from = align_up(self.zeroed().max(state.claimed).max(write_position));
+            // `gap` leaves room before an active writer, so that it does not
+            // run into a piece being written the moment it starts.
+            let from = align_up(
+                self.zeroed()
+                    .max(state.claimed)
+                    .max(write_position.saturating_add(gap).min(limit)),
+            );
             if from >= limit || from >= write_position.saturating_add(ZERO_AHEAD) {
                 return Ok(false);
             }
-            let to = align_up((from + ZERO_CHUNK).min(limit));
-            state.in_progress = Some((from, to));
-            (from, to)
+            (
+                from,
+                align_up((from + ZERO_CHUNK).min(limit)),
+                state.generation,
+            )
         };
-        let result = write_zeros(&file, path, from, to);
-        let mut state = lock(&self.state);
-        state.in_progress = None;
-        if result.is_ok() {
-            self.zeroed.fetch_max(to, Ordering::AcqRel);
+        let zeros = aligned_zeros();
+        let mut at = from;
+        while at < to {
+            let piece = {
+                let mut state = lock(&self.state);
+                if state.generation != generation {
+                    // The file was cut meanwhile: start over from the new state.
+                    return Ok(true);
+                }
+                at = at.max(align_up(state.claimed));
+                if at >= to {
+                    break;
+                }
+                let piece = (at, (at + ZERO_PIECE).min(to));
+                state.in_progress = Some(piece);
+                piece
+            };
+            let written = file.write_all_at(&zeros[..(piece.1 - piece.0) as usize], piece.0);
+            let mut state = lock(&self.state);
+            state.in_progress = None;
+            self.zeroing_done.notify_all();
+            drop(state);
+            written.map_err(StorageError::io("write zeros to", path))?;
+            at = piece.1;
         }
-        self.zeroing_done.notify_all();
-        result.map(|()| true)
+        // Makes the new size durable too, so the writer's fdatasyncs into
+        // this space need no metadata commit.
+        file.sync_data()
+            .map_err(StorageError::io("fdatasync", path))?;
+        let state = lock(&self.state);
+        if state.generation == generation {
+            self.zeroed.fetch_max(at, Ordering::AcqRel);
+        }
+        Ok(true)
     }
-}
-
-fn write_zeros(file: &File, path: &Path, from: u64, to: u64) -> Result<(), StorageError> {
-    let zeros = aligned_zeros();
-    let mut at = from;
-    while at < to {
-        let len = (to - at).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..len], at)
-            .map_err(StorageError::io("write zeros to", path))?;
-        at += len as u64;
-    }
-    // Makes the new size durable too, so the writer's fdatasyncs into this
-    // space need no metadata commit.
-    file.sync_data()
-        .map_err(StorageError::io("fdatasync", path))
 }
 
 /// A static, page-aligned buffer of zeros for `O_DIRECT` writes.
 fn aligned_zeros() -> &'static [u8] {
     #[repr(C, align(4096))]
-    struct Page([u8; ZERO_CHUNK as usize]);
-    static ZEROS: Page = Page([0; ZERO_CHUNK as usize]);
+    struct Page([u8; ZERO_PIECE as usize]);
+    static ZEROS: Page = Page([0; ZERO_PIECE as usize]);
     &ZEROS.0
 }
 
@@ -302,7 +336,10 @@ fn run(control: &Control, shared: &Shared, segment_size: u64) {
         // appends need.
         let tail = shared.tail();
         let write_position = tail.position(tail.end.load(Ordering::Acquire));
-        match tail.zero.zero_step(&tail.path(), write_position, limit) {
+        match tail
+            .zero
+            .zero_step(&tail.path(), write_position, ZERO_PIECE, limit)
+        {
             Ok(did) => worked |= did,
             Err(error) => {
                 tracing::warn!(%error, "zeroing ahead of the writer failed");
@@ -312,8 +349,9 @@ fn run(control: &Control, shared: &Shared, segment_size: u64) {
 
         if !failed && !worked {
             if let Some((zero, path)) = &preparing {
-                if zero.zeroed() < first_zeroed {
-                    match zero.zero_step(path, 0, first_zeroed) {
+                // Once it is the tail, the step above takes care of it.
+                if zero.zeroed() < first_zeroed && !Arc::ptr_eq(zero, &tail.zero) {
+                    match zero.zero_step(path, 0, 0, first_zeroed) {
                         Ok(did) => worked |= did,
                         Err(error) => {
                             tracing::warn!(%error, "zeroing the next segment file failed");
