@@ -415,3 +415,51 @@ fn create_file(path: &Path) -> Result<File, StorageError> {
         .open(path)
         .map_err(StorageError::io("create", path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeros_never_land_below_the_writers_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let file = create_file(&path).unwrap();
+        let zero = ZeroAhead::new(&file, 0);
+        let limit = 16 * ZERO_CHUNK;
+
+        // The writer claims and writes 10000 bytes, past anything zeroed.
+        zero.claim(0, 10_000);
+        file.write_all_at(&[0xab; 10_000], 0).unwrap();
+        assert!(zero.zero_step(&path, 10_000, 0, limit).unwrap());
+        let zeroed = zero.zeroed();
+        assert_eq!(zeroed, align_up(10_000) + ZERO_CHUNK);
+        let mut data = vec![0u8; 10_000];
+        file.read_exact_at(&mut data, 0).unwrap();
+        assert!(data.iter().all(|&b| b == 0xab), "zeros landed on data");
+        assert_eq!(file.metadata().unwrap().len(), zeroed);
+
+        // Below `zeroed` the writer needs no claim; zeroing goes on above it.
+        file.write_all_at(&[0xcd; 100], zeroed - 100).unwrap();
+        zero.claim(zeroed - 100, zeroed);
+        while zero.zero_step(&path, zeroed, 0, limit).unwrap() {}
+        assert!(zero.zeroed() >= zeroed + ZERO_AHEAD - ZERO_CHUNK);
+        let mut tail = [0u8; 100];
+        file.read_exact_at(&mut tail, zeroed - 100).unwrap();
+        assert_eq!(tail, [0xcd; 100]);
+
+        // A cut lowers `zeroed` and zeroing resumes from the cut.
+        zero.shrink(5000, || file.set_len(5000)).unwrap();
+        assert_eq!(zero.zeroed(), 5000);
+        assert!(zero.zero_step(&path, 5000, ZERO_PIECE, limit).unwrap());
+        assert_eq!(zero.zeroed(), align_up(5000 + ZERO_PIECE) + ZERO_CHUNK);
+        let mut data = vec![0u8; 5000];
+        file.read_exact_at(&mut data, 0).unwrap();
+        assert!(data.iter().all(|&b| b == 0xab));
+
+        // Nothing past the limit, and nothing once retired.
+        zero.retire();
+        assert!(!zero.zero_step(&path, 5000, 0, limit).unwrap());
+        assert!(!zero.enabled());
+    }
+}
