@@ -1,1 +1,108 @@
-fn main() {}
+//! `loglog`: the LogLog command line.
+//!
+//! Flags and output formats are public contracts (scripts parse them):
+//! change them only deliberately, in the docs and here together.
+//!
+//! Every command exits 0 on success; on failure it prints one line
+//! `error: ...` on stderr and exits 1 (2 for usage errors, from clap).
+
+mod append;
+mod bench;
+mod format;
+mod read;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loglog",
+    version,
+    about = "LogLog command line: append, read, status, bench"
+)]
+struct Cli {
+    /// Nodes of the cluster, tried in order.
+    #[arg(
+        long,
+        global = true,
+        env = "LOGLOG_CLUSTER",
+        value_name = "HOST:PORT[,HOST:PORT...]",
+        value_delimiter = ',',
+        default_value = loglog::DEFAULT_CLUSTER
+    )]
+    cluster: Vec<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Append(append::AppendArgs),
+    Read(read::ReadArgs),
+    Status(status::StatusArgs),
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match &cli.command {
+        // The bench drives many concurrent writers: use every core.
+        Command::Bench(_) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&anyhow::anyhow!("cannot start the async runtime: {error}")),
+    };
+    let cluster: Vec<String> = cli
+        .cluster
+        .iter()
+        .map(|addr| addr.trim().to_string())
+        .filter(|addr| !addr.is_empty())
+        .collect();
+    if cluster.is_empty() {
+        return fail(&anyhow::anyhow!("--cluster names no address"));
+    }
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Append(args) => append::run(&cluster, args).await,
+            Command::Read(args) => read::run(&cluster, args).await,
+            Command::Status(args) => status::run(&cluster, args).await,
+            Command::Bench(args) => bench::run(&cluster, args).await,
+        }
+    });
+    // A thread blocked on stdin must not keep the process alive.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
+fn fail(error: &anyhow::Error) -> ExitCode {
+    // Our errors carry their causes in their own message: print the
+    // outermost only, on one line.
+    let message = error.to_string().replace('\n', " ");
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+/// A reader that closed our stdout (`loglog read ... | head`) is not an error.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// Connects with the default client configuration.
+async fn connect(cluster: &[String]) -> anyhow::Result<loglog::Client> {
+    Ok(loglog::Client::connect(cluster).await?)
+}

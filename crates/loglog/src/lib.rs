@@ -1,1 +1,43 @@
 //! LogLog client library: async (tokio) and blocking.
+//!
+//! A [`Client`] keeps one TCP connection to a node of the cluster and
+//! pipelines every call on it: requests carry ids, a writer task batches
+//! queued frames into few socket writes, and a reader task hands each
+//! answer (in whatever order the node sends them) to the caller waiting for
+//! it. A semaphore bounds the requests in flight. When the connection
+//! fails, every pending call fails with [`Error::Io`] and the next call
+//! opens a new connection, trying the cluster's addresses in order. A node
+//! that answers `NotLeader` with the leader's address gets the call resent
+//! to that leader (appends too: `NotLeader` means nothing was appended).
+//!
+//! Reads return [`ReadPage`]s of whole entries whose checksums are verified
+//! on arrival ([`Error::Corrupt`] otherwise); iterating a page yields data
+//! entries only. [`Client::entries`] follows the tail with long-polls.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), loglog::Error> {
+//! let client = loglog::Client::connect(&["127.0.0.1:19194"]).await?;
+//! let offset = client.append(&b"hello"[..]).await?;
+//! let page = client.read(offset, 1 << 20, std::time::Duration::ZERO).await?;
+//! for entry in page.entries() {
+//!     println!("{} {:?}", entry.offset, entry.payload);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! [`blocking::Client`] offers the same calls without async.
+
+pub mod blocking;
+mod client;
+mod connection;
+mod error;
+mod page;
+mod stream;
+
+pub use client::{Client, ClientConfig, PendingAppend, DEFAULT_CLUSTER};
+pub use error::{Error, Result};
+pub use page::{Entry, ReadPage};
+pub use stream::{EntryStream, DEFAULT_LONG_POLL, DEFAULT_PAGE_BYTES};
+
+pub use loglog_proto::entry::EntryKind;
+pub use loglog_proto::wire::{NodeStatus, Role, ServerError};

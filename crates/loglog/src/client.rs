@@ -1,0 +1,390 @@
+//! The async client: one pipelined connection to the cluster, redirected to
+//! the leader when a node says it is not.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use loglog_proto::entry::MAX_PAYLOAD_LIMIT;
+use loglog_proto::wire::{
+    opcode, NodeStatus, Request, ServerError, APPEND_NO_WAIT, FRAME_HEADER_LEN,
+};
+use tokio::sync::oneshot;
+
+use crate::connection::{Connection, Reply};
+use crate::error::Error;
+use crate::page::ReadPage;
+use crate::stream::EntryStream;
+
+/// Default client address of a node (design notes, section 6).
+pub const DEFAULT_CLUSTER: &str = "127.0.0.1:19194";
+
+/// Tunables of a [`Client`]; every bound is explicit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Requests sent and not yet answered on the connection; more callers wait.
+    pub max_in_flight: usize,
+    /// Largest answer body accepted; a larger frame is a protocol violation.
+    /// It must hold the largest entry the nodes accept, plus a little.
+    pub max_response_body: u32,
+    /// How long opening one TCP connection may take.
+    pub connect_timeout: Duration,
+    /// How many `NotLeader` answers one call follows before giving up.
+    pub max_redirects: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig {
+            max_in_flight: 1024,
+            max_response_body: 64 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(5),
+            max_redirects: 3,
+        }
+    }
+}
+
+/// A LogLog client. Cheap to clone; clones share one connection, on which
+/// concurrent calls are pipelined.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cluster: Vec<String>,
+    config: ClientConfig,
+    /// The connection in use; replaced when it fails or a node redirects.
+    current: Mutex<Option<Arc<Connection>>>,
+    /// Held while a new connection is opened, so concurrent callers that see
+    /// the same failure open one connection, not one each.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// An append that was sent and whose answer is still to come; see
+/// [`Client::submit_append`].
+pub struct PendingAppend {
+    client: Client,
+    connection: Arc<Connection>,
+    payload: Bytes,
+    no_wait: bool,
+    answer: oneshot::Receiver<Reply>,
+    redirects_left: u32,
+}
+
+impl PendingAppend {
+    /// Waits for the node's answer: the offset of the new entry.
+    pub async fn wait(self) -> Result<u64, Error> {
+        let PendingAppend {
+            client,
+            mut connection,
+            payload,
+            no_wait,
+            mut answer,
+            mut redirects_left,
+        } = self;
+        loop {
+            match receive(&connection, answer).await {
+                Ok(body) => return parse_offset(connection.addr(), &body),
+                Err(error) => {
+                    // A NotLeader answer means nothing was appended: safe to
+                    // send again to the leader it names.
+                    let leader = match &error {
+                        Error::Server {
+                            source:
+                                ServerError::NotLeader {
+                                    leader: Some(leader),
+                                },
+                            ..
+                        } if redirects_left > 0 => leader.clone(),
+                        _ => return Err(error),
+                    };
+                    redirects_left -= 1;
+                    connection = client
+                        .replace_connection(&connection, Some(&leader))
+                        .await?;
+                    answer = send_append(&connection, &payload, no_wait).await?;
+                }
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Connects to the first reachable node of `cluster` ("host:port"
+    /// addresses, tried in order), with the default configuration.
+    pub async fn connect<A: AsRef<str>>(cluster: &[A]) -> Result<Client, Error> {
+        Client::connect_with(cluster, ClientConfig::default()).await
+    }
+
+    pub async fn connect_with<A: AsRef<str>>(
+        cluster: &[A],
+        config: ClientConfig,
+    ) -> Result<Client, Error> {
+        let cluster: Vec<String> = cluster
+            .iter()
+            .map(|addr| addr.as_ref().trim().to_string())
+            .filter(|addr| !addr.is_empty())
+            .collect();
+        if cluster.is_empty() {
+            return Err(Error::InvalidArgument(
+                "the cluster list has no address".to_string(),
+            ));
+        }
+        if config.max_in_flight == 0 {
+            return Err(Error::InvalidArgument(
+                "max_in_flight must be at least 1".to_string(),
+            ));
+        }
+        let client = Client {
+            inner: Arc::new(Inner {
+                cluster,
+                config,
+                current: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
+        };
+        client.connection().await?;
+        Ok(client)
+    }
+
+    /// The addresses this client was given.
+    pub fn cluster(&self) -> &[String] {
+        &self.inner.cluster
+    }
+
+    /// Address of the node the client is connected to, if any.
+    pub fn current_address(&self) -> Option<String> {
+        self.current()
+            .map(|connection| connection.addr().to_string())
+    }
+
+    /// Appends one entry and waits until it is committed (durable on a
+    /// majority); returns its offset.
+    pub async fn append(&self, payload: impl Into<Bytes>) -> Result<u64, Error> {
+        self.submit_append(payload, false).await?.wait().await
+    }
+
+    /// Appends one entry and returns its offset as soon as the leader has
+    /// assigned one, without waiting for the commit: the entry may still be
+    /// lost if the leader fails.
+    pub async fn append_nowait(&self, payload: impl Into<Bytes>) -> Result<u64, Error> {
+        self.submit_append(payload, true).await?.wait().await
+    }
+
+    /// Sends an append and returns as soon as it is queued on the
+    /// connection, without waiting for the answer: a caller that submits
+    /// several appends in sequence gets them appended in that order (unless
+    /// a redirect to a new leader resends some of them), while the answers
+    /// are awaited separately. `no_wait` asks for the answer before the commit.
+    pub async fn submit_append(
+        &self,
+        payload: impl Into<Bytes>,
+        no_wait: bool,
+    ) -> Result<PendingAppend, Error> {
+        let payload = payload.into();
+        if payload.len() > MAX_PAYLOAD_LIMIT as usize {
+            return Err(Error::InvalidArgument(format!(
+                "payload of {} bytes exceeds the entry format's limit of {MAX_PAYLOAD_LIMIT}",
+                payload.len()
+            )));
+        }
+        let connection = self.connection().await?;
+        let answer = send_append(&connection, &payload, no_wait).await?;
+        Ok(PendingAppend {
+            client: self.clone(),
+            connection,
+            payload,
+            no_wait,
+            answer,
+            redirects_left: self.inner.config.max_redirects,
+        })
+    }
+
+    /// Reads whole committed entries from `offset` (an entry boundary): at
+    /// most about `max_bytes`, but at least one entry when one is committed.
+    /// When `offset` is the node's commit offset, the node waits up to
+    /// `wait` for new entries, then answers, possibly with an empty page.
+    pub async fn read(
+        &self,
+        offset: u64,
+        max_bytes: u32,
+        wait: Duration,
+    ) -> Result<ReadPage, Error> {
+        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + 16);
+        Request::Read {
+            offset,
+            max_bytes,
+            wait_ms,
+            linearizable: false,
+        }
+        .encode(0, &mut frame);
+        let body = Bytes::from(frame).slice(FRAME_HEADER_LEN..);
+        let (addr, answer) = self.call(opcode::READ, 0, body).await?;
+        ReadPage::parse(&addr, offset, answer)
+    }
+
+    /// The status of the node the client is connected to.
+    pub async fn status(&self) -> Result<NodeStatus, Error> {
+        let (addr, body) = self.call(opcode::STATUS, 0, Bytes::new()).await?;
+        NodeStatus::decode(&body).ok_or_else(|| Error::Protocol {
+            addr,
+            message: format!("status answer of {} bytes is too short", body.len()),
+        })
+    }
+
+    /// The end of the readable log: the connected node's commit offset,
+    /// where the next committed entry will start.
+    pub async fn end_offset(&self) -> Result<u64, Error> {
+        Ok(self.status().await?.commit_offset)
+    }
+
+    /// Follows the log from `from` (an entry boundary): yields every data
+    /// entry, then waits (long-polls) for new ones, forever.
+    pub fn entries(&self, from: u64) -> EntryStream {
+        EntryStream::new(self.clone(), from)
+    }
+
+    /// Sends a request that may safely be sent again (a read, a status):
+    /// it follows redirects, and retries once on a fresh connection when
+    /// the connection fails. Returns the answering node's address and body.
+    async fn call(&self, opcode: u8, flags: u8, body: Bytes) -> Result<(String, Bytes), Error> {
+        let mut connection = self.connection().await?;
+        let mut redirects_left = self.inner.config.max_redirects;
+        let mut reconnected = false;
+        loop {
+            let result = match connection.send(opcode, flags, body.clone()).await {
+                Ok(answer) => receive(&connection, answer).await,
+                Err(error) => Err(error),
+            };
+            let target = match result {
+                Ok(answer) => return Ok((connection.addr().to_string(), answer)),
+                Err(Error::Server {
+                    source:
+                        ServerError::NotLeader {
+                            leader: Some(leader),
+                        },
+                    ..
+                }) if redirects_left > 0 => {
+                    redirects_left -= 1;
+                    Some(leader)
+                }
+                Err(Error::Io { .. }) if !reconnected => {
+                    reconnected = true;
+                    None
+                }
+                Err(error) => return Err(error),
+            };
+            connection = self
+                .replace_connection(&connection, target.as_deref())
+                .await?;
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Connection>> {
+        self.inner
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The connection in use, opening one if there is none or it failed.
+    async fn connection(&self) -> Result<Arc<Connection>, Error> {
+        match self.current() {
+            Some(connection) if !connection.is_failed() => Ok(connection),
+            stale => self.open(stale.as_ref(), None).await,
+        }
+    }
+
+    /// Replaces `stale` (which failed, or whose node is not the leader) by
+    /// a connection to `target`, or to the cluster's first reachable node.
+    async fn replace_connection(
+        &self,
+        stale: &Arc<Connection>,
+        target: Option<&str>,
+    ) -> Result<Arc<Connection>, Error> {
+        self.open(Some(stale), target).await
+    }
+
+    async fn open(
+        &self,
+        stale: Option<&Arc<Connection>>,
+        target: Option<&str>,
+    ) -> Result<Arc<Connection>, Error> {
+        let _connecting = self.inner.connecting.lock().await;
+        // Another caller may have replaced the stale connection meanwhile.
+        if let Some(current) = self.current() {
+            let is_stale = stale.is_some_and(|stale| Arc::ptr_eq(stale, &current));
+            if !is_stale && !current.is_failed() {
+                return Ok(current);
+            }
+        }
+        let config = &self.inner.config;
+        let candidates = target
+            .into_iter()
+            .chain(self.inner.cluster.iter().map(String::as_str));
+        let mut last_error = None;
+        let mut tried = Vec::new();
+        for addr in candidates {
+            if tried.contains(&addr) {
+                continue;
+            }
+            tried.push(addr);
+            match Connection::open(
+                addr,
+                config.max_in_flight,
+                config.max_response_body,
+                config.connect_timeout,
+            )
+            .await
+            {
+                Ok(connection) => {
+                    let connection = Arc::new(connection);
+                    *self
+                        .inner
+                        .current
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                        Some(Arc::clone(&connection));
+                    return Ok(connection);
+                }
+                Err(Error::Connect { source, .. }) => last_error = Some(source),
+                Err(other) => return Err(other),
+            }
+        }
+        Err(Error::Connect {
+            addr: tried.join(","),
+            source: last_error.expect("the cluster list is never empty"),
+        })
+    }
+}
+
+async fn send_append(
+    connection: &Connection,
+    payload: &Bytes,
+    no_wait: bool,
+) -> Result<oneshot::Receiver<Reply>, Error> {
+    let flags = if no_wait { APPEND_NO_WAIT } else { 0 };
+    connection
+        .send(opcode::APPEND, flags, payload.clone())
+        .await
+}
+
+async fn receive(connection: &Connection, answer: oneshot::Receiver<Reply>) -> Reply {
+    answer.await.unwrap_or_else(|_| {
+        Err(Error::Protocol {
+            addr: connection.addr().to_string(),
+            message: "request dropped without an answer".to_string(),
+        })
+    })
+}
+
+fn parse_offset(addr: &str, body: &[u8]) -> Result<u64, Error> {
+    let bytes: [u8; 8] = body.try_into().map_err(|_| Error::Protocol {
+        addr: addr.to_string(),
+        message: format!("append answer of {} bytes, expected 8", body.len()),
+    })?;
+    Ok(u64::from_le_bytes(bytes))
+}
