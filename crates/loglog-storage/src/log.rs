@@ -431,14 +431,21 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Removes what a failed write may have left past `end`, so a partial
-    /// batch can never be recovered as if it had been appended.
+    /// Removes what a failed write may have left past `end`, durably, so a
+    /// partial batch can never be recovered after a crash as if it had been
+    /// appended.
     fn remove_bytes_past_end(&mut self) -> Result<(), StorageError> {
         let position = self.tail.position(self.end);
         let tail = &self.tail;
         tail.zero
             .shrink(position, || tail.file.set_len(position))
             .map_err(StorageError::io("truncate", &tail.path()))?;
+        if self.shared.fsync == FsyncPolicy::Always {
+            tail.file.sync_all().map_err(|error| {
+                self.shared
+                    .poison(StorageError::io("fsync", &tail.path())(error))
+            })?;
+        }
         self.dirty_past_end = false;
         Ok(())
     }

@@ -102,6 +102,13 @@ pub(crate) fn recover(config: &StorageConfig) -> Result<Shared, StorageError> {
             });
         }
         let data_len = file_len - SEGMENT_HEADER_LEN as u64;
+        if start.checked_add(data_len).is_none() {
+            return Err(StorageError::Corrupt {
+                path,
+                offset: start,
+                reason: "the segment would run past the largest log offset".into(),
+            });
+        }
         let end = match starts.get(index + 1) {
             // A non-tail segment ends where the next begins: it was fully
             // fsynced before the next one got its name.

@@ -319,3 +319,55 @@ fn leftover_temporary_files_are_removed() {
     assert!(!dir.path().join("prealloc-7.tmp").exists());
     assert!(!dir.path().join("00000000000000000090.seg.tmp").exists());
 }
+
+#[test]
+fn an_unknown_segment_format_version_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(config(dir.path(), 100)).unwrap());
+    let (path, _) = tail_segment(dir.path());
+    let mut header = fs::read(&path).unwrap();
+    header[8] = 9;
+    let crc = crc32c_of(&header[..28]);
+    header[28..32].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&path, &header).unwrap();
+    assert!(matches!(
+        open(config(dir.path(), 100)),
+        Err(StorageError::UnsupportedFormat { found: 9, .. })
+    ));
+}
+
+#[test]
+fn a_segment_named_near_the_largest_offset_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = u64::MAX - 10;
+    let path = dir
+        .path()
+        .join(loglog_proto::segment::segment_file_name(start));
+    let mut bytes = loglog_proto::segment::SegmentHeader {
+        start_offset: start,
+    }
+    .encode()
+    .to_vec();
+    bytes.extend_from_slice(&[0u8; 64]);
+    fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        open(config(dir.path(), 100)),
+        Err(StorageError::Corrupt { .. })
+    ));
+}
+
+/// CRC32C (Castagnoli), bitwise: the test does not need a dependency.
+fn crc32c_of(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
