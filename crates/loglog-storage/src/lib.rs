@@ -125,6 +125,9 @@ impl StorageConfig {
 }
 
 /// Opens (creating if empty) and recovers the log. Returns the three handles.
+///
+/// Fails while another [`LogWriter`] of the same directory is alive (an
+/// exclusive `flock` on the directory, released when the writer drops).
 pub fn open(config: StorageConfig) -> Result<(LogWriter, LogSyncer, LogReader), StorageError> {
     open_with(config, Preallocation::ZeroAhead)
 }
@@ -146,11 +149,13 @@ pub fn open_with(
     config: StorageConfig,
     preallocation: Preallocation,
 ) -> Result<(LogWriter, LogSyncer, LogReader), StorageError> {
-    let shared = Arc::new(recovery::recover(&config)?);
+    let (shared, writer_lock) = recovery::recover(&config)?;
+    let shared = Arc::new(shared);
     let writer = LogWriter::new(
         shared.clone(),
         config.segment_size,
         preallocation == Preallocation::ZeroAhead,
+        writer_lock,
     );
     Ok((
         writer,

@@ -318,11 +318,19 @@ pub struct LogWriter {
     /// A write failed part-way and its bytes past `end` are not removed yet.
     dirty_past_end: bool,
     /// Zeroes ahead and prepares the next segment (None without fsyncs).
+    /// Dropped (joined) before `_lock`.
     preparer: Option<Preparer>,
+    /// The directory, `flock`ed exclusively for as long as this writer lives.
+    _lock: File,
 }
 
 impl LogWriter {
-    pub(crate) fn new(shared: Arc<Shared>, segment_size: u64, preallocate: bool) -> LogWriter {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        segment_size: u64,
+        preallocate: bool,
+        lock: File,
+    ) -> LogWriter {
         let tail = shared.tail();
         let end = shared.end.load(Ordering::Acquire);
         let preparer = match shared.fsync {
@@ -344,6 +352,7 @@ impl LogWriter {
             segment_size,
             dirty_past_end: false,
             preparer,
+            _lock: lock,
         }
     }
 

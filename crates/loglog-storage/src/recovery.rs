@@ -19,9 +19,21 @@ use crate::{FsyncPolicy, StorageConfig, StorageError};
 const SCAN_CHUNK: u64 = 1024 * 1024;
 
 /// Recovers the log in `config.dir` (creating an empty one if there is none).
-pub(crate) fn recover(config: &StorageConfig) -> Result<Shared, StorageError> {
+///
+/// Returns the shared state and the writer's lock on the directory: an
+/// exclusive `flock` held for the writer's life, so that a second writer (in
+/// this process or another) cannot recover, and so cut, a log in use.
+pub(crate) fn recover(config: &StorageConfig) -> Result<(Shared, File), StorageError> {
     let dir = &config.dir;
     fs::create_dir_all(dir).map_err(StorageError::io("create directory", dir))?;
+    let writer_lock = File::open(dir).map_err(StorageError::io("open directory", dir))?;
+    rustix::fs::flock(
+        &writer_lock,
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    )
+    .map_err(|errno| {
+        StorageError::io("lock (is another writer using this log?)", dir)(errno.into())
+    })?;
     let dir_file = File::open(dir).map_err(StorageError::io("open directory", dir))?;
     let fsync_dir = |dir_file: &File| -> Result<(), StorageError> {
         if config.fsync == FsyncPolicy::Always {
@@ -64,14 +76,15 @@ pub(crate) fn recover(config: &StorageConfig) -> Result<Shared, StorageError> {
         }
         segment.rename_to_final()?;
         fsync_dir(&dir_file)?;
-        return Ok(Shared::new(
+        let shared = Shared::new(
             dir.clone(),
             dir_file,
             config.fsync,
             config.max_payload,
             vec![segment],
             0,
-        ));
+        );
+        return Ok((shared, writer_lock));
     }
 
     let mut segments = Vec::with_capacity(starts.len());
@@ -164,14 +177,15 @@ pub(crate) fn recover(config: &StorageConfig) -> Result<Shared, StorageError> {
         .expect("at least one segment")
         .end
         .load(std::sync::atomic::Ordering::Acquire);
-    Ok(Shared::new(
+    let shared = Shared::new(
         dir.clone(),
         dir_file,
         config.fsync,
         config.max_payload,
         segments,
         end,
-    ))
+    );
+    Ok((shared, writer_lock))
 }
 
 /// Walks the entries of a tail segment and returns the log offset just past

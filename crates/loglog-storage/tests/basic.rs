@@ -282,3 +282,19 @@ fn truncation_across_segments_then_reopen() {
     let chunk = reader.read(120, 1, 336).unwrap();
     assert_eq!(payloads_of(&chunk.bytes), vec![vec![9u8; 200]]);
 }
+
+#[test]
+fn one_writer_per_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, _syncer, reader) = open(small_config(dir.path())).unwrap();
+    let second = open(small_config(dir.path()));
+    assert!(
+        matches!(&second, Err(StorageError::Io { .. })),
+        "{:?}",
+        second.err()
+    );
+    // The lock goes with the writer; readers may outlive it.
+    drop(writer);
+    let (_writer, _, _) = open(small_config(dir.path())).unwrap();
+    assert_eq!(reader.end_offset(), 0);
+}
