@@ -67,4 +67,5 @@ mod state;
 pub use config::{parse_byte_size, Config, Fsync, Limits};
 pub use loglog_proto::wire::{NodeStatus, Role, ServerError};
 pub use node::{Chunk, Node, StartError, LOCK_FILE, LOG_DIR, NODE_STATE_FILE};
+pub use pipeline::Metrics;
 pub use state::NODE_STATE_VERSION;

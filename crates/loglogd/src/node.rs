@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::config::{Config, Fsync};
-use crate::pipeline::{self, AppendRequest, PipelineParts, Reply, Shared, WriterCommand};
+use crate::pipeline::{self, AppendRequest, Metrics, PipelineParts, Reply, Shared, WriterCommand};
 use crate::server::until_true;
 use crate::state::{NodeState, NodeStateError, NODE_STATE_VERSION};
 
@@ -166,6 +166,7 @@ impl Node {
             accepting: AtomicBool::new(true),
             shutdown: shutdown_tx,
             pending_append_bytes: Arc::new(Semaphore::new(config.limits.max_pending_append_bytes)),
+            counters: Default::default(),
         });
         let pipeline = pipeline::start(
             PipelineParts {
@@ -405,6 +406,11 @@ impl Node {
             end_offset,
             leader_id: node_id,
         }
+    }
+
+    /// Counters of the append pipeline (entries, write batches, syncs).
+    pub fn metrics(&self) -> Metrics {
+        self.inner.shared.counters.snapshot()
     }
 
     /// The commit offset: reads never pass it.

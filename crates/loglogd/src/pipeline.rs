@@ -65,6 +65,38 @@ pub(crate) struct Shared {
     pub shutdown: watch::Sender<bool>,
     /// Payload bytes queued for the writer, node-wide.
     pub pending_append_bytes: Arc<Semaphore>,
+    pub counters: Counters,
+}
+
+/// Monotonic counters of the pipeline's work (relaxed atomics, updated once
+/// per batch or sync, never per byte).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub entries: AtomicU64,
+    pub writes: AtomicU64,
+    pub syncs: AtomicU64,
+}
+
+/// A snapshot of the pipeline's counters: entries per write and per sync
+/// tell how well group commit batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Data entries written since start.
+    pub entries_written: u64,
+    /// Write batches (one `LogWriter::append` each).
+    pub write_batches: u64,
+    /// fdatasync rounds (0 with `fsync never`).
+    pub syncs: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> Metrics {
+        Metrics {
+            entries_written: self.entries.load(Ordering::Relaxed),
+            write_batches: self.writes.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl Shared {
@@ -294,6 +326,11 @@ impl WriterThread {
                     "storage appended exactly the batch"
                 );
                 self.shared.written_end.store(end, Ordering::Release);
+                let counters = &self.shared.counters;
+                counters.writes.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .entries
+                    .fetch_add(appends.len() as u64, Ordering::Relaxed);
                 let mut waiters = Vec::new();
                 let mut offset = base;
                 for request in appends.drain(..) {
@@ -411,7 +448,11 @@ impl SyncerThread {
             }
             let durable = match self.fsync {
                 Fsync::Always => match self.syncer.sync() {
-                    Ok(durable) => durable,
+                    Ok(durable) => {
+                        let counters = &self.tracker.shared.counters;
+                        counters.syncs.fetch_add(1, Ordering::Relaxed);
+                        durable
+                    }
                     Err(error) => {
                         self.tracker.shared.fail("fsync", &error);
                         let error = self

@@ -77,6 +77,10 @@ async fn status_reports_the_single_leader() {
     assert_eq!(status.segment_count, 1);
     assert_eq!(status.commit_offset, 16 + 116);
     assert_eq!(status.end_offset, status.commit_offset);
+    let metrics = node.metrics();
+    assert_eq!(metrics.entries_written, 1);
+    assert_eq!(metrics.write_batches, 1);
+    assert!(metrics.syncs >= 1);
     node.shutdown().await;
 }
 
