@@ -58,6 +58,15 @@ pub enum Action {
     ReadReady { ctx: u64, read_index: u64 },
     /// A read-index request can no longer be confirmed (leadership lost).
     ReadFailed { ctx: u64, leader: Option<NodeId> },
+    /// The leader sent entries that contradict bytes this node knows are
+    /// committed: Raft safety was broken somewhere (a bug, or durable data
+    /// lost). The node refused them. Log it loudly; the simulator fails the
+    /// run on it.
+    ConflictBelowCommit {
+        leader: NodeId,
+        offset: u64,
+        commit_offset: u64,
+    },
     /// Role, term or known leader changed (informational).
     RoleChanged {
         role: Role,
@@ -201,6 +210,11 @@ impl RaftNode {
                 "the commit floor is past the end of the log",
             ));
         }
+        if recovered.commit_floor > 0 && recovered.terms.runs().is_empty() {
+            return Err(StartError::Inconsistent(
+                "a non-empty committed prefix without a term map",
+            ));
+        }
         if recovered.terms.last_term() > hard_state.term {
             return Err(StartError::Inconsistent(
                 "the log holds an entry of a term above the persisted term",
@@ -319,7 +333,7 @@ impl RaftNode {
         if self.role == Role::Leader {
             self.tick_leader();
         } else {
-            self.election_elapsed += 1;
+            self.election_elapsed = self.election_elapsed.saturating_add(1);
             if self.election_elapsed >= self.randomized_timeout && self.is_promotable() {
                 self.campaign(false);
             }
@@ -366,6 +380,7 @@ impl RaftNode {
     /// Proposes a single-server membership change (leader only), as a
     /// config entry. It takes effect as soon as it is appended.
     pub fn propose_membership(&mut self, change: MembershipChange) -> Result<u64, ProposeError> {
+        self.check_can_propose(0)?;
         let current = self.membership().clone();
         let next = current
             .apply(change)
@@ -537,6 +552,11 @@ impl RaftNode {
     }
 
     fn campaign(&mut self, transfer: bool) {
+        if self.hard.term == Term::MAX {
+            // Terms are exhausted (only a broken peer gets us here): stay put
+            // rather than wrap around.
+            return;
+        }
         if self.config.pre_vote && !transfer {
             self.become_pre_candidate();
         } else {
@@ -813,7 +833,11 @@ impl RaftNode {
 
     fn handle_vote_response(&mut self, from: NodeId, response: RequestVoteResponse) {
         let expected = match self.role {
-            Role::PreCandidate => response.pre_vote,
+            // A granted pre-vote names the term we would campaign in; an
+            // older grant belongs to an earlier round.
+            Role::PreCandidate => {
+                response.pre_vote && (!response.granted || response.term == self.hard.term + 1)
+            }
             Role::Candidate => !response.pre_vote && response.term == self.hard.term,
             _ => false,
         };
@@ -872,8 +896,12 @@ impl RaftNode {
         if let Some(first) = entries.get(first_new) {
             if first.offset < self.log.end {
                 if first.offset < self.known_commit {
-                    // The leader contradicts our committed prefix: a broken
-                    // peer. Never truncate committed bytes.
+                    // Never truncate committed bytes; report the violation.
+                    self.actions.push(Action::ConflictBelowCommit {
+                        leader: from,
+                        offset: first.offset,
+                        commit_offset: self.known_commit,
+                    });
                     return;
                 }
                 let write_id = self.log.truncate(first.offset);
@@ -1046,7 +1074,7 @@ impl RaftNode {
 
     /// Where to probe after a rejection, using the follower's hint: an
     /// offset that is an entry boundary of our log and, given the hint,
-    /// most likely of the follower's too. Always below `rejected_prev`.
+    /// most likely of the follower's too. Never above `rejected_prev`.
     fn next_after_rejection(&self, rejected_prev: u64, hint: ConflictHint) -> u64 {
         let terms = &self.log.terms;
         let fallback = |below: u64| -> u64 {
@@ -1076,7 +1104,9 @@ impl RaftNode {
         let is_our_boundary = candidate <= self.log.end
             && (self.log.is_boundary(candidate)
                 || terms.start_of(terms.term_at(candidate)) == Some(candidate));
-        if candidate < rejected_prev && is_our_boundary {
+        // Equal is allowed: a rejection of intact-looking but corrupt bytes
+        // points back at the same `prev`, and the bytes are simply resent.
+        if candidate <= rejected_prev && is_our_boundary {
             candidate
         } else {
             fallback(rejected_prev)
@@ -1192,6 +1222,9 @@ impl RaftNode {
             return;
         };
         let membership = self.membership();
+        if membership.voters.is_empty() {
+            return;
+        }
         let mut durable: Vec<u64> = membership
             .voters
             .iter()
@@ -1260,6 +1293,9 @@ impl RaftNode {
             return;
         }
         let membership = self.membership();
+        if membership.voters.is_empty() {
+            return;
+        }
         let mut acked: Vec<u64> = membership
             .voters
             .iter()

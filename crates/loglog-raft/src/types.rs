@@ -108,8 +108,8 @@ impl Config {
 
     pub(crate) fn validate(&self) -> Result<(), StartError> {
         let bad = |reason: &'static str| Err(StartError::BadConfig(reason));
-        if self.election_ticks < 2 {
-            return bad("election_ticks must be at least 2");
+        if self.election_ticks < 2 || self.election_ticks > u32::MAX / 2 {
+            return bad("election_ticks must be in 2..=u32::MAX / 2");
         }
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
             return bad("heartbeat_ticks must be in 1..election_ticks");

@@ -536,3 +536,81 @@ fn unsynced_writes_are_not_acknowledged() {
     cluster.run(1);
     assert!(cluster.node(1).commit_offset() > offset);
 }
+
+/// Raft's Figure 8, played to the end on 5 nodes: with the old-term entry X
+/// on a majority, leader S1 (term 3) must not count it as committed,
+/// because S5 (whose last term, 2, beats X's) can still win and overwrite
+/// it. Returns whether X was overwritten. Panics (harness safety check) if
+/// a node committed X.
+fn figure8_full(tweak: fn(&mut loglog_raft::Config)) -> bool {
+    let mut cluster = Cluster::with_config(&[1, 2, 3, 4, 5], tweak);
+    // (a) S1 leads term 1; X reaches S2 only.
+    cluster.elect(1);
+    cluster.ticks(2);
+    cluster.isolate(1);
+    cluster.blocked.remove(&(1, 2));
+    let x = cluster.propose(1, b"X");
+    cluster.tick(1);
+    cluster.tick(1);
+    cluster.deliver_all();
+    assert_eq!(cluster.node(2).end_offset(), x + 17);
+    cluster.crash(1);
+    cluster.heal();
+    // (b) S5 wins term 2 with S3 and S4; its no-op stays local.
+    cluster.drop_filter = Some(Box::new(|envelope| {
+        envelope.from == 5 && matches!(envelope.message, Message::AppendEntries(_))
+    }));
+    cluster.elect(5);
+    assert_eq!(cluster.node(5).term(), 2);
+    cluster.crash(5);
+    // (c) S1 restarts and wins term 3; X reaches S3 but S1's no-op does
+    // not (the first no-op message to S3 is a probe it rejects anyway).
+    cluster.restart(1);
+    let mut no_ops_to_3 = 0;
+    cluster.drop_filter = Some(Box::new(move |envelope| {
+        let no_op_to_3 = matches!(&envelope.message, Message::AppendEntries(append)
+            if envelope.to == 3 && append.entries.len() >= 16
+                && u32::from_le_bytes(append.entries[8..12].try_into().unwrap()) == 3);
+        if no_op_to_3 {
+            no_ops_to_3 += 1;
+        }
+        (no_op_to_3 && no_ops_to_3 > 1) || (envelope.from == 1 && envelope.to == 4)
+    }));
+    cluster.elect(1);
+    assert_eq!(cluster.node(1).term(), 3);
+    cluster.tick(1);
+    cluster.tick(1);
+    cluster.deliver_all();
+    assert_eq!(cluster.node(3).end_offset(), x + 17, "X is on S1, S2, S3");
+    // (d) S1 crashes; S5 comes back and wins term 4 with S3 and S4.
+    cluster.crash(1);
+    cluster.restart(5);
+    cluster.drop_filter = None;
+    cluster.elect(5);
+    cluster.ticks(5);
+    let leader_log = cluster.log(5).to_vec();
+    leader_log.get(x as usize + 16..x as usize + 17) != Some(b"X".as_slice())
+}
+
+fn no_lease(config: &mut loglog_raft::Config) {
+    // Scripted elections: no pre-vote or lease to wait out; one entry per
+    // AppendEntries so X and a no-op travel separately.
+    config.pre_vote = false;
+    config.check_quorum = false;
+    config.max_batch_bytes = 1;
+}
+
+#[test]
+fn figure8_old_term_entry_is_safely_overwritten() {
+    assert!(figure8_full(no_lease), "S5 overwrote the uncommitted X");
+}
+
+#[cfg(feature = "bug-injection")]
+#[test]
+#[should_panic(expected = "committed bytes that differ")]
+fn figure8_with_counting_bug_loses_a_committed_entry() {
+    figure8_full(|config| {
+        no_lease(config);
+        config.bugs.commit_old_term_by_counting = true;
+    });
+}

@@ -200,6 +200,14 @@ impl Cluster {
                 node.reads_ready.push((ctx, read_index));
             }
             Action::ReadFailed { ctx, .. } => node.reads_failed.push(ctx),
+            Action::ConflictBelowCommit {
+                leader,
+                offset,
+                commit_offset,
+            } => panic!(
+                "committed bytes that differ: leader {leader} contradicts node {id} at \
+                 {offset}, below its commit offset {commit_offset}"
+            ),
             Action::RoleChanged { role, term, .. } => {
                 if role == Role::Leader {
                     if let Some(other) = self.leaders_by_term.insert(term, id) {
