@@ -245,6 +245,46 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Whatever follows a valid header in the tail, recovery neither panics
+    /// nor fails: it keeps the valid entries at the front and cuts the rest.
+    #[test]
+    fn garbage_in_the_tail_is_cut_not_fatal(
+        valid in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..50), 0..5),
+        garbage in proptest::collection::vec(any::<u8>(), 0..600),
+        small_max_payload in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = loglog_proto::segment::SegmentHeader { start_offset: 0 }.encode().to_vec();
+        let mut valid_len = 0;
+        for payload in &valid {
+            encode_entry(1, EntryKind::Data, payload, &mut bytes);
+            valid_len = bytes.len() - SEGMENT_HEADER_LEN;
+        }
+        bytes.extend_from_slice(&garbage);
+        fs::write(dir.path().join(loglog_proto::segment::segment_file_name(0)), &bytes).unwrap();
+        let mut config = config(dir.path(), 1 << 20);
+        if small_max_payload {
+            config.max_payload = 20;
+        }
+        let (mut writer, syncer, reader) = open(config).unwrap();
+        let end = writer.end_offset();
+        prop_assert!(end as usize <= bytes.len() - SEGMENT_HEADER_LEN);
+        if !small_max_payload {
+            prop_assert!(end as usize >= valid_len);
+        }
+        let recovered = read_all(&reader);
+        let common = recovered.len().min(valid.len());
+        prop_assert_eq!(&recovered[..common], &valid[..common]);
+        let mut entry = Vec::new();
+        encode_entry(1, EntryKind::Data, b"next", &mut entry);
+        prop_assert_eq!(writer.append(&entry).unwrap(), end + entry.len() as u64);
+        syncer.sync().unwrap();
+    }
+}
+
 #[test]
 fn a_damaged_segment_header_is_a_typed_error_not_a_silent_delete() {
     let dir = tempfile::tempdir().unwrap();
