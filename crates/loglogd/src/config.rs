@@ -39,6 +39,11 @@ impl std::str::FromStr for Fsync {
 }
 
 /// Explicit bounds of everything a node queues or buffers.
+///
+/// Request memory is bounded per connection by `max_in_flight_bytes` (a
+/// frame's bytes are charged as soon as its header arrives, before its body
+/// is buffered), so node-wide by `max_connections * (max_in_flight_bytes +
+/// 64 KiB)`; appends queued for the writer by `max_pending_append_bytes`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Open client connections; one more is answered `Busy` and closed.
@@ -69,7 +74,7 @@ impl Default for Limits {
         Limits {
             max_connections: 1024,
             max_in_flight_requests: 1024,
-            max_in_flight_bytes: 64 * 1024 * 1024,
+            max_in_flight_bytes: 32 * 1024 * 1024,
             max_pending_appends: 16 * 1024,
             max_pending_append_bytes: 256 * 1024 * 1024,
             max_write_batch_bytes: 1024 * 1024,

@@ -224,6 +224,10 @@ async fn read_requests(
     let byte_slots = Arc::new(Semaphore::new(max_in_flight_bytes));
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     let mut shutdown = node.shutdown_signal();
+    // The permit of the frame being received: taken as soon as its header
+    // is in, before its body is buffered, so that a connection never holds
+    // more than its in-flight bytes (plus one read chunk) in memory.
+    let mut next_permit: Option<InFlightPermit> = None;
     loop {
         // Every whole frame already buffered.
         loop {
@@ -236,6 +240,25 @@ async fn read_requests(
                     return;
                 }
             };
+            if next_permit.is_none() {
+                // A read's answer is charged up front too: what it asks for
+                // (if its body is already here), at most max_read.
+                let answer_bytes = if header.opcode == opcode::READ {
+                    match buffer.get(FRAME_HEADER_LEN + 8..FRAME_HEADER_LEN + 12) {
+                        Some(asked) => u32::from_le_bytes(asked.try_into().expect("4 bytes"))
+                            .min(max_read) as usize,
+                        None => max_read as usize,
+                    }
+                } else {
+                    0
+                };
+                let cost = (header.frame_len() + answer_bytes).min(max_in_flight_bytes);
+                let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+                next_permit = tokio::select! {
+                    permit = acquire(&request_slots, &byte_slots, cost) => Some(permit),
+                    _ = until_true(&mut shutdown) => return,
+                };
+            }
             let frame_len = header.frame_len();
             if buffer.len() < frame_len {
                 buffer.reserve(frame_len - buffer.len());
@@ -243,20 +266,7 @@ async fn read_requests(
             }
             let frame = buffer.split_to(frame_len).freeze();
             let body = frame.slice(FRAME_HEADER_LEN..);
-            // A read's answer is charged up front too (at most max_read).
-            let answer_bytes = match body.get(8..12) {
-                Some(max_bytes) if header.opcode == opcode::READ => {
-                    let asked = u32::from_le_bytes(max_bytes.try_into().expect("4 bytes"));
-                    asked.min(max_read) as usize
-                }
-                _ => 0,
-            };
-            let cost = (FRAME_HEADER_LEN + body.len() + answer_bytes).min(max_in_flight_bytes);
-            let cost = u32::try_from(cost).unwrap_or(u32::MAX);
-            let permit = tokio::select! {
-                permit = acquire(&request_slots, &byte_slots, cost) => permit,
-                _ = until_true(&mut shutdown) => return,
-            };
+            let permit = next_permit.take().expect("taken above for this frame");
             dispatch(&node, header, body, permit, &sink).await;
         }
         if *shutdown.borrow() {

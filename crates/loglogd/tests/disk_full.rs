@@ -58,7 +58,12 @@ fn a_full_disk_refuses_appends_and_loses_nothing_acknowledged() {
         }
         if let Some(status) = child.try_wait().unwrap() {
             let mut log = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut log)
+                .unwrap();
             panic!("loglogd exited: {status}: {log}");
         }
         assert!(Instant::now() < deadline, "loglogd did not listen");
