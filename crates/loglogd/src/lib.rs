@@ -32,12 +32,38 @@
 //!   durably, then appends a no-op entry of that term before serving.
 //! * The **commit offset** is what readers never pass. A single node
 //!   commits what it has made durable (with `--fsync never`, what it has
-//!   written). [`pipeline`](crate) documents the seam where replication
-//!   plugs in: the commit tracker is advanced by the syncer today, by the
-//!   Raft core's quorum tomorrow.
-//! * Appends run through a pipelined group commit: one writer thread (one
-//!   write per batch) and one syncer thread (one fdatasync per round, which
-//!   overlaps the next batch's write).
+//!   written).
+//! * Appends run through a pipelined group commit: appenders -> a bounded
+//!   queue -> ONE writer thread (drains the queue up to a byte bound,
+//!   encodes every entry with the current term into one buffer, one write,
+//!   answers no-wait appends) -> ONE syncer thread (one fdatasync covers
+//!   every write before it; while it runs, the writer writes the next
+//!   batch) -> the commit tracker (publishes the commit offset on a
+//!   `tokio::sync::watch`, answers waiting appends in offset order, wakes
+//!   long-poll readers). No lock is held across IO.
+//! * **The replication seam**: the commit tracker is advanced by the syncer
+//!   with the local durable end today. With Raft, the syncer reports the
+//!   durable end to the consensus core instead, and the core advances the
+//!   tracker when a quorum holds an entry of the current term; the writer,
+//!   the tracker, the readers and the server stay as they are.
+//! * Failures: a write error answers its batch `Unavailable` (a full disk
+//!   is transient: later appends that fit succeed); an fsync error poisons
+//!   the node (every append `Unavailable` until a restart, since the kernel
+//!   may have dropped dirty pages). Nothing is acknowledged that is not
+//!   durable; reads keep serving the committed prefix.
+//!
+//! # TCP server
+//!
+//! The wire protocol is `loglog_proto::wire`. Requests are pipelined and
+//! answered by id, possibly out of order. Per connection: bounded requests
+//! and bytes in flight (at the bound the node stops reading the socket), and
+//! responses coalesced into as few writes as possible. A malformed frame
+//! (non-zero reserved bytes, a body over `max_entry_size + 1024`) is
+//! answered (`TooLarge` for an append, else `BadRequest`) and closes that
+//! connection only; an unknown opcode or a bad body is answered
+//! `BadRequest` and the connection goes on. Past `max_connections` a new
+//! connection gets one `Busy` frame (opcode 0, request id 0) and is closed.
+//! A single node is its own leader, so linearizable reads are plain reads.
 //!
 //! # Data directory layout
 //!
