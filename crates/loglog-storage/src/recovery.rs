@@ -50,7 +50,7 @@ pub(crate) fn recover(config: &StorageConfig) -> Result<(Shared, File), StorageE
         let entry = entry.map_err(StorageError::io("list directory", dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(".tmp") {
+        if is_own_temporary_file(name) {
             // A segment whose roll never became durable, or a preallocated
             // file: neither holds durable data (see the crate docs).
             let path = entry.path();
@@ -186,6 +186,19 @@ pub(crate) fn recover(config: &StorageConfig) -> Result<(Shared, File), StorageE
         end,
     );
     Ok((shared, writer_lock))
+}
+
+/// Temporary files this crate makes in the log directory: prepared files
+/// (`prealloc-N.tmp`) and segments created without preallocation
+/// (`<segment name>.tmp`). Other files are left alone.
+fn is_own_temporary_file(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".tmp") else {
+        return false;
+    };
+    let prepared = stem
+        .strip_prefix("prealloc-")
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()));
+    prepared || parse_segment_file_name(stem).is_some()
 }
 
 /// Walks the entries of a tail segment and returns the log offset just past

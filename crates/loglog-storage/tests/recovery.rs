@@ -353,7 +353,12 @@ fn leftover_temporary_files_are_removed() {
     drop(open(config(dir.path(), 100)).unwrap());
     fs::write(dir.path().join("prealloc-7.tmp"), vec![0u8; 4096]).unwrap();
     fs::write(dir.path().join("00000000000000000090.seg.tmp"), b"garbage").unwrap();
+    fs::write(dir.path().join("notes.tmp"), b"not ours").unwrap();
     let (writer, _, reader) = open(config(dir.path(), 100)).unwrap();
+    assert!(
+        dir.path().join("notes.tmp").exists(),
+        "other files are left alone"
+    );
     assert_eq!(writer.end_offset(), 0);
     assert_eq!(reader.segment_count(), 1);
     assert!(!dir.path().join("prealloc-7.tmp").exists());
