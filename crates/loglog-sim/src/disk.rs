@@ -12,8 +12,11 @@
 //! that is torn or corrupt: the same rule as the real storage, which scans
 //! its tail and truncates at the first bad CRC.
 //!
-//! The state file (term and vote, and the commit lower bound) is replaced
-//! atomically: a write is either entirely durable or not at all.
+//! Small state files (term and vote, the commit checkpoint) are replaced
+//! atomically and synchronously (write temp, fsync, rename): a write is
+//! entirely durable once it returns, and a crash never leaves half of one.
+
+use std::collections::BTreeMap;
 
 use loglog_proto::entry::{EntryError, EntryIter};
 use rand::Rng;
@@ -62,7 +65,7 @@ pub struct Disk {
     synced_ops: u64,
     /// Operations ever issued.
     issued_ops: u64,
-    durable_state: Option<Vec<u8>>,
+    state_files: BTreeMap<&'static str, Vec<u8>>,
 }
 
 /// A point in the stream of log operations, returned by [`Disk::sync_point`]:
@@ -141,14 +144,14 @@ impl Disk {
         !self.pending.is_empty()
     }
 
-    /// Replaces the state file atomically and durably.
-    pub fn write_state(&mut self, state: Vec<u8>) {
-        self.durable_state = Some(state);
+    /// Replaces the state file `name` atomically and durably.
+    pub fn write_state(&mut self, name: &'static str, state: Vec<u8>) {
+        self.state_files.insert(name, state);
     }
 
-    /// The state file, if one was ever written.
-    pub fn state(&self) -> Option<&[u8]> {
-        self.durable_state.as_deref()
+    /// The state file `name`, if one was ever written.
+    pub fn state(&self, name: &str) -> Option<&[u8]> {
+        self.state_files.get(name).map(Vec::as_slice)
     }
 
     /// Power loss: keeps a random prefix of the unsynced operations, maybe
@@ -385,9 +388,9 @@ mod tests {
     fn state_file_is_atomic() {
         let mut rng = ChaCha8Rng::seed_from_u64(6);
         let mut disk = Disk::new();
-        assert_eq!(disk.state(), None);
-        disk.write_state(vec![1, 2, 3]);
+        assert_eq!(disk.state("hard"), None);
+        disk.write_state("hard", vec![1, 2, 3]);
         disk.crash(&mut rng);
-        assert_eq!(disk.state(), Some(&[1u8, 2, 3][..]));
+        assert_eq!(disk.state("hard"), Some(&[1u8, 2, 3][..]));
     }
 }

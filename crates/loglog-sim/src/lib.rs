@@ -3,3 +3,4 @@
 pub mod disk;
 pub mod history;
 pub mod net;
+pub mod sim;

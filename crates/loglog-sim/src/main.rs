@@ -1,1 +1,171 @@
-fn main() {}
+//! `loglog-sim`: runs seeds of the deterministic cluster simulation.
+//!
+//! ```text
+//! cargo run --release -p loglog-sim -- --seeds N [--start S] [--nodes 3|5] [--trace]
+//! ```
+//!
+//! Prints one summary line, `seeds=N ok=N violations=0 appends=A faults=F
+//! sim_seconds=T`, where `violations` counts the seeds that broke something.
+//! For each such seed it first prints what broke and the command that
+//! replays it; the exit status is then non-zero. Seeds run on every core;
+//! each seed's run is a pure function of the seed (and `--nodes`).
+
+use std::panic::{self, AssertUnwindSafe};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use clap::Parser;
+use loglog_sim::sim::{self, SimOptions, SimReport, TraceMode};
+
+#[derive(Parser, Debug)]
+#[command(about = "Deterministic simulation of LogLog clusters")]
+struct Args {
+    /// Number of seeds to run.
+    #[arg(long)]
+    seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    /// Founding voters; when absent each seed picks 3 or 5.
+    #[arg(long, value_parser = parse_nodes)]
+    nodes: Option<usize>,
+    /// Print every seed's event trace (and its hash).
+    #[arg(long)]
+    trace: bool,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Switch on one of the core's deliberately wrong behaviours:
+    /// commit-old-term, forget-vote, ack-before-fsync.
+    #[cfg(feature = "bug-injection")]
+    #[arg(long)]
+    bug: Option<String>,
+}
+
+fn parse_nodes(text: &str) -> Result<usize, String> {
+    match text {
+        "3" => Ok(3),
+        "5" => Ok(5),
+        _ => Err("--nodes must be 3 or 5".to_string()),
+    }
+}
+
+/// Runs one seed, turning a panic in the core (an assertion of its
+/// invariants) into a violation of that seed.
+fn run_seed(args: &Args, seed: u64) -> SimReport {
+    let (nodes, trace) = (args.nodes, args.trace);
+    let mut options = SimOptions::new(seed);
+    #[cfg(feature = "bug-injection")]
+    if let Some(bug) = &args.bug {
+        options.bugs = loglog_sim::sim::bugs_named(bug).expect("a known bug name");
+    }
+    options.nodes = nodes;
+    options.trace = if trace {
+        TraceMode::Full
+    } else {
+        TraceMode::Off
+    };
+    match panic::catch_unwind(AssertUnwindSafe(|| sim::run(&options))) {
+        Ok(report) => report,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".to_string());
+            SimReport {
+                seed,
+                nodes: sim::founding_voters(&options),
+                violations: vec![format!("panic: {message}")],
+                ..SimReport::default()
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let began = Instant::now();
+    let next = AtomicU64::new(0);
+    let reports: Mutex<Vec<Option<SimReport>>> =
+        Mutex::new((0..args.seeds).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= args.seeds {
+                    break;
+                }
+                let report = run_seed(&args, args.start + index);
+                reports
+                    .lock()
+                    .expect("no worker panics while holding the lock")[index as usize] =
+                    Some(report);
+            });
+        }
+    });
+    let elapsed = began.elapsed();
+    let reports: Vec<SimReport> = reports
+        .into_inner()
+        .expect("workers are done")
+        .into_iter()
+        .map(|report| report.expect("every seed ran"))
+        .collect();
+
+    let (mut ok, mut broken, mut appends, mut faults, mut sim_nanos) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    for report in &reports {
+        if args.trace {
+            print!("{}", report.trace);
+            println!("seed {} trace hash {:016x}", report.seed, report.trace_hash);
+        }
+        appends += report.appends_acknowledged;
+        faults += report.faults;
+        sim_nanos += report.sim_nanos;
+        if report.violations.is_empty() {
+            ok += 1;
+        } else {
+            broken += 1;
+            println!("seed {} ({} voters) broke:", report.seed, report.nodes);
+            for violation in &report.violations {
+                println!("  {violation}");
+            }
+            #[cfg(feature = "bug-injection")]
+            let extra = args.bug.as_ref().map_or(String::new(), |bug| {
+                format!(" --features bug-injection -- --bug {bug}")
+            });
+            #[cfg(not(feature = "bug-injection"))]
+            let extra = String::new();
+            let (features, bug) = extra.split_once(" -- ").unwrap_or(("", ""));
+            println!(
+                "  replay: cargo run --release -p loglog-sim{features} -- --seeds 1 --start {} --nodes {}{}{} --trace",
+                report.seed,
+                report.nodes,
+                if bug.is_empty() { "" } else { " " },
+                bug
+            );
+        }
+    }
+    println!(
+        "seeds={} ok={ok} violations={broken} appends={appends} faults={faults} sim_seconds={}",
+        args.seeds,
+        sim_nanos / 1_000_000_000
+    );
+    let seconds = elapsed.as_secs_f64();
+    let stalls = reports.iter().filter(|report| report.amnesia_stall).count();
+    eprintln!(
+        "elapsed={seconds:.1}s threads={threads} seeds_per_minute={:.0} amnesia_stalls={stalls}",
+        args.seeds as f64 * 60.0 / seconds.max(1e-9)
+    );
+    if broken == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
