@@ -13,6 +13,7 @@
 //! ...                              (names: segment_file_name(start), 20 digits)
 //! <dir>/prealloc-N.tmp             next segment being prepared, or a rolled
 //!                                  segment whose roll is not durable yet
+//! <dir>/<segment name>.tmp         the same, made without preallocation
 //! ```
 //!
 //! Log offset `start` of a segment sits at file position 32. A segment holds
@@ -57,11 +58,11 @@
 //!
 //! # Recovery
 //!
-//! Only the tail is read. [`open`] removes leftover `*.tmp` files (prepared
-//! files and segments whose roll never became durable: nothing in them was
-//! ever reported durable), checks that the `.seg` files are contiguous
-//! (header CRC, version, start matching the name, each one long enough to
-//! reach the next one's start), and scans the last segment from its start,
+//! Only the tail is read. [`open`] removes its own leftover temporary files
+//! (prepared files, and segments whose roll never became durable: nothing in
+//! them was ever reported durable; other files are left alone), checks that
+//! the `.seg` files are contiguous (header CRC, version, start matching the
+//! name, each one long enough to reach the next one's start), and scans the last segment from its start,
 //! checking every entry's header and CRC. The first torn, corrupt or zeroed
 //! entry is the end: the file is cut there and fsynced, so stale bytes can
 //! never be taken for entries later. A damaged segment header, an unknown
