@@ -533,8 +533,16 @@ impl RaftNode {
         active >= membership.quorum()
     }
 
+    /// Whether this node may campaign: it is a voter in its latest
+    /// configuration, or in the committed one. The second case is a voter
+    /// whose removal is appended but not committed: it may hold the most
+    /// up-to-date log, and without it the others might never elect anyone.
+    /// Votes are still counted in the latest configuration (which may not
+    /// include the candidate); such a leader steps down once the change
+    /// commits.
     fn is_promotable(&self) -> bool {
         self.membership().is_voter(self.config.id)
+            || self.committed_membership.is_voter(self.config.id)
     }
 
     /// Whether we heard from a leader recently enough to ignore candidates.

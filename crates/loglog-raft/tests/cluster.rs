@@ -614,3 +614,33 @@ fn figure8_with_counting_bug_loses_a_committed_entry() {
         config.bugs.commit_old_term_by_counting = true;
     });
 }
+
+/// A voter whose own removal is appended (not committed) may hold the most
+/// up-to-date log; the others can then only win with its vote, which it
+/// refuses. It must be allowed to campaign, finish the change, and step
+/// down. (Found by loglog-sim, seed 227.)
+#[test]
+fn a_voter_with_its_own_uncommitted_removal_can_still_campaign() {
+    let mut cluster = Cluster::new(&[1, 2, 3, 4]);
+    cluster.elect(1);
+    cluster.ticks(2);
+    cluster.crash(4);
+    cluster.isolate(1);
+    cluster
+        .node_mut(1)
+        .propose_membership(MembershipChange::Remove(1))
+        .unwrap();
+    cluster.run(1);
+    let election_ticks = cluster.node(1).config().election_ticks as usize;
+    cluster.ticks(2 * election_ticks);
+    assert_eq!(cluster.node(1).role(), Role::Follower, "check-quorum");
+    cluster.heal();
+    cluster.ticks(100);
+    let leader = cluster.leader().expect("a leader");
+    assert_ne!(leader, 1, "node 1 stepped down once its removal committed");
+    assert_eq!(cluster.node(leader).membership().voters, [2, 3, 4].into());
+    let offset = cluster.propose(leader, b"progress");
+    cluster.ticks(3);
+    assert!(cluster.node(2).commit_offset() > offset);
+    assert!(cluster.node(3).commit_offset() > offset);
+}
