@@ -64,12 +64,17 @@ fn main() -> ExitCode {
     runtime.block_on(run(args))
 }
 
-async fn run(args: Args) -> ExitCode {
+fn config_from(args: Args) -> Config {
     let mut config = Config::new(args.data_dir);
     config.listen = Some(args.listen);
     config.segment_size = args.segment_size;
     config.max_entry_size = args.max_entry_size;
     config.fsync = args.fsync;
+    config
+}
+
+async fn run(args: Args) -> ExitCode {
+    let config = config_from(args);
     if config.fsync == Fsync::Never {
         tracing::warn!(
             "!!! --fsync never: BENCHMARK ONLY, UNSAFE: acknowledged appends are NOT durable and \
@@ -105,4 +110,40 @@ async fn wait_for_signal() -> std::io::Result<()> {
         _ = interrupt.recv() => tracing::info!("SIGINT received"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_flags_give_the_documented_defaults() {
+        let config = config_from(Args::parse_from(["loglogd"]));
+        assert_eq!(config, Config::new("loglog-data"));
+        assert_eq!(config.listen, Some("127.0.0.1:19194".parse().unwrap()));
+        assert_eq!(config.segment_size, loglogd::config::DEFAULT_SEGMENT_SIZE);
+    }
+
+    #[test]
+    fn flags_set_the_config() {
+        let config = config_from(Args::parse_from([
+            "loglogd",
+            "--data-dir",
+            "/d",
+            "--listen",
+            "0.0.0.0:7000",
+            "--segment-size",
+            "1GiB",
+            "--max-entry-size",
+            "1MiB",
+            "--fsync",
+            "never",
+        ]));
+        assert_eq!(config.data_dir, PathBuf::from("/d"));
+        assert_eq!(config.listen, Some("0.0.0.0:7000".parse().unwrap()));
+        assert_eq!(config.segment_size, 1 << 30);
+        assert_eq!(config.max_entry_size, 1 << 20);
+        assert_eq!(config.fsync, Fsync::Never);
+        assert!(Args::try_parse_from(["loglogd", "--max-entry-size", "8GiB"]).is_err());
+    }
 }
