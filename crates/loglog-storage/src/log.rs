@@ -359,6 +359,11 @@ impl LogWriter {
     /// Appends whole encoded entries (header and payload, CRC already
     /// computed by the caller) at [`end_offset`](Self::end_offset). Writes
     /// them without fsync; an entry never spans segments. Returns the new end.
+    ///
+    /// On error nothing of a batch is left past `end_offset()`; but a batch
+    /// that spans a roll is written segment by segment, so `end_offset()` may
+    /// have moved by the part written before the failure:
+    /// `truncate_suffix(previous end)` removes it durably.
     pub fn append(&mut self, entries: &[u8]) -> Result<u64, StorageError> {
         if entries.is_empty() {
             return Ok(self.end);
