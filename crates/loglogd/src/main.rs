@@ -75,12 +75,6 @@ fn config_from(args: Args) -> Config {
 
 async fn run(args: Args) -> ExitCode {
     let config = config_from(args);
-    if config.fsync == Fsync::Never {
-        tracing::warn!(
-            "!!! --fsync never: BENCHMARK ONLY, UNSAFE: acknowledged appends are NOT durable and \
-             can be lost on an OS crash or power loss !!!"
-        );
-    }
     let node = match Node::start(config).await {
         Ok(node) => node,
         Err(error) => {

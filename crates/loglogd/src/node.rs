@@ -136,6 +136,12 @@ impl Node {
     /// when `config.listen` is set.
     pub async fn start(config: Config) -> Result<Node, StartError> {
         config.validate().map_err(StartError::Config)?;
+        if config.fsync == Fsync::Never {
+            tracing::warn!(
+                "!!! fsync never: BENCHMARK ONLY, UNSAFE: acknowledged appends are NOT durable \
+                 and can be lost on an OS crash or power loss !!!"
+            );
+        }
         let listener = match config.listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
