@@ -49,8 +49,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match &cli.command {
-        // The bench drives many concurrent writers: use every core.
-        Command::Bench(_) => tokio::runtime::Builder::new_multi_thread()
+        Command::Bench(args) if args.threads > 1 => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(args.threads))
             .enable_all()
             .build(),
         _ => tokio::runtime::Builder::new_current_thread()
