@@ -451,3 +451,60 @@ async fn shutdown_answers_in_flight_appends_then_closes() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn random_frames_never_hurt_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path(), |_| {}).await;
+    // A fixed-seed xorshift: reproducible, no dependency.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..60 {
+        let mut stream = connect(&node).await;
+        let mut bytes = Vec::new();
+        for _ in 0..(next() % 4 + 1) {
+            let body_len = (next() % u64::from(MAX_ENTRY * 2)) as u32;
+            let mut header = FrameHeader {
+                body_len: if next() % 4 == 0 {
+                    body_len
+                } else {
+                    body_len % 64
+                },
+                opcode: (next() % 6) as u8,
+                aux: (next() % 3) as u8,
+                request_id: next(),
+            }
+            .encode();
+            if next() % 8 == 0 {
+                header[6] = next() as u8 | 1;
+            }
+            bytes.extend_from_slice(&header);
+            let body_len = u32::from_le_bytes(header[0..4].try_into().unwrap());
+            let sent = (body_len as u64).min(next() % 8192);
+            bytes.extend((0..sent).map(|_| next() as u8));
+        }
+        let _ = stream.write_all(&bytes).await;
+        if next() % 2 == 0 {
+            // Read whatever comes back until the node closes or goes quiet.
+            let mut sink = vec![0u8; 65536];
+            loop {
+                match tokio::time::timeout(Duration::from_millis(50), stream.read(&mut sink)).await
+                {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(_)) => {}
+                }
+            }
+        }
+    }
+    let mut healthy = connect(&node).await;
+    let before = status(&mut healthy, 1).await;
+    healthy.write_all(&append(b"alive", 2)).await.unwrap();
+    let response = read_response(&mut healthy).await.unwrap();
+    assert!(response.offset() >= before.commit_offset);
+    node.shutdown().await;
+}
