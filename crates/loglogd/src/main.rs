@@ -4,6 +4,7 @@
 //! `./loglog-data`. SIGINT or SIGTERM stops it cleanly (stop accepting,
 //! finish in-flight appends, fsync, exit 0); a second signal exits at once.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,8 @@ fn parse_entry_size(text: &str) -> Result<u32, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
