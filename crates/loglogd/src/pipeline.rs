@@ -161,6 +161,15 @@ pub(crate) enum WriterCommand {
     Shutdown,
 }
 
+/// A command that ends a batch and runs after it is written.
+enum Control {
+    TrimPrefix {
+        offset: u64,
+        reply: oneshot::Sender<Result<u64, ServerError>>,
+    },
+    Shutdown,
+}
+
 /// An append waiting for the commit offset to reach `end`.
 struct Waiter {
     /// Where the entry starts: the answer.
@@ -261,8 +270,12 @@ impl WriterThread {
                         batch_bytes += ENTRY_HEADER_LEN + request.payload.len();
                         appends.push(request);
                     }
-                    other => {
-                        control = Some(other);
+                    WriterCommand::TrimPrefix { offset, reply } => {
+                        control = Some(Control::TrimPrefix { offset, reply });
+                        break;
+                    }
+                    WriterCommand::Shutdown => {
+                        control = Some(Control::Shutdown);
                         break;
                     }
                 }
@@ -274,11 +287,10 @@ impl WriterThread {
             self.write_batch(&mut appends);
             match control {
                 None => {}
-                Some(WriterCommand::TrimPrefix { offset, reply }) => {
+                Some(Control::TrimPrefix { offset, reply }) => {
                     drop(reply.send(self.trim_prefix(offset)));
                 }
-                Some(WriterCommand::Shutdown) => break 'serve,
-                Some(WriterCommand::Append(_)) => unreachable!("appends never end a batch"),
+                Some(Control::Shutdown) => break 'serve,
             }
         }
         // Refuse whatever raced with shutdown; then dropping `jobs` lets the
@@ -467,9 +479,13 @@ impl SyncerThread {
                 // Benchmark mode: the written end counts as durable.
                 Fsync::Never => self.written_target,
             };
-            // The sync covered every job received before it; cap at the last
-            // job's end so commit always lands on an entry boundary this
-            // thread has seen.
+            // The sync covered every job received before it (each was sent
+            // after its write); cap at the last job's end so commit always
+            // lands on an entry boundary this thread has seen.
+            debug_assert!(
+                durable >= self.written_target,
+                "a sync covers every write that finished before it started"
+            );
             self.tracker.advance(durable.min(self.written_target));
         }
         tracing::debug!(
