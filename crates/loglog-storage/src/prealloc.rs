@@ -327,6 +327,17 @@ fn run(control: &Control, shared: &Shared, segment_size: u64) {
     // The zeroing state of the last file prepared, which may already be the
     // tail: its first `first_zeroed` bytes are zeroed in steps.
     let mut preparing: Option<(Arc<ZeroAhead>, PathBuf)> = None;
+    // Failures repeat every `ERROR_BACKOFF` while the disk is full: warn
+    // once per run of failures.
+    let mut warned = false;
+    let report = |warned: &mut bool, what: &str, error: StorageError| {
+        if *warned {
+            tracing::debug!(%error, "{what} failed again");
+        } else {
+            tracing::warn!(%error, "{what} failed; appends go on without preallocation");
+            *warned = true;
+        }
+    };
     loop {
         control.wake_requested.store(false, Ordering::Release);
         let mut worked = false;
@@ -342,7 +353,7 @@ fn run(control: &Control, shared: &Shared, segment_size: u64) {
         {
             Ok(did) => worked |= did,
             Err(error) => {
-                tracing::warn!(%error, "zeroing ahead of the writer failed");
+                report(&mut warned, "zeroing ahead of the writer", error);
                 failed = true;
             }
         }
@@ -354,7 +365,7 @@ fn run(control: &Control, shared: &Shared, segment_size: u64) {
                     match zero.zero_step(path, 0, 0, first_zeroed) {
                         Ok(did) => worked |= did,
                         Err(error) => {
-                            tracing::warn!(%error, "zeroing the next segment file failed");
+                            report(&mut warned, "zeroing the next segment file", error);
                             failed = true;
                         }
                     }
@@ -380,12 +391,15 @@ fn run(control: &Control, shared: &Shared, segment_size: u64) {
                     worked = true;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "preparing the next segment file failed");
+                    report(&mut warned, "preparing the next segment file", error);
                     failed = true;
                 }
             }
         }
 
+        if worked && !failed {
+            warned = false;
+        }
         let mut state = lock(&control.state);
         if state.shutdown {
             return;
