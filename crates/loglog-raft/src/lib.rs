@@ -86,6 +86,9 @@
 //!    track). Persist [`RaftNode::checkpoint`] from time to time.
 //! 5. [`Action::ReadReady`] / [`Action::ReadFailed`]: answer read-index
 //!    requests. [`Action::RoleChanged`] is informational.
+//!    [`Action::ConflictBelowCommit`] means a leader contradicted bytes this
+//!    node knows are committed (a safety bug or lost durable data): the node
+//!    refused them; log it loudly (the simulator fails the run on it).
 //!
 //! **Reading the log.** The leader reads the entries it sends from the
 //! driver's [`LogRead`], except its own fresh entries (above the commit

@@ -29,6 +29,16 @@
 //! entry is truncated), not when it commits. A leader proposes a change only
 //! when the previous one has committed and it has committed an entry of its
 //! own term.
+//!
+//! Votes are counted in the candidate's latest configuration. A node may
+//! campaign if it is a voter in its latest or in its committed
+//! configuration: a voter whose own removal is appended but not committed
+//! may hold the most up-to-date log, and the others may need its election
+//! to finish the change. A leader that is not a voter of its latest
+//! configuration leads until that configuration commits, then steps down.
+//! Learners never campaign and never count towards commit; a learner is
+//! promoted only once its durable log is within `max_learner_lag_bytes` of
+//! the leader's commit offset.
 
 use std::collections::BTreeSet;
 

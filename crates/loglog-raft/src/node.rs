@@ -878,6 +878,7 @@ impl RaftNode {
     /// entry, truncate a conflicting suffix, append the rest.
     fn handle_append(&mut self, from: NodeId, append: AppendEntries) {
         let prev = append.prev_offset;
+        let end = prev.saturating_add(append.entries.len() as u64);
         let prev_matches = prev <= self.log.end
             && self.log.is_boundary(prev)
             && self.log.terms.term_before(prev) == append.prev_term;
@@ -932,13 +933,17 @@ impl RaftNode {
                 }
             }
             let write_id = self.log.record_write(self.log.end);
+            let offset = first.offset;
+            let mut bytes = append.entries;
+            if start > 0 {
+                bytes.drain(..start);
+            }
             self.actions.push(Action::Append {
                 write_id,
-                offset: first.offset,
-                bytes: append.entries[start..].to_vec(),
+                offset,
+                bytes,
             });
         }
-        let end = prev + append.entries.len() as u64;
         self.verified_end = self.verified_end.max(end);
         let commit = append.leader_commit.min(end);
         if commit > self.known_commit {
@@ -1462,13 +1467,14 @@ impl RaftNode {
             }
             let start_index = (from - leader.fresh_start) as usize;
             let end_index = (end - leader.fresh_start) as usize;
-            return Some(
-                leader
-                    .fresh
-                    .range(start_index..end_index)
-                    .copied()
-                    .collect(),
-            );
+            let (front, back) = leader.fresh.as_slices();
+            let mut bytes = Vec::with_capacity(end_index - start_index);
+            for (slice, base) in [(front, 0), (back, front.len())] {
+                let from_index = start_index.clamp(base, base + slice.len()) - base;
+                let to_index = end_index.clamp(base, base + slice.len()) - base;
+                bytes.extend_from_slice(&slice[from_index..to_index]);
+            }
+            return Some(bytes);
         }
         let bytes = log.read(from, budget).ok()?;
         // Keep only whole entries inside our log (a header walk; the
