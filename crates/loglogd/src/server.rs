@@ -48,6 +48,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// peer gets our last frame rather than a reset.
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 1024 * 1024;
+/// Connections being refused (answered `Busy`) at once.
+const MAX_CONCURRENT_REFUSALS: usize = 64;
 
 type ResponseSink = mpsc::UnboundedSender<Outgoing>;
 
@@ -122,6 +124,7 @@ fn respond(
 pub(crate) async fn serve(listener: TcpListener, node: Node, stopped: watch::Sender<bool>) {
     let limits = node.config().limits.clone();
     let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+    let refusal_slots = Arc::new(Semaphore::new(MAX_CONCURRENT_REFUSALS));
     let mut connections = JoinSet::new();
     let mut shutdown = node.shutdown_signal();
     loop {
@@ -132,9 +135,14 @@ pub(crate) async fn serve(listener: TcpListener, node: Node, stopped: watch::Sen
                     Ok(slot) => {
                         connections.spawn(serve_connection(stream, peer, node.clone(), slot));
                     }
-                    Err(_) => {
-                        connections.spawn(refuse_connection(stream, peer));
-                    }
+                    // Refusals are bounded too: past the bound a connection
+                    // is closed without a word.
+                    Err(_) => match refusal_slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            connections.spawn(refuse_connection(stream, peer, slot));
+                        }
+                        Err(_) => drop(stream),
+                    },
                 },
                 Err(error) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -166,7 +174,7 @@ pub(crate) async fn until_true(flag: &mut watch::Receiver<bool>) {
     drop(flag.wait_for(|value| *value).await);
 }
 
-async fn refuse_connection(mut stream: TcpStream, peer: SocketAddr) {
+async fn refuse_connection(mut stream: TcpStream, peer: SocketAddr, _slot: OwnedSemaphorePermit) {
     tracing::warn!(%peer, "refusing connection: too many connections");
     let mut frame = Vec::new();
     encode_error_response(0, 0, &ServerError::Busy, &mut frame);
