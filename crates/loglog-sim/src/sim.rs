@@ -131,6 +131,8 @@ pub struct SimReport {
     /// Liveness was not reached only because a node that lost entries to
     /// corruption held back its vote (accepted, see the module docs).
     pub amnesia_stall: bool,
+    /// Commits by a leader ending on an older term's entry.
+    pub old_term_commits: u64,
     /// FNV-1a of the trace lines (0 with [`TraceMode::Off`]).
     pub trace_hash: u64,
     /// The trace text (empty unless [`TraceMode::Full`]).
@@ -244,6 +246,7 @@ struct WaitingAppend {
     client: usize,
     attempt: u64,
     term: Term,
+    value: Vec<u8>,
 }
 
 /// A linearizable read waiting for its read index.
@@ -373,6 +376,9 @@ struct Sim {
     history: History,
     /// The one committed log: the longest committed prefix any node reported.
     committed: Vec<u8>,
+    /// For each term, the end of the committed log as reported by nodes in
+    /// that term (for leader completeness).
+    committed_end_by_term: BTreeMap<Term, u64>,
     leaders: BTreeMap<Term, usize>,
     /// Offsets of acknowledged appends (committed entry boundaries), for
     /// choosing where reads start.
@@ -395,9 +401,15 @@ struct Sim {
     check_quorum: bool,
     election_ticks: u32,
     max_batch_bytes: u64,
+    /// Probability that an fsync stalls.
+    disk_stalls: f64,
     /// Runs where liveness failed only because a node marked after
     /// corruption held back its votes (see the module docs).
     amnesia_stall: bool,
+    /// Leader commits that ended on an entry of an older term (only a
+    /// broken core does that): a measure of how close runs come to
+    /// Figure 8.
+    old_term_commits: u64,
     healed_at: Option<Nanos>,
     live_at: Option<Nanos>,
     stopping: bool,
@@ -426,13 +438,14 @@ impl Sim {
             _ => rng.gen_range(5..=300) * MILLIS,
         };
         let crash_trigger = match profile {
-            2 => rng.gen_range(1..=20) as f64 / 100.0,
+            2 => rng.gen_range(1..=50) as f64 / 100.0,
             _ => 0.0,
         };
         let faulty_net = random_net(&mut rng);
         let pre_vote = rng.gen_bool(0.7);
         let check_quorum = rng.gen_bool(0.7);
         let election_ticks = rng.gen_range(8..=20);
+        let disk_stalls = rng.gen_range(0..=30) as f64 / 100.0;
         // Small batches send one entry at a time, so followers acknowledge
         // a new leader's old-term entries before its no-op.
         let max_batch_bytes = if rng.gen_bool(0.4) {
@@ -481,6 +494,7 @@ impl Sim {
             clients,
             history: History::new(),
             committed: Vec::new(),
+            committed_end_by_term: BTreeMap::new(),
             leaders: BTreeMap::new(),
             acknowledged_offsets: Vec::new(),
             violations: Vec::new(),
@@ -496,7 +510,9 @@ impl Sim {
             check_quorum,
             election_ticks,
             max_batch_bytes,
+            disk_stalls,
             amnesia_stall: false,
+            old_term_commits: 0,
             healed_at: None,
             live_at: None,
             stopping: false,
@@ -537,7 +553,8 @@ impl Sim {
 
     fn violation(&mut self, what: String) {
         self.trace_line(|| format!("VIOLATION {what}"));
-        if self.violations.len() < 32 {
+        let repeated = self.violations.iter().any(|seen| seen.ends_with(&what));
+        if self.violations.len() < 32 && !repeated {
             let at = self.queue.now();
             self.violations.push(format!("t={}us: {what}", at / MICROS));
         }
@@ -788,7 +805,13 @@ impl Sim {
             let point = node.disk.sync_point();
             let write_id = node.last_write_id;
             let life = node.life;
-            let latency = self.rng.gen_range(150 * MICROS..2 * MILLIS);
+            // Usually a fast fsync; sometimes the disk stalls, leaving a
+            // long unsynced tail for a crash to tear or lose.
+            let latency = if self.rng.gen_bool(self.disk_stalls) {
+                self.rng.gen_range(2 * MILLIS..40 * MILLIS)
+            } else {
+                self.rng.gen_range(150 * MICROS..2 * MILLIS)
+            };
             self.queue.schedule_in(
                 latency,
                 Event::SyncDone {
@@ -830,17 +853,17 @@ impl Sim {
                 let commit = node.commit;
                 node.disk.truncate(offset);
                 node.last_write_id = node.last_write_id.max(write_id);
-                // The core's contract: appends waiting at or above the cut
-                // have failed.
-                let failed = node.waiting_appends.split_off(&offset);
+                // Appends waiting at or above the cut are NOT failed: the
+                // truncation is not durable yet (a crash may bring the
+                // entry back), and another node may hold the entry and win
+                // an election. They stay waiting: the commit offset passing
+                // them decides (see `complete_committed_appends`), or the
+                // client times out in doubt.
                 self.trace_line(|| format!("node {id} truncates at {offset}"));
                 if offset < commit {
                     self.violation(format!(
                         "node {id}: truncated at {offset}, below its commit offset {commit}"
                     ));
-                }
-                for (_, waiting) in failed {
-                    self.reply(index, waiting.client, waiting.attempt, Reply::AppendFailed);
                 }
             }
             Action::Send(envelope) => {
@@ -862,6 +885,19 @@ impl Sim {
                     return;
                 }
                 node.commit = commit_offset;
+                if let Some(core) = node
+                    .core
+                    .as_ref()
+                    .filter(|core| core.role() == Role::Leader)
+                {
+                    if core.term_map().term_before(commit_offset) != core.term() {
+                        self.old_term_commits += 1;
+                        let term = core.term();
+                        self.trace_line(|| {
+                            format!("node {id}, leader of term {term}, committed an older term's entry at {commit_offset}")
+                        });
+                    }
+                }
                 self.check_commit(index);
                 let node = &mut self.nodes[index];
                 if self.rng.gen_bool(0.3) {
@@ -913,7 +949,14 @@ impl Sim {
                 });
                 if role == Role::Leader {
                     self.on_new_leader(index, term);
-                    self.maybe_trigger_crash(index);
+                    if self.crash_trigger > 0.0
+                        && self.healed_at.is_none()
+                        && self.rng.gen_bool(0.5)
+                    {
+                        self.maybe_isolate(index);
+                    } else {
+                        self.maybe_trigger_crash(index);
+                    }
                 }
             }
         }
@@ -921,15 +964,36 @@ impl Sim {
 
     /// In the targeted profile, sometimes crashes the node a moment after
     /// an interesting step (before or after its fsync lands).
+    /// In the targeted profile, sometimes cuts a new leader off at once:
+    /// it keeps taking client appends that nobody else gets, leaving a
+    /// divergent tail of its term (an ingredient of Raft's Figure 8).
+    fn maybe_isolate(&mut self, index: usize) {
+        if self.rng.gen_bool(self.crash_trigger) {
+            let everyone: Vec<usize> = (0..self.nodes.len()).collect();
+            self.network.partition(&[index], &everyone);
+            let id = self.nodes[index].id;
+            self.trace_line(|| format!("new leader {id} cut off"));
+            let duration = self.rng.gen_range(50 * MILLIS..600 * MILLIS);
+            self.queue.schedule_in(duration, Event::HealNetwork);
+            self.faults += 1;
+        }
+    }
+
     fn maybe_trigger_crash(&mut self, index: usize) {
         if self.crash_trigger > 0.0
             && self.healed_at.is_none()
             && self.rng.gen_bool(self.crash_trigger)
         {
-            let life = self.nodes[index].life;
             let delay = self.rng.gen_range(0..2 * MILLIS);
-            self.queue
-                .schedule_in(delay, Event::Crash { node: index, life });
+            // Sometimes the power fails for everyone at that moment, so
+            // followers lose what they had not synced either.
+            let everyone = self.rng.gen_bool(0.3);
+            for node in 0..self.nodes.len() {
+                if node == index || everyone {
+                    let life = self.nodes[node].life;
+                    self.queue.schedule_in(delay, Event::Crash { node, life });
+                }
+            }
             self.faults += 1;
         }
     }
@@ -1033,6 +1097,11 @@ impl Sim {
             return;
         }
         if to > self.committed.len() as u64 {
+            // The reporting node's term bounds the term of the leader that
+            // committed these bytes from above.
+            let term = self.nodes[index].core.as_ref().map_or(0, RaftNode::term);
+            let end = self.committed_end_by_term.entry(term).or_insert(0);
+            *end = (*end).max(to);
             let start = self.committed.len();
             let extension = self.nodes[index].disk.log()[start..to as usize].to_vec();
             self.committed.extend_from_slice(&extension);
@@ -1050,13 +1119,22 @@ impl Sim {
             }
         }
         self.leaders.insert(term, index);
+        // Bytes committed in earlier terms must all be in the new leader's
+        // log (a leader of an older term elected late may lack bytes that
+        // later terms committed).
+        let required = self
+            .committed_end_by_term
+            .range(..term)
+            .map(|(_, &end)| end)
+            .max()
+            .unwrap_or(0) as usize;
         let log = self.nodes[index].disk.log();
-        if !log.starts_with(&self.committed) {
-            let at = first_difference(&self.committed, log);
-            let committed_len = self.committed.len();
+        if !log.starts_with(&self.committed[..required]) {
+            let at = first_difference(&self.committed[..required], log);
+            let committed_len = required;
             self.violation(format!(
                 "leader completeness: node {id}, leader of term {term}, lacks committed bytes \
-                 from offset {at} (committed log ends at {committed_len})"
+                 from offset {at} (committed in earlier terms up to {committed_len})"
             ));
         }
         self.check_log_matching();
@@ -1118,12 +1196,17 @@ impl Sim {
                 let term = core.term();
                 match core.propose(&value) {
                     Ok(offset) => {
+                        let id = self.nodes[index].id;
+                        self.trace_line(|| {
+                            format!("node {id} proposed client {client}'s append at {offset} in term {term}")
+                        });
                         self.nodes[index].waiting_appends.insert(
                             offset,
                             WaitingAppend {
                                 client,
                                 attempt,
                                 term,
+                                value,
                             },
                         );
                     }
@@ -1229,8 +1312,16 @@ impl Sim {
         let done = std::mem::replace(&mut node.waiting_appends, still_waiting);
         for (offset, waiting) in done {
             let node = &self.nodes[index];
-            let ours = EntryHeader::decode(&node.disk.log()[offset as usize..], MAX_PAYLOAD)
-                .is_ok_and(|header| header.term == waiting.term && header.kind == EntryKind::Data);
+            // Ours if the committed entry at that offset is of the term we
+            // proposed it in and holds our bytes.
+            let ours = EntryIter::new(&node.disk.log()[offset as usize..], offset, MAX_PAYLOAD)
+                .next()
+                .and_then(Result::ok)
+                .is_some_and(|entry| {
+                    entry.header.term == waiting.term
+                        && entry.header.kind == EntryKind::Data
+                        && entry.payload == waiting.value
+                });
             let reply = if ours {
                 Reply::AppendOk { offset }
             } else {
@@ -1289,6 +1380,17 @@ impl Sim {
             let id = self.history.invoke_read(index as u64, kind, now);
             ClientOp::Read { id, kind, start }
         };
+        self.trace_line(|| match &op {
+            ClientOp::Append { value, .. } => {
+                format!(
+                    "client {index} appends {:?}",
+                    String::from_utf8_lossy(value)
+                )
+            }
+            ClientOp::Read { kind, start, .. } => {
+                format!("client {index} reads ({kind:?}) from {start}")
+            }
+        });
         let client = &mut self.clients[index];
         client.op = Some(op);
         client.op_invoked_at = now;
@@ -1307,6 +1409,7 @@ impl Sim {
                 start: *start,
             },
         };
+        self.trace_line(|| format!("client {index} attempt {attempt} to node {}", node + 1));
         let delay = self.rng.gen_range(50 * MICROS..400 * MICROS);
         self.queue.schedule_in(
             delay,
@@ -1328,11 +1431,21 @@ impl Sim {
 
     fn client_reply(&mut self, index: usize, attempt: u64, reply: Reply) {
         let now = self.queue.now();
-        let client = &self.clients[index];
-        if client.attempt != attempt {
+        if self.clients[index].attempt != attempt {
             return;
         }
-        let Some(op) = client.op.clone() else { return };
+        self.trace_line(|| match &reply {
+            Reply::ReadOk(result) => format!(
+                "client {index} attempt {attempt}: read [{}, {}) {} entries",
+                result.start,
+                result.end,
+                result.entries.len()
+            ),
+            other => format!("client {index} attempt {attempt}: {other:?}"),
+        });
+        let Some(op) = self.clients[index].op.clone() else {
+            return;
+        };
         match (op, reply) {
             (ClientOp::Append { id, .. }, Reply::AppendOk { offset }) => {
                 self.history
@@ -1419,6 +1532,7 @@ impl Sim {
         }
         let Some(op) = client.op.clone() else { return };
         client.target = self.rng.gen_range(0..self.nodes.len());
+        self.trace_line(|| format!("client {index} attempt {attempt} timed out"));
         match op {
             ClientOp::Append { id, .. } => {
                 self.history
@@ -1676,6 +1790,7 @@ impl Sim {
             sim_nanos: now,
             events: self.events,
             amnesia_stall: self.amnesia_stall,
+            old_term_commits: self.old_term_commits,
             trace_hash: if self.trace_mode == TraceMode::Off {
                 0
             } else {
