@@ -45,9 +45,11 @@
 //! **Startup.** The driver persists two things: the [`HardState`] (term and
 //! vote) and, lazily, a [`Checkpoint`] (a commit offset, the term map below
 //! it, the membership in force at it). At start it recovers the log (cut at
-//! the first torn or corrupt entry), then scans the entries from
-//! `checkpoint.commit_offset` to the end through a [`LogScan`] and calls
-//! [`RaftNode::new`]. A brand-new founding node uses
+//! the first torn or corrupt entry) and fsyncs it (after a process crash
+//! the files may hold written but unsynced bytes, and the node treats its
+//! whole recovered log as durable), then scans the entries from
+//! `checkpoint.commit_offset` to the end through a [`LogScan`], checks the
+//! end with [`LogScan::finish_at`], and calls [`RaftNode::new`]. A brand-new founding node uses
 //! `Checkpoint::bootstrap(initial voters)` (the same on every founding
 //! node); a node joining an existing cluster uses
 //! `Checkpoint::bootstrap(Membership::default())` and learns the
@@ -77,7 +79,9 @@
 //!    follower, its commit offset) only after that. Write ids make this
 //!    safe across truncation (an offset may be rewritten; an id is not).
 //! 3. [`Action::Send`]: send best effort (drops, duplicates and reordering
-//!    are tolerated); [`Envelope::encode`] gives the bytes.
+//!    are tolerated); [`Envelope::encode`] gives the bytes, and the
+//!    receiver decodes with [`Envelope::decode`] capped by
+//!    [`Config::max_message_entries_bytes`].
 //! 4. [`Action::CommitAdvanced`]: entries below the offset are committed and
 //!    durable locally: serve reads up to it and acknowledge client appends
 //!    below it. A pending append at offset `o` (from `propose`) succeeded

@@ -44,6 +44,8 @@ pub enum LogStateError {
     NotContiguous { expected: u64, found: u64 },
     #[error("config entry at offset {offset}: {error}")]
     BadConfigEntry { offset: u64, error: MembershipError },
+    #[error("the scan reached offset {scanned} but the log ends at {log_end}")]
+    EndMismatch { scanned: u64, log_end: u64 },
     #[error("checkpoint: {0}")]
     BadCheckpoint(&'static str),
 }
@@ -321,7 +323,7 @@ impl Checkpoint {
 /// for entry in EntryIter::new(&log, scan.next_offset(), u32::MAX) {
 ///     scan.observe(&entry.unwrap()).unwrap();
 /// }
-/// let recovered = scan.finish();
+/// let recovered = scan.finish_at(log.len() as u64).unwrap();
 /// assert_eq!(recovered.end_offset(), log.len() as u64);
 /// ```
 #[derive(Debug)]
@@ -372,8 +374,24 @@ impl LogScan {
         Ok(())
     }
 
+    /// The recovered log, trusting that every entry up to the end of the
+    /// valid log was observed. Prefer [`LogScan::finish_at`].
     pub fn finish(self) -> RecoveredLog {
         self.recovered
+    }
+
+    /// The recovered log, checking that the scan reached `log_end`, the end
+    /// of the valid log on disk. Fails if the log is shorter than the
+    /// checkpoint's commit offset (committed data lost: the node must not
+    /// start as if it had it) or if entries were skipped.
+    pub fn finish_at(self, log_end: u64) -> Result<RecoveredLog, LogStateError> {
+        if log_end != self.recovered.end {
+            return Err(LogStateError::EndMismatch {
+                scanned: self.recovered.end,
+                log_end,
+            });
+        }
+        Ok(self.recovered)
     }
 }
 
@@ -554,7 +572,7 @@ mod tests {
         for entry in EntryIter::new(&bytes, 0, 1000) {
             scan.observe(&entry.unwrap()).unwrap();
         }
-        let recovered = scan.finish();
+        let recovered = scan.finish_at(bytes.len() as u64).unwrap();
         assert_eq!(recovered.membership(), &config);
         assert_eq!(recovered.term_map().runs().len(), 2);
         assert_eq!(recovered.boundaries.len(), 3);

@@ -106,6 +106,13 @@ impl Config {
         }
     }
 
+    /// The cap to pass to [`crate::Envelope::decode`] for messages from
+    /// peers with this configuration: a full batch plus one whole entry
+    /// (a batch always carries at least one entry).
+    pub fn max_message_entries_bytes(&self) -> u64 {
+        self.max_batch_bytes + loglog_proto::ENTRY_HEADER_LEN as u64 + u64::from(self.max_payload)
+    }
+
     pub(crate) fn validate(&self) -> Result<(), StartError> {
         let bad = |reason: &'static str| Err(StartError::BadConfig(reason));
         if self.election_ticks < 2 || self.election_ticks > u32::MAX / 2 {

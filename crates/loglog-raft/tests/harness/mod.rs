@@ -356,7 +356,10 @@ impl Cluster {
             scan.observe(&entry.expect("durable log is intact"))
                 .expect("scan");
         }
-        node.raft = RaftNode::new(node.config.clone(), node.hard_state, scan.finish())
+        let recovered = scan
+            .finish_at(node.durable_log.len() as u64)
+            .expect("the scan reached the log's end");
+        node.raft = RaftNode::new(node.config.clone(), node.hard_state, recovered)
             .expect("restart from persisted state");
         node.log.0 = node.durable_log.clone();
         node.up = true;
