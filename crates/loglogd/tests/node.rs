@@ -384,3 +384,25 @@ fn crc32c(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+#[tokio::test]
+async fn a_smaller_max_entry_size_after_restart_keeps_larger_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let big = node.append(vec![3u8; 10_000]).await.unwrap();
+    node.shutdown().await;
+
+    let mut smaller = config(dir.path());
+    smaller.max_entry_size = 100;
+    let node = Node::start(smaller).await.unwrap();
+    let log = whole_log(&node).await;
+    let (offset, term, kind, payload) = &log[1];
+    assert_eq!((*offset, *term, *kind), (big, 1, EntryKind::Data));
+    assert!(payload.len() == 10_000 && payload.iter().all(|byte| *byte == 3));
+    assert_eq!(
+        node.append(vec![0u8; 101]).await,
+        Err(ServerError::TooLarge { max: 100 })
+    );
+    node.append(vec![0u8; 100]).await.unwrap();
+    node.shutdown().await;
+}
