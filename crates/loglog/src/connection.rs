@@ -240,12 +240,19 @@ impl Connection {
             request_id,
         }
         .encode();
-        if self.frames.send(Frame { header, body }).await.is_err() {
+        // Never full: the queue has a slot per permit, and this request
+        // holds one. Sending without waiting keeps this call cancel-safe
+        // (a request is either queued or not in the pending map at all).
+        if let Err(error) = self.frames.try_send(Frame { header, body }) {
             // The writer stops only after recording a failure, which has
             // already answered this request with the error.
+            let reason = match error {
+                mpsc::error::TrySendError::Full(_) => "connection writer queue overflowed",
+                mpsc::error::TrySendError::Closed(_) => "connection writer stopped",
+            };
             self.shared.fail(Failure::Io(Arc::new(io::Error::new(
                 io::ErrorKind::BrokenPipe,
-                "connection writer stopped",
+                reason,
             ))));
         }
         Ok(answer)
