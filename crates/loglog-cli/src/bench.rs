@@ -27,8 +27,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     writers: u32,
 
-    /// Payload size of each entry, in bytes.
-    #[arg(long, default_value_t = 128)]
+    /// Payload size of each entry, in bytes (at most 256 MiB; the node's
+    /// own limit, 16 MiB - 1 by default, answers TooLarge above it).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(0..=256 * 1024 * 1024))]
     size: u32,
 
     /// How long to run (e.g. 10s, 500ms, 2m).
