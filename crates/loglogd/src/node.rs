@@ -107,6 +107,17 @@ pub struct Node {
     inner: Arc<NodeInner>,
 }
 
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node_id", &self.inner.config.node_id)
+            .field("data_dir", &self.inner.config.data_dir)
+            .field("local_addr", &self.inner.local_addr)
+            .field("commit_offset", &self.commit_offset())
+            .finish_non_exhaustive()
+    }
+}
+
 struct NodeInner {
     config: Config,
     shared: Arc<Shared>,
