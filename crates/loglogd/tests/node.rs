@@ -406,3 +406,58 @@ async fn a_smaller_max_entry_size_after_restart_keeps_larger_entries() {
     node.append(vec![0u8; 100]).await.unwrap();
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tailing_reader_sees_the_committed_log_in_order_while_appends_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    const APPENDERS: u32 = 8;
+    const EACH: u32 = 200;
+    let tailer = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut offset = 0;
+            while seen.len() < (APPENDERS * EACH) as usize {
+                let chunk = node
+                    .read(offset, 4096, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                // Never past the commit offset the node answered with.
+                assert!(chunk.next_offset() <= chunk.commit_offset);
+                seen.extend(chunk.data_entries().map(|(at, data)| (at, data.to_vec())));
+                offset = chunk.next_offset();
+            }
+            seen
+        })
+    };
+    let mut appenders = Vec::new();
+    for task in 0..APPENDERS {
+        let node = node.clone();
+        appenders.push(tokio::spawn(async move {
+            for index in 0..EACH {
+                let payload = [task.to_le_bytes(), index.to_le_bytes()].concat();
+                if index % 2 == 0 {
+                    node.append(payload).await.unwrap();
+                } else {
+                    node.append_nowait(payload).await.unwrap();
+                }
+            }
+        }));
+    }
+    for appender in appenders {
+        appender.await.unwrap();
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(30), tailer)
+        .await
+        .expect("the tailer saw every entry")
+        .unwrap();
+    let log: Vec<(u64, Vec<u8>)> = whole_log(&node)
+        .await
+        .into_iter()
+        .filter(|entry| entry.2 == EntryKind::Data)
+        .map(|entry| (entry.0, entry.3))
+        .collect();
+    assert_eq!(seen, log);
+    node.shutdown().await;
+}
