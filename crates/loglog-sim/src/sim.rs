@@ -97,6 +97,10 @@ pub struct SimOptions {
     /// Founding voters (3 or 5); `None` lets the seed choose.
     pub nodes: Option<usize>,
     pub trace: TraceMode,
+    /// Check that each node's committed bytes are durable on its own disk
+    /// (the core's contract). Switch off to see the other checks (history,
+    /// committed prefixes) catch a broken durability rule on their own.
+    pub check_local_durability: bool,
     /// Deliberately wrong core behaviours to switch on in every node.
     #[cfg(feature = "bug-injection")]
     pub bugs: loglog_raft::Bugs,
@@ -108,6 +112,7 @@ impl SimOptions {
             seed,
             nodes: None,
             trace: TraceMode::Off,
+            check_local_durability: true,
             #[cfg(feature = "bug-injection")]
             bugs: loglog_raft::Bugs::default(),
         }
@@ -366,6 +371,7 @@ struct Sim {
     seed: u64,
     rng: ChaCha8Rng,
     trace_mode: TraceMode,
+    check_local_durability: bool,
     trace: String,
     trace_hash: u64,
     queue: EventQueue<Event>,
@@ -410,6 +416,10 @@ struct Sim {
     /// broken core does that): a measure of how close runs come to
     /// Figure 8.
     old_term_commits: u64,
+    /// Until this time, AppendEntries starting with a no-op to these nodes
+    /// are lost.
+    no_op_loss_until: Nanos,
+    no_op_loss_to: Vec<usize>,
     healed_at: Option<Nanos>,
     live_at: Option<Nanos>,
     stopping: bool,
@@ -449,7 +459,10 @@ impl Sim {
         // Small batches send one entry at a time, so followers acknowledge
         // a new leader's old-term entries before its no-op.
         let max_batch_bytes = if rng.gen_bool(0.4) {
-            rng.gen_range(32..=256)
+            // 1: exactly one entry per message.
+            *[1, 1, 32, 64, 128, 256]
+                .choose(&mut rng)
+                .expect("non-empty")
         } else {
             16 * 1024
         };
@@ -485,6 +498,7 @@ impl Sim {
             seed: options.seed,
             rng,
             trace_mode: options.trace,
+            check_local_durability: options.check_local_durability,
             trace: String::new(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
             queue: EventQueue::new(),
@@ -513,6 +527,8 @@ impl Sim {
             disk_stalls,
             amnesia_stall: false,
             old_term_commits: 0,
+            no_op_loss_until: 0,
+            no_op_loss_to: Vec::new(),
             healed_at: None,
             live_at: None,
             stopping: false,
@@ -1003,6 +1019,15 @@ impl Sim {
             self.violation(format!("message to unknown node {}", envelope.to));
             return;
         };
+        if self.queue.now() < self.no_op_loss_until
+            && self.no_op_loss_to.contains(&to)
+            && matches!(&envelope.message, Message::AppendEntries(append)
+                if append.entries.get(12) == Some(&EntryKind::NoOp.to_byte()))
+        {
+            // Selective loss: a new leader's no-op does not get through,
+            // while the older entries before it do (Raft's Figure 8).
+            return;
+        }
         if let Some(mark) = self.nodes[from].amnesia {
             // See the module docs: a node that lost synced entries to
             // corruption asks for no votes until caught up, and grants only
@@ -1075,8 +1100,9 @@ impl Sim {
             return;
         }
         let durable = node.disk.durable_log();
-        if durable.len() < to as usize
-            || durable[from as usize..to as usize] != log[from as usize..to as usize]
+        if self.check_local_durability
+            && (durable.len() < to as usize
+                || durable[from as usize..to as usize] != log[from as usize..to as usize])
         {
             self.violation(format!(
                 "node {id}: committed bytes {from}..{to} are not durable locally"
@@ -1643,7 +1669,22 @@ impl Sim {
                 let config = self.network.config;
                 self.trace_line(|| format!("network now {config:?}"));
             }
-            70..=84 => self.change_membership(),
+            70..=77 => self.change_membership(),
+            78..=84 => {
+                // Selective loss of leaders' no-ops to some nodes for a while.
+                let count = self.rng.gen_range(1..=node_count / 2);
+                let mut all: Vec<usize> = (0..node_count).collect();
+                all.shuffle(&mut self.rng);
+                self.no_op_loss_to = all[..count].to_vec();
+                let duration = self.rng.gen_range(100 * MILLIS..2 * SECONDS);
+                self.no_op_loss_until = now + duration;
+                let ids: Vec<NodeId> = self
+                    .no_op_loss_to
+                    .iter()
+                    .map(|&i| self.nodes[i].id)
+                    .collect();
+                self.trace_line(|| format!("no-ops to {ids:?} lost for {}ms", duration / MILLIS));
+            }
             _ => {
                 // Leadership transfer to a random voter.
                 let Some(leader) = self.current_leader() else {
@@ -1719,6 +1760,7 @@ impl Sim {
         self.healed_at = Some(now);
         self.network.heal();
         self.network.config = NetConfig::healthy();
+        self.no_op_loss_until = 0;
         self.trace_line(|| "heal: network healthy, every node restarted".to_string());
         for index in 0..self.nodes.len() {
             if !self.nodes[index].is_up() {
