@@ -54,7 +54,10 @@
 //! node); a node joining an existing cluster uses
 //! `Checkpoint::bootstrap(Membership::default())` and learns the
 //! configuration from the log. The node never reports a commit offset below
-//! the checkpoint's.
+//! the checkpoint's. If recovery cut entries the node had synced (a bad CRC
+//! in the middle of durable data), the driver marks it with
+//! [`RecoveredLog::set_lost_tail`] (see [`LostTail`]) and keeps that mark
+//! until [`RaftNode::lost_tail`] returns `None`.
 //!
 //! **Events.** Call [`RaftNode::tick`] every tick (the driver's unit of
 //! time; the timeouts in [`Config`] are counted in ticks),
@@ -161,7 +164,8 @@ mod rng;
 mod types;
 
 pub use log::{
-    Checkpoint, LogRead, LogReadError, LogScan, LogStateError, RecoveredLog, TermMap, TermRun,
+    Checkpoint, LogRead, LogReadError, LogScan, LogStateError, LostTail, RecoveredLog, TermMap,
+    TermRun,
 };
 pub use membership::{
     Membership, MembershipChange, MembershipError, CONFIG_PAYLOAD_VERSION, MAX_MEMBERS,

@@ -193,9 +193,36 @@ pub struct RecoveredLog {
     pub(crate) committed_membership: Membership,
     /// Config entries at or above `commit_floor`, in log order.
     pub(crate) pending_configs: Vec<(u64, Membership)>,
+    pub(crate) lost_tail: Option<LostTail>,
+}
+
+/// Synced entries a node lost to disk damage (recovery cut its log at a
+/// bad CRC below bytes it had fsynced, and perhaps acknowledged).
+///
+/// Raft assumes acknowledged entries survive; a node that forgot some
+/// could vote for a candidate lacking an entry it helped commit. While the
+/// mark is set the node asks for no votes, and grants a vote only to a
+/// candidate whose log is at least as up to date as `(last_term,
+/// end_offset)`: the vote its undamaged log would have granted. The mark
+/// clears ([`crate::RaftNode::lost_tail`] becomes `None`) once the node's
+/// log is durable and verified against a leader up to `end_offset` again.
+///
+/// A driver that cannot tell what was lost may be conservative: the
+/// length of the damaged log before the cut as `end_offset`, and the
+/// persisted current term as `last_term` (a higher mark only refuses more
+/// votes). The driver persists the mark until it is cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LostTail {
+    pub end_offset: u64,
+    pub last_term: Term,
 }
 
 impl RecoveredLog {
+    /// Records synced entries lost to damage (see [`LostTail`]).
+    pub fn set_lost_tail(&mut self, lost_tail: LostTail) {
+        self.lost_tail = Some(lost_tail);
+    }
+
     pub fn end_offset(&self) -> u64 {
         self.end
     }
@@ -341,6 +368,7 @@ impl LogScan {
                 boundaries: VecDeque::new(),
                 committed_membership: checkpoint.membership,
                 pending_configs: Vec::new(),
+                lost_tail: None,
             },
         }
     }

@@ -18,7 +18,7 @@
 //!                          0 accepted: verified_end u64, durable_end u64
 //!                          1 rejected: rejected_prev u64, hint term u32, hint term_start u64, hint offset u64
 //! 5 Heartbeat            term u32, commit u64, read_seq u64
-//! 6 HeartbeatResponse    term u32, read_seq u64
+//! 6 HeartbeatResponse    term u32, read_seq u64, log_end u64
 //! 7 TimeoutNow           term u32
 //! ```
 //!
@@ -138,6 +138,10 @@ pub struct Heartbeat {
 pub struct HeartbeatResponse {
     pub term: Term,
     pub read_seq: u64,
+    /// The follower's log end. Below what the leader counts as its match
+    /// only if the follower lost acknowledged bytes (disk damage): the
+    /// leader then probes it again instead of waiting forever.
+    pub log_end: u64,
 }
 
 /// Leadership transfer: the target campaigns at once, skipping pre-vote.
@@ -271,6 +275,7 @@ impl Message {
                 out.push(KIND_HEARTBEAT_RESPONSE);
                 out.extend_from_slice(&m.term.to_le_bytes());
                 out.extend_from_slice(&m.read_seq.to_le_bytes());
+                out.extend_from_slice(&m.log_end.to_le_bytes());
             }
             Message::TimeoutNow(m) => {
                 out.push(KIND_TIMEOUT_NOW);
@@ -352,6 +357,7 @@ impl Message {
             KIND_HEARTBEAT_RESPONSE => Message::HeartbeatResponse(HeartbeatResponse {
                 term: reader.u32()?,
                 read_seq: reader.u64()?,
+                log_end: reader.u64()?,
             }),
             KIND_TIMEOUT_NOW => Message::TimeoutNow(TimeoutNow {
                 term: reader.u32()?,
@@ -487,8 +493,12 @@ mod tests {
                     read_seq,
                 })
             }),
-            (any::<u32>(), any::<u64>()).prop_map(|(term, read_seq)| {
-                Message::HeartbeatResponse(HeartbeatResponse { term, read_seq })
+            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(term, read_seq, log_end)| {
+                Message::HeartbeatResponse(HeartbeatResponse {
+                    term,
+                    read_seq,
+                    log_end,
+                })
             }),
             any::<u32>().prop_map(|term| Message::TimeoutNow(TimeoutNow { term })),
         ]

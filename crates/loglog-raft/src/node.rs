@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use loglog_proto::entry::{encode_entry, EntryHeader, EntryIter, EntryKind};
 use loglog_proto::ENTRY_HEADER_LEN;
 
-use crate::log::{Checkpoint, LogRead, LogState, RecoveredLog, TermMap};
+use crate::log::{Checkpoint, LogRead, LogState, LostTail, RecoveredLog, TermMap};
 use crate::membership::{Membership, MembershipChange};
 use crate::message::{
     AppendEntries, AppendOutcome, AppendResponse, ConflictHint, Envelope, Heartbeat,
@@ -188,6 +188,8 @@ pub struct RaftNode {
     committed_membership: Membership,
     /// Config entries at or above the commit offset: `(offset, config)`.
     pending_configs: Vec<(u64, Membership)>,
+    /// Synced entries lost to disk damage, until caught up again.
+    lost_tail: Option<LostTail>,
     election_elapsed: u32,
     randomized_timeout: u32,
     votes: BTreeMap<NodeId, bool>,
@@ -234,6 +236,7 @@ impl RaftNode {
             reported_durable: 0,
             committed_membership: recovered.committed_membership,
             pending_configs: recovered.pending_configs,
+            lost_tail: recovered.lost_tail,
             election_elapsed: 0,
             randomized_timeout,
             votes: BTreeMap::new(),
@@ -293,6 +296,12 @@ impl RaftNode {
         self.pending_configs
             .last()
             .map_or(&self.committed_membership, |(_, membership)| membership)
+    }
+
+    /// The [`LostTail`] mark given at startup, until the log is durable and
+    /// verified past it again; once `None`, the driver forgets its copy.
+    pub fn lost_tail(&self) -> Option<LostTail> {
+        self.lost_tail
     }
 
     pub fn config(&self) -> &Config {
@@ -541,8 +550,9 @@ impl RaftNode {
     /// include the candidate); such a leader steps down once the change
     /// commits.
     fn is_promotable(&self) -> bool {
-        self.membership().is_voter(self.config.id)
-            || self.committed_membership.is_voter(self.config.id)
+        self.lost_tail.is_none()
+            && (self.membership().is_voter(self.config.id)
+                || self.committed_membership.is_voter(self.config.id))
     }
 
     /// Whether we heard from a leader recently enough to ignore candidates.
@@ -755,6 +765,7 @@ impl RaftNode {
                         Message::HeartbeatResponse(HeartbeatResponse {
                             term: self.hard.term,
                             read_seq: 0,
+                            log_end: self.log.end,
                         }),
                     );
                 }
@@ -814,8 +825,11 @@ impl RaftNode {
         let can_vote = self.hard.voted_for == Some(from)
             || (self.hard.voted_for.is_none() && self.leader_id.is_none())
             || (request.pre_vote && request.term > self.hard.term);
-        let up_to_date =
-            (request.last_term, request.last_offset) >= (self.log.last_term(), self.log.end);
+        let candidate_log = (request.last_term, request.last_offset);
+        let up_to_date = candidate_log >= (self.log.last_term(), self.log.end)
+            && self
+                .lost_tail
+                .is_none_or(|lost| candidate_log >= (lost.last_term, lost.end_offset));
         let granted = can_vote && up_to_date;
         if granted && !request.pre_vote {
             self.hard.voted_for = Some(from);
@@ -870,6 +884,7 @@ impl RaftNode {
             Message::HeartbeatResponse(HeartbeatResponse {
                 term: self.hard.term,
                 read_seq: heartbeat.read_seq,
+                log_end: self.log.end,
             }),
         );
     }
@@ -952,6 +967,7 @@ impl RaftNode {
         self.advance_commit();
         let durable_end = self.durable_end().min(self.verified_end);
         self.reported_durable = self.reported_durable.max(durable_end);
+        self.maybe_clear_lost_tail();
         self.send(
             from,
             Message::AppendResponse(AppendResponse {
@@ -1136,7 +1152,14 @@ impl RaftNode {
         };
         progress.recent_active = true;
         progress.read_seq_acked = progress.read_seq_acked.max(response.read_seq);
-        if !progress.replicating && progress.match_offset < end {
+        if response.log_end < progress.match_offset {
+            // It lost bytes it acknowledged (disk damage, see `LostTail`),
+            // or this response is older than its last ack: either way,
+            // find out from a probe where its log really ends.
+            progress.match_offset = 0;
+            progress.match_at_heartbeat = 0;
+            progress.become_probe(end);
+        } else if !progress.replicating && progress.match_offset < end {
             progress.probe_sent = false;
         }
         self.process_reads();
@@ -1500,8 +1523,19 @@ impl RaftNode {
 
     // ----- follower: acknowledgements -----
 
+    /// Clears the lost-tail mark once the log is durable and matches the
+    /// leader's past it.
+    fn maybe_clear_lost_tail(&mut self) {
+        if let Some(lost) = self.lost_tail {
+            if self.durable_end().min(self.verified_end) >= lost.end_offset {
+                self.lost_tail = None;
+            }
+        }
+    }
+
     /// After an fsync, tell the leader how far our matching log is durable.
     fn report_durable_progress(&mut self) {
+        self.maybe_clear_lost_tail();
         let Some(leader) = self.leader_id else {
             return;
         };

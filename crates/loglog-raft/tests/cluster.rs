@@ -644,3 +644,79 @@ fn a_voter_with_its_own_uncommitted_removal_can_still_campaign() {
     assert!(cluster.node(2).commit_offset() > offset);
     assert!(cluster.node(3).commit_offset() > offset);
 }
+
+/// A node that lost synced entries to disk damage neither campaigns nor
+/// votes for a candidate its undamaged log would have refused, until it
+/// has caught up again.
+#[test]
+fn a_node_with_a_lost_tail_votes_as_its_undamaged_log_would() {
+    use loglog_proto::entry::EntryIter;
+    use loglog_raft::{Checkpoint, HardState, LogScan, LostTail, RaftNode};
+
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    for i in 0..5u8 {
+        cluster.propose(1, &[i; 40]);
+    }
+    cluster.ticks(3);
+    let end = cluster.node(3).end_offset();
+    let term = cluster.node(3).term();
+    // Node 3 restarts with its log cut to the first entry.
+    cluster.crash(3);
+    let node = cluster.nodes.get_mut(&3).unwrap();
+    node.durable_log.truncate(16);
+    node.log.0.truncate(16);
+    node.checkpoint = Checkpoint::bootstrap(Membership::with_voters([1, 2, 3]));
+    let mut scan = LogScan::new(node.checkpoint.clone());
+    for entry in EntryIter::new(&node.durable_log, 0, u32::MAX) {
+        scan.observe(&entry.unwrap()).unwrap();
+    }
+    let mut recovered = scan.finish_at(16).unwrap();
+    recovered.set_lost_tail(LostTail {
+        end_offset: end,
+        last_term: term,
+    });
+    node.raft = RaftNode::new(node.config.clone(), node.hard_state, recovered).unwrap();
+    node.up = true;
+    let hard = HardState {
+        term: term + 5,
+        voted_for: None,
+    };
+
+    // A candidate whose log is behind the lost tail gets no vote from it.
+    let request = |last_offset| {
+        Message::RequestVote(loglog_raft::RequestVote {
+            term: hard.term,
+            pre_vote: true,
+            transfer: false,
+            last_offset,
+            last_term: term,
+        })
+    };
+    let granted = |cluster: &mut Cluster, last_offset| {
+        cluster.node_mut(3).step(2, request(last_offset));
+        let node = cluster.nodes.get_mut(&3).unwrap();
+        node.raft.take_actions(&node.log).iter().any(|action| {
+            matches!(action, loglog_raft::Action::Send(envelope)
+                if matches!(envelope.message, Message::RequestVoteResponse(r) if r.granted))
+        })
+    };
+    cluster.ticks(0);
+    let node_3_term_before = cluster.node(3).term();
+    assert!(!granted(&mut cluster, 100), "behind the lost tail");
+    assert!(granted(&mut cluster, end), "as up to date as the lost tail");
+    assert_eq!(
+        cluster.node(3).term(),
+        node_3_term_before,
+        "pre-votes change no term"
+    );
+
+    // It does not campaign while marked, and clears once caught up.
+    cluster.isolate(3);
+    cluster.ticks(60);
+    assert_eq!(cluster.node(3).role(), Role::Follower);
+    cluster.heal();
+    cluster.ticks(5);
+    assert!(cluster.node(3).end_offset() >= end);
+    assert_eq!(cluster.node(3).lost_tail(), None);
+}

@@ -307,8 +307,12 @@ fn any_message() -> impl Strategy<Value = Message> {
                 granted,
             })
         }),
-        (term.clone(), any::<u64>()).prop_map(|(term, read_seq)| {
-            Message::HeartbeatResponse(loglog_raft::HeartbeatResponse { term, read_seq })
+        (term.clone(), any::<u64>(), any::<u64>()).prop_map(|(term, read_seq, log_end)| {
+            Message::HeartbeatResponse(loglog_raft::HeartbeatResponse {
+                term,
+                read_seq,
+                log_end,
+            })
         }),
         term.clone()
             .prop_map(|term| Message::TimeoutNow(loglog_raft::TimeoutNow { term })),
