@@ -159,10 +159,8 @@ fn main() -> ExitCode {
     );
     let seconds = elapsed.as_secs_f64();
     let stalls = reports.iter().filter(|report| report.amnesia_stall).count();
-    let old_term_commits: u64 = reports.iter().map(|report| report.old_term_commits).sum();
     eprintln!(
-        "elapsed={seconds:.1}s threads={threads} seeds_per_minute={:.0} amnesia_stalls={stalls} \
-         old_term_commits={old_term_commits}",
+        "elapsed={seconds:.1}s threads={threads} seeds_per_minute={:.0} amnesia_stalls={stalls}",
         args.seeds as f64 * 60.0 / seconds.max(1e-9)
     );
     if broken == 0 {
