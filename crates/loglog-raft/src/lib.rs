@@ -149,6 +149,19 @@
 //! assert_eq!(hard_state.term, node.term());
 //! ```
 //!
+//! # Limits
+//!
+//! * No snapshots: the log is the state, and a follower catches up from
+//!   the leader's log. If the leader trimmed the bytes a follower needs
+//!   ([`LogReadError::Trimmed`]), that follower cannot catch up through the
+//!   protocol; it would have to be started from a [`Checkpoint`] at the
+//!   leader's log start (its log then begins there), which the driver must
+//!   arrange.
+//! * Followers learn the commit offset with the next AppendEntries or
+//!   heartbeat (no extra message per commit).
+//! * Terms are `u32` (the entry header's field); a node at term `u32::MAX`
+//!   stops campaigning rather than wrap.
+//!
 //! # Bug injection
 //!
 //! With the cargo feature `bug-injection` (off by default), [`Config`] has
@@ -174,7 +187,7 @@ pub use message::{
     AppendEntries, AppendOutcome, AppendResponse, ConflictHint, DecodeError, Envelope, Heartbeat,
     HeartbeatResponse, Message, RequestVote, RequestVoteResponse, TimeoutNow,
 };
-pub use node::{Action, RaftNode, Role, Status};
+pub use node::{Action, FollowerProgress, RaftNode, Role, Status};
 #[cfg(feature = "bug-injection")]
 pub use types::Bugs;
 pub use types::{Config, HardState, NodeId, ProposeError, RequestError, StartError, Term, WriteId};

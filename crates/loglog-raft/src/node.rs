@@ -90,6 +90,20 @@ pub struct Status {
     pub membership: Membership,
 }
 
+/// The leader's view of one follower, for status pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FollowerProgress {
+    pub id: NodeId,
+    /// Its log is durable and matches the leader's up to here.
+    pub match_offset: u64,
+    /// Next byte the leader will send it.
+    pub next_offset: u64,
+    /// Pipelined replication (else probing one message at a time).
+    pub replicating: bool,
+    /// Voter (else learner) in the leader's latest configuration.
+    pub voter: bool,
+}
+
 /// Heartbeat intervals without any ack progress, bytes in flight, before a
 /// replicating follower is probed again (its messages were likely lost).
 const STALLED_HEARTBEATS_BEFORE_PROBE: u32 = 3;
@@ -296,6 +310,25 @@ impl RaftNode {
         self.pending_configs
             .last()
             .map_or(&self.committed_membership, |(_, membership)| membership)
+    }
+
+    /// As leader, every follower's replication state (empty otherwise).
+    pub fn followers(&self) -> Vec<FollowerProgress> {
+        let Some(leader) = self.leader.as_ref() else {
+            return Vec::new();
+        };
+        let membership = self.membership();
+        leader
+            .progress
+            .iter()
+            .map(|(&id, progress)| FollowerProgress {
+                id,
+                match_offset: progress.match_offset,
+                next_offset: progress.next_offset,
+                replicating: progress.replicating,
+                voter: membership.is_voter(id),
+            })
+            .collect()
     }
 
     /// The [`LostTail`] mark given at startup, until the log is durable and

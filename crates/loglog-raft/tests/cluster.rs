@@ -63,6 +63,12 @@ fn entries_replicate_and_commit_on_every_node() {
         assert_eq!(cluster.log(id), cluster.log(1));
     }
     assert_eq!(payloads(cluster.log(2)).len(), 50);
+    let followers = cluster.node(1).followers();
+    assert_eq!(followers.len(), 2);
+    assert!(followers
+        .iter()
+        .all(|f| f.replicating && f.voter && f.match_offset == end && f.next_offset == end));
+    assert!(cluster.node(2).followers().is_empty());
 }
 
 #[test]
