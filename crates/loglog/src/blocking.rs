@@ -19,8 +19,9 @@ use crate::stream::EntryStream;
 /// from several threads at once (their calls are pipelined).
 #[derive(Clone)]
 pub struct Client {
-    runtime: Arc<Runtime>,
+    // Dropped before the runtime that runs its connection's tasks.
     client: crate::Client,
+    runtime: Arc<Runtime>,
 }
 
 impl Client {
@@ -92,8 +93,8 @@ impl Client {
 /// Blocking iterator over the log from an offset on; it never ends, and
 /// after an error the next call retries from the same place.
 pub struct Entries {
-    runtime: Arc<Runtime>,
     stream: EntryStream,
+    runtime: Arc<Runtime>,
 }
 
 impl Entries {
