@@ -2,10 +2,11 @@
 //! preparing the next segment file.
 //!
 //! An fdatasync after writing into space that is already written (zeroed)
-//! and whose size is already durable needs no journal commit for metadata;
-//! measured here (`examples/fdatasync_latency.rs`, 4 KiB appends) that is
-//! about 145 us against 210-290 us into a growing file, and 210 us into
-//! `fallocate`d (unwritten) space, whose extents still need converting.
+//! and whose size is already durable needs no journal commit for metadata.
+//! Measured here (`examples/fdatasync_latency.rs`, 4 KiB appends, medians of
+//! several runs): about 145-220 us into pre-zeroed space, against 210-290 us
+//! into a growing file and 210-320 us into `fallocate`d (unwritten) space,
+//! whose extents still need converting.
 //!
 //! Zeroing a whole 256 MiB segment up front would double the disk writes in
 //! one burst; instead one background thread, the preparer, keeps the tail
