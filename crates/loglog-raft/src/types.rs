@@ -124,6 +124,12 @@ impl Config {
         if self.max_batch_bytes == 0 || self.max_inflight_bytes == 0 {
             return bad("max_batch_bytes and max_inflight_bytes must be positive");
         }
+        if self.max_message_entries_bytes() > u64::from(u32::MAX) {
+            return bad("a batch plus one entry must fit a message (4 GiB)");
+        }
+        if self.max_payload > loglog_proto::entry::MAX_PAYLOAD_LIMIT {
+            return bad("max_payload exceeds the entry format's limit");
+        }
         if self.max_uncommitted_bytes < loglog_proto::ENTRY_HEADER_LEN as u64 {
             return bad("max_uncommitted_bytes must hold at least one entry header");
         }
