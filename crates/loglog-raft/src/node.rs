@@ -394,6 +394,9 @@ impl RaftNode {
     }
 
     /// The driver made every write up to `write_id` durable (fsync done).
+    /// Write ids belong to this `RaftNode` instance: after a restart they
+    /// start again from 1, and syncs of an earlier instance's writes must
+    /// not be reported.
     pub fn storage_synced(&mut self, write_id: WriteId) {
         if write_id > self.log.last_write_id {
             // Not a write we asked for: ignore rather than trust it.
@@ -1620,10 +1623,13 @@ impl RaftNode {
         }
         if cfg!(debug_assertions) {
             let boundaries = &self.log.boundaries;
-            assert!(boundaries
-                .iter()
-                .zip(boundaries.iter().skip(1))
-                .all(|(a, b)| a < b));
+            // The full order check is linear: only on small windows.
+            if boundaries.len() <= 4096 {
+                assert!(boundaries
+                    .iter()
+                    .zip(boundaries.iter().skip(1))
+                    .all(|(a, b)| a < b));
+            }
             assert!(boundaries
                 .front()
                 .is_none_or(|&first| first >= self.log.boundary_floor));
