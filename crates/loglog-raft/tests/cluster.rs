@@ -726,3 +726,46 @@ fn a_node_with_a_lost_tail_votes_as_its_undamaged_log_would() {
     assert!(cluster.node(3).end_offset() >= end);
     assert_eq!(cluster.node(3).lost_tail(), None);
 }
+
+/// Replication is pipelined within a per-follower window of unacknowledged
+/// bytes, in batches of at most `max_batch_bytes` (or one entry).
+#[test]
+fn in_flight_bytes_per_follower_are_bounded() {
+    let mut cluster = Cluster::with_config(&[1, 2, 3], |config| {
+        config.max_inflight_bytes = 200;
+        config.max_batch_bytes = 70;
+    });
+    cluster.elect(1);
+    cluster.ticks(2);
+    // Node 2 never fsyncs, so it never acknowledges anything new.
+    cluster.nodes.get_mut(&2).unwrap().auto_sync = false;
+    let before = cluster.delivered.len();
+    for _ in 0..20 {
+        cluster.propose(1, &[1; 24]); // 40-byte entries
+    }
+    cluster.deliver_all();
+    let sent_to = |cluster: &Cluster, to| -> Vec<usize> {
+        cluster.delivered[before..]
+            .iter()
+            .filter(|e| e.to == to)
+            .filter_map(|e| match &e.message {
+                Message::AppendEntries(append) if !append.entries.is_empty() => {
+                    Some(append.entries.len())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let to_2 = sent_to(&cluster, 2);
+    assert!(to_2.iter().all(|&len| len <= 70), "batches: {to_2:?}");
+    assert!(to_2.iter().sum::<usize>() <= 200, "window: {to_2:?}");
+    let to_3: usize = sent_to(&cluster, 3).iter().sum();
+    assert_eq!(to_3, 800, "node 3 acknowledges, so everything flows");
+    // Once node 2 syncs, the rest flows to it too.
+    cluster.sync(2);
+    cluster.run(2);
+    cluster.deliver_all();
+    cluster.nodes.get_mut(&2).unwrap().auto_sync = true;
+    cluster.ticks(3);
+    assert_eq!(cluster.log(2), cluster.log(1));
+}
