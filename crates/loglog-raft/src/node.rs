@@ -944,6 +944,9 @@ impl RaftNode {
             self.reject_append(from, prev, hint);
             return;
         };
+        // A batch that extends exactly what this leader already verified.
+        let pipelined = prev == self.verified_end;
+        let mut truncated = false;
         // Skip the entries we already have (same offset and term means the
         // same entry); the first that differs is where our log diverges.
         let mut first_new = entries.len();
@@ -964,6 +967,7 @@ impl RaftNode {
                     });
                     return;
                 }
+                truncated = true;
                 let write_id = self.log.truncate(first.offset);
                 self.pending_configs
                     .retain(|(offset, _)| *offset < first.offset);
@@ -1002,8 +1006,16 @@ impl RaftNode {
         }
         self.advance_commit();
         let durable_end = self.durable_end().min(self.verified_end);
+        let durable_news = durable_end > self.reported_durable;
         self.reported_durable = self.reported_durable.max(durable_end);
         self.maybe_clear_lost_tail();
+        let appended = first_new < entries.len();
+        if pipelined && appended && !truncated && !durable_news {
+            // Nothing the leader does not know yet: the ack sent once these
+            // bytes are fsynced (`report_durable_progress`) says it all, so
+            // pipelined batches cost one reply each, not two.
+            return;
+        }
         self.send(
             from,
             Message::AppendResponse(AppendResponse {

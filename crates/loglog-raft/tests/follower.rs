@@ -75,13 +75,9 @@ fn valid_entries_are_appended_and_acknowledged_only_once_durable() {
     let bytes = entries(1, &[b"a", b"bb"]);
     let actions = deliver(&mut node, &mut log, append(1, 0, 0, bytes.clone()));
     assert_eq!(log.0, bytes);
-    assert_eq!(
-        response(&actions),
-        AppendOutcome::Accepted {
-            verified_end: 35,
-            durable_end: 0
-        },
-        "not fsynced yet: nothing durable to acknowledge"
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Send(_))),
+        "not fsynced yet: the reply waits for the fsync"
     );
     node.storage_synced(1);
     let actions = node.take_actions(&log);
@@ -90,6 +86,23 @@ fn valid_entries_are_appended_and_acknowledged_only_once_durable() {
         AppendOutcome::Accepted {
             verified_end: 35,
             durable_end: 35
+        }
+    );
+}
+
+#[test]
+fn a_probe_is_answered_at_once() {
+    let (mut node, mut log) = follower();
+    deliver(&mut node, &mut log, append(1, 0, 0, entries(1, &[b"a"])));
+    node.storage_synced(1);
+    node.take_actions(&log);
+    // Nothing new (a probe or a duplicate): answered without waiting.
+    let actions = deliver(&mut node, &mut log, append(1, 0, 0, entries(1, &[b"a"])));
+    assert_eq!(
+        response(&actions),
+        AppendOutcome::Accepted {
+            verified_end: 17,
+            durable_end: 17
         }
     );
 }
@@ -222,11 +235,17 @@ fn the_term_is_persisted_before_entries_of_that_term_are_written_or_answered() {
         .iter()
         .position(|a| matches!(a, Action::Append { .. }))
         .unwrap();
-    let send = actions
-        .iter()
-        .position(|a| matches!(a, Action::Send(_)))
-        .unwrap();
-    assert!(persist < append && persist < send);
+    assert!(persist < append);
+    // The reply waits for the fsync, after the hard state was persisted.
+    node.storage_synced(1);
+    let actions = node.take_actions(&log);
+    assert!(matches!(
+        response(&actions),
+        AppendOutcome::Accepted {
+            durable_end: 17,
+            ..
+        }
+    ));
 }
 
 #[test]
