@@ -8,15 +8,18 @@
 mod harness;
 
 use harness::Cluster;
-use loglog_raft::{Config, NodeId};
+use loglog_raft::{Config, Membership, MembershipChange, NodeId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Runs `steps` random steps on a 5-node cluster; returns a digest of
-/// everything delivered (for the determinism check) and the final commit.
+/// Runs `steps` random steps on a 5-voter cluster plus a sixth node that
+/// membership changes may add (as learner, then voter), while they may also
+/// remove others; returns a digest of everything delivered (for the
+/// determinism check) and the final commit.
 fn chaos(seed: u64, steps: usize, tweak: fn(&mut Config)) -> (u64, u64) {
-    let ids: Vec<NodeId> = vec![1, 2, 3, 4, 5];
-    let mut cluster = Cluster::with_config(&ids, tweak);
+    let mut cluster = Cluster::with_config(&[1, 2, 3, 4, 5], tweak);
+    cluster.add_node(6, Membership::default());
+    let ids: Vec<NodeId> = vec![1, 2, 3, 4, 5, 6];
     for node in cluster.nodes.values_mut() {
         node.auto_sync = false;
     }
@@ -78,7 +81,29 @@ fn chaos(seed: u64, steps: usize, tweak: fn(&mut Config)) -> (u64, u64) {
                     cluster.blocked.insert((b, a));
                 }
             }
-            95..=97 => cluster.heal(),
+            95..=96 => cluster.heal(),
+            97 => {
+                // One single-server membership change, when the leader
+                // accepts it (one at a time, at least three voters left).
+                let Some(leader) = cluster.leader() else {
+                    continue;
+                };
+                let membership = cluster.node(leader).membership().clone();
+                let id = ids[rng.gen_range(0..ids.len())];
+                let change = if membership.learners.contains(&id) {
+                    MembershipChange::PromoteLearner(id)
+                } else if membership.voters.contains(&id) {
+                    if membership.voters.len() <= 3 {
+                        continue;
+                    }
+                    MembershipChange::Remove(id)
+                } else {
+                    MembershipChange::AddLearner(id)
+                };
+                if cluster.node_mut(leader).propose_membership(change).is_ok() {
+                    cluster.run(leader);
+                }
+            }
             _ => {
                 if let Some(leader) = cluster.leader() {
                     let target = ids[rng.gen_range(0..ids.len())];
@@ -102,7 +127,8 @@ fn chaos(seed: u64, steps: usize, tweak: fn(&mut Config)) -> (u64, u64) {
     let leader = cluster.leader().expect("a leader after healing");
     let offset = cluster.propose(leader, b"final");
     cluster.ticks(10);
-    for &id in &ids {
+    let members: Vec<NodeId> = cluster.node(leader).membership().members().collect();
+    for &id in &members {
         assert!(
             cluster.node(id).commit_offset() > offset,
             "seed {seed}: node {id} did not converge"
