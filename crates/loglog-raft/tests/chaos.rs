@@ -180,7 +180,7 @@ mod injected_bugs {
     fn caught(tweak: fn(&mut Config)) -> bool {
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
-        let caught = (0..300).any(|seed| {
+        let caught = (0..2000).any(|seed| {
             std::panic::catch_unwind(|| {
                 chaos(seed, 3000, tweak);
             })
