@@ -37,6 +37,10 @@ struct Args {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Demonstration of a wrong driver rule: answer "failed" to appends
+    /// waiting above a truncation (the checker catches it).
+    #[arg(long)]
+    truncate_fails_appends: bool,
     /// Switch on one of the core's deliberately wrong behaviours:
     /// commit-old-term, forget-vote, ack-before-fsync.
     #[cfg(feature = "bug-injection")]
@@ -57,6 +61,7 @@ fn parse_nodes(text: &str) -> Result<usize, String> {
 fn run_seed(args: &Args, seed: u64) -> SimReport {
     let (nodes, trace) = (args.nodes, args.trace);
     let mut options = SimOptions::new(seed);
+    options.truncate_fails_appends = args.truncate_fails_appends;
     #[cfg(feature = "bug-injection")]
     if let Some(bug) = &args.bug {
         options.bugs = loglog_sim::sim::bugs_named(bug).expect("a known bug name");

@@ -20,14 +20,15 @@
 //! the first bad CRC, which may cut entries the node had acknowledged. Raft
 //! alone is not safe against such amnesia (the node could vote for a
 //! candidate lacking a committed entry it had helped commit), so the driver
-//! marks the node with the end and last term of its synced log before the
-//! damage. Until its durable log reaches that end again, it asks for no
-//! votes, and it grants a vote only to a candidate whose log is at least as
-//! up to date as the marked log was (the vote it would have cast without
-//! the damage). The driver enforces this by dropping the node's vote
-//! requests and the grants that break the rule, which is always safe: it
-//! is message loss. The mark lives in its own state file so that it
-//! survives further crashes. At most one node is marked at a time.
+//! gives the core a [`LostTail`] mark: the end and last term of its synced
+//! log before the damage. Until its log is durable and verified up to that
+//! end again, the core asks for no votes, and grants a vote only to a
+//! candidate whose log is at least as up to date as the marked log was (the
+//! vote it would have cast without the damage). The simulator checks that
+//! the core keeps that promise (its vote requests and grants while marked
+//! are judged against the mark). The mark lives in its own state file so
+//! that it survives further crashes, until the core clears it. At most one
+//! node is marked at a time.
 //!
 //! # Checks
 //!
@@ -45,9 +46,9 @@ use std::collections::BTreeMap;
 use loglog_proto::entry::{EntryHeader, EntryIter};
 use loglog_proto::{EntryKind, ENTRY_HEADER_LEN};
 use loglog_raft::{
-    Action, Checkpoint, Config, Envelope, HardState, LogRead, LogReadError, LogScan, Membership,
-    MembershipChange, Message, NodeId, ProposeError, RaftNode, RequestError, RequestVote, Role,
-    Term, WriteId,
+    Action, Checkpoint, Config, Envelope, HardState, LogRead, LogReadError, LogScan, LostTail,
+    Membership, MembershipChange, Message, NodeId, ProposeError, RaftNode, RequestError,
+    RequestVote, Role, Term, WriteId,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -101,6 +102,11 @@ pub struct SimOptions {
     /// (the core's contract). Switch off to see the other checks (history,
     /// committed prefixes) catch a broken durability rule on their own.
     pub check_local_durability: bool,
+    /// A wrong driver rule, for showing the checker bites: answer "failed"
+    /// to appends waiting at or above a `Truncate` (their entry may still
+    /// commit: the truncation may be lost in a crash, or another node
+    /// holding the entry may win an election).
+    pub truncate_fails_appends: bool,
     /// Deliberately wrong core behaviours to switch on in every node.
     #[cfg(feature = "bug-injection")]
     pub bugs: loglog_raft::Bugs,
@@ -113,6 +119,7 @@ impl SimOptions {
             nodes: None,
             trace: TraceMode::Off,
             check_local_durability: true,
+            truncate_fails_appends: false,
             #[cfg(feature = "bug-injection")]
             bugs: loglog_raft::Bugs::default(),
         }
@@ -372,6 +379,7 @@ struct Sim {
     rng: ChaCha8Rng,
     trace_mode: TraceMode,
     check_local_durability: bool,
+    truncate_fails_appends: bool,
     trace: String,
     trace_hash: u64,
     queue: EventQueue<Event>,
@@ -499,6 +507,7 @@ impl Sim {
             rng,
             trace_mode: options.trace,
             check_local_durability: options.check_local_durability,
+            truncate_fails_appends: options.truncate_fails_appends,
             trace: String::new(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
             queue: EventQueue::new(),
@@ -766,7 +775,22 @@ impl Sim {
             self.violation(format!("node {id}: startup scan failed: {error}"));
             return;
         }
-        match RaftNode::new(config, hard_state, scan.finish()) {
+        let mut recovered = match scan.finish_at(log_end) {
+            Ok(recovered) => recovered,
+            Err(error) => {
+                self.violation(format!(
+                    "node {id}: startup scan did not reach the end: {error}"
+                ));
+                return;
+            }
+        };
+        if let Some(mark) = self.nodes[index].amnesia {
+            recovered.set_lost_tail(LostTail {
+                end_offset: mark.end,
+                last_term: mark.last_term,
+            });
+        }
+        match RaftNode::new(config, hard_state, recovered) {
             Ok(core) => {
                 let commit = core.commit_offset();
                 let node = &mut self.nodes[index];
@@ -876,6 +900,14 @@ impl Sim {
                 // them decides (see `complete_committed_appends`), or the
                 // client times out in doubt.
                 self.trace_line(|| format!("node {id} truncates at {offset}"));
+                // A crash right after a truncation may undo it.
+                self.maybe_trigger_crash(index);
+                if self.truncate_fails_appends {
+                    let failed = self.nodes[index].waiting_appends.split_off(&offset);
+                    for (_, waiting) in failed {
+                        self.reply(index, waiting.client, waiting.attempt, Reply::AppendFailed);
+                    }
+                }
                 if offset < commit {
                     self.violation(format!(
                         "node {id}: truncated at {offset}, below its commit offset {commit}"
@@ -1028,28 +1060,27 @@ impl Sim {
             // while the older entries before it do (Raft's Figure 8).
             return;
         }
-        if let Some(mark) = self.nodes[from].amnesia {
+        let lost_tail = self.nodes[from].core.as_ref().and_then(RaftNode::lost_tail);
+        if let Some(mark) = lost_tail {
             // See the module docs: a node that lost synced entries to
             // corruption asks for no votes until caught up, and grants only
             // the votes its undamaged log would have granted.
-            let drop = match &envelope.message {
+            let broken = match &envelope.message {
                 Message::RequestVote(_) => true,
                 Message::RequestVoteResponse(response) if response.granted => self.nodes[from]
                     .vote_requests
                     .get(&to)
                     .is_none_or(|request| {
-                        (request.last_term, request.last_offset) < (mark.last_term, mark.end)
+                        (request.last_term, request.last_offset) < (mark.last_term, mark.end_offset)
                     }),
                 _ => false,
             };
-            if drop {
+            if broken {
                 let id = self.nodes[from].id;
-                self.trace_line(|| {
-                    format!(
-                        "node {id} (amnesia {mark:?}) holds back {:?}",
-                        envelope.message
-                    )
-                });
+                self.violation(format!(
+                    "node {id}, marked {mark:?} after losing synced entries, sent {:?}",
+                    envelope.message
+                ));
                 return;
             }
         }
@@ -1083,15 +1114,15 @@ impl Sim {
             return;
         }
         node.checked_commit = to;
-        if let Some(mark) = node.amnesia {
-            if node
+        if node.amnesia.is_some()
+            && node
                 .core
                 .as_ref()
-                .is_some_and(|core| core.durable_offset() >= mark.end)
-            {
-                node.amnesia = None;
-                node.disk.write_state(AMNESIA_FILE, Vec::new());
-            }
+                .is_some_and(|core| core.lost_tail().is_none())
+        {
+            // The core cleared its mark: forget it durably.
+            node.amnesia = None;
+            node.disk.write_state(AMNESIA_FILE, Vec::new());
         }
         let log = node.disk.log();
         if (log.len() as u64) < to {
