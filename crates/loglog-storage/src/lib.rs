@@ -66,10 +66,21 @@
 //! (prepared files, and segments whose roll never became durable: nothing in
 //! them was ever reported durable; other files are left alone), checks that
 //! the `.seg` files are contiguous (header CRC, version, start matching the
-//! name, each one long enough to reach the next one's start), and scans the last segment from its start,
-//! checking every entry's header and CRC. The first torn, corrupt or zeroed
-//! entry is the end: the file is cut there and fsynced, so stale bytes can
-//! never be taken for entries later. A damaged segment header, an unknown
+//! name, each one long enough to reach the next one's start), and scans the
+//! last segment from its start, checking every entry's header and CRC. The
+//! first torn, corrupt or zeroed entry is the end: the file is cut there and
+//! fsynced, so stale bytes can never be taken for entries later.
+//!
+//! An entry is valid when its header decodes, the file holds all of its
+//! bytes and its CRC matches, whatever its length up to the format's
+//! `MAX_PAYLOAD_LIMIT`: [`StorageConfig::max_payload`] limits new appends
+//! only (the caller enforces its own limit before that). Were it applied to
+//! the log's existing entries, reopening with a smaller limit would take the
+//! first larger, acknowledged entry for a torn tail and cut it with
+//! everything after it. Reads and `truncate_suffix` check entries the same
+//! way. The scan's memory stays bounded: an entry larger than the scan's
+//! 1 MiB buffer is checked piece by piece, so a garbage length in a torn
+//! header costs reading at most the rest of the file, not allocating it. A damaged segment header, an unknown
 //! format version or a gap is a typed error: recovery never deletes data
 //! that is not a torn tail.
 //!
@@ -109,7 +120,10 @@ pub struct StorageConfig {
     pub dir: PathBuf,
     /// Roll to a new segment once the current one's data reaches this.
     pub segment_size: u64,
-    /// Entries with larger payloads are rejected, or treated as corrupt on disk.
+    /// Largest payload [`LogWriter::append`] takes: a limit on new entries
+    /// only. Entries already in the log are recovered and read whatever their
+    /// size (up to the format's `MAX_PAYLOAD_LIMIT`), so reopening with a
+    /// smaller limit never cuts entries appended under a larger one.
     pub max_payload: u32,
     pub fsync: FsyncPolicy,
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use loglog_proto::entry::{EntryHeader, ENTRY_HEADER_LEN};
+use loglog_proto::entry::{EntryHeader, ENTRY_HEADER_LEN, MAX_PAYLOAD_LIMIT};
 use loglog_proto::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
 
 use crate::prealloc::{Preparer, ZeroAhead, ZERO_AHEAD};
@@ -14,7 +14,7 @@ use crate::{FsyncPolicy, StorageError};
 
 /// Upper bound of one read's buffer, whatever `max_bytes` the caller asks
 /// for (a single entry larger than this is still returned whole: it is
-/// bounded by the configured maximum payload).
+/// bounded by the largest entry the log holds).
 pub const MAX_READ_BYTES: u32 = 64 * 1024 * 1024;
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,6 +99,8 @@ pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
     dir_file: File,
     pub(crate) fsync: FsyncPolicy,
+    /// Largest payload [`LogWriter::append`] takes. Entries already in the
+    /// log are read whatever their size (see the crate docs, Recovery).
     pub(crate) max_payload: u32,
     /// Sorted by start; contiguous; the last one is the tail.
     segments: RwLock<Vec<Arc<Segment>>>,
@@ -588,7 +590,7 @@ impl LogWriter {
             .file
             .read_exact_at(&mut header, segment.position(offset))
             .map_err(StorageError::io("read", &segment.path()))?;
-        match EntryHeader::decode(&header, self.shared.max_payload) {
+        match EntryHeader::decode(&header, MAX_PAYLOAD_LIMIT) {
             Ok(header) if offset + header.entry_len() <= self.end => Ok(()),
             _ => Err(StorageError::NotEntryBoundary { offset }),
         }
@@ -777,7 +779,9 @@ impl LogReader {
         };
         read_at(&mut bytes, offset)?;
 
-        let max_payload = self.shared.max_payload;
+        // Whatever the append limit is now: entries appended under a larger
+        // one are still the log (see the crate docs, Recovery).
+        let max_payload = MAX_PAYLOAD_LIMIT;
         let first = EntryHeader::decode(&bytes, max_payload)
             .map_err(|_| StorageError::NotEntryBoundary { offset })?;
         let first_len = first.entry_len();

@@ -6,7 +6,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use loglog_proto::entry::{EntryError, EntryIter};
+use loglog_proto::entry::{
+    EntryError, EntryHeader, EntryIter, ENTRY_HEADER_LEN, MAX_PAYLOAD_LIMIT,
+};
 use loglog_proto::segment::{
     parse_segment_file_name, segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN,
 };
@@ -137,7 +139,7 @@ pub(crate) fn recover(config: &StorageConfig) -> Result<(Shared, File), StorageE
                 next_start
             }
             None => {
-                let end = scan(&file, &path, start, data_len, config.max_payload)?;
+                let end = scan(&file, &path, start, data_len)?;
                 let valid_len = SEGMENT_HEADER_LEN as u64 + (end - start);
                 if valid_len < file_len {
                     tracing::info!(
@@ -203,13 +205,13 @@ fn is_own_temporary_file(name: &str) -> bool {
 
 /// Walks the entries of a tail segment and returns the log offset just past
 /// the last valid one. The first torn, corrupt or zeroed entry is the end.
-fn scan(
-    file: &File,
-    path: &Path,
-    start: u64,
-    data_len: u64,
-    max_payload: u32,
-) -> Result<u64, StorageError> {
+///
+/// Any length the format can describe is accepted, not just the configured
+/// append limit: an entry appended under a larger limit is still the log.
+/// What makes an entry valid is that the file holds all of it and its CRC
+/// matches. Memory stays bounded by [`SCAN_CHUNK`]: an entry larger than a
+/// chunk is checked piece by piece ([`large_entry_is_valid`]).
+fn scan(file: &File, path: &Path, start: u64, data_len: u64) -> Result<u64, StorageError> {
     let mut valid = 0u64;
     let mut buffer = Vec::new();
     // Bytes the next read must cover to hold the entry that did not fit.
@@ -220,17 +222,25 @@ fn scan(
         buffer.resize(chunk as usize, 0);
         file.read_exact_at(&mut buffer, SEGMENT_HEADER_LEN as u64 + valid)
             .map_err(StorageError::io("read", path))?;
-        let mut iter = EntryIter::new(&buffer, start + valid, max_payload);
+        let mut iter = EntryIter::new(&buffer, start + valid, MAX_PAYLOAD_LIMIT);
         let error = iter.by_ref().find_map(Result::err);
         let consumed = iter.offset() - (start + valid);
         valid += consumed;
+        need = 0;
         match error {
-            None => need = 0,
+            None => {}
             // The entry continues past this buffer but not past the file.
             Some(EntryError::Truncated { needed, .. })
                 if chunk < remaining && needed <= remaining - consumed =>
             {
-                need = needed;
+                if needed <= SCAN_CHUNK {
+                    need = needed;
+                } else if large_entry_is_valid(file, path, valid, needed)? {
+                    valid += needed;
+                } else {
+                    tracing::info!(path = %path.display(), offset = start + valid, "end of the valid log: CRC mismatch of a large entry");
+                    break;
+                }
             }
             Some(error) => {
                 tracing::info!(path = %path.display(), offset = start + valid, %error, "end of the valid log");
@@ -239,4 +249,38 @@ fn scan(
         }
     }
     Ok(start + valid)
+}
+
+/// Whether the `entry_len` bytes at data position `at` of a segment, which
+/// the file holds, are one entry whose CRC matches. Reads them in
+/// [`SCAN_CHUNK`] pieces.
+fn large_entry_is_valid(
+    file: &File,
+    path: &Path,
+    at: u64,
+    entry_len: u64,
+) -> Result<bool, StorageError> {
+    let position = SEGMENT_HEADER_LEN as u64 + at;
+    let mut header = [0u8; ENTRY_HEADER_LEN];
+    file.read_exact_at(&mut header, position)
+        .map_err(StorageError::io("read", path))?;
+    let Ok(header) = EntryHeader::decode(&header, MAX_PAYLOAD_LIMIT) else {
+        return Ok(false);
+    };
+    debug_assert_eq!(
+        header.entry_len(),
+        entry_len,
+        "the scan decoded this header"
+    );
+    let mut crc = header.compute_crc(&[]);
+    let mut piece = vec![0u8; SCAN_CHUNK as usize];
+    let mut read = ENTRY_HEADER_LEN as u64;
+    while read < entry_len {
+        let len = (entry_len - read).min(SCAN_CHUNK) as usize;
+        file.read_exact_at(&mut piece[..len], position + read)
+            .map_err(StorageError::io("read", path))?;
+        crc = crc32c::crc32c_append(crc, &piece[..len]);
+        read += len as u64;
+    }
+    Ok(crc == header.crc)
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use loglog_proto::entry::{encode_entry, EntryIter, EntryKind, MAX_PAYLOAD_LIMIT};
+use loglog_proto::entry::{encode_entry, EntryIter, EntryKind};
 use loglog_proto::segment::parse_segment_file_name;
 use loglog_proto::wire::{NodeStatus, Role, ServerError};
 use loglog_storage::{state_file, FsyncPolicy, LogReader, StorageConfig, StorageError};
@@ -601,12 +601,9 @@ fn open_data_dir(config: &Config) -> Result<Opened, StartError> {
     // the state file untouched.
     let mut storage_config = StorageConfig::new(log_dir);
     storage_config.segment_size = config.segment_size;
-    // The node enforces max_entry_size on appends. Storage gets the
-    // format's limit: recovery ends the log at the first entry over its
-    // limit, so restarting with a smaller --max-entry-size must not make
-    // acknowledged larger entries look torn. (CRCs still catch garbage, and
-    // scans never read past the file.)
-    storage_config.max_payload = MAX_PAYLOAD_LIMIT;
+    // A limit on new appends only: recovery and reads keep entries appended
+    // under a larger --max-entry-size (storage crate docs, Recovery).
+    storage_config.max_payload = config.max_entry_size;
     storage_config.fsync = match config.fsync {
         Fsync::Always => FsyncPolicy::Always,
         Fsync::Never => FsyncPolicy::Never,
