@@ -157,8 +157,6 @@
 //!   protocol; it would have to be started from a [`Checkpoint`] at the
 //!   leader's log start (its log then begins there), which the driver must
 //!   arrange.
-//! * Followers learn the commit offset with the next AppendEntries or
-//!   heartbeat (no extra message per commit).
 //! * Terms are `u32` (the entry header's field); a node at term `u32::MAX`
 //!   stops campaigning rather than wrap.
 //!

@@ -129,6 +129,8 @@ struct Progress {
     /// replicate mode is detected this way and answered with a probe.
     match_at_heartbeat: u64,
     stalled_heartbeats: u32,
+    /// The highest commit offset our messages let it adopt so far.
+    commit_sent: u64,
 }
 
 impl Progress {
@@ -142,6 +144,7 @@ impl Progress {
             read_seq_acked: 0,
             match_at_heartbeat: 0,
             stalled_heartbeats: 0,
+            commit_sent: 0,
         }
     }
 
@@ -1453,17 +1456,31 @@ impl RaftNode {
             std::mem::take(&mut self.leader.as_mut().expect("role is leader").heartbeat_due);
         for peer in peers {
             if heartbeat_due {
-                let leader = self.leader.as_ref().expect("role is leader");
-                let progress = &leader.progress[&peer];
-                let heartbeat = Heartbeat {
-                    term: self.hard.term,
-                    commit: self.known_commit.min(progress.match_offset),
-                    read_seq: leader.read_seq,
-                };
-                self.send(peer, Message::Heartbeat(heartbeat));
+                self.send_heartbeat(peer);
             }
             self.replicate_to(peer, log);
+            // A follower with nothing new to receive still learns a commit
+            // offset that moved, now rather than at the next heartbeat (its
+            // readers wait for it).
+            let leader = self.leader.as_ref().expect("role is leader");
+            let progress = &leader.progress[&peer];
+            if self.known_commit.min(progress.match_offset) > progress.commit_sent {
+                self.send_heartbeat(peer);
+            }
         }
+    }
+
+    fn send_heartbeat(&mut self, peer: NodeId) {
+        let leader = self.leader.as_mut().expect("role is leader");
+        let progress = leader.progress.get_mut(&peer).expect("peer listed");
+        let commit = self.known_commit.min(progress.match_offset);
+        progress.commit_sent = progress.commit_sent.max(commit);
+        let heartbeat = Heartbeat {
+            term: self.hard.term,
+            commit,
+            read_seq: leader.read_seq,
+        };
+        self.send(peer, Message::Heartbeat(heartbeat));
     }
 
     fn replicate_to(&mut self, peer: NodeId, log: &dyn LogRead) {
@@ -1507,6 +1524,8 @@ impl RaftNode {
             } else {
                 progress.probe_sent = true;
             }
+            // The follower adopts `min(leader_commit, end of these entries)`.
+            progress.commit_sent = progress.commit_sent.max(self.known_commit.min(sent_end));
             self.send(peer, Message::AppendEntries(message));
             if !replicating {
                 return;

@@ -182,7 +182,7 @@ fn conflicting_suffix_is_truncated_with_fast_backtracking() {
     let mut cluster = Cluster::new(&[1, 2, 3]);
     cluster.elect(1);
     cluster.propose(1, b"committed");
-    cluster.ticks(2); // followers learn the commit offset from heartbeats
+    cluster.ticks(2);
     let committed_end = cluster.node(1).end_offset();
     assert_eq!(cluster.node(2).commit_offset(), committed_end);
 
@@ -768,4 +768,21 @@ fn in_flight_bytes_per_follower_are_bounded() {
     cluster.nodes.get_mut(&2).unwrap().auto_sync = true;
     cluster.ticks(3);
     assert_eq!(cluster.log(2), cluster.log(1));
+}
+
+/// Followers learn that the commit offset moved without waiting for the
+/// next heartbeat tick (readers on followers wait for it).
+#[test]
+fn followers_learn_a_new_commit_offset_at_once() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.ticks(2);
+    let heartbeats_before = cluster.count_delivered(|m| matches!(m, Message::Heartbeat(_)));
+    let offset = cluster.propose(1, b"x");
+    cluster.deliver_all(); // no tick
+    for id in [2, 3] {
+        assert!(cluster.node(id).commit_offset() > offset);
+    }
+    let heartbeats = cluster.count_delivered(|m| matches!(m, Message::Heartbeat(_)));
+    assert_eq!(heartbeats - heartbeats_before, 2, "one notice per follower");
 }
