@@ -153,10 +153,14 @@
 //!
 //! * No snapshots: the log is the state, and a follower catches up from
 //!   the leader's log. If the leader trimmed the bytes a follower needs
-//!   ([`LogReadError::Trimmed`]), that follower cannot catch up through the
-//!   protocol; it would have to be started from a [`Checkpoint`] at the
-//!   leader's log start (its log then begins there), which the driver must
-//!   arrange.
+//!   ([`LogReadError::Trimmed`]; [`RaftNode::followers`] shows its
+//!   `next_offset` stuck below the leader's log start), that follower cannot
+//!   catch up through the protocol. It is re-seeded instead: wipe it, and
+//!   start it from the leader's [`RaftNode::checkpoint`] with an empty log
+//!   beginning at the checkpoint's commit offset (`LogScan::new(checkpoint)
+//!   .finish_at(checkpoint.commit_offset)`) and a hard state of
+//!   `{ term: checkpoint.terms.last_term(), voted_for: None }`. Reads below
+//!   its start then get `Trimmed` from that node.
 //! * Terms are `u32` (the entry header's field); a node at term `u32::MAX`
 //!   stops campaigning rather than wrap.
 //!

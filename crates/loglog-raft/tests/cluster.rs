@@ -786,3 +786,63 @@ fn followers_learn_a_new_commit_offset_at_once() {
     let heartbeats = cluster.count_delivered(|m| matches!(m, Message::Heartbeat(_)));
     assert_eq!(heartbeats - heartbeats_before, 2, "one notice per follower");
 }
+
+/// Once the log's start is trimmed, a new node is seeded from a leader's
+/// checkpoint: its log starts at the checkpoint's commit offset, it
+/// catches up from there, and can become a voter and even the leader. A
+/// leader then cannot serve a follower the trimmed bytes it lacks.
+#[test]
+fn a_node_seeded_from_a_checkpoint_catches_up_from_there() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    for i in 0..20u8 {
+        cluster.propose(1, &[i; 30]);
+    }
+    cluster.ticks(3);
+    let checkpoint = cluster.node(1).checkpoint();
+    let start = checkpoint.commit_offset;
+    assert_eq!(start, cluster.node(1).end_offset());
+    cluster.add_node_from_checkpoint(4, checkpoint);
+    for i in 0..5u8 {
+        cluster.propose(1, &[i; 10]);
+    }
+    cluster
+        .node_mut(1)
+        .propose_membership(MembershipChange::AddLearner(4))
+        .unwrap();
+    cluster.run(1);
+    cluster.ticks(5);
+    let end = cluster.node(1).end_offset();
+    assert_eq!(cluster.node(4).commit_offset(), end);
+    assert_eq!(
+        &cluster.log(4)[start as usize..],
+        &cluster.log(1)[start as usize..]
+    );
+
+    cluster
+        .node_mut(1)
+        .propose_membership(MembershipChange::PromoteLearner(4))
+        .unwrap();
+    cluster.run(1);
+    cluster.ticks(3);
+    cluster.node_mut(1).transfer_leadership(4).unwrap();
+    cluster.run(1);
+    cluster.deliver_all();
+    assert_eq!(cluster.leader(), Some(4));
+    let offset = cluster.propose(4, b"led by the seeded node");
+    cluster.ticks(3);
+    assert!(cluster.node(2).commit_offset() > offset);
+
+    // A node that needs bytes below node 4's start cannot get them from it.
+    cluster.add_node(5, Membership::default());
+    cluster
+        .node_mut(4)
+        .propose_membership(MembershipChange::AddLearner(5))
+        .unwrap();
+    cluster.run(4);
+    cluster.ticks(10);
+    assert_eq!(cluster.node(5).end_offset(), 0);
+    let progress = cluster.node(4).followers();
+    let five = progress.iter().find(|f| f.id == 5).unwrap();
+    assert!(five.next_offset < start && five.match_offset == 0);
+}

@@ -18,7 +18,7 @@ fn follower() -> (RaftNode, MemLog) {
         LogScan::new(Checkpoint::bootstrap(Membership::with_voters([1, 2, 3]))).finish(),
     )
     .unwrap();
-    (node, MemLog(Vec::new()))
+    (node, MemLog(Vec::new(), 0))
 }
 
 /// Feeds `message` from node 1, applies writes to `log`, returns the rest.

@@ -13,10 +13,15 @@ use loglog_raft::{
     Message, NodeId, RaftNode, Role, Term, WriteId,
 };
 
-pub struct MemLog(pub Vec<u8>);
+/// A log in memory: the bytes, and the offset it starts at (below it the
+/// vector holds zeros standing for trimmed bytes).
+pub struct MemLog(pub Vec<u8>, pub u64);
 
 impl LogRead for MemLog {
     fn read(&self, from: u64, max_bytes: u64) -> Result<Vec<u8>, LogReadError> {
+        if from < self.1 {
+            return Err(LogReadError::Trimmed { start: self.1 });
+        }
         let mut end = from;
         for entry in EntryIter::new(&self.0[from as usize..], from, u32::MAX) {
             let entry = entry.map_err(|error| LogReadError::Storage(error.to_string()))?;
@@ -105,7 +110,7 @@ impl Cluster {
             SimNode {
                 raft,
                 config,
-                log: MemLog(Vec::new()),
+                log: MemLog(Vec::new(), 0),
                 durable_log: Vec::new(),
                 hard_state: HardState::default(),
                 checkpoint,
@@ -235,15 +240,23 @@ impl Cluster {
             commit <= node.durable_log.len(),
             "commit beyond the durable log"
         );
+        let start = node.log.1 as usize;
         let prefix = &node.log.0[..commit];
         let common = prefix.len().min(self.committed.len());
         assert_eq!(
-            &prefix[..common],
-            &self.committed[..common],
+            &prefix[start.min(common)..common],
+            &self.committed[start.min(common)..common],
             "node {id} committed bytes that differ from another node's"
         );
         if prefix.len() > self.committed.len() {
-            self.committed = prefix.to_vec();
+            let known = self.committed.len();
+            self.committed
+                .extend_from_slice(&prefix[known.max(start)..]);
+            assert_eq!(
+                self.committed.len(),
+                prefix.len(),
+                "no gap in the committed log"
+            );
         }
     }
 
@@ -413,5 +426,29 @@ impl Cluster {
             }
         }
         panic!("no new leader was elected");
+    }
+}
+
+impl Cluster {
+    /// Boots node `id` from another node's checkpoint, with a log that
+    /// starts at the checkpoint's commit offset (the bytes below it are
+    /// trimmed): how a node is seeded once the log's start has been trimmed.
+    pub fn add_node_from_checkpoint(&mut self, id: NodeId, checkpoint: loglog_raft::Checkpoint) {
+        self.add_node(id, Membership::default());
+        let start = checkpoint.commit_offset;
+        let node = self.nodes.get_mut(&id).expect("just added");
+        let recovered = LogScan::new(checkpoint.clone())
+            .finish_at(start)
+            .expect("an empty log from the checkpoint on");
+        // A node that never voted may start at the checkpoint's last term.
+        node.hard_state = HardState {
+            term: checkpoint.terms.last_term(),
+            voted_for: None,
+        };
+        node.raft = RaftNode::new(node.config.clone(), node.hard_state, recovered)
+            .expect("start from a checkpoint");
+        node.log = MemLog(vec![0; start as usize], start);
+        node.durable_log = node.log.0.clone();
+        node.checkpoint = checkpoint;
     }
 }
