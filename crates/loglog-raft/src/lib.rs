@@ -192,4 +192,7 @@ pub use message::{
 pub use node::{Action, FollowerProgress, RaftNode, Role, Status};
 #[cfg(feature = "bug-injection")]
 pub use types::Bugs;
-pub use types::{Config, HardState, NodeId, ProposeError, RequestError, StartError, Term, WriteId};
+pub use types::{
+    Config, HardState, NodeId, ProposeError, RequestError, StartError, Term, WriteId,
+    HARD_STATE_LEN,
+};

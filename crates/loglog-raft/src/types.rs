@@ -23,6 +23,36 @@ pub struct HardState {
     pub voted_for: Option<NodeId>,
 }
 
+/// Length of [`HardState::encode`]'s output.
+pub const HARD_STATE_LEN: usize = 13;
+
+impl HardState {
+    /// A fixed 13-byte encoding for the driver's state file, little endian:
+    /// `term u32, has_vote u8 (0 or 1), voted_for u64` (0 without a vote).
+    pub fn encode(&self) -> [u8; HARD_STATE_LEN] {
+        let mut out = [0u8; HARD_STATE_LEN];
+        out[0..4].copy_from_slice(&self.term.to_le_bytes());
+        if let Some(vote) = self.voted_for {
+            out[4] = 1;
+            out[5..13].copy_from_slice(&vote.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decodes [`HardState::encode`]'s bytes; anything else is `None`.
+    pub fn decode(bytes: &[u8]) -> Option<HardState> {
+        let bytes: &[u8; HARD_STATE_LEN] = bytes.try_into().ok()?;
+        let term = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+        let vote = u64::from_le_bytes(bytes[5..13].try_into().expect("8 bytes"));
+        let voted_for = match bytes[4] {
+            0 if vote == 0 => None,
+            1 => Some(vote),
+            _ => return None,
+        };
+        Some(HardState { term, voted_for })
+    }
+}
+
 /// Test-only deliberately wrong behaviours (feature `bug-injection`). Each
 /// one breaks a Raft safety rule so that the simulator can prove it notices.
 #[cfg(feature = "bug-injection")]
@@ -178,4 +208,30 @@ pub enum StartError {
     BadConfig(&'static str),
     #[error("inconsistent persisted state: {0}")]
     Inconsistent(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hard_state_round_trips_and_rejects_garbage() {
+        for state in [
+            HardState::default(),
+            HardState {
+                term: 7,
+                voted_for: Some(0),
+            },
+            HardState {
+                term: u32::MAX,
+                voted_for: Some(u64::MAX),
+            },
+        ] {
+            assert_eq!(HardState::decode(&state.encode()), Some(state));
+        }
+        assert_eq!(HardState::decode(&[0; 12]), None);
+        let mut bad = HardState::default().encode();
+        bad[4] = 2;
+        assert_eq!(HardState::decode(&bad), None);
+    }
 }
