@@ -290,6 +290,8 @@ struct SimNode {
     /// Set after corruption cut synced entries: no votes asked or granted
     /// until the durable log reaches this length again.
     amnesia: Option<AmnesiaMark>,
+    /// While paused (SIGSTOP), the process handles no event before this.
+    paused_until: Nanos,
     /// The last vote request received from each candidate (by node
     /// index), to judge this node's grants while it is marked.
     vote_requests: BTreeMap<usize, RequestVote>,
@@ -490,6 +492,7 @@ impl Sim {
                 checked_commit: 0,
                 founding: index < founding_voters,
                 amnesia: None,
+                paused_until: 0,
                 vote_requests: BTreeMap::new(),
             })
             .collect();
@@ -610,7 +613,28 @@ impl Sim {
         }
     }
 
+    /// The node an event is handled by, if it is one the node's process
+    /// must run (and so waits while the process is paused).
+    fn handling_node(event: &Event) -> Option<usize> {
+        match event {
+            Event::Tick { node, .. }
+            | Event::SyncDone { node, .. }
+            | Event::Request { node, .. }
+            | Event::Deliver { to: node, .. } => Some(*node),
+            _ => None,
+        }
+    }
+
     fn handle(&mut self, event: Event) {
+        if let Some(node) = Self::handling_node(&event) {
+            let resume_at = self.nodes[node].paused_until;
+            if self.queue.now() < resume_at {
+                // A paused process (SIGSTOP) handles nothing; its timers,
+                // sockets and fsync completions wait for it, in order.
+                self.queue.schedule(resume_at, event);
+                return;
+            }
+        }
         match event {
             Event::Tick { node, life } => {
                 if self.nodes[node].life == life && self.nodes[node].is_up() {
@@ -734,6 +758,7 @@ impl Sim {
             .and_then(AmnesiaMark::decode)
             .filter(|mark| mark.end > log_end);
         node.vote_requests.clear();
+        let checkpoint_commit = checkpoint.commit_offset;
         let mut scan = LogScan::new(checkpoint);
         let from = scan.next_offset();
         let mut scan_error = None;
@@ -793,6 +818,12 @@ impl Sim {
         match RaftNode::new(config, hard_state, recovered) {
             Ok(core) => {
                 let commit = core.commit_offset();
+                if commit < checkpoint_commit {
+                    self.violation(format!(
+                        "node {id}: restarted with commit {commit}, below its checkpoint's \
+                         {checkpoint_commit}"
+                    ));
+                }
                 let node = &mut self.nodes[index];
                 node.commit = commit;
                 node.core = Some(core);
@@ -819,6 +850,7 @@ impl Sim {
         if node.core.take().is_none() {
             return;
         }
+        node.paused_until = 0;
         let report = node.disk.crash(&mut self.rng);
         let id = node.id;
         self.trace_line(|| format!("node {id} crashes: {report:?}"));
@@ -900,8 +932,9 @@ impl Sim {
                 // them decides (see `complete_committed_appends`), or the
                 // client times out in doubt.
                 self.trace_line(|| format!("node {id} truncates at {offset}"));
-                // A crash right after a truncation may undo it.
-                self.maybe_trigger_crash(index);
+                // A power failure right after a truncation may undo it
+                // (and the new leader's unsynced entries elsewhere).
+                self.maybe_trigger_crash(index, 0.8, 0.5);
                 if self.truncate_fails_appends {
                     let failed = self.nodes[index].waiting_appends.split_off(&offset);
                     for (_, waiting) in failed {
@@ -919,7 +952,7 @@ impl Sim {
                     envelope.message,
                     Message::RequestVoteResponse(response) if response.granted && !response.pre_vote
                 ) {
-                    self.maybe_trigger_crash(index);
+                    self.maybe_trigger_crash(index, 0.3, 0.0);
                 }
                 self.send(index, envelope)
             }
@@ -962,7 +995,7 @@ impl Sim {
                     .as_ref()
                     .is_some_and(|core| core.role() == Role::Leader)
                 {
-                    self.maybe_trigger_crash(index);
+                    self.maybe_trigger_crash(index, 0.3, 0.0);
                 }
             }
             Action::ReadReady { ctx, read_index } => {
@@ -1003,7 +1036,7 @@ impl Sim {
                     {
                         self.maybe_isolate(index);
                     } else {
-                        self.maybe_trigger_crash(index);
+                        self.maybe_trigger_crash(index, 0.3, 0.0);
                     }
                 }
             }
@@ -1027,15 +1060,16 @@ impl Sim {
         }
     }
 
-    fn maybe_trigger_crash(&mut self, index: usize) {
+    /// `boost` raises the trigger probability for the rarest moments.
+    fn maybe_trigger_crash(&mut self, index: usize, power_failure: f64, boost: f64) {
         if self.crash_trigger > 0.0
             && self.healed_at.is_none()
-            && self.rng.gen_bool(self.crash_trigger)
+            && self.rng.gen_bool(self.crash_trigger.max(boost))
         {
             let delay = self.rng.gen_range(0..2 * MILLIS);
             // Sometimes the power fails for everyone at that moment, so
             // followers lose what they had not synced either.
-            let everyone = self.rng.gen_bool(0.3);
+            let everyone = self.rng.gen_bool(power_failure);
             for node in 0..self.nodes.len() {
                 if node == index || everyone {
                     let life = self.nodes[node].life;
@@ -1416,7 +1450,12 @@ impl Sim {
         let client = &mut self.clients[index];
         client.sequence += 1;
         let op = if choice < 70 {
-            let padding = self.rng.gen_range(0..64);
+            // Mostly small values; a few large ones exceed small batches.
+            let padding = if self.rng.gen_bool(0.03) {
+                self.rng.gen_range(500..4000)
+            } else {
+                self.rng.gen_range(0..64)
+            };
             let mut value = format!("c{index}-{}-", client.sequence).into_bytes();
             value.extend(std::iter::repeat_n(b'.', padding));
             let id = self.history.invoke_append(index as u64, value.clone(), now);
@@ -1663,7 +1702,19 @@ impl Sim {
                         .schedule_in(downtime, Event::Restart { node: index });
                 }
             }
-            30..=44 => {
+            30..=34 => {
+                // Pause a process (SIGSTOP), often the leader's: it wakes
+                // up believing what it believed, e.g. that it leads.
+                let index = match self.current_leader() {
+                    Some(leader) if self.rng.gen_bool(0.5) => leader,
+                    _ => self.rng.gen_range(0..node_count),
+                };
+                let duration = self.rng.gen_range(20 * MILLIS..2 * SECONDS);
+                self.nodes[index].paused_until = now + duration;
+                let id = self.nodes[index].id;
+                self.trace_line(|| format!("node {id} paused for {}ms", duration / MILLIS));
+            }
+            35..=44 => {
                 // Symmetric partition of a random minority or majority.
                 let mut all: Vec<usize> = (0..node_count).collect();
                 all.shuffle(&mut self.rng);

@@ -1,9 +1,6 @@
 //! The simulator on the real core: a bounded batch of seeds runs clean, and
 //! a run is a pure function of its seed.
 
-mod common;
-
-use common::first_violation;
 use loglog_sim::sim::{self, SimOptions, TraceMode};
 
 #[test]
@@ -59,22 +56,4 @@ fn both_cluster_sizes_and_the_seed_choice_agree() {
     }
     let options = SimOptions::new(42);
     assert_eq!(sim::run(&options).nodes, sim::founding_voters(&options));
-}
-
-/// Telling a client its append failed because the leader's log was
-/// truncated under it is wrong (the entry can still commit), and the
-/// history checker proves it.
-#[test]
-fn failing_appends_at_a_truncation_is_caught() {
-    let found = first_violation(3000, |seed| {
-        let mut options = SimOptions::new(seed);
-        options.nodes = Some(3);
-        options.truncate_fails_appends = true;
-        options
-    });
-    let (seed, violations) = found.expect("caught within 3000 seeds");
-    eprintln!("truncate-fails-appends caught at seed {seed}: {violations:#?}");
-    assert!(violations
-        .iter()
-        .any(|v| v.contains("of a failed append is visible")));
 }
