@@ -25,6 +25,26 @@
 //!   began;
 //! * no read returns a value whose append was invoked after the read
 //!   completed.
+//!
+//! ```
+//! use loglog_proto::entry::encode_entry;
+//! use loglog_proto::EntryKind;
+//! use loglog_sim::history::{check, AppendOutcome, FinalLog, History, ReadKind, ReadOutcome, ReadResult};
+//!
+//! let mut history = History::new();
+//! let append = history.invoke_append(1, b"a".to_vec(), 100);
+//! history.complete_append(append, AppendOutcome::Ok { offset: 0 }, 200);
+//!
+//! // The committed log, as read back after the run (raw log bytes).
+//! let mut log = Vec::new();
+//! encode_entry(1, EntryKind::Data, b"a", &mut log);
+//! let read = history.invoke_read(2, ReadKind::Linearizable, 300);
+//! let result = ReadResult::from_raw_bytes(0, &log).unwrap();
+//! history.complete_read(read, ReadOutcome::Ok(result), 400);
+//!
+//! let final_log = FinalLog::from_raw_bytes(&log).unwrap();
+//! assert!(check(&history, &final_log).is_empty());
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -192,12 +192,21 @@ enum ClientRequest {
 
 #[derive(Clone, Debug)]
 enum Reply {
-    AppendOk { offset: u64 },
+    AppendOk {
+        offset: u64,
+    },
     AppendFailed,
-    NotLeader { hint: Option<NodeId> },
+    NotLeader {
+        hint: Option<NodeId>,
+    },
     Busy,
     ReadOk(ReadResult),
     ReadFailed,
+    /// A broken core promise, turned into a violation by the node.
+    ReadIndexPastCommit {
+        read_index: u64,
+        commit: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -209,7 +218,8 @@ enum Event {
     Deliver {
         from: usize,
         to: usize,
-        message: Message,
+        /// The envelope as it crosses the wire ([`Envelope::encode`]).
+        bytes: Vec<u8>,
     },
     SyncDone {
         node: usize,
@@ -644,8 +654,19 @@ impl Sim {
                     self.queue.schedule_in(interval, Event::Tick { node, life });
                 }
             }
-            Event::Deliver { from, to, message } => {
+            Event::Deliver { from, to, bytes } => {
                 if self.nodes[to].is_up() && self.network.is_open(from, to) {
+                    let cap = self.core(to).config().max_message_entries_bytes();
+                    let message = match Envelope::decode(&bytes, cap) {
+                        Ok(envelope) => envelope.message,
+                        Err(error) => {
+                            self.violation(format!(
+                                "a message from node {} does not decode: {error}",
+                                self.nodes[from].id
+                            ));
+                            return;
+                        }
+                    };
                     if let Message::RequestVote(request) = &message {
                         self.nodes[to].vote_requests.insert(from, *request);
                     }
@@ -1000,7 +1021,17 @@ impl Sim {
             }
             Action::ReadReady { ctx, read_index } => {
                 if let Some(waiting) = self.nodes[index].waiting_reads.remove(&ctx) {
-                    let reply = self.serve_linearizable_read(index, waiting.start, read_index);
+                    let reply = match self.serve_linearizable_read(index, waiting.start, read_index)
+                    {
+                        Reply::ReadIndexPastCommit { read_index, commit } => {
+                            self.violation(format!(
+                                "node {id}: read index {read_index} is past its commit offset \
+                                 {commit}"
+                            ));
+                            Reply::ReadFailed
+                        }
+                        reply => reply,
+                    };
                     self.reply(index, waiting.client, waiting.attempt, reply);
                 }
             }
@@ -1119,13 +1150,19 @@ impl Sim {
             }
         }
         let deliveries = self.network.deliveries(from, to, &mut self.rng);
+        if deliveries.as_slice().is_empty() {
+            return;
+        }
+        // Real bytes on the wire: the receiver decodes what the codec wrote.
+        let mut bytes = Vec::new();
+        envelope.encode(&mut bytes);
         for &delay in deliveries.as_slice() {
             self.queue.schedule_in(
                 delay,
                 Event::Deliver {
                     from,
                     to,
-                    message: envelope.message.clone(),
+                    bytes: bytes.clone(),
                 },
             );
         }
@@ -1158,6 +1195,15 @@ impl Sim {
             node.amnesia = None;
             node.disk.write_state(AMNESIA_FILE, Vec::new());
         }
+        let durable_len = node.disk.durable_log().len() as u64;
+        if let Some(claimed) = node.core.as_ref().map(RaftNode::durable_offset) {
+            if self.check_local_durability && claimed > durable_len {
+                self.violation(format!(
+                    "node {id}: the core counts {claimed} bytes durable, the disk holds {durable_len}"
+                ));
+            }
+        }
+        let node = &self.nodes[index];
         let log = node.disk.log();
         if (log.len() as u64) < to {
             let len = log.len();
@@ -1380,7 +1426,11 @@ impl Sim {
             });
         }
         if read_index > node.commit {
-            return Reply::ReadFailed;
+            // The core promised the commit offset had reached it.
+            return Reply::ReadIndexPastCommit {
+                read_index,
+                commit: node.commit,
+            };
         }
         match ReadResult::from_raw_bytes(
             start,
