@@ -90,8 +90,33 @@ fn run_seed(args: &Args, seed: u64) -> SimReport {
     }
 }
 
+/// The command that replays one seed of this run, with its trace.
+fn replay_command(args: &Args, report: &SimReport) -> String {
+    let mut features = "";
+    let mut flags = String::new();
+    #[cfg(feature = "bug-injection")]
+    if let Some(bug) = &args.bug {
+        features = " --features bug-injection";
+        flags.push_str(&format!(" --bug {bug}"));
+    }
+    if args.truncate_fails_appends {
+        flags.push_str(" --truncate-fails-appends");
+    }
+    format!(
+        "cargo run --release -p loglog-sim{features} -- --seeds 1 --start {} --nodes {}{flags} --trace",
+        report.seed, report.nodes
+    )
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    #[cfg(feature = "bug-injection")]
+    if let Some(bug) = &args.bug {
+        if loglog_sim::sim::bugs_named(bug).is_none() {
+            eprintln!("unknown --bug {bug}: use commit-old-term, forget-vote or ack-before-fsync");
+            return ExitCode::from(2);
+        }
+    }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -141,20 +166,7 @@ fn main() -> ExitCode {
             for violation in &report.violations {
                 println!("  {violation}");
             }
-            #[cfg(feature = "bug-injection")]
-            let extra = args.bug.as_ref().map_or(String::new(), |bug| {
-                format!(" --features bug-injection -- --bug {bug}")
-            });
-            #[cfg(not(feature = "bug-injection"))]
-            let extra = String::new();
-            let (features, bug) = extra.split_once(" -- ").unwrap_or(("", ""));
-            println!(
-                "  replay: cargo run --release -p loglog-sim{features} -- --seeds 1 --start {} --nodes {}{}{} --trace",
-                report.seed,
-                report.nodes,
-                if bug.is_empty() { "" } else { " " },
-                bug
-            );
+            println!("  replay: {}", replay_command(&args, report));
         }
     }
     println!(
