@@ -92,13 +92,17 @@ fn run_seed(args: &Args, seed: u64) -> SimReport {
 
 /// The command that replays one seed of this run, with its trace.
 fn replay_command(args: &Args, report: &SimReport) -> String {
-    let mut features = "";
     let mut flags = String::new();
     #[cfg(feature = "bug-injection")]
-    if let Some(bug) = &args.bug {
-        features = " --features bug-injection";
-        flags.push_str(&format!(" --bug {bug}"));
-    }
+    let features = match &args.bug {
+        Some(bug) => {
+            flags.push_str(&format!(" --bug {bug}"));
+            " --features bug-injection"
+        }
+        None => "",
+    };
+    #[cfg(not(feature = "bug-injection"))]
+    let features = "";
     if args.truncate_fails_appends {
         flags.push_str(" --truncate-fails-appends");
     }
