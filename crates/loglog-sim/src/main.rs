@@ -180,9 +180,20 @@ fn main() -> ExitCode {
     );
     let seconds = elapsed.as_secs_f64();
     let stalls = reports.iter().filter(|report| report.amnesia_stall).count();
+    let mut recoveries: Vec<u64> = reports.iter().filter_map(|r| r.recovery_nanos).collect();
+    recoveries.sort_unstable();
+    let millis = |at: f64| {
+        recoveries
+            .get(((recoveries.len() as f64 - 1.0) * at) as usize)
+            .map_or(0, |nanos| nanos / 1_000_000)
+    };
     eprintln!(
-        "elapsed={seconds:.1}s threads={threads} seeds_per_minute={:.0} amnesia_stalls={stalls}",
-        args.seeds as f64 * 60.0 / seconds.max(1e-9)
+        "elapsed={seconds:.1}s threads={threads} seeds_per_minute={:.0} amnesia_stalls={stalls} \
+         heal_to_ack_ms_p50={} p99={} max={}",
+        args.seeds as f64 * 60.0 / seconds.max(1e-9),
+        millis(0.5),
+        millis(0.99),
+        millis(1.0)
     );
     if broken == 0 {
         ExitCode::SUCCESS

@@ -143,6 +143,9 @@ pub struct SimReport {
     /// Liveness was not reached only because a node that lost entries to
     /// corruption held back its vote (accepted, see the module docs).
     pub amnesia_stall: bool,
+    /// Simulated time from the heal to the first acknowledgement of an
+    /// append invoked after it (`None` if that never happened).
+    pub recovery_nanos: Option<Nanos>,
     /// Commits by a leader ending on an older term's entry.
     pub old_term_commits: u64,
     /// FNV-1a of the trace lines (0 with [`TraceMode::Off`]).
@@ -1964,6 +1967,10 @@ impl Sim {
             sim_nanos: now,
             events: self.events,
             amnesia_stall: self.amnesia_stall,
+            recovery_nanos: self
+                .live_at
+                .zip(self.healed_at)
+                .map(|(live, healed)| live - healed),
             old_term_commits: self.old_term_commits,
             trace_hash: if self.trace_mode == TraceMode::Off {
                 0
