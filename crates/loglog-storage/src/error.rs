@@ -30,6 +30,10 @@ pub enum StorageError {
     /// The bytes at `offset` are not the start of a valid entry.
     #[error("offset {offset} is not an entry boundary")]
     NotEntryBoundary { offset: u64 },
+    /// [`LogReader::read_at_most`](crate::LogReader::read_at_most): the
+    /// entry at `offset` alone is larger than the read allows.
+    #[error("the entry at offset {offset} is {entry_len} bytes, more than the read allows")]
+    EntryLargerThanRead { offset: u64, entry_len: u64 },
     /// Bytes on disk that should be valid (below the recovered end, or a
     /// state file) are not.
     #[error("corrupt data in {} at log offset {offset}: {reason}", path.display())]

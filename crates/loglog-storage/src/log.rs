@@ -737,6 +737,30 @@ impl LogReader {
     /// entry's CRC is checked. A corrupt entry after the first ends the chunk
     /// early; a corrupt first entry is an error.
     pub fn read(&self, offset: u64, max_bytes: u32, limit: u64) -> Result<ReadChunk, StorageError> {
+        self.read_entries(offset, max_bytes, limit, true)
+    }
+
+    /// [`read`](Self::read) that never allocates more than `max_bytes`
+    /// (clamped like `read`'s): when the entry at `offset` alone is larger,
+    /// it fails with [`StorageError::EntryLargerThanRead`] (telling its
+    /// length) instead of reading it, so that a caller bounding its memory
+    /// can make room first and then `read` it.
+    pub fn read_at_most(
+        &self,
+        offset: u64,
+        max_bytes: u32,
+        limit: u64,
+    ) -> Result<ReadChunk, StorageError> {
+        self.read_entries(offset, max_bytes, limit, false)
+    }
+
+    fn read_entries(
+        &self,
+        offset: u64,
+        max_bytes: u32,
+        limit: u64,
+        whole_first_entry: bool,
+    ) -> Result<ReadChunk, StorageError> {
         let start = self.start_offset();
         if offset < start {
             return Err(StorageError::Trimmed { start });
@@ -789,6 +813,12 @@ impl LogReader {
             return Err(StorageError::NotEntryBoundary { offset });
         }
         if first_len > bytes.len() as u64 {
+            if !whole_first_entry {
+                return Err(StorageError::EntryLargerThanRead {
+                    offset,
+                    entry_len: first_len,
+                });
+            }
             // A single entry larger than max_bytes: fetch the rest of it.
             let have = bytes.len();
             bytes.resize(first_len as usize, 0);

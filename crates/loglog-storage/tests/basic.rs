@@ -298,3 +298,41 @@ fn one_writer_per_directory() {
     let (_writer, _, _) = open(small_config(dir.path())).unwrap();
     assert_eq!(reader.end_offset(), 0);
 }
+
+#[test]
+fn read_at_most_never_reads_more_than_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, _syncer, reader) = open(small_config(dir.path())).unwrap();
+    let big = vec![9u8; 5000];
+    let end = writer
+        .append(&entries(&[b"a", &big, b"bc", b"def"]))
+        .unwrap();
+    let big_at = 17;
+    let after_big = big_at + 16 + 5000;
+
+    // Within the bound: whole entries, like `read`.
+    let chunk = reader.read_at_most(0, 40, end).unwrap();
+    assert_eq!(payloads_of(&chunk.bytes), vec![b"a".to_vec()]);
+    let chunk = reader.read_at_most(after_big, 1000, end).unwrap();
+    assert_eq!(
+        payloads_of(&chunk.bytes),
+        vec![b"bc".to_vec(), b"def".to_vec()]
+    );
+
+    // An entry larger than the bound is not read; its length is told.
+    match reader.read_at_most(big_at, 4096, end) {
+        Err(StorageError::EntryLargerThanRead { offset, entry_len }) => {
+            assert_eq!((offset, entry_len), (big_at, 5016));
+        }
+        other => panic!("expected EntryLargerThanRead, got {other:?}"),
+    }
+    // `read` returns it whole, and so does `read_at_most` once it fits.
+    assert_eq!(
+        payloads_of(&reader.read(big_at, 4096, end).unwrap().bytes),
+        vec![big.clone()]
+    );
+    assert_eq!(
+        payloads_of(&reader.read_at_most(big_at, 5016, end).unwrap().bytes),
+        vec![big]
+    );
+}

@@ -40,10 +40,45 @@ impl std::str::FromStr for Fsync {
 
 /// Explicit bounds of everything a node queues or buffers.
 ///
-/// Request memory is bounded per connection by `max_in_flight_bytes` (a
-/// frame's bytes are charged as soon as its header arrives, before its body
-/// is buffered), so node-wide by `max_connections * (max_in_flight_bytes +
-/// 64 KiB)`; appends queued for the writer by `max_pending_append_bytes`.
+/// # Memory
+///
+/// Request and response memory is bounded node-wide, whatever the number of
+/// connections:
+///
+/// * **Requests** (`max_node_request_bytes`): every request read from a
+///   client is charged its frame's bytes plus [`REQUEST_OVERHEAD`] (its
+///   task, queue entries and answer) as soon as its header arrives, before
+///   its body is buffered, and holds the charge until its response is
+///   written out. With the budget exhausted the node stops reading from the
+///   sockets that need more (TCP backpressure), so a frame's body is never
+///   buffered uncharged. Appends queued for the writer are covered by it
+///   (their payloads are the charged frame bytes).
+/// * **Read answers** (`max_node_read_bytes`): a read is charged the bytes
+///   it may answer (what it asks for, at most `max_read_bytes`) once its
+///   long-poll wait is over, before the log is read, until its response is
+///   written out. An answer larger than that (a single entry larger than
+///   asked) is charged its full length before it is read; an entry larger
+///   than the whole budget waits until it can hold all of it.
+/// * **Per connection**, on top of these: `max_in_flight_requests` and
+///   `max_in_flight_bytes` (requests plus the answers they ask for) keep one
+///   client from taking the whole node budget, and each connection has a
+///   read buffer and a write buffer of at most [`CONNECTION_BUFFER_BYTES`]
+///   together, outside the budgets.
+/// * **Embedded appends** ([`crate::Node::append`]) queue for the writer
+///   within `max_pending_append_bytes` (TCP appends count there too, but
+///   are already charged as requests).
+///
+/// So the worst case of the node's buffered request and response memory
+/// ([`Limits::worst_case_buffered_bytes`]) is
+///
+/// ```text
+/// max_node_request_bytes + max_node_read_bytes + max_pending_append_bytes
+///     + max_connections * CONNECTION_BUFFER_BYTES
+/// defaults: 128 MiB + 128 MiB + 64 MiB + 1024 * 160 KiB = 480 MiB
+/// ```
+/// (one largest entry, 16 MiB - 1 by default, fits every budget). One
+/// exception: a single entry larger than the read budget (appended under a
+/// larger limit) is read alone, holding the whole budget.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Open client connections; one more is answered `Busy` and closed.
@@ -54,6 +89,13 @@ pub struct Limits {
     /// Bytes of requests (and of the reads they ask for) in flight on one
     /// connection; at the bound the node stops reading that socket.
     pub max_in_flight_bytes: usize,
+    /// Bytes of requests in flight across all connections (frames plus
+    /// [`REQUEST_OVERHEAD`] each); at the bound the node stops reading the
+    /// sockets that need more.
+    pub max_node_request_bytes: usize,
+    /// Bytes of read answers being read or waiting to be sent, across all
+    /// connections; at the bound reads wait before reading the log.
+    pub max_node_read_bytes: usize,
     /// Appends queued for the writer thread, node-wide; callers wait
     /// (backpressure) when it is full.
     pub max_pending_appends: usize,
@@ -69,18 +111,39 @@ pub struct Limits {
     pub max_long_poll_wait: Duration,
 }
 
+/// What a request costs in memory besides its frame (its task or queue
+/// entries, its response), charged to [`Limits::max_node_request_bytes`].
+pub const REQUEST_OVERHEAD: usize = 1024;
+
+/// Most memory one connection's read and write buffers hold outside the
+/// request and answer budgets (see [`Limits`]).
+pub const CONNECTION_BUFFER_BYTES: usize = 160 * 1024;
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_connections: 1024,
             max_in_flight_requests: 1024,
             max_in_flight_bytes: 32 * 1024 * 1024,
+            max_node_request_bytes: 128 * 1024 * 1024,
+            max_node_read_bytes: 128 * 1024 * 1024,
             max_pending_appends: 16 * 1024,
-            max_pending_append_bytes: 256 * 1024 * 1024,
+            max_pending_append_bytes: 64 * 1024 * 1024,
             max_write_batch_bytes: 1024 * 1024,
             max_read_bytes: 4 * 1024 * 1024,
             max_long_poll_wait: Duration::from_secs(60),
         }
+    }
+}
+
+impl Limits {
+    /// The worst case of the node's buffered request and response memory
+    /// (see the type's docs).
+    pub fn worst_case_buffered_bytes(&self) -> usize {
+        self.max_node_request_bytes
+            .saturating_add(self.max_node_read_bytes)
+            .saturating_add(self.max_pending_append_bytes)
+            .saturating_add(self.max_connections.saturating_mul(CONNECTION_BUFFER_BYTES))
     }
 }
 
@@ -159,14 +222,34 @@ impl Config {
                 limits.max_in_flight_bytes
             ));
         }
+        if limits.max_node_request_bytes < largest_frame + REQUEST_OVERHEAD {
+            return Err(format!(
+                "max node request bytes ({}) must hold one largest request ({})",
+                limits.max_node_request_bytes,
+                largest_frame + REQUEST_OVERHEAD
+            ));
+        }
+        if limits.max_node_read_bytes < limits.max_read_bytes as usize {
+            return Err(format!(
+                "max node read bytes ({}) must hold one largest read ({})",
+                limits.max_node_read_bytes, limits.max_read_bytes
+            ));
+        }
         if limits.max_pending_append_bytes < self.max_entry_size as usize {
             return Err(format!(
                 "max pending append bytes ({}) must hold one largest entry ({})",
                 limits.max_pending_append_bytes, self.max_entry_size
             ));
         }
-        if limits.max_pending_append_bytes > tokio::sync::Semaphore::MAX_PERMITS
-            || limits.max_in_flight_bytes > tokio::sync::Semaphore::MAX_PERMITS
+        let byte_bounds = [
+            limits.max_pending_append_bytes,
+            limits.max_in_flight_bytes,
+            limits.max_node_request_bytes,
+            limits.max_node_read_bytes,
+        ];
+        if byte_bounds
+            .iter()
+            .any(|&bound| bound > tokio::sync::Semaphore::MAX_PERMITS)
         {
             return Err("byte bounds are too large".to_string());
         }
@@ -225,6 +308,8 @@ mod tests {
         assert_eq!(config.fsync, Fsync::Always);
         assert_eq!(config.node_id, 1);
         config.validate().unwrap();
+        // Well under 1 GiB, as documented on `Limits`.
+        assert_eq!(config.limits.worst_case_buffered_bytes(), 480 << 20);
     }
 
     #[test]
@@ -250,6 +335,12 @@ mod tests {
         assert!(config.validate().is_err());
         let mut config = Config::new("x");
         config.segment_size = 10;
+        assert!(config.validate().is_err());
+        let mut config = Config::new("x");
+        config.limits.max_node_request_bytes = config.max_entry_size as usize;
+        assert!(config.validate().is_err());
+        let mut config = Config::new("x");
+        config.limits.max_node_read_bytes = 1024;
         assert!(config.validate().is_err());
     }
 

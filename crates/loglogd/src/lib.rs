@@ -57,7 +57,10 @@
 //! The wire protocol is `loglog_proto::wire`. Requests are pipelined and
 //! answered by id, possibly out of order. Per connection: bounded requests
 //! and bytes in flight (at the bound the node stops reading the socket), and
-//! responses coalesced into as few writes as possible. A malformed frame
+//! responses coalesced into as few writes as possible. Node-wide: bounded
+//! bytes of requests and of read answers across all connections, so the
+//! node's buffered memory has a fixed worst case whatever the clients do
+//! ([`Limits`], about 480 MiB with the defaults). A malformed frame
 //! (non-zero reserved bytes, a body over `max_entry_size + 1024`) is
 //! answered (`TooLarge` for an append, else `BadRequest`) and closes that
 //! connection only; an unknown opcode or a bad body is answered
@@ -90,7 +93,9 @@ mod pipeline;
 mod server;
 mod state;
 
-pub use config::{parse_byte_size, Config, Fsync, Limits};
+pub use config::{
+    parse_byte_size, Config, Fsync, Limits, CONNECTION_BUFFER_BYTES, REQUEST_OVERHEAD,
+};
 pub use loglog_proto::wire::{NodeStatus, Role, ServerError};
 pub use node::{Chunk, Node, StartError, LOCK_FILE, LOG_DIR, NODE_STATE_FILE};
 pub use pipeline::Metrics;

@@ -97,6 +97,15 @@ impl Chunk {
     }
 }
 
+/// What [`Node::read_committed`] found.
+pub(crate) enum CommittedRead {
+    Chunk(Chunk),
+    /// The first entry is `entry_len` bytes, more than the read allowed.
+    EntryLarger {
+        entry_len: u64,
+    },
+}
+
 /// A running node; cheap to clone (all clones are the same node).
 ///
 /// Dropping every clone without [`Node::shutdown`] stops the pipeline once
@@ -301,6 +310,19 @@ impl Node {
         max_bytes: u32,
         wait: Duration,
     ) -> Result<Chunk, ServerError> {
+        let commit = self.long_poll(offset, wait).await?;
+        match self.read_committed(offset, max_bytes, commit, true).await? {
+            CommittedRead::Chunk(chunk) => Ok(chunk),
+            CommittedRead::EntryLarger { .. } => {
+                unreachable!("a read that takes a whole first entry never reports it larger")
+            }
+        }
+    }
+
+    /// The long-poll half of [`Node::read`]: when `offset` is the commit
+    /// offset, waits up to `wait` (capped) for it to advance. Returns the
+    /// commit offset to read below.
+    pub(crate) async fn long_poll(&self, offset: u64, wait: Duration) -> Result<u64, ServerError> {
         let inner = &self.inner;
         if !inner.shared.accepting.load(Ordering::Acquire) && self.is_stopped() {
             return Err(ServerError::ShuttingDown);
@@ -321,15 +343,20 @@ impl Node {
             }
             commit = inner.shared.commit_offset();
         }
-        self.read_committed(offset, max_bytes, commit).await
+        Ok(commit)
     }
 
-    async fn read_committed(
+    /// The reading half of [`Node::read`], below `commit`. With
+    /// `whole_first_entry` false it never reads more than `max_bytes`
+    /// (capped by the max read bytes): a first entry larger than that is
+    /// reported, not read, so the caller can make room for it first.
+    pub(crate) async fn read_committed(
         &self,
         offset: u64,
         max_bytes: u32,
         commit: u64,
-    ) -> Result<Chunk, ServerError> {
+        whole_first_entry: bool,
+    ) -> Result<CommittedRead, ServerError> {
         let reader = &self.inner.reader;
         let start = reader.start_offset();
         if offset < start {
@@ -339,28 +366,38 @@ impl Node {
             return Err(ServerError::OutOfRange { end: commit });
         }
         if offset == commit {
-            return Ok(Chunk {
+            return Ok(CommittedRead::Chunk(Chunk {
                 offset,
                 commit_offset: commit,
                 bytes: Vec::new(),
-            });
+            }));
         }
         let max_bytes = max_bytes.min(self.inner.config.limits.max_read_bytes);
         let reader = reader.clone();
-        let read = tokio::task::spawn_blocking(move || reader.read(offset, max_bytes, commit))
-            .await
-            .map_err(|join| ServerError::Unavailable {
-                message: format!("read task failed: {join}"),
-            })?;
+        let read = tokio::task::spawn_blocking(move || {
+            if whole_first_entry {
+                reader.read(offset, max_bytes, commit)
+            } else {
+                reader.read_at_most(offset, max_bytes, commit)
+            }
+        })
+        .await
+        .map_err(|join| ServerError::Unavailable {
+            message: format!("read task failed: {join}"),
+        })?;
         match read {
             Ok(chunk) => {
                 debug_assert_eq!(chunk.offset, offset);
                 debug_assert!(chunk.offset + chunk.bytes.len() as u64 <= commit);
-                Ok(Chunk {
+                Ok(CommittedRead::Chunk(Chunk {
                     offset: chunk.offset,
                     commit_offset: commit,
                     bytes: chunk.bytes,
-                })
+                }))
+            }
+            Err(StorageError::EntryLargerThanRead { entry_len, .. }) => {
+                debug_assert!(!whole_first_entry);
+                Ok(CommittedRead::EntryLarger { entry_len })
             }
             Err(StorageError::Trimmed { start }) => Err(ServerError::Trimmed { start }),
             Err(StorageError::OutOfRange { .. }) => Err(ServerError::OutOfRange { end: commit }),
@@ -428,6 +465,10 @@ impl Node {
     /// Counters of the append pipeline (entries, write batches, syncs).
     pub fn metrics(&self) -> Metrics {
         self.inner.shared.counters.snapshot()
+    }
+
+    pub(crate) fn counters(&self) -> &pipeline::Counters {
+        &self.inner.shared.counters
     }
 
     /// The commit offset: reads never pass it.

@@ -75,6 +75,9 @@ pub(crate) struct Counters {
     pub entries: AtomicU64,
     pub writes: AtomicU64,
     pub syncs: AtomicU64,
+    /// Highest bytes held of the server's node-wide budgets (set by it).
+    pub peak_request_bytes: AtomicU64,
+    pub peak_read_bytes: AtomicU64,
 }
 
 /// A snapshot of the pipeline's counters: entries per write and per sync
@@ -87,6 +90,14 @@ pub struct Metrics {
     pub write_batches: u64,
     /// fdatasync rounds (0 with `fsync never`).
     pub syncs: u64,
+    /// Most bytes ever taken at once from the node-wide request budget
+    /// ([`crate::Limits::max_node_request_bytes`]), counting those already
+    /// set aside for a request waiting for more: it reaches the budget when
+    /// the budget is what holds clients back.
+    pub peak_request_bytes: u64,
+    /// The same for the node-wide read-answer budget
+    /// ([`crate::Limits::max_node_read_bytes`]).
+    pub peak_read_bytes: u64,
 }
 
 impl Counters {
@@ -95,6 +106,8 @@ impl Counters {
             entries_written: self.entries.load(Ordering::Relaxed),
             write_batches: self.writes.load(Ordering::Relaxed),
             syncs: self.syncs.load(Ordering::Relaxed),
+            peak_request_bytes: self.peak_request_bytes.load(Ordering::Relaxed),
+            peak_read_bytes: self.peak_read_bytes.load(Ordering::Relaxed),
         }
     }
 }

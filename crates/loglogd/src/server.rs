@@ -5,8 +5,17 @@
 //!   to the append queue. Requests are dispatched as they arrive
 //!   (pipelined); reads run as their own tasks so a long-poll blocks nothing.
 //! * Every request holds a permit of the connection's in-flight bounds
-//!   (requests and bytes) until its response is encoded. With no permit
-//!   left the reader stops reading the socket: TCP backpressure.
+//!   (requests and bytes) and of the node's request budget until its
+//!   response is written out. With no permit left the reader stops reading
+//!   the socket: TCP backpressure. A read also holds the node's read-answer
+//!   budget for the bytes it may answer, taken after its long-poll wait and
+//!   before it reads the log (see [`crate::Limits`] for the whole account).
+//! * Memory outside the budgets is the connection's two buffers: the read
+//!   buffer (at most two [`READ_CHUNK`]s: a frame larger than a chunk gets
+//!   an allocation of exactly its size, charged) and the write buffer
+//!   ([`FLUSH_AT`] plus one small response). Append payloads smaller than a
+//!   chunk are copied out of the read buffer, so a queued append never pins
+//!   a whole chunk that its charge does not cover.
 //! * Responses go through an unbounded queue (its length is bounded by the
 //!   in-flight permits) so that the node's threads never block on a slow
 //!   client; the writer drains the queue into one buffer and writes it with
@@ -19,10 +28,12 @@
 //!   0, request id 0) and is closed.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use loglog_proto::entry::ENTRY_HEADER_LEN;
 use loglog_proto::wire::{
     encode_error_response, ok_response_header, opcode, FrameError, FrameHeader, NodeStatus,
     Request, ServerError, FRAME_HEADER_LEN, READ_RESPONSE_PREFIX_LEN,
@@ -33,15 +44,24 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::node::Node;
+use crate::config::REQUEST_OVERHEAD;
+use crate::node::{Chunk, CommittedRead, Node};
 use crate::pipeline::Reply;
 
-/// Bytes the reader asks the socket for at a time (at least).
-const READ_CHUNK: usize = 64 * 1024;
+/// Bytes the reader asks the socket for at a time (at least). A frame
+/// larger than this gets a buffer of its own.
+const READ_CHUNK: usize = 32 * 1024;
 /// The writer flushes once this much is buffered, even if more is queued.
-const FLUSH_AT: usize = 256 * 1024;
+const FLUSH_AT: usize = 64 * 1024;
 /// Read bodies larger than this are written straight from their buffer.
-const COPY_BODY_BELOW: usize = 64 * 1024;
+const COPY_BODY_BELOW: usize = 16 * 1024;
+/// Room for one response other than a large read body (an error message
+/// or a status is far smaller).
+const SMALL_RESPONSE_MAX: usize = COPY_BODY_BELOW + 4 * 1024;
+const _: () = assert!(
+    2 * READ_CHUNK + FLUSH_AT + SMALL_RESPONSE_MAX <= crate::config::CONNECTION_BUFFER_BYTES,
+    "the documented per-connection buffer bound holds"
+);
 /// How long shutdown waits for connections to deliver their last answers.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing connection keeps reading (and discarding) so that the
@@ -63,8 +83,9 @@ struct Response {
     request_id: u64,
     opcode: u8,
     body: Body,
-    /// Released once the response is encoded.
-    _permit: Option<InFlightPermit>,
+    /// Released once the response is written to the socket (or copied
+    /// into the connection's write buffer).
+    permit: Option<InFlightPermit>,
 }
 
 enum Body {
@@ -74,10 +95,53 @@ enum Body {
     Error(ServerError),
 }
 
-/// A request's share of its connection's in-flight bounds.
+/// A request's share of its connection's in-flight bounds and of the
+/// node's budgets.
 pub(crate) struct InFlightPermit {
     _request: OwnedSemaphorePermit,
     _bytes: OwnedSemaphorePermit,
+    _node_bytes: OwnedSemaphorePermit,
+    /// A read's answer bytes, charged to the node's read budget.
+    _answer: Option<OwnedSemaphorePermit>,
+}
+
+/// The node-wide budgets shared by every connection (see [`crate::Limits`]).
+struct NodeBudget {
+    node: Node,
+    request_bytes: Arc<Semaphore>,
+    max_request_bytes: usize,
+    read_bytes: Arc<Semaphore>,
+    max_read_bytes: usize,
+}
+
+impl NodeBudget {
+    /// Records the bytes held now, for [`crate::Metrics`].
+    fn note_held(&self) {
+        let counters = self.node.counters();
+        let requests = self.max_request_bytes - self.request_bytes.available_permits();
+        let reads = self.max_read_bytes - self.read_bytes.available_permits();
+        counters
+            .peak_request_bytes
+            .fetch_max(requests as u64, Ordering::Relaxed);
+        counters
+            .peak_read_bytes
+            .fetch_max(reads as u64, Ordering::Relaxed);
+    }
+
+    /// Takes `bytes` of the read budget (all of it at most, so that an
+    /// answer larger than the whole budget still runs, alone).
+    async fn charge_read(&self, bytes: u64) -> OwnedSemaphorePermit {
+        let bytes = bytes.min(self.max_read_bytes as u64);
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let permit = self
+            .read_bytes
+            .clone()
+            .acquire_many_owned(bytes)
+            .await
+            .expect("node budgets are never closed");
+        self.note_held();
+        permit
+    }
 }
 
 /// The answer address of an append that came over TCP.
@@ -115,7 +179,7 @@ fn respond(
         request_id,
         opcode,
         body,
-        _permit: permit,
+        permit,
     })));
 }
 
@@ -124,6 +188,13 @@ fn respond(
 pub(crate) async fn serve(listener: TcpListener, node: Node, stopped: watch::Sender<bool>) {
     let limits = node.config().limits.clone();
     let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+    let budget = Arc::new(NodeBudget {
+        node: node.clone(),
+        request_bytes: Arc::new(Semaphore::new(limits.max_node_request_bytes)),
+        max_request_bytes: limits.max_node_request_bytes,
+        read_bytes: Arc::new(Semaphore::new(limits.max_node_read_bytes)),
+        max_read_bytes: limits.max_node_read_bytes,
+    });
     let refusal_slots = Arc::new(Semaphore::new(MAX_CONCURRENT_REFUSALS));
     let mut connections = JoinSet::new();
     let mut shutdown = node.shutdown_signal();
@@ -133,7 +204,13 @@ pub(crate) async fn serve(listener: TcpListener, node: Node, stopped: watch::Sen
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match connection_slots.clone().try_acquire_owned() {
                     Ok(slot) => {
-                        connections.spawn(serve_connection(stream, peer, node.clone(), slot));
+                        connections.spawn(serve_connection(
+                            stream,
+                            peer,
+                            node.clone(),
+                            budget.clone(),
+                            slot,
+                        ));
                     }
                     // Refusals are bounded too: past the bound a connection
                     // is closed without a word.
@@ -189,6 +266,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     node: Node,
+    budget: Arc<NodeBudget>,
     _slot: OwnedSemaphorePermit,
 ) {
     tracing::debug!(%peer, "connection opened");
@@ -199,7 +277,7 @@ async fn serve_connection(
     let (read_half, write_half) = stream.into_split();
     let (sink, queue) = mpsc::unbounded_channel();
     tokio::join!(
-        read_requests(read_half, node, sink, peer),
+        read_requests(read_half, node, budget, sink, peer),
         write_responses(write_half, queue, peer)
     );
     tracing::debug!(%peer, "connection closed");
@@ -221,6 +299,7 @@ enum Parsed {
 async fn read_requests(
     mut socket: OwnedReadHalf,
     node: Node,
+    budget: Arc<NodeBudget>,
     sink: ResponseSink,
     peer: SocketAddr,
 ) {
@@ -231,10 +310,13 @@ async fn read_requests(
     let max_in_flight_bytes = config.limits.max_in_flight_bytes;
     let byte_slots = Arc::new(Semaphore::new(max_in_flight_bytes));
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
+    // Whether `buffer` is an allocation made for the one (large) frame it
+    // is receiving, so that frame may keep it without a copy.
+    let mut dedicated = false;
     let mut shutdown = node.shutdown_signal();
     // The permit of the frame being received: taken as soon as its header
     // is in, before its body is buffered, so that a connection never holds
-    // more than its in-flight bytes (plus one read chunk) in memory.
+    // more than its in-flight bytes (plus its read buffer) in memory.
     let mut next_permit: Option<InFlightPermit> = None;
     loop {
         // Every whole frame already buffered.
@@ -248,6 +330,7 @@ async fn read_requests(
                     return;
                 }
             };
+            let frame_len = header.frame_len();
             if next_permit.is_none() {
                 // A read's answer is charged up front too: what it asks for
                 // (if its body is already here), at most max_read.
@@ -260,28 +343,46 @@ async fn read_requests(
                 } else {
                     0
                 };
-                let cost = (header.frame_len() + answer_bytes).min(max_in_flight_bytes);
-                let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+                let cost = (frame_len + answer_bytes).min(max_in_flight_bytes);
+                let node_cost = (frame_len + REQUEST_OVERHEAD).min(budget.max_request_bytes);
                 next_permit = tokio::select! {
-                    permit = acquire(&request_slots, &byte_slots, cost) => Some(permit),
+                    permit = acquire(&request_slots, &byte_slots, cost, &budget, node_cost) => Some(permit),
                     _ = until_true(&mut shutdown) => return,
                 };
             }
-            let frame_len = header.frame_len();
             if buffer.len() < frame_len {
-                buffer.reserve(frame_len - buffer.len());
+                if frame_len > READ_CHUNK && !dedicated {
+                    // A large frame gets an allocation of exactly its size,
+                    // charged above, which it keeps (no copy, no slack).
+                    let mut own = BytesMut::with_capacity(frame_len);
+                    own.extend_from_slice(&buffer);
+                    buffer = own;
+                    dedicated = true;
+                } else if !dedicated && !buffer.try_reclaim(frame_len - buffer.len()) {
+                    buffer = fresh_read_buffer(&buffer, frame_len - buffer.len());
+                }
                 break;
             }
             let frame = buffer.split_to(frame_len).freeze();
+            let owns_allocation = std::mem::take(&mut dedicated);
+            if owns_allocation {
+                debug_assert!(buffer.is_empty(), "a dedicated buffer holds one frame");
+                buffer = BytesMut::with_capacity(READ_CHUNK);
+            }
             let body = frame.slice(FRAME_HEADER_LEN..);
+            drop(frame);
             let permit = next_permit.take().expect("taken above for this frame");
-            dispatch(&node, header, body, permit, &sink).await;
+            dispatch(&node, &budget, header, body, owns_allocation, permit, &sink).await;
         }
         if *shutdown.borrow() {
             return;
         }
-        if buffer.capacity() - buffer.len() < READ_CHUNK / 4 {
-            buffer.reserve(READ_CHUNK);
+        // Room to read into; a dedicated buffer has exactly its frame's.
+        if !dedicated
+            && buffer.capacity() - buffer.len() < READ_CHUNK / 4
+            && !buffer.try_reclaim(READ_CHUNK)
+        {
+            buffer = fresh_read_buffer(&buffer, READ_CHUNK);
         }
         tokio::select! {
             read = socket.read_buf(&mut buffer) => match read {
@@ -298,7 +399,23 @@ async fn read_requests(
     }
 }
 
-async fn acquire(requests: &Arc<Semaphore>, bytes: &Arc<Semaphore>, cost: u32) -> InFlightPermit {
+/// A new read buffer holding `buffer`'s bytes (part of one frame smaller
+/// than a chunk) and room for `more`: at most two chunks, where
+/// `BytesMut::reserve` could double a buffer still shared with frames.
+fn fresh_read_buffer(buffer: &BytesMut, more: usize) -> BytesMut {
+    debug_assert!(buffer.len() < READ_CHUNK, "only part of one small frame");
+    let mut fresh = BytesMut::with_capacity(buffer.len() + more.max(READ_CHUNK));
+    fresh.extend_from_slice(buffer);
+    fresh
+}
+
+async fn acquire(
+    requests: &Arc<Semaphore>,
+    bytes: &Arc<Semaphore>,
+    cost: usize,
+    budget: &NodeBudget,
+    node_cost: usize,
+) -> InFlightPermit {
     let request = requests
         .clone()
         .acquire_owned()
@@ -306,12 +423,21 @@ async fn acquire(requests: &Arc<Semaphore>, bytes: &Arc<Semaphore>, cost: u32) -
         .expect("connection semaphores are never closed");
     let bytes = bytes
         .clone()
-        .acquire_many_owned(cost)
+        .acquire_many_owned(u32::try_from(cost).unwrap_or(u32::MAX))
         .await
         .expect("connection semaphores are never closed");
+    let node_bytes = budget
+        .request_bytes
+        .clone()
+        .acquire_many_owned(u32::try_from(node_cost).unwrap_or(u32::MAX))
+        .await
+        .expect("node budgets are never closed");
+    budget.note_held();
     InFlightPermit {
         _request: request,
         _bytes: bytes,
+        _node_bytes: node_bytes,
+        _answer: None,
     }
 }
 
@@ -357,8 +483,10 @@ async fn linger(socket: &mut OwnedReadHalf) {
 
 async fn dispatch(
     node: &Node,
+    budget: &Arc<NodeBudget>,
     header: FrameHeader,
     body: Bytes,
+    owns_allocation: bool,
     permit: InFlightPermit,
     sink: &ResponseSink,
 ) {
@@ -399,7 +527,14 @@ async fn dispatch(
                 request_id,
                 permit,
             });
-            node.submit_append(body, !no_wait, reply).await;
+            // A small payload shares its read buffer with other frames:
+            // copied, it pins no more than it is charged while queued.
+            let payload = if owns_allocation {
+                body
+            } else {
+                Bytes::copy_from_slice(&body)
+            };
+            node.submit_append(payload, !no_wait, reply).await;
         }
         Ok(Parsed::Read {
             offset,
@@ -408,22 +543,70 @@ async fn dispatch(
         }) => {
             let node = node.clone();
             let sink = sink.clone();
+            let budget = budget.clone();
+            let mut permit = permit;
             tokio::spawn(async move {
                 let wait = Duration::from_millis(u64::from(wait_ms));
                 let result = tokio::select! {
-                    result = node.read(offset, max_bytes, wait) => result,
+                    result = read_within_budget(&node, &budget, offset, max_bytes, wait) => result,
                     // The connection is gone: nobody to answer.
                     _ = sink.closed() => return,
                 };
                 let body = match result {
-                    Ok(chunk) => Body::Read {
-                        commit: chunk.commit_offset,
-                        bytes: chunk.bytes,
-                    },
+                    Ok((chunk, answer)) => {
+                        permit._answer = answer;
+                        Body::Read {
+                            commit: chunk.commit_offset,
+                            bytes: chunk.bytes,
+                        }
+                    }
                     Err(error) => Body::Error(error),
                 };
                 respond(&sink, opcode::READ, request_id, body, Some(permit));
             });
+        }
+    }
+}
+
+/// [`Node::read`] with its answer charged to the node's read budget: after
+/// the long-poll wait (a waiting read holds no answer bytes), before the
+/// log is read. An entry larger than the charge is charged its full length
+/// before it is read. Returns the permit the answer holds until it is sent.
+async fn read_within_budget(
+    node: &Node,
+    budget: &NodeBudget,
+    offset: u64,
+    max_bytes: u32,
+    wait: Duration,
+) -> Result<(Chunk, Option<OwnedSemaphorePermit>), ServerError> {
+    let commit = node.long_poll(offset, wait).await?;
+    if offset >= commit {
+        // Nothing to read (or an error): no answer bytes.
+        return match node.read_committed(offset, max_bytes, commit, true).await? {
+            CommittedRead::Chunk(chunk) => Ok((chunk, None)),
+            CommittedRead::EntryLarger { .. } => unreachable!("whole first entry asked"),
+        };
+    }
+    let limit = max_bytes
+        .min(node.config().limits.max_read_bytes)
+        .max(ENTRY_HEADER_LEN as u32);
+    let charge = u64::from(limit).min(commit - offset);
+    let mut answer = budget.charge_read(charge).await;
+    match node.read_committed(offset, limit, commit, false).await? {
+        CommittedRead::Chunk(chunk) => {
+            debug_assert!(chunk.bytes.len() as u64 <= charge);
+            Ok((chunk, Some(answer)))
+        }
+        CommittedRead::EntryLarger { entry_len } => {
+            // Charged in full (or the whole budget) before it is read; the
+            // first charge is given back first, so two such reads cannot
+            // each hold part of the budget while waiting for the rest.
+            drop(answer);
+            answer = budget.charge_read(entry_len).await;
+            match node.read_committed(offset, limit, commit, true).await? {
+                CommittedRead::Chunk(chunk) => Ok((chunk, Some(answer))),
+                CommittedRead::EntryLarger { .. } => unreachable!("whole first entry asked"),
+            }
         }
     }
 }
@@ -433,24 +616,31 @@ async fn write_responses(
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     peer: SocketAddr,
 ) {
-    let mut out: Vec<u8> = Vec::with_capacity(FLUSH_AT + READ_CHUNK);
+    // Never grows: it is flushed at FLUSH_AT, and one more small response
+    // fits (larger read bodies are written from their own buffer).
+    let mut out: Vec<u8> = Vec::with_capacity(FLUSH_AT + SMALL_RESPONSE_MAX);
     let result: std::io::Result<()> = async {
         while let Some(first) = queue.recv().await {
             let mut next = Some(first);
             let mut close = false;
             while let Some(message) = next.take() {
-                let response = match message {
+                let mut response = match message {
                     Outgoing::Close => {
                         close = true;
                         break;
                     }
                     Outgoing::Response(response) => response,
                 };
+                // Held until the bytes it covers are written (a large body)
+                // or copied into `out` (counted as connection buffer).
+                let permit = response.permit.take();
                 if let Some(large_body) = encode_response(response, &mut out) {
                     socket.write_all(&out).await?;
                     out.clear();
                     socket.write_all(&large_body).await?;
                 }
+                drop(permit);
+                debug_assert!(out.len() < FLUSH_AT + SMALL_RESPONSE_MAX);
                 if out.len() >= FLUSH_AT {
                     break;
                 }
