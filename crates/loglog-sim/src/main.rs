@@ -180,6 +180,11 @@ fn main() -> ExitCode {
     );
     let seconds = elapsed.as_secs_f64();
     let stalls = reports.iter().filter(|report| report.amnesia_stall).count();
+    let slowest = reports
+        .iter()
+        .filter_map(|r| r.recovery_nanos.map(|nanos| (nanos, r.seed)))
+        .max()
+        .map_or(0, |(_, seed)| seed);
     let mut recoveries: Vec<u64> = reports.iter().filter_map(|r| r.recovery_nanos).collect();
     recoveries.sort_unstable();
     let millis = |at: f64| {
@@ -189,7 +194,7 @@ fn main() -> ExitCode {
     };
     eprintln!(
         "elapsed={seconds:.1}s threads={threads} seeds_per_minute={:.0} amnesia_stalls={stalls} \
-         heal_to_ack_ms_p50={} p99={} max={}",
+         heal_to_ack_ms_p50={} p99={} max={} (seed {slowest})",
         args.seeds as f64 * 60.0 / seconds.max(1e-9),
         millis(0.5),
         millis(0.99),

@@ -443,6 +443,9 @@ struct Sim {
     /// are lost.
     no_op_loss_until: Nanos,
     no_op_loss_to: Vec<usize>,
+    /// `client_links_cut[client * nodes + node]`: that client cannot reach
+    /// that node (nor hear from it).
+    client_links_cut: Vec<bool>,
     healed_at: Option<Nanos>,
     live_at: Option<Nanos>,
     stopping: bool,
@@ -554,6 +557,7 @@ impl Sim {
             old_term_commits: 0,
             no_op_loss_until: 0,
             no_op_loss_to: Vec::new(),
+            client_links_cut: vec![false; client_count * node_count],
             healed_at: None,
             live_at: None,
             stopping: false,
@@ -736,6 +740,7 @@ impl Sim {
             }
             Event::HealNetwork => {
                 self.network.heal();
+                self.client_links_cut.fill(false);
                 self.trace_line(|| "network healed".to_string());
             }
             Event::Heal => self.heal(),
@@ -1475,10 +1480,14 @@ impl Sim {
         }
     }
 
-    fn reply(&mut self, _node: usize, client: usize, attempt: u64, reply: Reply) {
+    fn reply(&mut self, node: usize, client: usize, attempt: u64, reply: Reply) {
         // Replies cross the network too: during faults some are lost,
         // which leaves the client in doubt.
-        if self.healed_at.is_none() && self.network.config.loss > 0.0 && self.rng.gen_bool(0.02) {
+        if self.client_cut_off(client, node)
+            || (self.healed_at.is_none()
+                && self.network.config.loss > 0.0
+                && self.rng.gen_bool(0.02))
+        {
             return;
         }
         let delay = self.rng.gen_range(50 * MICROS..400 * MICROS);
@@ -1546,6 +1555,10 @@ impl Sim {
         self.client_send(index);
     }
 
+    fn client_cut_off(&self, client: usize, node: usize) -> bool {
+        self.client_links_cut[client * self.nodes.len() + node]
+    }
+
     fn client_send(&mut self, index: usize) {
         let client = &mut self.clients[index];
         client.attempt += 1;
@@ -1560,15 +1573,18 @@ impl Sim {
         };
         self.trace_line(|| format!("client {index} attempt {attempt} to node {}", node + 1));
         let delay = self.rng.gen_range(50 * MICROS..400 * MICROS);
-        self.queue.schedule_in(
-            delay,
-            Event::Request {
-                node,
-                client: index,
-                attempt,
-                request,
-            },
-        );
+        // A client cut off from that node: the request is lost.
+        if !self.client_cut_off(index, node) {
+            self.queue.schedule_in(
+                delay,
+                Event::Request {
+                    node,
+                    client: index,
+                    attempt,
+                    request,
+                },
+            );
+        }
         self.queue.schedule_in(
             ATTEMPT_TIMEOUT,
             Event::AttemptTimeout {
@@ -1794,7 +1810,19 @@ impl Sim {
                 let duration = self.rng.gen_range(100 * MILLIS..2 * SECONDS);
                 self.queue.schedule_in(duration, Event::HealNetwork);
             }
-            55..=69 => {
+            55..=59 => {
+                // Cut some clients off some nodes (until the network heals).
+                let clients = self.clients.len();
+                for link in 0..clients * node_count {
+                    if self.rng.gen_bool(0.3) {
+                        self.client_links_cut[link] = true;
+                    }
+                }
+                self.trace_line(|| "some clients cut off some nodes".to_string());
+                let duration = self.rng.gen_range(100 * MILLIS..2 * SECONDS);
+                self.queue.schedule_in(duration, Event::HealNetwork);
+            }
+            60..=69 => {
                 // Network weather: lossy and slow, or healthy again.
                 self.network.config = if self.rng.gen_bool(0.6) {
                     self.faulty_net
@@ -1894,6 +1922,7 @@ impl Sim {
         let now = self.queue.now();
         self.healed_at = Some(now);
         self.network.heal();
+        self.client_links_cut.fill(false);
         self.network.config = NetConfig::healthy();
         self.no_op_loss_until = 0;
         self.trace_line(|| "heal: network healthy, every node restarted".to_string());
