@@ -64,6 +64,9 @@ impl std::str::FromStr for Fsync {
 ///   client from taking the whole node budget, and each connection has a
 ///   read buffer and a write buffer of at most [`CONNECTION_BUFFER_BYTES`]
 ///   together, outside the budgets.
+/// * **Stalled clients**: one that stops taking its answers, or stops
+///   in the middle of a frame, is disconnected after
+///   `client_stall_timeout`, which returns its share of the budgets.
 /// * **Embedded appends** ([`crate::Node::append`]) queue for the writer
 ///   within `max_pending_append_bytes` (TCP appends count there too, but
 ///   are already charged as requests).
@@ -109,6 +112,11 @@ pub struct Limits {
     pub max_read_bytes: u32,
     /// Longest a read may wait for the commit offset to pass it.
     pub max_long_poll_wait: Duration,
+    /// A client that takes none of its answers for this long (while the
+    /// node has some to send), or sends none of a frame it has begun, is
+    /// disconnected: a stalled client must not hold its share of the node's
+    /// budgets forever.
+    pub client_stall_timeout: Duration,
 }
 
 /// What a request costs in memory besides its frame (its task or queue
@@ -132,6 +140,7 @@ impl Default for Limits {
             max_write_batch_bytes: 1024 * 1024,
             max_read_bytes: 4 * 1024 * 1024,
             max_long_poll_wait: Duration::from_secs(60),
+            client_stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -213,6 +222,9 @@ impl Config {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
+        }
+        if limits.client_stall_timeout.is_zero() {
+            return Err("the client stall timeout must not be zero".to_string());
         }
         // One whole entry must always fit the byte bounds, or it could never pass.
         let largest_frame = self.max_entry_size as usize + FRAME_SLACK as usize;

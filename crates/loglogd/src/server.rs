@@ -10,6 +10,9 @@
 //!   the socket: TCP backpressure. A read also holds the node's read-answer
 //!   budget for the bytes it may answer, taken after its long-poll wait and
 //!   before it reads the log (see [`crate::Limits`] for the whole account).
+//! * A client that takes none of its answers, or sends none of a frame it
+//!   has begun, for `client_stall_timeout` is disconnected, which returns
+//!   what it held of the budgets.
 //! * Memory outside the budgets is the connection's two buffers: the read
 //!   buffer (at most two [`READ_CHUNK`]s: a frame larger than a chunk gets
 //!   an allocation of exactly its size, charged) and the write buffer
@@ -276,9 +279,10 @@ async fn serve_connection(
     }
     let (read_half, write_half) = stream.into_split();
     let (sink, queue) = mpsc::unbounded_channel();
+    let stall_timeout = node.config().limits.client_stall_timeout;
     tokio::join!(
         read_requests(read_half, node, budget, sink, peer),
-        write_responses(write_half, queue, peer)
+        write_responses(write_half, queue, peer, stall_timeout)
     );
     tracing::debug!(%peer, "connection closed");
 }
@@ -309,6 +313,7 @@ async fn read_requests(
     let request_slots = Arc::new(Semaphore::new(config.limits.max_in_flight_requests));
     let max_in_flight_bytes = config.limits.max_in_flight_bytes;
     let byte_slots = Arc::new(Semaphore::new(max_in_flight_bytes));
+    let stall_timeout = config.limits.client_stall_timeout;
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     // Whether `buffer` is an allocation made for the one (large) frame it
     // is receiving, so that frame may keep it without a copy.
@@ -384,6 +389,8 @@ async fn read_requests(
         {
             buffer = fresh_read_buffer(&buffer, READ_CHUNK);
         }
+        // A frame begun must keep coming: its charge is held meanwhile.
+        let stall_limit = (!buffer.is_empty()).then_some(stall_timeout);
         tokio::select! {
             read = socket.read_buf(&mut buffer) => match read {
                 // End of stream (a partial frame, if any, is dropped).
@@ -394,9 +401,46 @@ async fn read_requests(
                     return;
                 }
             },
+            _ = sleep_or_never(stall_limit) => {
+                tracing::info!(%peer, "client stalled in the middle of a frame; closing");
+                return;
+            }
+            // The writer gave up on this client: nobody to answer.
+            _ = sink.closed() => return,
             _ = until_true(&mut shutdown) => return,
         }
     }
+}
+
+async fn sleep_or_never(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes all of `bytes`, failing if the client takes none of them for
+/// `stall_timeout` (a slow client that makes progress is fine).
+async fn write_all_or_stall(
+    socket: &mut OwnedWriteHalf,
+    mut bytes: &[u8],
+    stall_timeout: Duration,
+) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let written = tokio::time::timeout(stall_timeout, socket.write(bytes))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the client took none of its answers for {stall_timeout:?}"),
+                )
+            })??;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[written..];
+    }
+    Ok(())
 }
 
 /// A new read buffer holding `buffer`'s bytes (part of one frame smaller
@@ -615,6 +659,7 @@ async fn write_responses(
     mut socket: OwnedWriteHalf,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     peer: SocketAddr,
+    stall_timeout: Duration,
 ) {
     // Never grows: it is flushed at FLUSH_AT, and one more small response
     // fits (larger read bodies are written from their own buffer).
@@ -635,9 +680,9 @@ async fn write_responses(
                 // or copied into `out` (counted as connection buffer).
                 let permit = response.permit.take();
                 if let Some(large_body) = encode_response(response, &mut out) {
-                    socket.write_all(&out).await?;
+                    write_all_or_stall(&mut socket, &out, stall_timeout).await?;
                     out.clear();
-                    socket.write_all(&large_body).await?;
+                    write_all_or_stall(&mut socket, &large_body, stall_timeout).await?;
                 }
                 drop(permit);
                 debug_assert!(out.len() < FLUSH_AT + SMALL_RESPONSE_MAX);
@@ -647,7 +692,7 @@ async fn write_responses(
                 next = queue.try_recv().ok();
             }
             if !out.is_empty() {
-                socket.write_all(&out).await?;
+                write_all_or_stall(&mut socket, &out, stall_timeout).await?;
                 out.clear();
             }
             if close {
@@ -658,7 +703,11 @@ async fn write_responses(
     }
     .await;
     if let Err(error) = result {
-        tracing::debug!(%peer, %error, "write failed");
+        if error.kind() == std::io::ErrorKind::TimedOut {
+            tracing::info!(%peer, %error, "closing a stalled client");
+        } else {
+            tracing::debug!(%peer, %error, "write failed");
+        }
     }
 }
 

@@ -174,3 +174,125 @@ async fn many_connections_with_large_requests_stay_within_the_node_budgets() {
     );
     node.shutdown().await;
 }
+
+/// A client that stops taking its answers holds part of the read budget
+/// (answers queued behind a full socket); after the stall timeout it is
+/// disconnected and the others' reads go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_and_frees_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path().join("data"));
+    config.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.max_entry_size = 256 * 1024;
+    config.limits.max_in_flight_bytes = 16 * 1024 * 1024;
+    config.limits.max_node_read_bytes = 1024 * 1024;
+    config.limits.max_read_bytes = 256 * 1024;
+    config.limits.client_stall_timeout = Duration::from_millis(300);
+    let node = Node::start(config).await.unwrap();
+    let big = node.append(vec![7u8; 256 * 1024]).await.unwrap();
+
+    // The stalled client: 128 reads of the big entry (32 MiB of answers,
+    // far more than the socket buffers hold), and it never reads.
+    let mut stalled = TcpStream::connect(node.local_addr().unwrap())
+        .await
+        .unwrap();
+    let mut frames = Vec::new();
+    for request_id in 0..128 {
+        Request::Read {
+            offset: big,
+            max_bytes: 256 * 1024,
+            wait_ms: 0,
+            linearizable: false,
+        }
+        .encode(request_id, &mut frames);
+    }
+    stalled.write_all(&frames).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Another client's read is answered all the same, within a few stall
+    // timeouts.
+    let (mut reader, mut writer) = TcpStream::connect(node.local_addr().unwrap())
+        .await
+        .unwrap()
+        .into_split();
+    let mut frame = Vec::new();
+    Request::Read {
+        offset: big,
+        max_bytes: 256 * 1024,
+        wait_ms: 0,
+        linearizable: false,
+    }
+    .encode(1, &mut frame);
+    writer.write_all(&frame).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(10), read_response(&mut reader))
+        .await
+        .expect("the read is answered once the stalled client is gone");
+    let (id, result) = answered;
+    assert_eq!(id, 1);
+    assert_eq!(result.unwrap().len(), 8 + 16 + 256 * 1024);
+
+    // The stalled client was disconnected: it finds the end of the stream
+    // after what was already in its socket.
+    let mut sink = vec![0u8; 1 << 20];
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stalled.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the stalled client was disconnected");
+    node.shutdown().await;
+}
+
+/// A client that stops in the middle of a large frame holds its charge of
+/// the request budget; after the stall timeout it is disconnected and the
+/// others' appends go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalled_mid_frame_is_disconnected_and_frees_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path().join("data"));
+    config.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.max_entry_size = 256 * 1024;
+    config.limits.max_in_flight_bytes = 1024 * 1024;
+    // Room for one largest request: a second waits for the first.
+    config.limits.max_node_request_bytes = 256 * 1024 + 2048 + REQUEST_OVERHEAD;
+    config.limits.max_pending_append_bytes = 1024 * 1024;
+    config.limits.client_stall_timeout = Duration::from_millis(300);
+    let node = Node::start(config).await.unwrap();
+
+    let mut frame = Vec::new();
+    Request::Append {
+        payload: &vec![1u8; 256 * 1024],
+        no_wait: false,
+    }
+    .encode(1, &mut frame);
+    let mut stalled = TcpStream::connect(node.local_addr().unwrap())
+        .await
+        .unwrap();
+    stalled.write_all(&frame[..1000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let (mut reader, mut writer) = TcpStream::connect(node.local_addr().unwrap())
+        .await
+        .unwrap()
+        .into_split();
+    writer.write_all(&frame).await.unwrap();
+    let (id, result) = tokio::time::timeout(Duration::from_secs(10), read_response(&mut reader))
+        .await
+        .expect("the append is answered once the stalled client is gone");
+    assert_eq!(id, 1);
+    let offset = u64::from_le_bytes(result.unwrap().try_into().unwrap());
+    let chunk = node.read(offset, 1 << 20, Duration::ZERO).await.unwrap();
+    let entries: Vec<_> = chunk.data_entries().collect();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].1, &vec![1u8; 256 * 1024][..]);
+
+    // The stalled client was disconnected.
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut byte)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    node.shutdown().await;
+}
