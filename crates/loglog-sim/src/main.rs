@@ -179,7 +179,12 @@ fn main() -> ExitCode {
         sim_nanos / 1_000_000_000
     );
     let seconds = elapsed.as_secs_f64();
-    let stalls = reports.iter().filter(|report| report.amnesia_stall).count();
+    let stalled: Vec<u64> = reports
+        .iter()
+        .filter(|report| report.amnesia_stall)
+        .map(|report| report.seed)
+        .collect();
+    let stalls = format!("{}{:?}", stalled.len(), &stalled[..stalled.len().min(5)]);
     let slowest = reports
         .iter()
         .filter_map(|r| r.recovery_nanos.map(|nanos| (nanos, r.seed)))
