@@ -765,7 +765,7 @@ impl Sim {
         let hard_state = node
             .disk
             .state(HARD_STATE_FILE)
-            .map(decode_hard_state)
+            .map(|bytes| HardState::decode(bytes).expect("the simulator wrote a valid hard state"))
             .unwrap_or_default();
         let bootstrap_membership = if node.founding {
             Membership::with_voters(1..=founding_voters as NodeId)
@@ -931,7 +931,7 @@ impl Sim {
             Action::PersistHardState(hard) => {
                 self.nodes[index]
                     .disk
-                    .write_state(HARD_STATE_FILE, encode_hard_state(hard));
+                    .write_state(HARD_STATE_FILE, hard.encode().to_vec());
             }
             Action::Append {
                 write_id,
@@ -2020,21 +2020,6 @@ fn random_net(rng: &mut ChaCha8Rng) -> NetConfig {
         max_delay: rng.gen_range(1..=20) * MILLIS,
         spike: rng.gen_range(0..=10) as f64 / 100.0,
         spike_delay: rng.gen_range(10..=300) * MILLIS,
-    }
-}
-
-fn encode_hard_state(hard: HardState) -> Vec<u8> {
-    let mut bytes = hard.term.to_le_bytes().to_vec();
-    bytes.extend_from_slice(&hard.voted_for.map_or(0, |id| id).to_le_bytes());
-    bytes
-}
-
-fn decode_hard_state(bytes: &[u8]) -> HardState {
-    let term = Term::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
-    let vote = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
-    HardState {
-        term,
-        voted_for: (vote != 0).then_some(vote),
     }
 }
 
