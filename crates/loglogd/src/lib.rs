@@ -60,7 +60,9 @@
 //! responses coalesced into as few writes as possible. Node-wide: bounded
 //! bytes of requests and of read answers across all connections, so the
 //! node's buffered memory has a fixed worst case whatever the clients do
-//! ([`Limits`], about 480 MiB with the defaults). A malformed frame
+//! ([`Limits`], about 480 MiB with the defaults); a client that stops
+//! taking its answers, or stops mid-frame, is disconnected after
+//! `client_stall_timeout` so that it cannot keep its share. A malformed frame
 //! (non-zero reserved bytes, a body over `max_entry_size + 1024`) is
 //! answered (`TooLarge` for an append, else `BadRequest`) and closes that
 //! connection only; an unknown opcode or a bad body is answered

@@ -46,6 +46,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::config::REQUEST_OVERHEAD;
 use crate::node::{Chunk, CommittedRead, Node};
@@ -118,17 +119,20 @@ struct NodeBudget {
 }
 
 impl NodeBudget {
-    /// Records the bytes held now, for [`crate::Metrics`].
+    /// Records the bytes held now, for [`crate::Metrics`]. Writes the
+    /// shared peaks only when they grow (rarely, once warm).
     fn note_held(&self) {
         let counters = self.node.counters();
-        let requests = self.max_request_bytes - self.request_bytes.available_permits();
-        let reads = self.max_read_bytes - self.read_bytes.available_permits();
-        counters
-            .peak_request_bytes
-            .fetch_max(requests as u64, Ordering::Relaxed);
-        counters
-            .peak_read_bytes
-            .fetch_max(reads as u64, Ordering::Relaxed);
+        let requests = (self.max_request_bytes - self.request_bytes.available_permits()) as u64;
+        let reads = (self.max_read_bytes - self.read_bytes.available_permits()) as u64;
+        if requests > counters.peak_request_bytes.load(Ordering::Relaxed) {
+            counters
+                .peak_request_bytes
+                .fetch_max(requests, Ordering::Relaxed);
+        }
+        if reads > counters.peak_read_bytes.load(Ordering::Relaxed) {
+            counters.peak_read_bytes.fetch_max(reads, Ordering::Relaxed);
+        }
     }
 
     /// Takes `bytes` of the read budget (all of it at most, so that an
@@ -314,6 +318,8 @@ async fn read_requests(
     let max_in_flight_bytes = config.limits.max_in_flight_bytes;
     let byte_slots = Arc::new(Semaphore::new(max_in_flight_bytes));
     let stall_timeout = config.limits.client_stall_timeout;
+    let stall_check = tokio::time::sleep(stall_timeout);
+    tokio::pin!(stall_check);
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     // Whether `buffer` is an allocation made for the one (large) frame it
     // is receiving, so that frame may keep it without a copy.
@@ -389,56 +395,66 @@ async fn read_requests(
         {
             buffer = fresh_read_buffer(&buffer, READ_CHUNK);
         }
-        // A frame begun must keep coming: its charge is held meanwhile.
-        let stall_limit = (!buffer.is_empty()).then_some(stall_timeout);
-        tokio::select! {
-            read = socket.read_buf(&mut buffer) => match read {
-                // End of stream (a partial frame, if any, is dropped).
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::debug!(%peer, %error, "read failed");
-                    return;
+        // A frame begun must keep coming: its charge is held meanwhile. The
+        // timer is long-lived and only moved when it fires early, so the
+        // hot path does not touch the timer wheel on every read.
+        let waiting_since = Instant::now();
+        let read = loop {
+            tokio::select! {
+                read = socket.read_buf(&mut buffer) => break read,
+                () = &mut stall_check, if !buffer.is_empty() => {
+                    let deadline = waiting_since + stall_timeout;
+                    if Instant::now() >= deadline {
+                        tracing::info!(%peer, "client stalled in the middle of a frame; closing");
+                        return;
+                    }
+                    stall_check.as_mut().reset(deadline);
                 }
-            },
-            _ = sleep_or_never(stall_limit) => {
-                tracing::info!(%peer, "client stalled in the middle of a frame; closing");
+                // The writer gave up on this client: nobody to answer.
+                _ = sink.closed() => return,
+                _ = until_true(&mut shutdown) => return,
+            }
+        };
+        match read {
+            // End of stream (a partial frame, if any, is dropped).
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(%peer, %error, "read failed");
                 return;
             }
-            // The writer gave up on this client: nobody to answer.
-            _ = sink.closed() => return,
-            _ = until_true(&mut shutdown) => return,
         }
     }
 }
 
-async fn sleep_or_never(duration: Option<Duration>) {
-    match duration {
-        Some(duration) => tokio::time::sleep(duration).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Writes all of `bytes`, failing if the client takes none of them for
-/// `stall_timeout` (a slow client that makes progress is fine).
+/// `stall_timeout` (a slow client that makes progress is fine). A timer is
+/// armed only when the socket is full.
 async fn write_all_or_stall(
     socket: &mut OwnedWriteHalf,
     mut bytes: &[u8],
     stall_timeout: Duration,
 ) -> std::io::Result<()> {
     while !bytes.is_empty() {
-        let written = tokio::time::timeout(stall_timeout, socket.write(bytes))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("the client took none of its answers for {stall_timeout:?}"),
-                )
-            })??;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+        match socket.try_write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => bytes = &bytes[written..],
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                let written = tokio::time::timeout(stall_timeout, socket.write(bytes))
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("the client took none of its answers for {stall_timeout:?}"),
+                        )
+                    })??;
+                if written == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                bytes = &bytes[written..];
+            }
+            Err(error) => return Err(error),
         }
-        bytes = &bytes[written..];
     }
     Ok(())
 }

@@ -1,0 +1,454 @@
+//! Peer transport: persistent TCP connections carrying consensus messages.
+//!
+//! Every node dials every other member once (one outbound connection per
+//! peer, used for sending only) and accepts its peers' connections on its
+//! peer listener (used for receiving only). So a message never waits for a
+//! reply on the same socket, and a dead connection costs one direction.
+//!
+//! **Handshake.** The dialer opens with
+//!
+//! ```text
+//! 0..8    magic "LLPEER01"
+//! 8..16   from: the dialer's node id (u64 LE)
+//! 16..24  to: the node id it expects to reach (u64 LE)
+//! 24..26  cluster id length (u16 LE, 1..=128)
+//! 26..    cluster id (ASCII)
+//! ```
+//!
+//! and the listener answers one byte: 0 accepted, 1 another cluster, 2 not
+//! the node the dialer wanted, 3 an id that is not a member, 4 malformed.
+//! A refused handshake is logged on both sides and the connection closed;
+//! the dialer retries with backoff (a misconfigured node keeps being
+//! refused, loudly, and never mixes its messages in).
+//!
+//! **Frames.** After the handshake the dialer sends frames of
+//! `length u32 LE, Envelope::encode bytes`. The receiver caps the length
+//! (one full AppendEntries batch plus one largest entry, and a little
+//! room), decodes with the core's cap, checks the envelope's addressing
+//! against the handshake, and closes the connection on any error: nothing
+//! from the network panics or is trusted.
+//!
+//! **Bounds.** Each peer has an outbound queue bounded in bytes
+//! ([`MAX_PEER_QUEUE_BYTES`]); past it, or while disconnected, messages are
+//! dropped (the core tolerates loss and retransmits). The receiving side
+//! hands messages to the driver's bounded event queue and waits when it is
+//! full, so a fast peer is slowed down by TCP backpressure. At most
+//! [`MAX_INBOUND_CONNECTIONS`] peer connections are served at once.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use loglog_raft::{Envelope, NodeId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+
+use super::driver::Event;
+use crate::server::until_true;
+
+pub(crate) const HANDSHAKE_MAGIC: &[u8; 8] = b"LLPEER01";
+const HANDSHAKE_FIXED_LEN: usize = 26;
+/// Handshake answers.
+pub(crate) const ACCEPTED: u8 = 0;
+pub(crate) const WRONG_CLUSTER: u8 = 1;
+pub(crate) const WRONG_NODE: u8 = 2;
+pub(crate) const NOT_A_MEMBER: u8 = 3;
+pub(crate) const MALFORMED: u8 = 4;
+
+/// Bytes queued for one peer, at most (about four full in-flight windows).
+pub const MAX_PEER_QUEUE_BYTES: usize = 32 * 1024 * 1024;
+/// Peer connections served at once by the listener.
+pub const MAX_INBOUND_CONNECTIONS: usize = 64;
+/// How long a handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Reconnect backoff: doubles from the first to the last.
+const BACKOFF_FIRST: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// After a refused handshake (a misconfiguration), retry slowly.
+const BACKOFF_REFUSED: Duration = Duration::from_secs(5);
+/// Small frames are gathered into one write up to this size.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// The largest frame body accepted from a peer: what the core may put in
+/// one message (`max_message_entries_bytes`) plus room for the headers.
+pub(crate) fn max_frame_len(max_message_entries_bytes: u64) -> u64 {
+    max_message_entries_bytes + 1024
+}
+
+/// What identifies this node to its peers.
+#[derive(Clone, Debug)]
+pub(crate) struct Identity {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    /// Ids allowed to connect (the configured members).
+    pub members: Vec<NodeId>,
+}
+
+pub(crate) fn encode_handshake(from: NodeId, to: NodeId, cluster_id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HANDSHAKE_FIXED_LEN + cluster_id.len());
+    out.extend_from_slice(HANDSHAKE_MAGIC);
+    out.extend_from_slice(&from.to_le_bytes());
+    out.extend_from_slice(&to.to_le_bytes());
+    let len = u16::try_from(cluster_id.len()).expect("cluster ids are at most 128 bytes (validated)");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(cluster_id.as_bytes());
+    out
+}
+
+/// An outbound queue of encoded frames for one peer.
+pub(crate) struct PeerQueue {
+    state: Mutex<QueueState>,
+    ready: Notify,
+}
+
+struct QueueState {
+    frames: VecDeque<Vec<u8>>,
+    bytes: usize,
+    connected: bool,
+    dropped: u64,
+}
+
+impl PeerQueue {
+    pub(crate) fn new() -> PeerQueue {
+        PeerQueue {
+            state: Mutex::new(QueueState {
+                frames: VecDeque::new(),
+                bytes: 0,
+                connected: false,
+                dropped: 0,
+            }),
+            ready: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // A panic while holding it cannot leave the queue inconsistent
+        // (every update is one push or one drain).
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a frame; drops it when disconnected or over the byte bound
+    /// (best effort, as the core expects). Never blocks on the network.
+    pub(crate) fn push(&self, frame: Vec<u8>) {
+        let mut state = self.lock();
+        if !state.connected || state.bytes + frame.len() > MAX_PEER_QUEUE_BYTES {
+            state.dropped += 1;
+            return;
+        }
+        state.bytes += frame.len();
+        state.frames.push_back(frame);
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    fn set_connected(&self, connected: bool) {
+        let mut state = self.lock();
+        state.connected = connected;
+        if !connected {
+            state.frames.clear();
+            state.bytes = 0;
+        }
+    }
+
+    /// Waits for frames and takes them all.
+    async fn take_all(&self, into: &mut Vec<Vec<u8>>) {
+        loop {
+            {
+                let mut state = self.lock();
+                if !state.frames.is_empty() {
+                    into.extend(state.frames.drain(..));
+                    state.bytes = 0;
+                    return;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+/// Keeps one outbound connection to `peer` open until `stopped`, sending
+/// what the driver queues.
+pub(crate) async fn dial_peer(
+    identity: Arc<Identity>,
+    peer: NodeId,
+    peer_addr: String,
+    queue: Arc<PeerQueue>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut backoff = BACKOFF_FIRST;
+    let mut logged_down = false;
+    loop {
+        let attempt = async {
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&peer_addr))
+                .await
+                .map_err(|_| DialError::Io("connect timed out".to_string()))?
+                .map_err(|error| DialError::Io(error.to_string()))?;
+            // Heartbeats and acks are small and latency-bound: no Nagle.
+            drop(stream.set_nodelay(true));
+            handshake(stream, &identity, peer).await
+        };
+        let outcome = tokio::select! {
+            outcome = attempt => outcome,
+            _ = until_true(&mut stopped) => return,
+        };
+        match outcome {
+            Ok(stream) => {
+                tracing::info!(peer, addr = %peer_addr, "connected to peer");
+                logged_down = false;
+                backoff = BACKOFF_FIRST;
+                queue.set_connected(true);
+                let result = tokio::select! {
+                    result = send_frames(stream, &queue) => result,
+                    _ = until_true(&mut stopped) => return,
+                };
+                queue.set_connected(false);
+                if let Err(error) = result {
+                    tracing::info!(peer, addr = %peer_addr, %error, "peer connection lost");
+                }
+            }
+            Err(DialError::Refused(reason)) => {
+                tracing::error!(peer, addr = %peer_addr, reason, "peer refused our handshake");
+                backoff = BACKOFF_REFUSED;
+            }
+            Err(DialError::Io(error)) => {
+                if !logged_down {
+                    tracing::info!(peer, addr = %peer_addr, %error, "cannot reach peer; retrying");
+                    logged_down = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = until_true(&mut stopped) => return,
+        }
+        if backoff < BACKOFF_REFUSED {
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+enum DialError {
+    Io(String),
+    Refused(&'static str),
+}
+
+async fn handshake(
+    mut stream: TcpStream,
+    identity: &Identity,
+    peer: NodeId,
+) -> Result<TcpStream, DialError> {
+    let hello = encode_handshake(identity.node_id, peer, &identity.cluster_id);
+    let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        stream.write_all(&hello).await?;
+        stream.read_u8().await
+    })
+    .await
+    .map_err(|_| DialError::Io("handshake timed out".to_string()))?
+    .map_err(|error| DialError::Io(format!("handshake: {error}")))?;
+    match answer {
+        ACCEPTED => Ok(stream),
+        WRONG_CLUSTER => Err(DialError::Refused(
+            "it belongs to another cluster (cluster ids differ)",
+        )),
+        WRONG_NODE => Err(DialError::Refused(
+            "the node at that address has another node id",
+        )),
+        NOT_A_MEMBER => Err(DialError::Refused("it does not know our node id")),
+        _ => Err(DialError::Refused("malformed handshake")),
+    }
+}
+
+async fn send_frames(mut stream: TcpStream, queue: &PeerQueue) -> std::io::Result<()> {
+    let mut frames = Vec::new();
+    let mut buffer = Vec::with_capacity(WRITE_BUFFER);
+    loop {
+        queue.take_all(&mut frames).await;
+        for frame in frames.drain(..) {
+            if buffer.len() + frame.len() > WRITE_BUFFER {
+                if !buffer.is_empty() {
+                    stream.write_all(&buffer).await?;
+                    buffer.clear();
+                }
+                if frame.len() > WRITE_BUFFER {
+                    stream.write_all(&frame).await?;
+                    continue;
+                }
+            }
+            buffer.extend_from_slice(&frame);
+        }
+        if !buffer.is_empty() {
+            stream.write_all(&buffer).await?;
+            buffer.clear();
+        }
+    }
+}
+
+/// Accepts peer connections until `stopped` and feeds their messages to
+/// the driver.
+pub(crate) async fn serve_peers(
+    listener: TcpListener,
+    identity: Arc<Identity>,
+    events: mpsc::Sender<Event>,
+    max_entries_bytes: u64,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_INBOUND_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = until_true(&mut stopped) => return,
+        };
+        match accepted {
+            Ok((stream, remote)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%remote, "too many peer connections; closing one");
+                    continue;
+                };
+                let identity = identity.clone();
+                let events = events.clone();
+                let stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let mut stopped_inner = stopped.clone();
+                    tokio::select! {
+                        result = receive_peer(stream, remote, &identity, &events, max_entries_bytes) => {
+                            if let Err(reason) = result {
+                                tracing::info!(%remote, %reason, "peer connection closed");
+                            }
+                        }
+                        _ = until_true(&mut stopped_inner) => {}
+                    }
+                    drop(stopped);
+                    drop(slot);
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "peer accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Reads a handshake and then frames from one peer connection.
+async fn receive_peer(
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    identity: &Identity,
+    events: &mpsc::Sender<Event>,
+    max_entries_bytes: u64,
+) -> Result<(), String> {
+    drop(stream.set_nodelay(true));
+    let from = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(&mut stream, identity))
+        .await
+        .map_err(|_| "handshake timed out".to_string())??;
+    tracing::info!(peer = from, %remote, "peer connected");
+    let max_frame = max_frame_len(max_entries_bytes);
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    loop {
+        let len = match reader.read_u32_le().await {
+            Ok(len) => u64::from(len),
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(error) => return Err(error.to_string()),
+        };
+        if len > max_frame {
+            return Err(format!("frame of {len} bytes exceeds the cap of {max_frame}"));
+        }
+        let mut body = vec![0u8; len as usize];
+        reader
+            .read_exact(&mut body)
+            .await
+            .map_err(|error| error.to_string())?;
+        let envelope = Envelope::decode(&body, max_entries_bytes)
+            .map_err(|error| format!("undecodable message: {error}"))?;
+        if envelope.from != from || envelope.to != identity.node_id {
+            return Err(format!(
+                "misaddressed message: from {} to {} on a connection from {from} to {}",
+                envelope.from, envelope.to, identity.node_id
+            ));
+        }
+        let event = Event::Message {
+            from,
+            message: envelope.message,
+        };
+        if events.send(event).await.is_err() {
+            return Ok(()); // the driver stopped
+        }
+    }
+}
+
+async fn accept_handshake(stream: &mut TcpStream, identity: &Identity) -> Result<NodeId, String> {
+    let mut fixed = [0u8; HANDSHAKE_FIXED_LEN];
+    stream
+        .read_exact(&mut fixed)
+        .await
+        .map_err(|error| format!("handshake: {error}"))?;
+    let refuse = |code: u8, reason: String| (code, reason);
+    let verdict = (|| {
+        if &fixed[0..8] != HANDSHAKE_MAGIC {
+            return Err(refuse(MALFORMED, "not a LogLog peer handshake".to_string()));
+        }
+        let from = u64::from_le_bytes(fixed[8..16].try_into().expect("8 bytes"));
+        let to = u64::from_le_bytes(fixed[16..24].try_into().expect("8 bytes"));
+        let id_len = usize::from(u16::from_le_bytes(fixed[24..26].try_into().expect("2 bytes")));
+        if id_len == 0 || id_len > super::MAX_CLUSTER_ID_LEN {
+            return Err(refuse(MALFORMED, format!("cluster id length {id_len}")));
+        }
+        Ok((from, to, id_len))
+    })();
+    let (from, to, id_len) = match verdict {
+        Ok(fields) => fields,
+        Err((code, reason)) => {
+            drop(stream.write_u8(code).await);
+            return Err(reason);
+        }
+    };
+    let mut cluster_id = vec![0u8; id_len];
+    stream
+        .read_exact(&mut cluster_id)
+        .await
+        .map_err(|error| format!("handshake: {error}"))?;
+    let verdict = if cluster_id != identity.cluster_id.as_bytes() {
+        Err(refuse(
+            WRONG_CLUSTER,
+            format!(
+                "node {from} belongs to cluster {:?}, we are {:?}: refused",
+                String::from_utf8_lossy(&cluster_id),
+                identity.cluster_id
+            ),
+        ))
+    } else if to != identity.node_id {
+        Err(refuse(
+            WRONG_NODE,
+            format!(
+                "node {from} wanted node {to}, we are node {}: refused",
+                identity.node_id
+            ),
+        ))
+    } else if from == identity.node_id || !identity.members.contains(&from) {
+        Err(refuse(
+            NOT_A_MEMBER,
+            format!("node id {from} is not a configured peer: refused"),
+        ))
+    } else {
+        Ok(from)
+    };
+    match verdict {
+        Ok(from) => {
+            stream
+                .write_u8(ACCEPTED)
+                .await
+                .map_err(|error| format!("handshake: {error}"))?;
+            Ok(from)
+        }
+        Err((code, reason)) => {
+            tracing::error!(%reason, "peer handshake refused");
+            drop(stream.write_u8(code).await);
+            Err(reason)
+        }
+    }
+}
