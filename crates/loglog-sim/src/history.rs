@@ -951,3 +951,127 @@ mod tests {
         assert!(ReadResult::from_raw_bytes(100, &bytes).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use loglog_proto::entry::encode_entry;
+    use proptest::prelude::*;
+
+    /// A history of a correct system: each operation takes effect at one
+    /// instant between its invocation and completion; appends land in the
+    /// order of those instants; reads see exactly what took effect before.
+    #[derive(Debug, Clone)]
+    struct Scenario {
+        history: History,
+        log: FinalLog,
+    }
+
+    /// `ops`: per operation, (is_append, landed, outcome selector, widths).
+    fn build(ops: Vec<(bool, bool, u8, u64, u64)>) -> Scenario {
+        let mut history = History::new();
+        let mut bytes = Vec::new();
+        // (offset, end) of entries in the log, in order.
+        let mut landed_entries: Vec<(u64, u64)> = Vec::new();
+        for (index, (is_append, landed, outcome, before, after)) in ops.into_iter().enumerate() {
+            // Operation `index` takes effect at instant 10 * index + 5.
+            let effect = 10 * index as u64 + 5;
+            let invoked = effect - before.min(effect);
+            let completed = effect + after;
+            if is_append {
+                let value = format!("v{index}").into_bytes();
+                let id = history.invoke_append(index as u64, value.clone(), invoked);
+                if landed {
+                    let offset = bytes.len() as u64;
+                    encode_entry(1, EntryKind::Data, &value, &mut bytes);
+                    landed_entries.push((offset, bytes.len() as u64));
+                    let result = if outcome % 2 == 0 {
+                        AppendOutcome::Ok { offset }
+                    } else {
+                        AppendOutcome::Indeterminate
+                    };
+                    history.complete_append(id, result, completed);
+                } else {
+                    let result = if outcome % 2 == 0 {
+                        AppendOutcome::Failed
+                    } else {
+                        AppendOutcome::Indeterminate
+                    };
+                    history.complete_append(id, result, completed);
+                }
+            } else {
+                let kind = if outcome % 2 == 0 {
+                    ReadKind::Linearizable
+                } else {
+                    ReadKind::Plain
+                };
+                // Everything that took effect so far, from some boundary.
+                let end = bytes.len() as u64;
+                let skip = usize::from(outcome / 2) % (landed_entries.len() + 1);
+                let start = landed_entries.get(skip).map_or(end, |&(offset, _)| offset);
+                let result = ReadResult::from_raw_bytes(start, &bytes[start as usize..])
+                    .expect("valid entries");
+                let id = history.invoke_read(index as u64, kind, invoked);
+                history.complete_read(id, ReadOutcome::Ok(result), completed);
+            }
+        }
+        let log = FinalLog::from_raw_bytes(&bytes).expect("valid entries");
+        Scenario { history, log }
+    }
+
+    fn scenarios() -> impl Strategy<Value = Scenario> {
+        proptest::collection::vec(
+            (
+                any::<bool>(),
+                any::<bool>(),
+                any::<u8>(),
+                0u64..30,
+                0u64..30,
+            ),
+            1..40,
+        )
+        .prop_map(build)
+    }
+
+    proptest! {
+        #[test]
+        fn correct_histories_pass(scenario in scenarios()) {
+            prop_assert_eq!(check(&scenario.history, &scenario.log), vec![]);
+        }
+
+        /// Losing any acknowledged entry from the final log is caught.
+        #[test]
+        fn losing_an_acknowledged_entry_is_caught(scenario in scenarios(), pick in any::<proptest::sample::Index>()) {
+            let acknowledged: Vec<u64> = scenario.history.appends.iter().filter_map(|op| match op.outcome {
+                AppendOutcome::Ok { offset } => Some(offset),
+                _ => None,
+            }).collect();
+            prop_assume!(!acknowledged.is_empty());
+            let lost = acknowledged[pick.index(acknowledged.len())];
+            let mut log = scenario.log.clone();
+            log.entries.retain(|entry| entry.offset != lost);
+            let violations = check(&scenario.history, &log);
+            let caught = violations.iter().any(|v| matches!(v, Violation::AcknowledgedAppendLost { offset, .. } if *offset == lost));
+            prop_assert!(caught);
+        }
+
+        /// Swapping the payloads of two entries of the final log is caught
+        /// whenever one of them was acknowledged.
+        #[test]
+        fn reordering_the_log_is_caught(scenario in scenarios(), a in any::<proptest::sample::Index>(), b in any::<proptest::sample::Index>()) {
+            let entries = scenario.log.entries.len();
+            prop_assume!(entries >= 2);
+            let (a, b) = (a.index(entries), b.index(entries));
+            prop_assume!(a != b);
+            let mut log = scenario.log.clone();
+            let payload_a = log.entries[a].payload.clone();
+            log.entries[a].payload = log.entries[b].payload.clone();
+            log.entries[b].payload = payload_a;
+            let acknowledged = |payload: &[u8]| scenario.history.appends.iter().any(|op| {
+                op.value == payload && matches!(op.outcome, AppendOutcome::Ok { .. })
+            });
+            prop_assume!(acknowledged(&log.entries[a].payload) || acknowledged(&log.entries[b].payload));
+            prop_assert!(!check(&scenario.history, &log).is_empty());
+        }
+    }
+}
