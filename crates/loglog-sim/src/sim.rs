@@ -364,28 +364,34 @@ struct Client {
 struct DiskLog<'a>(&'a [u8]);
 
 impl LogRead for DiskLog<'_> {
+    /// Whole entries from `from`, CRC-checked like the real storage's
+    /// reader: a corrupt first entry is an error, a corrupt later one ends
+    /// the chunk early.
     fn read(&self, from: u64, max_bytes: u64) -> Result<Vec<u8>, LogReadError> {
         let log = self.0;
-        let mut end = from as usize;
-        if end > log.len() {
+        let Some(rest) = log.get(from as usize..) else {
             return Err(LogReadError::Storage(format!(
                 "read at {from} past the end {}",
                 log.len()
             )));
-        }
-        while let Some(rest) = log.get(end..).filter(|rest| !rest.is_empty()) {
-            let header = EntryHeader::decode(rest, MAX_PAYLOAD)
-                .map_err(|error| LogReadError::Storage(format!("at {end}: {error}")))?;
-            let entry_len = header.entry_len() as usize;
-            if entry_len > rest.len() {
-                return Err(LogReadError::Storage(format!("entry at {end} is torn")));
+        };
+        let mut end = 0usize;
+        for entry in EntryIter::new(rest, from, MAX_PAYLOAD) {
+            match entry {
+                Ok(entry) => {
+                    let entry_len = entry.header.entry_len() as usize;
+                    if end > 0 && (end + entry_len) as u64 > max_bytes {
+                        break;
+                    }
+                    end += entry_len;
+                }
+                Err(error) if end == 0 => {
+                    return Err(LogReadError::Storage(format!("at {from}: {error}")));
+                }
+                Err(_) => break,
             }
-            if end > from as usize && (end + entry_len - from as usize) as u64 > max_bytes {
-                break;
-            }
-            end += entry_len;
         }
-        Ok(log[from as usize..end].to_vec())
+        Ok(rest[..end].to_vec())
     }
 }
 
