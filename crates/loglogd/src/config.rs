@@ -172,6 +172,9 @@ pub struct Config {
     pub max_entry_size: u32,
     pub fsync: Fsync,
     pub limits: Limits,
+    /// Replicated mode (`--peers`): `None` runs a single node, which is
+    /// its own leader.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -190,6 +193,7 @@ impl Config {
             max_entry_size: DEFAULT_MAX_PAYLOAD,
             fsync: Fsync::Always,
             limits: Limits::default(),
+            cluster: None,
         }
     }
 

@@ -70,12 +70,22 @@
 //! connection gets one `Busy` frame (opcode 0, request id 0) and is closed.
 //! A single node is its own leader, so linearizable reads are plain reads.
 //!
+//! # Replicated mode
+//!
+//! With [`Config::cluster`] set (`loglogd --peers ...`), the node runs the
+//! `loglog-raft` consensus core instead of the single-node pipeline: see
+//! the [`cluster`] module. Appends on a follower answer `NotLeader` with the
+//! leader's client address; reads on any node return its committed prefix;
+//! a linearizable read confirms leadership with read-index first.
+//!
 //! # Data directory layout
 //!
 //! ```text
 //! <data-dir>/LOCK          flock'ed while a node runs (one node per directory)
 //! <data-dir>/node.state    node id, term, vote (atomically replaced, CRC-framed)
 //! <data-dir>/log/          segment files: 00000000000000000000.seg, ...
+//! <data-dir>/cluster.id    cluster members only: the cluster id fixed at bootstrap
+//! <data-dir>/raft.checkpoint  cluster members only: commit offset, term map, membership
 //! ```
 //! A node refuses to start (a typed [`StartError`]) on a node state or a
 //! segment of another format version, a damaged segment header, segments
@@ -89,6 +99,7 @@
 //! `Unavailable` (the disk failed or is full: nothing unacknowledged is ever
 //! reported durable).
 
+pub mod cluster;
 pub mod config;
 mod node;
 mod pipeline;

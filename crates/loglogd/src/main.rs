@@ -1,7 +1,8 @@
 //! `loglogd`: a LogLog node.
 //!
 //! With no flags: a single node on 127.0.0.1:19194 with its data in
-//! `./loglog-data`. SIGINT or SIGTERM stops it cleanly (stop accepting,
+//! `./loglog-data`. With `--peers`: a member of a replicated cluster (see
+//! `loglogd --help`). SIGINT or SIGTERM stops it cleanly (stop accepting,
 //! finish in-flight appends, fsync, exit 0); a second signal exits at once.
 
 use std::io::IsTerminal;
@@ -16,7 +17,17 @@ use loglogd::{parse_byte_size, Config, Fsync, Node};
 #[command(
     name = "loglogd",
     version,
-    about = "A LogLog node (single node for now)."
+    about = "A LogLog node: a single node by default, or a member of a Raft cluster with --peers.",
+    after_help = "CLUSTER\n  \
+    Every member gets the same --peers list (all founding voters, itself included),\n  \
+    its own --id, and listens where the list says:\n\n    \
+    loglogd --id 1 --data-dir d1 --listen 127.0.0.1:7001 --peer-listen 127.0.0.1:7101 \\\n      \
+    --peers 1=127.0.0.1:7101@127.0.0.1:7001,2=127.0.0.1:7102@127.0.0.1:7002,3=127.0.0.1:7103@127.0.0.1:7003\n\n  \
+    --peers items are ID=HOST:PEERPORT@HOST:CLIENTPORT: the address peers dial (that node's\n  \
+    --peer-listen) and the address clients are redirected to (that node's --listen).\n  \
+    The cluster id (--cluster-id, default derived from the ids and peer addresses) is\n  \
+    written into the data directory at bootstrap: a data directory of another cluster or\n  \
+    node id refuses to start, and peers of another cluster are refused at the handshake."
 )]
 struct Args {
     /// Data directory (created if missing).
@@ -36,6 +47,27 @@ struct Args {
     /// an OS crash or power loss.
     #[arg(long, default_value = "always")]
     fsync: Fsync,
+    /// This node's id in the cluster (with --peers).
+    #[arg(long, default_value_t = 1)]
+    id: u64,
+    /// Cluster members: ID=HOST:PEERPORT@HOST:CLIENTPORT,... (every founding
+    /// voter, this node included). Without it the node runs alone.
+    #[arg(long, value_parser = parse_peer_list)]
+    peers: Option<PeerList>,
+    /// Address to listen on for peers (with --peers; port 0 picks one).
+    #[arg(long, default_value = loglogd::cluster::DEFAULT_PEER_LISTEN, requires = "peers")]
+    peer_listen: SocketAddr,
+    /// Cluster id fixed at bootstrap (default: derived from --peers).
+    #[arg(long, requires = "peers")]
+    cluster_id: Option<String>,
+}
+
+/// The parsed `--peers` value (one flag, comma-separated members).
+#[derive(Clone, Debug)]
+struct PeerList(Vec<loglogd::cluster::PeerSpec>);
+
+fn parse_peer_list(text: &str) -> Result<PeerList, String> {
+    loglogd::cluster::parse_peers(text).map(PeerList)
 }
 
 fn parse_entry_size(text: &str) -> Result<u32, String> {
@@ -73,6 +105,13 @@ fn config_from(args: Args) -> Config {
     config.segment_size = args.segment_size;
     config.max_entry_size = args.max_entry_size;
     config.fsync = args.fsync;
+    config.node_id = args.id;
+    if let Some(PeerList(peers)) = args.peers {
+        let mut cluster = loglogd::cluster::ClusterConfig::new(peers);
+        cluster.peer_listen = args.peer_listen;
+        cluster.cluster_id = args.cluster_id;
+        config.cluster = Some(cluster);
+    }
     config
 }
 
@@ -142,5 +181,29 @@ mod tests {
         assert_eq!(config.max_entry_size, 1 << 20);
         assert_eq!(config.fsync, Fsync::Never);
         assert!(Args::try_parse_from(["loglogd", "--max-entry-size", "8GiB"]).is_err());
+    }
+
+    #[test]
+    fn cluster_flags_set_the_cluster_config() {
+        let config = config_from(Args::parse_from([
+            "loglogd",
+            "--id",
+            "2",
+            "--peer-listen",
+            "127.0.0.1:7102",
+            "--peers",
+            "1=127.0.0.1:7101@127.0.0.1:7001,2=127.0.0.1:7102@127.0.0.1:7002",
+            "--cluster-id",
+            "test-cluster",
+        ]));
+        assert_eq!(config.node_id, 2);
+        let cluster = config.cluster.expect("--peers gives a cluster config");
+        assert_eq!(cluster.peer_listen, "127.0.0.1:7102".parse().unwrap());
+        assert_eq!(cluster.peers.len(), 2);
+        assert_eq!(cluster.peers[1].client_addr, "127.0.0.1:7002");
+        assert_eq!(cluster.cluster_id(), "test-cluster");
+        assert!(Args::try_parse_from(["loglogd", "--peers", "1=nonsense"]).is_err());
+        // Cluster-only flags need --peers.
+        assert!(Args::try_parse_from(["loglogd", "--cluster-id", "x"]).is_err());
     }
 }

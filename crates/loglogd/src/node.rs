@@ -16,6 +16,7 @@ use loglog_storage::{state_file, FsyncPolicy, LogReader, StorageConfig, StorageE
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
+use crate::cluster::driver::ClusterHandle;
 use crate::config::{Config, Fsync};
 use crate::pipeline::{self, AppendRequest, Metrics, PipelineParts, Reply, Shared, WriterCommand};
 use crate::server::until_true;
@@ -61,6 +62,19 @@ pub enum StartError {
     },
     #[error("the term is exhausted (it would pass {})", u32::MAX)]
     TermExhausted,
+    #[error("data directory {} belongs to cluster {found:?}, not {expected:?} (refusing to start; pass the right --cluster-id or --peers, or another --data-dir)", dir.display())]
+    WrongCluster {
+        dir: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("data directory {} holds a single node's data (no cluster id); refusing to start it as a member of cluster {cluster:?} (use an empty --data-dir)", dir.display())]
+    NotAClusterMember { dir: PathBuf, cluster: String },
+    #[error("data directory {} belongs to a cluster; start it with its --peers (and --id), not as a single node", dir.display())]
+    ClusterDirWithoutPeers { dir: PathBuf },
+    /// The consensus core refused the recovered state.
+    #[error("consensus state: {0} (refusing to start, nothing was changed)")]
+    Raft(String),
     /// Opening or recovering the log failed: a corrupt segment header, a
     /// segment of another format version, an IO error...
     #[error("storage: {0} (refusing to start, nothing was deleted)")]
@@ -137,6 +151,18 @@ struct NodeInner {
     server_stopped: Option<watch::Receiver<bool>>,
     /// Held (flock) while the node runs; released by shutdown.
     lock: Mutex<Option<File>>,
+    /// Replicated mode: the consensus driver's handle.
+    cluster: Option<ClusterHandle>,
+}
+
+/// The append path a node runs: the single-node pipeline or the raft driver.
+struct Engine {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<WriterCommand>,
+    reader: LogReader,
+    stopped: watch::Receiver<bool>,
+    lock: File,
+    cluster: Option<ClusterHandle>,
 }
 
 /// What opening the data directory produced.
@@ -177,53 +203,40 @@ impl Node {
             })?),
             None => None,
         };
-        let open_config = config.clone();
-        let opened = tokio::task::spawn_blocking(move || open_data_dir(&open_config))
-            .await
-            .map_err(|join| StartError::Threads(io::Error::other(join.to_string())))??;
-
-        let (commit_tx, _) = watch::channel(opened.commit);
-        let (shutdown_tx, _) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            commit: commit_tx,
-            written_end: AtomicU64::new(opened.commit),
-            term: AtomicU64::new(u64::from(opened.term)),
-            failure: OnceLock::new(),
-            accepting: AtomicBool::new(true),
-            shutdown: shutdown_tx,
-            pending_append_bytes: Arc::new(Semaphore::new(config.limits.max_pending_append_bytes)),
-            counters: Default::default(),
-        });
-        let pipeline = pipeline::start(
-            PipelineParts {
-                log: opened.writer,
-                syncer: opened.syncer,
-                fsync: config.fsync,
-                term: opened.term,
-                max_pending_appends: config.limits.max_pending_appends,
-                max_write_batch_bytes: config.limits.max_write_batch_bytes,
-            },
-            shared.clone(),
-        )
-        .map_err(StartError::Threads)?;
-
+        let engine = match &config.cluster {
+            Some(cluster) => {
+                let started = crate::cluster::driver::start(&config, cluster).await?;
+                Engine {
+                    shared: started.shared,
+                    commands: started.commands,
+                    reader: started.reader,
+                    stopped: started.stopped,
+                    lock: started.lock,
+                    cluster: Some(started.handle),
+                }
+            }
+            None => start_single(&config).await?,
+        };
+        let term = engine.shared.term.load(Ordering::Relaxed);
+        let commit = engine.shared.commit_offset();
         let (server_stopped_tx, server_stopped_rx) = watch::channel(false);
         let node = Node {
             inner: Arc::new(NodeInner {
                 config,
-                shared,
-                commands: pipeline.commands,
-                reader: opened.reader,
+                shared: engine.shared,
+                commands: engine.commands,
+                reader: engine.reader,
                 local_addr,
-                pipeline_stopped: pipeline.stopped,
+                pipeline_stopped: engine.stopped,
                 server_stopped: listener.as_ref().map(|_| server_stopped_rx),
-                lock: Mutex::new(Some(opened.lock)),
+                lock: Mutex::new(Some(engine.lock)),
+                cluster: engine.cluster,
             }),
         };
         tracing::info!(
             data_dir = %node.inner.config.data_dir.display(),
-            term = opened.term,
-            commit = opened.commit,
+            term,
+            commit,
             fsync = ?node.inner.config.fsync,
             "node started"
         );
@@ -439,7 +452,8 @@ impl Node {
         answer.await.unwrap_or(Err(ServerError::ShuttingDown))
     }
 
-    /// This node's status (a single node is always its own leader).
+    /// This node's status (a single node is always its own leader; a
+    /// cluster member reports the consensus core's role and known leader).
     pub fn status(&self) -> NodeStatus {
         let inner = &self.inner;
         let node_id = inner.config.node_id;
@@ -450,16 +464,40 @@ impl Node {
             .written_end
             .load(Ordering::Acquire)
             .max(commit_offset);
+        let (role, leader_id) = match &inner.cluster {
+            Some(cluster) => (cluster.role(), cluster.leader()),
+            None => (Role::Leader, node_id),
+        };
         NodeStatus {
             node_id,
             term: inner.shared.term.load(Ordering::Relaxed),
-            role: Role::Leader,
+            role,
             segment_count: u32::try_from(inner.reader.segment_count()).unwrap_or(u32::MAX),
             start_offset: inner.reader.start_offset(),
             commit_offset,
             end_offset,
-            leader_id: node_id,
+            leader_id,
         }
+    }
+
+    /// For a linearizable read: on a cluster member, confirms leadership
+    /// through read-index (its commit offset then covers every append
+    /// acknowledged before the call); a follower answers `NotLeader` with
+    /// the leader's address. A single node is its own leader: nothing to do.
+    pub async fn linearizable_barrier(&self) -> Result<(), ServerError> {
+        match &self.inner.cluster {
+            Some(cluster) => cluster.read_barrier().await,
+            None => Ok(()),
+        }
+    }
+
+    /// The address the peer listener is bound to (cluster members only;
+    /// useful with port 0).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.inner
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster.peer_addr())
     }
 
     /// Counters of the append pipeline (entries, write batches, syncs).
@@ -542,6 +580,51 @@ impl Node {
     }
 }
 
+/// The node-wide state shared by the handles, threads and connections.
+pub(crate) fn new_shared(config: &Config, commit: u64, term: u32) -> Arc<Shared> {
+    let (commit_tx, _) = watch::channel(commit);
+    let (shutdown_tx, _) = watch::channel(false);
+    Arc::new(Shared {
+        commit: commit_tx,
+        written_end: AtomicU64::new(commit),
+        term: AtomicU64::new(u64::from(term)),
+        failure: OnceLock::new(),
+        accepting: AtomicBool::new(true),
+        shutdown: shutdown_tx,
+        pending_append_bytes: Arc::new(Semaphore::new(config.limits.max_pending_append_bytes)),
+        counters: Default::default(),
+    })
+}
+
+/// The single node: open the data directory, start the append pipeline.
+async fn start_single(config: &Config) -> Result<Engine, StartError> {
+    let open_config = config.clone();
+    let opened = tokio::task::spawn_blocking(move || open_data_dir(&open_config))
+        .await
+        .map_err(|join| StartError::Threads(io::Error::other(join.to_string())))??;
+    let shared = new_shared(config, opened.commit, opened.term);
+    let pipeline = pipeline::start(
+        PipelineParts {
+            log: opened.writer,
+            syncer: opened.syncer,
+            fsync: config.fsync,
+            term: opened.term,
+            max_pending_appends: config.limits.max_pending_appends,
+            max_write_batch_bytes: config.limits.max_write_batch_bytes,
+        },
+        shared.clone(),
+    )
+    .map_err(StartError::Threads)?;
+    Ok(Engine {
+        shared,
+        commands: pipeline.commands,
+        reader: opened.reader,
+        stopped: pipeline.stopped,
+        lock: opened.lock,
+        cluster: None,
+    })
+}
+
 fn data_dir_error(dir: &Path) -> impl FnOnce(io::Error) -> StartError + '_ {
     move |source| StartError::DataDir {
         dir: dir.to_path_buf(),
@@ -551,7 +634,7 @@ fn data_dir_error(dir: &Path) -> impl FnOnce(io::Error) -> StartError + '_ {
 
 /// Takes an exclusive flock on `<data-dir>/LOCK`: two nodes on one data
 /// directory would each believe they own the log.
-fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
+pub(crate) fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .create(true)
@@ -572,7 +655,7 @@ fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
 }
 
 /// True when `log_dir` holds at least one segment file.
-fn has_segments(log_dir: &Path) -> Result<bool, io::Error> {
+pub(crate) fn has_segments(log_dir: &Path) -> Result<bool, io::Error> {
     let entries = match fs::read_dir(log_dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -595,6 +678,10 @@ fn open_data_dir(config: &Config) -> Result<Opened, StartError> {
     let lock = lock_data_dir(dir)?;
     let state_path = dir.join(NODE_STATE_FILE);
     let log_dir = dir.join(LOG_DIR);
+    // A cluster member's log must never get a single node's term and no-op.
+    if dir.join(crate::cluster::CLUSTER_ID_FILE).exists() {
+        return Err(StartError::ClusterDirWithoutPeers { dir: dir.clone() });
+    }
 
     let previous = match state_file::load(&state_path) {
         Ok(Some(bytes)) => NodeState::decode(&bytes).map_err(|error| match error {

@@ -300,6 +300,8 @@ enum Parsed {
         offset: u64,
         max_bytes: u32,
         wait_ms: u32,
+        /// Confirm leadership (read-index) before reading.
+        linearizable: bool,
     },
     Status,
 }
@@ -557,12 +559,12 @@ async fn dispatch(
             offset,
             max_bytes,
             wait_ms,
-            // A single node is its own leader: every read is linearizable.
-            linearizable: _,
+            linearizable,
         } => Parsed::Read {
             offset,
             max_bytes,
             wait_ms,
+            linearizable,
         },
         Request::Status => Parsed::Status,
     });
@@ -600,6 +602,7 @@ async fn dispatch(
             offset,
             max_bytes,
             wait_ms,
+            linearizable,
         }) => {
             let node = node.clone();
             let sink = sink.clone();
@@ -607,8 +610,16 @@ async fn dispatch(
             let mut permit = permit;
             tokio::spawn(async move {
                 let wait = Duration::from_millis(u64::from(wait_ms));
+                let read = async {
+                    // A cluster member confirms its leadership first (a
+                    // single node is its own leader).
+                    if linearizable {
+                        node.linearizable_barrier().await?;
+                    }
+                    read_within_budget(&node, &budget, offset, max_bytes, wait).await
+                };
                 let result = tokio::select! {
-                    result = read_within_budget(&node, &budget, offset, max_bytes, wait) => result,
+                    result = read => result,
                     // The connection is gone: nobody to answer.
                     _ = sink.closed() => return,
                 };

@@ -164,7 +164,11 @@ impl ClusterConfig {
 /// commas, e.g. `1=10.0.0.1:19195@10.0.0.1:19194,2=10.0.0.2:19195@10.0.0.2:19194`.
 pub fn parse_peers(text: &str) -> Result<Vec<PeerSpec>, String> {
     let mut peers = Vec::new();
-    for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+    for item in text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
         let syntax = || {
             format!("bad peer {item:?}: expected ID=HOST:PEERPORT@HOST:CLIENTPORT, e.g. 1=127.0.0.1:19195@127.0.0.1:19194")
         };
@@ -222,7 +226,11 @@ mod tests {
     fn cluster_id_is_derived_the_same_way_everywhere() {
         let a = ClusterConfig::new(parse_peers("1=a:1@a:2,2=b:1@b:2").unwrap());
         let b = ClusterConfig::new(parse_peers("2=b:1@b:9,1=a:1@a:8").unwrap());
-        assert_eq!(a.cluster_id(), b.cluster_id(), "client addresses do not matter");
+        assert_eq!(
+            a.cluster_id(),
+            b.cluster_id(),
+            "client addresses do not matter"
+        );
         let c = ClusterConfig::new(parse_peers("1=a:1@a:2,2=c:1@b:2").unwrap());
         assert_ne!(a.cluster_id(), c.cluster_id());
         let mut explicit = a.clone();

@@ -92,7 +92,8 @@ pub(crate) fn encode_handshake(from: NodeId, to: NodeId, cluster_id: &str) -> Ve
     out.extend_from_slice(HANDSHAKE_MAGIC);
     out.extend_from_slice(&from.to_le_bytes());
     out.extend_from_slice(&to.to_le_bytes());
-    let len = u16::try_from(cluster_id.len()).expect("cluster ids are at most 128 bytes (validated)");
+    let len =
+        u16::try_from(cluster_id.len()).expect("cluster ids are at most 128 bytes (validated)");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(cluster_id.as_bytes());
     out
@@ -356,7 +357,9 @@ async fn receive_peer(
             Err(error) => return Err(error.to_string()),
         };
         if len > max_frame {
-            return Err(format!("frame of {len} bytes exceeds the cap of {max_frame}"));
+            return Err(format!(
+                "frame of {len} bytes exceeds the cap of {max_frame}"
+            ));
         }
         let mut body = vec![0u8; len as usize];
         reader
@@ -394,7 +397,9 @@ async fn accept_handshake(stream: &mut TcpStream, identity: &Identity) -> Result
         }
         let from = u64::from_le_bytes(fixed[8..16].try_into().expect("8 bytes"));
         let to = u64::from_le_bytes(fixed[16..24].try_into().expect("8 bytes"));
-        let id_len = usize::from(u16::from_le_bytes(fixed[24..26].try_into().expect("2 bytes")));
+        let id_len = usize::from(u16::from_le_bytes(
+            fixed[24..26].try_into().expect("2 bytes"),
+        ));
         if id_len == 0 || id_len > super::MAX_CLUSTER_ID_LEN {
             return Err(refuse(MALFORMED, format!("cluster id length {id_len}")));
         }

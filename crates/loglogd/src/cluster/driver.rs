@@ -1,0 +1,1038 @@
+//! The raft driver: one thread owns the [`RaftNode`] and the [`LogWriter`]
+//! and performs the core's actions in order (the driver contract in the
+//! `loglog-raft` crate docs).
+//!
+//! * **Inputs.** Client appends arrive on the node's `WriterCommand` queue
+//!   (the same bounded queue the single-node pipeline uses); peer messages,
+//!   read-index requests and wake-ups on a bounded event queue. The thread
+//!   blocks on both, then drains what is queued (bounded per round) and
+//!   proposes every queued append before asking for actions, so one round
+//!   of actions carries a whole batch. Time comes from the monotonic clock:
+//!   a round runs as many ticks as have elapsed (a ticker task only wakes
+//!   the thread).
+//! * **Actions**, in order: `PersistHardState` is saved (write, fsync,
+//!   rename, fsync dir) before anything after it; consecutive `Append`s are
+//!   gathered into one `pwrite`, written before any other action; a
+//!   `Truncate` cuts the log (durably) and fails the waiting appends at or
+//!   above it with `NotLeader` (their entries are gone: nothing was
+//!   appended); `Send` encodes into the peer's bounded queue;
+//!   `CommitAdvanced` publishes the commit offset on the node's commit watch
+//!   (waking long-poll readers) and answers the waiting appends it covers.
+//! * **Durability.** After each write the thread hands its write id to the
+//!   syncer thread, which fdatasyncs (one sync covers every write before
+//!   it: group commit) and reports the highest id done through an atomic and
+//!   a wake-up. The core counts bytes durable only then. A failed write or
+//!   fsync stops the driver (the node answers `Unavailable`; reads go on up
+//!   to the commit offset): the core believes the bytes are in the log, so
+//!   it must not go on.
+//! * **Checkpoint.** [`RaftNode::checkpoint`] is saved at most once per
+//!   [`CHECKPOINT_INTERVAL`] when the commit offset moved, and at shutdown;
+//!   a restart scans the log from the checkpoint's commit offset only.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use loglog_proto::entry::{EntryIter, ENTRY_HEADER_LEN};
+use loglog_proto::wire::{Role as WireRole, ServerError};
+use loglog_raft::{
+    Action, Checkpoint, Config as RaftConfig, Envelope, HardState, LogRead, LogReadError, LogScan,
+    Membership, Message, NodeId, ProposeError, RaftNode, RequestError, Role, WriteId,
+};
+use loglog_storage::{
+    state_file, FsyncPolicy, LogReader, LogSyncer, LogWriter, StorageConfig, StorageError,
+    MAX_READ_BYTES,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::transport::{self, Identity, PeerQueue};
+use super::{ClusterConfig, CHECKPOINT_FILE, CLUSTER_ID_FILE};
+use crate::config::{Config, Fsync};
+use crate::node::{self, StartError, LOG_DIR, NODE_STATE_FILE};
+use crate::pipeline::{AppendRequest, Reply, Shared, WriterCommand};
+use crate::state::{NodeState, NodeStateError};
+
+/// Bound of the driver's event queue (peer messages, read-index, wake-ups).
+pub const EVENT_QUEUE: usize = 4096;
+/// Bound of the driver -> syncer queue (write ids).
+const SYNC_JOB_QUEUE: usize = 1024;
+/// Most client appends proposed in one round (then actions are performed).
+const MAX_PROPOSALS_PER_ROUND: usize = 4096;
+/// Most events handled in one round.
+const MAX_EVENTS_PER_ROUND: usize = 1024;
+/// The checkpoint is saved at most this often.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a shutting-down node keeps running the core so that appends
+/// already proposed can still commit.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// Version of the cluster id file's payload.
+const CLUSTER_ID_VERSION: u32 = 1;
+
+/// An input for the driver thread other than a client append.
+pub(crate) enum Event {
+    /// Time passed or a sync finished: run a round.
+    Wake,
+    Message {
+        from: NodeId,
+        message: Message,
+    },
+    /// Confirm leadership for a linearizable read (read-index).
+    ReadIndex(oneshot::Sender<Result<(), ServerError>>),
+}
+
+/// What the rest of the node sees of the consensus core.
+pub(crate) struct ClusterHandle {
+    events: mpsc::Sender<Event>,
+    status: Arc<CoreStatus>,
+    peer_addr: std::net::SocketAddr,
+}
+
+/// Published by the driver after every round (relaxed: status only).
+#[derive(Default)]
+struct CoreStatus {
+    role: AtomicU8,
+    leader: AtomicU64,
+}
+
+impl ClusterHandle {
+    /// Waits until this node has confirmed its leadership (read-index) so
+    /// that its commit offset covers every append acknowledged before the
+    /// call. Followers answer `NotLeader` with the leader's address.
+    pub(crate) async fn read_barrier(&self) -> Result<(), ServerError> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(Event::ReadIndex(reply))
+            .await
+            .map_err(|_| ServerError::ShuttingDown)?;
+        answer.await.unwrap_or(Err(ServerError::ShuttingDown))
+    }
+
+    pub(crate) fn role(&self) -> WireRole {
+        WireRole::from_byte(self.status.role.load(Ordering::Relaxed))
+    }
+
+    /// The leader's id as far as this node knows (0: unknown).
+    pub(crate) fn leader(&self) -> u64 {
+        self.status.leader.load(Ordering::Relaxed)
+    }
+
+    /// The address the peer listener is bound to.
+    pub(crate) fn peer_addr(&self) -> std::net::SocketAddr {
+        self.peer_addr
+    }
+}
+
+fn wire_role(role: Role) -> WireRole {
+    match role {
+        Role::Leader => WireRole::Leader,
+        Role::Candidate | Role::PreCandidate => WireRole::Candidate,
+        Role::Follower => WireRole::Follower,
+    }
+}
+
+/// What [`start`] hands back to `Node::start`.
+pub(crate) struct Started {
+    pub shared: Arc<Shared>,
+    pub commands: mpsc::Sender<WriterCommand>,
+    pub reader: LogReader,
+    pub stopped: watch::Receiver<bool>,
+    pub lock: File,
+    pub handle: ClusterHandle,
+}
+
+/// Opens the data directory as a cluster member, starts the driver and
+/// syncer threads and the peer transport.
+pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<Started, StartError> {
+    cluster
+        .validate(config.node_id)
+        .map_err(StartError::Config)?;
+    let peer_listener = TcpListener::bind(cluster.peer_listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: cluster.peer_listen,
+            source,
+        })?;
+    let peer_addr = peer_listener
+        .local_addr()
+        .map_err(|source| StartError::Listen {
+            addr: cluster.peer_listen,
+            source,
+        })?;
+    let open_config = config.clone();
+    let open_cluster = cluster.clone();
+    let opened = tokio::task::spawn_blocking(move || open_cluster_dir(&open_config, &open_cluster))
+        .await
+        .map_err(|join| StartError::Threads(std::io::Error::other(join.to_string())))??;
+
+    let shared = node::new_shared(config, opened.raft.commit_offset(), opened.raft.term());
+    shared
+        .written_end
+        .store(opened.writer.end_offset(), Ordering::Release);
+    let (commands_tx, commands_rx) = mpsc::channel(config.limits.max_pending_appends);
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let (sync_tx, sync_rx) = std_mpsc::sync_channel(SYNC_JOB_QUEUE);
+    let (stopped_tx, stopped_rx) = watch::channel(false);
+    let synced = Arc::new(AtomicU64::new(0));
+    let status = Arc::new(CoreStatus::default());
+
+    let me = config.node_id;
+    let identity = Arc::new(Identity {
+        node_id: me,
+        cluster_id: cluster.cluster_id(),
+        members: cluster.peers.iter().map(|peer| peer.id).collect(),
+    });
+    let mut peers = BTreeMap::new();
+    for peer in cluster.peers.iter().filter(|peer| peer.id != me) {
+        let queue = Arc::new(PeerQueue::new());
+        peers.insert(peer.id, queue.clone());
+        tokio::spawn(transport::dial_peer(
+            identity.clone(),
+            peer.id,
+            peer.peer_addr.clone(),
+            queue,
+            stopped_rx.clone(),
+        ));
+    }
+    let max_entries_bytes = opened.raft.config().max_message_entries_bytes();
+    tokio::spawn(transport::serve_peers(
+        peer_listener,
+        identity,
+        events_tx.clone(),
+        max_entries_bytes,
+        stopped_rx.clone(),
+    ));
+    // The ticker only wakes the driver; the driver reads the clock.
+    let ticker_events = events_tx.clone();
+    let tick = cluster.tick;
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            interval.tick().await;
+            if let Err(mpsc::error::TrySendError::Closed(_)) = ticker_events.try_send(Event::Wake) {
+                return;
+            }
+        }
+    });
+
+    let syncer = SyncerThread {
+        syncer: opened.syncer,
+        fsync: config.fsync,
+        jobs: sync_rx,
+        synced: synced.clone(),
+        wake: events_tx.clone(),
+        shared: shared.clone(),
+    };
+    let syncer_thread = std::thread::Builder::new()
+        .name("loglog-raft-sync".to_string())
+        .spawn(move || syncer.run())
+        .map_err(StartError::Threads)?;
+
+    let reader = opened.writer.reader();
+    let client_addrs = cluster
+        .peers
+        .iter()
+        .map(|peer| (peer.id, peer.client_addr.clone()))
+        .collect();
+    let now = Instant::now();
+    let commit = opened.raft.commit_offset();
+    let driver = Driver {
+        raft: opened.raft,
+        writer: opened.writer,
+        reader: reader.clone(),
+        shared: shared.clone(),
+        status: status.clone(),
+        commands: commands_rx,
+        commands_open: true,
+        events: events_rx,
+        runtime: tokio::runtime::Handle::current(),
+        sync_jobs: Some(sync_tx),
+        synced,
+        reported_synced: 0,
+        peers,
+        client_addrs,
+        waiters: VecDeque::new(),
+        no_wait: Vec::new(),
+        reads: BTreeMap::new(),
+        next_read_ctx: 1,
+        batch: Vec::new(),
+        batch_last_write: 0,
+        node_id: me,
+        state_path: config.data_dir.join(NODE_STATE_FILE),
+        checkpoint_path: config.data_dir.join(CHECKPOINT_FILE),
+        checkpoint_saved: (now, commit),
+        tick: cluster.tick,
+        next_tick: now + cluster.tick,
+        max_catch_up_ticks: cluster.election_ticks,
+        stopping: None,
+        failed: false,
+    };
+    std::thread::Builder::new()
+        .name("loglog-raft".to_string())
+        .spawn(move || {
+            driver.run();
+            // The syncer ends once the driver dropped its job sender.
+            if syncer_thread.join().is_err() {
+                tracing::error!("the syncer thread panicked");
+            }
+            stopped_tx.send_replace(true);
+        })
+        .map_err(StartError::Threads)?;
+
+    Ok(Started {
+        shared,
+        commands: commands_tx,
+        reader,
+        stopped: stopped_rx,
+        lock: opened.lock,
+        handle: ClusterHandle {
+            events: events_tx,
+            status,
+            peer_addr,
+        },
+    })
+}
+
+struct Opened {
+    lock: File,
+    raft: RaftNode,
+    writer: LogWriter,
+    syncer: LogSyncer,
+}
+
+fn dir_error(dir: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
+    move |source| StartError::DataDir {
+        dir: dir.to_path_buf(),
+        source,
+    }
+}
+
+fn state_error(error: StorageError) -> StartError {
+    match error {
+        StorageError::UnsupportedFormat { path, found } => {
+            StartError::UnsupportedFormat { path, found }
+        }
+        StorageError::Corrupt { path, reason, .. } => StartError::CorruptState { path, reason },
+        other => StartError::Storage(other),
+    }
+}
+
+fn encode_cluster_id(cluster_id: &str) -> Vec<u8> {
+    let mut out = CLUSTER_ID_VERSION.to_le_bytes().to_vec();
+    out.extend_from_slice(cluster_id.as_bytes());
+    out
+}
+
+fn decode_cluster_id(path: &Path, bytes: &[u8]) -> Result<String, StartError> {
+    let corrupt = |reason: &str| StartError::CorruptState {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let version = bytes
+        .get(0..4)
+        .map(|version| u32::from_le_bytes(version.try_into().expect("4 bytes")))
+        .ok_or_else(|| corrupt("too short"))?;
+    if version != CLUSTER_ID_VERSION {
+        return Err(StartError::UnsupportedFormat {
+            path: path.to_path_buf(),
+            found: version,
+        });
+    }
+    String::from_utf8(bytes[4..].to_vec()).map_err(|_| corrupt("the cluster id is not UTF-8"))
+}
+
+/// Blocking: lock, check the cluster id and node id, recover and fsync the
+/// log, scan it from the checkpoint, build the core (driver contract,
+/// Startup).
+fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, StartError> {
+    let dir = &config.data_dir;
+    fs::create_dir_all(dir).map_err(dir_error(dir))?;
+    let lock = node::lock_data_dir(dir)?;
+    let cluster_id = cluster.cluster_id();
+    let id_path = dir.join(CLUSTER_ID_FILE);
+    let state_path = dir.join(NODE_STATE_FILE);
+    let log_dir = dir.join(LOG_DIR);
+
+    match state_file::load(&id_path).map_err(state_error)? {
+        Some(bytes) => {
+            let found = decode_cluster_id(&id_path, &bytes)?;
+            if found != cluster_id {
+                return Err(StartError::WrongCluster {
+                    dir: dir.clone(),
+                    found,
+                    expected: cluster_id,
+                });
+            }
+        }
+        None => {
+            let has_state = state_file::load(&state_path)
+                .map_err(state_error)?
+                .is_some();
+            if has_state || node::has_segments(&log_dir).map_err(dir_error(dir))? {
+                return Err(StartError::NotAClusterMember {
+                    dir: dir.clone(),
+                    cluster: cluster_id,
+                });
+            }
+            // Bootstrap: the cluster id first, so a node state never exists
+            // without it in a cluster's data directory.
+            state_file::save(&id_path, &encode_cluster_id(&cluster_id))?;
+            tracing::info!(cluster = %cluster_id, "bootstrapped a new cluster member");
+        }
+    }
+
+    let hard_state = match state_file::load(&state_path).map_err(state_error)? {
+        Some(bytes) => {
+            let state = NodeState::decode(&bytes).map_err(|error| match error {
+                NodeStateError::UnsupportedVersion { found } => StartError::UnsupportedFormat {
+                    path: state_path.clone(),
+                    found,
+                },
+                NodeStateError::Malformed { reason } => StartError::CorruptState {
+                    path: state_path.clone(),
+                    reason,
+                },
+            })?;
+            if state.node_id != config.node_id {
+                return Err(StartError::WrongNode {
+                    dir: dir.clone(),
+                    found: state.node_id,
+                    expected: config.node_id,
+                });
+            }
+            let term = u32::try_from(state.term).map_err(|_| StartError::CorruptState {
+                path: state_path.clone(),
+                reason: format!("term {} does not fit the entry format", state.term),
+            })?;
+            HardState {
+                term,
+                voted_for: (state.voted_for != 0).then_some(state.voted_for),
+            }
+        }
+        None => {
+            let fresh = NodeState {
+                node_id: config.node_id,
+                term: 0,
+                voted_for: 0,
+            };
+            state_file::save(&state_path, &fresh.encode())?;
+            HardState::default()
+        }
+    };
+
+    let mut storage_config = StorageConfig::new(log_dir);
+    storage_config.segment_size = config.segment_size;
+    storage_config.max_payload = config.max_entry_size;
+    storage_config.fsync = match config.fsync {
+        Fsync::Always => FsyncPolicy::Always,
+        Fsync::Never => FsyncPolicy::Never,
+    };
+    let (writer, syncer, reader) = loglog_storage::open(storage_config)?;
+    // After a process crash the files may hold written, unsynced bytes; the
+    // core treats the whole recovered log as durable, so make it so.
+    syncer.sync()?;
+
+    let checkpoint_path = dir.join(CHECKPOINT_FILE);
+    let checkpoint = match state_file::load(&checkpoint_path).map_err(state_error)? {
+        Some(bytes) => Checkpoint::decode(&bytes).map_err(|error| StartError::CorruptState {
+            path: checkpoint_path.clone(),
+            reason: error.to_string(),
+        })?,
+        None => Checkpoint::bootstrap(Membership::with_voters(
+            cluster.peers.iter().map(|peer| peer.id),
+        )),
+    };
+    let recovered = scan_log(&reader, writer.end_offset(), checkpoint)
+        .map_err(|reason| StartError::Raft(format!("{}: {reason}", dir.display())))?;
+    let mut raft_config = RaftConfig::new(config.node_id, election_seed(config.node_id));
+    raft_config.election_ticks = cluster.election_ticks;
+    raft_config.heartbeat_ticks = cluster.heartbeat_ticks;
+    raft_config.max_payload = config.max_entry_size;
+    let raft = RaftNode::new(raft_config, hard_state, recovered)
+        .map_err(|error| StartError::Raft(error.to_string()))?;
+    tracing::info!(
+        term = raft.term(),
+        commit = raft.commit_offset(),
+        end = raft.end_offset(),
+        "consensus core recovered"
+    );
+    Ok(Opened {
+        lock,
+        raft,
+        writer,
+        syncer,
+    })
+}
+
+/// Per-process randomness for election timeouts: nodes started together
+/// must not time out together.
+fn election_seed(node_id: NodeId) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    nanos ^ node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(std::process::id())
+}
+
+/// Scans the entries from the checkpoint's commit offset to `end`.
+fn scan_log(
+    reader: &LogReader,
+    end: u64,
+    checkpoint: Checkpoint,
+) -> Result<loglog_raft::RecoveredLog, String> {
+    let mut scan = LogScan::new(checkpoint);
+    let mut at = scan.next_offset();
+    if at > end {
+        return Err(format!(
+            "the log ends at {end}, below the checkpoint's commit offset {at}: committed data \
+             is missing (refusing to start)"
+        ));
+    }
+    while at < end {
+        let chunk = reader
+            .read(at, 4 * 1024 * 1024, end)
+            .map_err(|error| format!("scanning the log at {at}: {error}"))?;
+        for entry in EntryIter::new(&chunk.bytes, chunk.offset, u32::MAX) {
+            let entry = entry.map_err(|error| format!("scanning the log at {at}: {error}"))?;
+            scan.observe(&entry)
+                .map_err(|error| format!("scanning the log: {error}"))?;
+        }
+        if chunk.bytes.is_empty() {
+            return Err(format!("scanning the log: no entry at {at}"));
+        }
+        at = chunk.next_offset();
+    }
+    scan.finish_at(end)
+        .map_err(|error| format!("scanning the log: {error}"))
+}
+
+/// The core's view of the log: whole entries through a [`LogReader`], up to
+/// the writer's end (every performed `Append` is written before the next
+/// `take_actions`).
+struct StorageLog<'a> {
+    reader: &'a LogReader,
+    end: u64,
+}
+
+impl LogRead for StorageLog<'_> {
+    fn read(&self, from: u64, max_bytes: u64) -> Result<Vec<u8>, LogReadError> {
+        let max_bytes = u32::try_from(max_bytes.min(u64::from(MAX_READ_BYTES)))
+            .expect("clamped to MAX_READ_BYTES");
+        match self.reader.read(from, max_bytes, self.end) {
+            Ok(chunk) => Ok(chunk.bytes),
+            Err(StorageError::Trimmed { start }) => Err(LogReadError::Trimmed { start }),
+            Err(error) => {
+                tracing::warn!(from, %error, "reading entries to send failed");
+                Err(LogReadError::Storage(error.to_string()))
+            }
+        }
+    }
+}
+
+/// An append waiting for the commit offset to pass its entry.
+struct Waiter {
+    offset: u64,
+    end: u64,
+    reply: Reply,
+}
+
+enum Input {
+    Command(WriterCommand),
+    Event(Event),
+}
+
+struct Driver {
+    raft: RaftNode,
+    writer: LogWriter,
+    reader: LogReader,
+    shared: Arc<Shared>,
+    status: Arc<CoreStatus>,
+    commands: mpsc::Receiver<WriterCommand>,
+    commands_open: bool,
+    events: mpsc::Receiver<Event>,
+    runtime: tokio::runtime::Handle,
+    /// `None` once stopping: dropping it ends the syncer thread.
+    sync_jobs: Option<std_mpsc::SyncSender<WriteId>>,
+    /// Highest write id the syncer made durable.
+    synced: Arc<AtomicU64>,
+    reported_synced: WriteId,
+    peers: BTreeMap<NodeId, Arc<PeerQueue>>,
+    client_addrs: BTreeMap<NodeId, String>,
+    /// Waiting appends, in offset order.
+    waiters: VecDeque<Waiter>,
+    /// No-wait appends proposed this round, answered once written.
+    no_wait: Vec<(u64, Reply)>,
+    reads: BTreeMap<u64, oneshot::Sender<Result<(), ServerError>>>,
+    next_read_ctx: u64,
+    /// Consecutive `Append` bytes not yet written, and the last write id.
+    batch: Vec<u8>,
+    batch_last_write: WriteId,
+    node_id: NodeId,
+    state_path: PathBuf,
+    checkpoint_path: PathBuf,
+    /// When the checkpoint was last saved, and its commit offset.
+    checkpoint_saved: (Instant, u64),
+    tick: Duration,
+    next_tick: Instant,
+    max_catch_up_ticks: u32,
+    stopping: Option<Instant>,
+    /// Storage failed: the core may not go on.
+    failed: bool,
+}
+
+impl Driver {
+    fn run(mut self) {
+        let mut inputs = Vec::new();
+        loop {
+            self.receive(&mut inputs);
+            for input in inputs.drain(..) {
+                self.handle(input);
+            }
+            self.run_core();
+            if self.failed || self.shared.failure.get().is_some() {
+                self.failed = true;
+                break;
+            }
+            if let Some(since) = self.stopping {
+                if self.waiters.is_empty() || since.elapsed() >= SHUTDOWN_GRACE {
+                    break;
+                }
+            }
+        }
+        self.finish();
+    }
+
+    /// Blocks until there is at least one input, then takes what is queued
+    /// (bounded).
+    fn receive(&mut self, inputs: &mut Vec<Input>) {
+        let commands = &mut self.commands;
+        let events = &mut self.events;
+        let commands_open = self.commands_open;
+        let first = self.runtime.block_on(async {
+            tokio::select! {
+                event = events.recv() => event.map(Input::Event),
+                command = commands.recv(), if commands_open => match command {
+                    Some(command) => Some(Input::Command(command)),
+                    // Every Node handle is gone: stop like a shutdown.
+                    None => Some(Input::Command(WriterCommand::Shutdown)),
+                },
+            }
+        });
+        match first {
+            Some(input) => inputs.push(input),
+            // The event queue closed: nothing can wake us any more.
+            None => inputs.push(Input::Command(WriterCommand::Shutdown)),
+        }
+        let mut proposals = 0;
+        while proposals < MAX_PROPOSALS_PER_ROUND && self.commands_open && self.stopping.is_none() {
+            match self.commands.try_recv() {
+                Ok(command) => {
+                    inputs.push(Input::Command(command));
+                    proposals += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        for _ in 0..MAX_EVENTS_PER_ROUND {
+            match self.events.try_recv() {
+                Ok(event) => inputs.push(Input::Event(event)),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn leader_address(&self, leader: Option<NodeId>) -> Option<String> {
+        leader.and_then(|id| self.client_addrs.get(&id).cloned())
+    }
+
+    fn not_leader(&self) -> ServerError {
+        ServerError::NotLeader {
+            leader: self.leader_address(self.raft.leader()),
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Command(WriterCommand::Append(request)) => self.propose(request),
+            Input::Command(WriterCommand::TrimPrefix { reply, .. }) => {
+                drop(reply.send(Err(ServerError::BadRequest {
+                    message: "trim is not supported on a cluster member yet".to_string(),
+                })));
+            }
+            Input::Command(WriterCommand::Shutdown) => {
+                self.commands_open = false;
+                if self.stopping.is_none() {
+                    self.stopping = Some(Instant::now());
+                    self.refuse_queued_commands();
+                }
+            }
+            Input::Event(Event::Wake) => {}
+            Input::Event(Event::Message { from, message }) => self.raft.step(from, message),
+            Input::Event(Event::ReadIndex(reply)) => {
+                let ctx = self.next_read_ctx;
+                self.next_read_ctx += 1;
+                match self.raft.read_index(ctx) {
+                    Ok(()) => {
+                        self.reads.insert(ctx, reply);
+                    }
+                    Err(RequestError::NotLeader { leader }) => {
+                        drop(reply.send(Err(ServerError::NotLeader {
+                            leader: self.leader_address(leader),
+                        })));
+                    }
+                    Err(RequestError::Busy(_)) => drop(reply.send(Err(ServerError::Busy))),
+                    Err(RequestError::Invalid(reason)) => {
+                        drop(reply.send(Err(ServerError::BadRequest {
+                            message: reason.to_string(),
+                        })))
+                    }
+                }
+            }
+        }
+    }
+
+    fn refuse_queued_commands(&mut self) {
+        self.commands.close();
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                WriterCommand::Append(request) => {
+                    request.reply.send(Err(ServerError::ShuttingDown))
+                }
+                WriterCommand::TrimPrefix { reply, .. } => {
+                    drop(reply.send(Err(ServerError::ShuttingDown)))
+                }
+                WriterCommand::Shutdown => {}
+            }
+        }
+    }
+
+    fn propose(&mut self, request: AppendRequest) {
+        if self.stopping.is_some() {
+            request.reply.send(Err(ServerError::ShuttingDown));
+            return;
+        }
+        if let Some(error) = self.shared.unavailable() {
+            request.reply.send(Err(error));
+            return;
+        }
+        match self.raft.propose(&request.payload) {
+            Ok(offset) => {
+                let end = offset + (ENTRY_HEADER_LEN + request.payload.len()) as u64;
+                if request.wait_for_commit {
+                    debug_assert!(self.waiters.back().is_none_or(|last| last.end <= offset));
+                    self.waiters.push_back(Waiter {
+                        offset,
+                        end,
+                        reply: request.reply,
+                    });
+                } else {
+                    self.no_wait.push((offset, request.reply));
+                }
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                request.reply.send(Err(ServerError::NotLeader {
+                    leader: self.leader_address(leader),
+                }));
+            }
+            Err(ProposeError::TooLarge { max, .. }) => {
+                request.reply.send(Err(ServerError::TooLarge { max }));
+            }
+            Err(ProposeError::Busy(_)) => request.reply.send(Err(ServerError::Busy)),
+            Err(ProposeError::BadMembershipChange(reason)) => {
+                request.reply.send(Err(ServerError::BadRequest {
+                    message: reason.to_string(),
+                }));
+            }
+        }
+    }
+
+    /// Ticks, reports syncs, and performs actions until the core is quiet.
+    fn run_core(&mut self) {
+        let now = Instant::now();
+        let mut ticks = 0;
+        while now >= self.next_tick {
+            self.raft.tick();
+            self.next_tick += self.tick;
+            ticks += 1;
+            if ticks >= self.max_catch_up_ticks {
+                // Paused for long (SIGSTOP, a stall): do not replay it all.
+                self.next_tick = now + self.tick;
+                break;
+            }
+        }
+        // Performing actions may report syncs (fsync never) or need another
+        // round; a few rounds at most.
+        for _ in 0..4 {
+            let synced = self.synced.load(Ordering::Acquire);
+            if synced > self.reported_synced {
+                self.reported_synced = synced;
+                self.raft.storage_synced(synced);
+            }
+            let log = StorageLog {
+                reader: &self.reader,
+                end: self.writer.end_offset(),
+            };
+            let actions = self.raft.take_actions(&log);
+            if actions.is_empty() {
+                break;
+            }
+            if let Err(error) = self.perform(actions) {
+                self.shared.fail(error.0, &error.1);
+                self.failed = true;
+                return;
+            }
+        }
+        self.publish_status();
+    }
+
+    fn publish_status(&self) {
+        self.status
+            .role
+            .store(wire_role(self.raft.role()).to_byte(), Ordering::Relaxed);
+        self.status
+            .leader
+            .store(self.raft.leader().unwrap_or(0), Ordering::Relaxed);
+        self.shared
+            .term
+            .store(u64::from(self.raft.term()), Ordering::Relaxed);
+    }
+
+    fn perform(&mut self, actions: Vec<Action>) -> Result<(), (&'static str, StorageError)> {
+        for action in actions {
+            if let Action::Append {
+                write_id,
+                offset,
+                bytes,
+            } = action
+            {
+                assert_eq!(
+                    offset,
+                    self.writer.end_offset() + self.batch.len() as u64,
+                    "the core appends at the end of the log"
+                );
+                self.batch.extend_from_slice(&bytes);
+                self.batch_last_write = write_id;
+                continue;
+            }
+            // Everything before this action is written first (in order).
+            self.flush_batch()?;
+            match action {
+                Action::Append { .. } => unreachable!("handled above"),
+                Action::PersistHardState(hard_state) => {
+                    let state = NodeState {
+                        node_id: self.node_id,
+                        term: u64::from(hard_state.term),
+                        voted_for: hard_state.voted_for.unwrap_or(0),
+                    };
+                    // Durable (fsync, rename, fsync dir) before the next action.
+                    state_file::save(&self.state_path, &state.encode())
+                        .map_err(|error| ("saving the term and vote", error))?;
+                }
+                Action::Truncate { write_id, offset } => {
+                    self.writer
+                        .truncate_suffix(offset)
+                        .map_err(|error| ("truncating the log", error))?;
+                    self.shared
+                        .written_end
+                        .store(self.writer.end_offset(), Ordering::Release);
+                    self.submit_sync(write_id);
+                    // Their entries are gone: nothing of theirs was appended.
+                    let error = self.not_leader();
+                    while self
+                        .waiters
+                        .back()
+                        .is_some_and(|last| last.offset >= offset)
+                    {
+                        let waiter = self.waiters.pop_back().expect("checked");
+                        waiter.reply.send(Err(error.clone()));
+                    }
+                    tracing::info!(offset, "log truncated (conflicting suffix)");
+                }
+                Action::Send(envelope) => self.send(&envelope),
+                Action::CommitAdvanced { commit_offset } => self.commit_advanced(commit_offset),
+                Action::ReadReady { ctx, .. } => {
+                    if let Some(reply) = self.reads.remove(&ctx) {
+                        drop(reply.send(Ok(())));
+                    }
+                }
+                Action::ReadFailed { ctx, leader } => {
+                    if let Some(reply) = self.reads.remove(&ctx) {
+                        drop(reply.send(Err(ServerError::NotLeader {
+                            leader: self.leader_address(leader),
+                        })));
+                    }
+                }
+                Action::ConflictBelowCommit {
+                    leader,
+                    offset,
+                    commit_offset,
+                } => {
+                    tracing::error!(
+                        leader,
+                        offset,
+                        commit_offset,
+                        "!!! a leader sent entries contradicting this node's committed log; \
+                         refused (a safety bug or lost durable data)"
+                    );
+                }
+                Action::RoleChanged { role, term, leader } => {
+                    tracing::info!(?role, term, ?leader, "role changed");
+                    self.shared.term.store(u64::from(term), Ordering::Relaxed);
+                }
+            }
+        }
+        self.flush_batch()?;
+        // Every no-wait append proposed this round is written now.
+        for (offset, reply) in self.no_wait.drain(..) {
+            reply.send(Ok(offset));
+        }
+        Ok(())
+    }
+
+    fn flush_batch(&mut self) -> Result<(), (&'static str, StorageError)> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let end = self
+            .writer
+            .append(&self.batch)
+            .map_err(|error| ("appending to the log", error))?;
+        self.shared.written_end.store(end, Ordering::Release);
+        self.shared.counters.writes.fetch_add(1, Ordering::Relaxed);
+        self.batch.clear();
+        self.submit_sync(self.batch_last_write);
+        Ok(())
+    }
+
+    fn submit_sync(&mut self, write_id: WriteId) {
+        if let Some(jobs) = &self.sync_jobs {
+            // Blocks only when the syncer is SYNC_JOB_QUEUE writes behind;
+            // it never waits for us, so this cannot deadlock.
+            if jobs.send(write_id).is_err() {
+                tracing::error!("the syncer thread is gone");
+                self.failed = true;
+            }
+        }
+    }
+
+    fn send(&mut self, envelope: &Envelope) {
+        let Some(queue) = self.peers.get(&envelope.to) else {
+            // A member not in --peers (added later): no address to send to.
+            tracing::debug!(to = envelope.to, "no address for peer; message dropped");
+            return;
+        };
+        let mut frame = vec![0u8; 4];
+        envelope.encode(&mut frame);
+        let len = u32::try_from(frame.len() - 4).expect("messages are capped far below 4 GiB");
+        frame[0..4].copy_from_slice(&len.to_le_bytes());
+        queue.push(frame);
+    }
+
+    fn commit_advanced(&mut self, commit: u64) {
+        let previous = self.shared.commit_offset();
+        if commit > previous {
+            self.shared.commit.send_replace(commit);
+        }
+        while self
+            .waiters
+            .front()
+            .is_some_and(|first| first.end <= commit)
+        {
+            let waiter = self.waiters.pop_front().expect("checked");
+            waiter.reply.send(Ok(waiter.offset));
+        }
+        let (saved_at, saved_commit) = self.checkpoint_saved;
+        if commit > saved_commit && saved_at.elapsed() >= CHECKPOINT_INTERVAL {
+            self.save_checkpoint();
+        }
+    }
+
+    fn save_checkpoint(&mut self) {
+        let checkpoint = self.raft.checkpoint();
+        match state_file::save(&self.checkpoint_path, &checkpoint.encode()) {
+            Ok(()) => self.checkpoint_saved = (Instant::now(), checkpoint.commit_offset),
+            // An older checkpoint stays valid (a longer scan at restart).
+            Err(error) => tracing::warn!(%error, "saving the checkpoint failed"),
+        }
+    }
+
+    /// Answers everything still waiting and stops the syncer.
+    fn finish(mut self) {
+        if !self.failed {
+            if let Err(error) = self.flush_batch() {
+                self.shared.fail(error.0, &error.1);
+            }
+        }
+        let error = self
+            .shared
+            .unavailable()
+            .unwrap_or(ServerError::ShuttingDown);
+        for waiter in self.waiters.drain(..) {
+            waiter.reply.send(Err(error.clone()));
+        }
+        for (_, reply) in std::mem::take(&mut self.reads) {
+            drop(reply.send(Err(error.clone())));
+        }
+        if self.commands_open {
+            self.commands_open = false;
+            self.refuse_queued_commands();
+        }
+        if !self.failed {
+            let checkpoint = self.raft.checkpoint();
+            if checkpoint.commit_offset > self.checkpoint_saved.1 {
+                if let Err(error) = state_file::save(&self.checkpoint_path, &checkpoint.encode()) {
+                    tracing::warn!(%error, "saving the checkpoint failed");
+                }
+            }
+        }
+        drop(self.sync_jobs.take());
+        tracing::info!(
+            commit = self.raft.commit_offset(),
+            term = self.raft.term(),
+            "consensus driver stopped"
+        );
+    }
+}
+
+struct SyncerThread {
+    syncer: LogSyncer,
+    fsync: Fsync,
+    jobs: std_mpsc::Receiver<WriteId>,
+    synced: Arc<AtomicU64>,
+    wake: mpsc::Sender<Event>,
+    shared: Arc<Shared>,
+}
+
+impl SyncerThread {
+    fn run(self) {
+        while let Ok(mut write_id) = self.jobs.recv() {
+            // One fsync covers every write handed over before it started.
+            while let Ok(more) = self.jobs.try_recv() {
+                write_id = write_id.max(more);
+            }
+            if self.shared.failure.get().is_some() {
+                continue;
+            }
+            if self.fsync == Fsync::Always {
+                match self.syncer.sync() {
+                    Ok(_) => {
+                        self.shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        // Never report it: the core must not count it durable.
+                        self.shared.fail("fsync", &error);
+                        drop(self.wake.try_send(Event::Wake));
+                        continue;
+                    }
+                }
+            }
+            self.synced.fetch_max(write_id, Ordering::AcqRel);
+            // A full queue means the driver is busy and checks `synced`
+            // after its round anyway.
+            drop(self.wake.try_send(Event::Wake));
+        }
+    }
+}

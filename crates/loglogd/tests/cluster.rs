@@ -1,0 +1,443 @@
+//! A real 3-node cluster: three `loglogd` processes on loopback (ports
+//! picked free), driven through the client library and raw frames.
+//! Elects a leader, follows `NotLeader` redirects, serves identical
+//! committed bytes on every node, survives a SIGKILL of the leader (the
+//! failover time is printed), and a restarted node catches up.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use loglog::blocking::Client;
+use loglog_proto::wire::{
+    FrameHeader, NodeStatus, Request, Role, ServerError, FRAME_HEADER_LEN, STATUS_OK,
+};
+
+fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+struct Member {
+    id: u64,
+    client: SocketAddr,
+    peer: SocketAddr,
+    dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+struct Cluster {
+    members: Vec<Member>,
+    peers_flag: String,
+}
+
+impl Cluster {
+    fn new(root: &Path, size: u64) -> Cluster {
+        let members: Vec<Member> = (1..=size)
+            .map(|id| Member {
+                id,
+                client: free_addr(),
+                peer: free_addr(),
+                dir: root.join(format!("node{id}")),
+                log: root.join(format!("node{id}.log")),
+                child: None,
+            })
+            .collect();
+        let peers_flag = members
+            .iter()
+            .map(|m| format!("{}={}@{}", m.id, m.peer, m.client))
+            .collect::<Vec<_>>()
+            .join(",");
+        Cluster {
+            members,
+            peers_flag,
+        }
+    }
+
+    fn start(&mut self, index: usize) {
+        let member = &mut self.members[index];
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&member.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_loglogd"))
+            .args([
+                "--id",
+                &member.id.to_string(),
+                "--data-dir",
+                member.dir.to_str().unwrap(),
+                "--listen",
+                &member.client.to_string(),
+                "--peer-listen",
+                &member.peer.to_string(),
+                "--peers",
+                &self.peers_flag,
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        member.child = Some(child);
+    }
+
+    fn kill(&mut self, index: usize) {
+        let mut child = self.members[index].child.take().expect("running");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+
+    fn logs(&self) -> String {
+        let mut text = String::new();
+        for member in &self.members {
+            text.push_str(&format!("----- node {} -----\n", member.id));
+            text.push_str(&std::fs::read_to_string(&member.log).unwrap_or_default());
+        }
+        text
+    }
+
+    fn status(&self, index: usize) -> Option<NodeStatus> {
+        let mut stream = TcpStream::connect(self.members[index].client).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let body = call(&mut stream, Request::Status).ok()?;
+        NodeStatus::decode(&body)
+    }
+
+    /// Waits until one running node is leader and every running node names it.
+    fn wait_for_leader(&self, running: &[usize]) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let statuses: Vec<Option<NodeStatus>> =
+                running.iter().map(|&index| self.status(index)).collect();
+            let leaders: Vec<usize> = running
+                .iter()
+                .zip(&statuses)
+                .filter(|(_, status)| status.is_some_and(|s| s.role == Role::Leader))
+                .map(|(&index, _)| index)
+                .collect();
+            if let [leader] = leaders[..] {
+                let leader_id = self.members[leader].id;
+                if statuses
+                    .iter()
+                    .all(|status| status.is_some_and(|s| s.leader_id == leader_id))
+                {
+                    return leader;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader elected: {statuses:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            if let Some(mut child) = member.child.take() {
+                drop(child.kill());
+                drop(child.wait());
+            }
+        }
+    }
+}
+
+/// One request on a raw connection: the body of an OK answer, or the error.
+fn call(stream: &mut TcpStream, request: Request<'_>) -> Result<Vec<u8>, ServerError> {
+    let mut frame = Vec::new();
+    request.encode(7, &mut frame);
+    stream.write_all(&frame).unwrap();
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    stream.read_exact(&mut header).unwrap();
+    let header = FrameHeader::decode(&header, u32::MAX).unwrap().unwrap();
+    let mut body = vec![0u8; header.body_len as usize];
+    stream.read_exact(&mut body).unwrap();
+    if header.aux == STATUS_OK {
+        Ok(body)
+    } else {
+        Err(ServerError::decode(header.aux, &body))
+    }
+}
+
+/// Every committed byte of a node, read through the client library, up to
+/// `at_least` (waits for the node to get there).
+fn committed_bytes(addr: SocketAddr, at_least: u64) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    // A node just (re)started may not listen yet.
+    let client = loop {
+        match Client::connect(&[addr.to_string()]) {
+            Ok(client) => break client,
+            Err(error) => assert!(Instant::now() < deadline, "{addr}: {error}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut bytes = Vec::new();
+    loop {
+        let page = client
+            .read(bytes.len() as u64, 1 << 20, Duration::from_millis(200))
+            .unwrap();
+        bytes.extend_from_slice(page.raw());
+        if page.is_empty() && bytes.len() as u64 >= at_least {
+            assert_eq!(page.commit_offset(), bytes.len() as u64);
+            return bytes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {addr} stuck at {} of {at_least}",
+            bytes.len()
+        );
+    }
+}
+
+/// The data entries of a log: payload -> offsets.
+fn data_entries(bytes: &[u8]) -> HashMap<Vec<u8>, Vec<u64>> {
+    let mut entries: HashMap<Vec<u8>, Vec<u64>> = HashMap::new();
+    for entry in loglog_proto::entry::EntryIter::new(bytes, 0, u32::MAX) {
+        let entry = entry.expect("committed bytes are whole, valid entries");
+        if entry.header.kind == loglog_proto::entry::EntryKind::Data {
+            entries
+                .entry(entry.payload.to_vec())
+                .or_default()
+                .push(entry.offset);
+        }
+    }
+    entries
+}
+
+/// Appends `payload` through a fresh client of `addrs`, retrying (each try
+/// with a payload of its own, so a retry never duplicates an entry) until
+/// one is acknowledged. Returns the acknowledged payload and its offset.
+fn append_until_acknowledged(addrs: &[String], payload: &str) -> (Vec<u8>, u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for attempt in 0.. {
+        let payload = format!("{payload}/try{attempt}").into_bytes();
+        if let Ok(client) = Client::connect(addrs) {
+            if let Ok(offset) = client.append(payload.clone()) {
+                return (payload, offset);
+            }
+        }
+        assert!(Instant::now() < deadline, "no append acknowledged");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    unreachable!()
+}
+
+#[test]
+fn three_node_cluster_replicates_redirects_and_fails_over() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3);
+    for index in 0..3 {
+        cluster.start(index);
+    }
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let follower = (leader + 1) % 3;
+
+    // Appends sent to a follower are redirected to the leader.
+    let mut acknowledged: Vec<(Vec<u8>, u64)> = Vec::new();
+    let client = Client::connect(&[cluster.members[follower].client.to_string()]).unwrap();
+    for i in 0..200 {
+        let payload = format!("first-{i}").into_bytes();
+        let offset = client.append(payload.clone()).unwrap();
+        acknowledged.push((payload, offset));
+    }
+    assert_eq!(
+        client.status().unwrap().role,
+        Role::Leader,
+        "the client followed the redirect to the leader"
+    );
+
+    // A follower answers an append NotLeader with the leader's client address.
+    let mut raw = TcpStream::connect(cluster.members[follower].client).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let leader_addr = cluster.members[leader].client.to_string();
+    assert_eq!(
+        call(
+            &mut raw,
+            Request::Append {
+                no_wait: false,
+                payload: b"x"
+            }
+        ),
+        Err(ServerError::NotLeader {
+            leader: Some(leader_addr.clone())
+        })
+    );
+    // Linearizable reads: through read-index on the leader, NotLeader on a follower.
+    let linearizable = Request::Read {
+        offset: 0,
+        max_bytes: 1 << 20,
+        wait_ms: 0,
+        linearizable: true,
+    };
+    assert_eq!(
+        call(&mut raw, linearizable),
+        Err(ServerError::NotLeader {
+            leader: Some(leader_addr)
+        })
+    );
+    let mut raw_leader = TcpStream::connect(cluster.members[leader].client).unwrap();
+    raw_leader
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let body = call(&mut raw_leader, linearizable).expect("leader serves linearizable reads");
+    let commit = u64::from_le_bytes(body[0..8].try_into().unwrap());
+    let last_end = acknowledged.last().unwrap().1 + 16 + b"first-199".len() as u64;
+    assert!(
+        commit >= last_end,
+        "a linearizable read sees every acknowledged append"
+    );
+
+    // Every node serves the same committed bytes.
+    let logs: Vec<Vec<u8>> = (0..3)
+        .map(|index| committed_bytes(cluster.members[index].client, last_end))
+        .collect();
+    let shortest = logs.iter().map(Vec::len).min().unwrap();
+    for log in &logs {
+        assert_eq!(
+            log[..shortest],
+            logs[0][..shortest],
+            "committed logs differ"
+        );
+    }
+
+    // SIGKILL the leader; a new leader takes appends.
+    let survivors: Vec<usize> = (0..3).filter(|&index| index != leader).collect();
+    let survivor_addrs: Vec<String> = survivors
+        .iter()
+        .map(|&index| cluster.members[index].client.to_string())
+        .collect();
+    let killed_at = Instant::now();
+    cluster.kill(leader);
+    let (payload, offset) = append_until_acknowledged(&survivor_addrs, "after-kill");
+    let failover = killed_at.elapsed();
+    println!("FAILOVER: SIGKILL of the leader to the first acknowledged append: {failover:?}");
+    acknowledged.push((payload, offset));
+    let new_leader = cluster.wait_for_leader(&survivors);
+    assert_ne!(new_leader, leader);
+    let client = Client::connect(&survivor_addrs).unwrap();
+    for i in 0..200 {
+        let payload = format!("second-{i}").into_bytes();
+        let offset = client.append(payload.clone()).unwrap();
+        acknowledged.push((payload, offset));
+    }
+
+    // The killed node restarts and catches up; all three agree.
+    cluster.start(leader);
+    let (last_payload, last_offset) = acknowledged.last().unwrap().clone();
+    let end = last_offset + 16 + last_payload.len() as u64;
+    let logs: Vec<Vec<u8>> = (0..3)
+        .map(|index| committed_bytes(cluster.members[index].client, end))
+        .collect();
+    let shortest = logs.iter().map(Vec::len).min().unwrap();
+    for log in &logs {
+        assert_eq!(
+            log[..shortest],
+            logs[0][..shortest],
+            "committed logs differ"
+        );
+    }
+    // Every acknowledged entry is there exactly once, at its offset.
+    let entries = data_entries(&logs[0]);
+    for (payload, offset) in &acknowledged {
+        assert_eq!(
+            entries.get(payload),
+            Some(&vec![*offset]),
+            "acknowledged entry {:?} at {offset}",
+            String::from_utf8_lossy(payload)
+        );
+    }
+    assert!(
+        entries.values().all(|offsets| offsets.len() == 1),
+        "no entry appears twice"
+    );
+    assert!(
+        failover < Duration::from_secs(5),
+        "failover took {failover:?}\n{}",
+        cluster.logs()
+    );
+}
+
+#[test]
+fn a_data_dir_of_another_cluster_or_node_refuses_to_start() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let run = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_loglogd"));
+        command
+            .args(["--data-dir", dir.to_str().unwrap()])
+            .args(["--listen", &free_addr().to_string()])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    };
+    let peer = free_addr();
+    let peers = format!("1={peer}@127.0.0.1:1,2=127.0.0.1:2@127.0.0.1:3");
+    // Bootstrap as node 1 of cluster "alpha", then stop it.
+    let mut first = run(&[
+        "--id",
+        "1",
+        "--peer-listen",
+        &peer.to_string(),
+        "--peers",
+        &peers,
+        "--cluster-id",
+        "alpha",
+    ])
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir.join("cluster.id").exists() || !dir.join("node.state").exists() {
+        assert!(Instant::now() < deadline, "node 1 did not bootstrap");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let refused = |args: &[&str], expect: &str| {
+        let output = run(args).output().unwrap();
+        assert!(!output.status.success(), "{args:?} started");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    };
+    let free_peer = free_addr().to_string();
+    refused(
+        &[
+            "--id",
+            "1",
+            "--peer-listen",
+            &free_peer,
+            "--peers",
+            &peers,
+            "--cluster-id",
+            "beta",
+        ],
+        "belongs to cluster \"alpha\", not \"beta\"",
+    );
+    refused(
+        &[
+            "--id",
+            "2",
+            "--peer-listen",
+            &free_peer,
+            "--peers",
+            &peers,
+            "--cluster-id",
+            "alpha",
+        ],
+        "belongs to node 1, not node 2",
+    );
+    refused(&[], "belongs to a cluster");
+}
