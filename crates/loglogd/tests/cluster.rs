@@ -368,6 +368,129 @@ fn three_node_cluster_replicates_redirects_and_fails_over() {
     );
 }
 
+/// The issue's acceptance scenario: 16 concurrent clients append while the
+/// leader is SIGKILLed and restarted twice; every acknowledged entry is then
+/// in the log exactly once, at its offset, and the committed logs of all
+/// nodes are byte-identical.
+#[test]
+fn sixteen_clients_survive_two_leader_kills() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3);
+    for index in 0..3 {
+        cluster.start(index);
+    }
+    cluster.wait_for_leader(&[0, 1, 2]);
+    let addrs: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|member| member.client.to_string())
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let (addrs, stop, acknowledged) = (addrs.clone(), stop.clone(), acknowledged.clone());
+        clients.push(std::thread::spawn(move || {
+            let mut failed = 0u64;
+            let mut client = None;
+            for n in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if client.is_none() {
+                    client = Client::connect(&addrs).ok();
+                }
+                let Some(connected) = &client else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                // A payload of its own per try: a retry never duplicates.
+                let payload = format!("c{c}-{n}").into_bytes();
+                let started = Instant::now();
+                match connected.append(payload.clone()) {
+                    Ok(offset) => acknowledged.lock().unwrap().push((
+                        payload,
+                        offset,
+                        started,
+                        Instant::now(),
+                    )),
+                    Err(_) => {
+                        failed += 1;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+            failed
+        }));
+    }
+    let mut failovers = Vec::new();
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(700));
+        let leader = cluster.wait_for_leader(&[0, 1, 2]);
+        let killed_at = Instant::now();
+        cluster.kill(leader);
+        let dead = Instant::now();
+        // Failover: until an append sent after the leader died is acknowledged.
+        let first_ack = loop {
+            let first = acknowledged
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, _, started, _)| *started >= dead)
+                .map(|(_, _, _, acked)| *acked)
+                .min();
+            if let Some(acked) = first {
+                break acked;
+            }
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(10),
+                "no append acknowledged after the kill\n{}",
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        failovers.push(first_ack - killed_at);
+        let survivors: Vec<usize> = (0..3).filter(|&index| index != leader).collect();
+        cluster.wait_for_leader(&survivors);
+        cluster.start(leader);
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    let failed: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
+    println!(
+        "16 clients: {} appends acknowledged, {failed} failed; failovers (SIGKILL to the next \
+         acknowledged append): {failovers:?}",
+        acknowledged.len()
+    );
+    assert!(acknowledged.len() > 100, "too few appends went through");
+
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let commit = cluster.status(leader).unwrap().commit_offset;
+    let logs: Vec<Vec<u8>> = (0..3)
+        .map(|index| committed_bytes(cluster.members[index].client, commit))
+        .collect();
+    for log in &logs[1..] {
+        assert!(log == &logs[0], "committed logs differ between nodes");
+    }
+    let entries = data_entries(&logs[0]);
+    for (payload, offset, _, _) in &acknowledged {
+        assert_eq!(
+            entries.get(payload),
+            Some(&vec![*offset]),
+            "acknowledged entry {:?}",
+            String::from_utf8_lossy(payload)
+        );
+    }
+    assert!(
+        entries.values().all(|offsets| offsets.len() == 1),
+        "no entry appears twice"
+    );
+}
+
 #[test]
 fn a_data_dir_of_another_cluster_or_node_refuses_to_start() {
     let root = tempfile::tempdir().unwrap();

@@ -973,6 +973,10 @@ impl Driver {
         for waiter in self.waiters.drain(..) {
             waiter.reply.send(Err(error.clone()));
         }
+        // Proposed but perhaps not written (a failed write): not acknowledged.
+        for (_, reply) in self.no_wait.drain(..) {
+            reply.send(Err(error.clone()));
+        }
         for (_, reply) in std::mem::take(&mut self.reads) {
             drop(reply.send(Err(error.clone())));
         }
