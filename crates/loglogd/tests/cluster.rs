@@ -564,3 +564,147 @@ fn a_data_dir_of_another_cluster_or_node_refuses_to_start() {
     );
     refused(&[], "belongs to a cluster");
 }
+
+/// Starts one `loglogd` with `peers` and returns it once its client port
+/// answers.
+fn start_one(dir: &Path, id: u64, client: SocketAddr, peer: SocketAddr, peers: &str) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loglogd"))
+        .args(["--id", &id.to_string()])
+        .args(["--data-dir", dir.to_str().unwrap()])
+        .args(["--listen", &client.to_string()])
+        .args(["--peer-listen", &peer.to_string()])
+        .args(["--peers", peers, "--cluster-id", "alpha"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(client).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "loglogd exited");
+        assert!(Instant::now() < deadline, "loglogd did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn handshake(peer: SocketAddr, from: u64, to: u64, cluster_id: &str) -> (TcpStream, u8) {
+    let mut stream = TcpStream::connect(peer).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut hello = b"LLPEER01".to_vec();
+    hello.extend_from_slice(&from.to_le_bytes());
+    hello.extend_from_slice(&to.to_le_bytes());
+    hello.extend_from_slice(&(cluster_id.len() as u16).to_le_bytes());
+    hello.extend_from_slice(cluster_id.as_bytes());
+    stream.write_all(&hello).unwrap();
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).unwrap();
+    (stream, answer[0])
+}
+
+/// The peer port refuses nodes of another cluster, wrong or unknown ids,
+/// and closes (without dying) on garbage or oversize frames.
+#[test]
+fn peer_handshake_refuses_strangers_and_garbage_closes_the_connection() {
+    let root = tempfile::tempdir().unwrap();
+    let (client, peer) = (free_addr(), free_addr());
+    // Node 2 never runs: no leader, but the peer port serves.
+    let peers = format!("1={peer}@{client},2=127.0.0.1:9@127.0.0.1:10");
+    let mut node = start_one(&root.path().join("n1"), 1, client, peer, &peers);
+    let closed = |mut stream: TcpStream| {
+        let mut buffer = [0u8; 16];
+        matches!(stream.read(&mut buffer), Ok(0) | Err(_))
+    };
+
+    let (stream, answer) = handshake(peer, 2, 1, "beta");
+    assert_eq!(answer, 1, "another cluster is refused");
+    assert!(closed(stream));
+    assert_eq!(handshake(peer, 2, 3, "alpha").1, 2, "wrong node id");
+    assert_eq!(handshake(peer, 7, 1, "alpha").1, 3, "not a member");
+    let mut garbage = TcpStream::connect(peer).unwrap();
+    garbage
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    garbage.write_all(&[0xAB; 64]).unwrap();
+    let mut answer = [0u8; 1];
+    garbage.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[0], 4, "not a handshake");
+
+    // Accepted, then an undecodable frame: the node closes the connection.
+    let (mut stream, answer) = handshake(peer, 2, 1, "alpha");
+    assert_eq!(answer, 0);
+    stream.write_all(&12u32.to_le_bytes()).unwrap();
+    stream.write_all(&[0xFF; 12]).unwrap();
+    assert!(closed(stream));
+    // Accepted, then a frame length over the cap: closed before reading it.
+    let (mut stream, answer) = handshake(peer, 2, 1, "alpha");
+    assert_eq!(answer, 0);
+    stream.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    assert!(closed(stream));
+
+    // The node is alive and well: a follower without a leader.
+    let mut raw = TcpStream::connect(client).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let status = NodeStatus::decode(&call(&mut raw, Request::Status).unwrap()).unwrap();
+    assert_eq!(status.node_id, 1);
+    assert_ne!(status.role, Role::Leader);
+    assert!(node.try_wait().unwrap().is_none());
+    node.kill().unwrap();
+    node.wait().unwrap();
+}
+
+/// A cluster of one voter elects itself and serves appends and
+/// linearizable reads; restarted, it keeps its log and term.
+#[test]
+fn single_member_cluster_serves_appends_across_restarts() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("n1");
+    let (client, peer) = (free_addr(), free_addr());
+    let peers = format!("1={peer}@{client}");
+    let mut acknowledged = Vec::new();
+    let mut last_term = 0;
+    for round in 0..2 {
+        let mut node = start_one(&dir, 1, client, peer, &peers);
+        let client_lib = Client::connect(&[client.to_string()]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let offset = loop {
+            match client_lib.append(format!("round{round}-0").into_bytes()) {
+                Ok(offset) => break offset,
+                Err(error) => assert!(Instant::now() < deadline, "{error}"),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        acknowledged.push((format!("round{round}-0").into_bytes(), offset));
+        for i in 1..50 {
+            let payload = format!("round{round}-{i}").into_bytes();
+            acknowledged.push((payload.clone(), client_lib.append(payload).unwrap()));
+        }
+        let status = client_lib.status().unwrap();
+        assert_eq!((status.role, status.leader_id), (Role::Leader, 1));
+        assert!(status.term > last_term, "a restart elects in a new term");
+        last_term = status.term;
+        let mut raw = TcpStream::connect(client).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let linearizable = Request::Read {
+            offset: 0,
+            max_bytes: 1 << 20,
+            wait_ms: 0,
+            linearizable: true,
+        };
+        assert!(call(&mut raw, linearizable).is_ok());
+        let (payload, offset) = acknowledged.last().unwrap();
+        let bytes = committed_bytes(client, offset + 16 + payload.len() as u64);
+        let entries = data_entries(&bytes);
+        for (payload, offset) in &acknowledged {
+            assert_eq!(entries.get(payload), Some(&vec![*offset]));
+        }
+        // SIGTERM: a clean stop.
+        let stopped = Command::new("kill")
+            .arg(node.id().to_string())
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+        assert!(node.wait().unwrap().success());
+    }
+}
