@@ -1030,7 +1030,15 @@ impl Sim {
                     .as_ref()
                     .is_some_and(|core| core.role() == Role::Leader)
                 {
-                    self.maybe_trigger_crash(index, 0.3, 0.0);
+                    // While no-ops are being lost, a leader's commit may
+                    // rest on entries of older terms alone: crash it then
+                    // more often (Raft's Figure 8).
+                    let boost = if self.queue.now() < self.no_op_loss_until {
+                        0.3
+                    } else {
+                        0.0
+                    };
+                    self.maybe_trigger_crash(index, 0.3, boost);
                 }
             }
             Action::ReadReady { ctx, read_index } => {
@@ -1077,6 +1085,23 @@ impl Sim {
                     self.on_new_leader(index, term);
                     if self.crash_trigger > 0.0
                         && self.healed_at.is_none()
+                        && self.rng.gen_bool(0.3)
+                    {
+                        // Its no-op gets lost on the way to some followers
+                        // while its older entries get through.
+                        let others: Vec<usize> = (0..self.nodes.len())
+                            .filter(|&other| other != index)
+                            .collect();
+                        let count = self.rng.gen_range(1..=others.len().div_ceil(2));
+                        self.no_op_loss_to = others
+                            .choose_multiple(&mut self.rng, count)
+                            .copied()
+                            .collect();
+                        let duration = self.rng.gen_range(50 * MILLIS..500 * MILLIS);
+                        self.no_op_loss_until = self.queue.now() + duration;
+                    }
+                    if self.crash_trigger > 0.0
+                        && self.healed_at.is_none()
                         && self.rng.gen_bool(0.5)
                     {
                         self.maybe_isolate(index);
@@ -1107,7 +1132,7 @@ impl Sim {
 
     /// `boost` raises the trigger probability for the rarest moments.
     fn maybe_trigger_crash(&mut self, index: usize, power_failure: f64, boost: f64) {
-        if self.crash_trigger > 0.0
+        if (self.crash_trigger > 0.0 || boost > 0.0)
             && self.healed_at.is_none()
             && self.rng.gen_bool(self.crash_trigger.max(boost))
         {
