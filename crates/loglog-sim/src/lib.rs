@@ -28,14 +28,20 @@
 //! targeted (also crashes a node, or everyone, a moment after it grants a
 //! vote, commits as leader or takes office, and cuts off new leaders).
 //! Faults: crash and restart (with a bit flip on the crashed disk at most
-//! once at a time), power failure of a quorum or all, symmetric and one-way
-//! partitions, network weather, selective loss of new leaders' no-ops,
-//! membership changes (add learner, promote, remove) and leadership
-//! transfers. Then the heal phase: every node up, the network healthy; an
+//! once at a time), power failure of a quorum or all (also right after a
+//! truncation), process pauses (SIGSTOP), symmetric and one-way partitions,
+//! clients cut off from some nodes, network weather, selective loss of new
+//! leaders' no-ops, membership changes (add learner, promote, remove) and
+//! leadership transfers. Messages cross the network as the bytes
+//! `Envelope::encode` writes and are decoded on arrival. Then the heal phase: every node up, the network healthy; an
 //! append invoked after the heal must be acknowledged within 10 s.
 //!
 //! The known-bad variants of the core (feature `bug-injection`) are each
-//! caught within a few thousand seeds: see `tests/bugs.rs`.
+//! caught within a few thousand seeds: see `tests/bugs.rs`. A client append
+//! waiting on a node whose log was truncated under it is not failed: it
+//! stays waiting until the commit offset passes it (then it succeeded iff
+//! the committed entry there is its own), else it ends in doubt;
+//! `tests/driver_rules.rs` shows the checker catching the opposite rule.
 
 pub mod disk;
 pub mod history;
