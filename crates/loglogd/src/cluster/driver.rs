@@ -79,6 +79,8 @@ pub(crate) enum Event {
     Message {
         from: NodeId,
         message: Message,
+        /// Its share of the inbound byte budget, released once stepped.
+        _bytes: tokio::sync::OwnedSemaphorePermit,
     },
     /// Confirm leadership for a linearizable read (read-index).
     ReadIndex(oneshot::Sender<Result<(), ServerError>>),
@@ -670,7 +672,7 @@ impl Driver {
                 }
             }
             Input::Event(Event::Wake) => {}
-            Input::Event(Event::Message { from, message }) => self.raft.step(from, message),
+            Input::Event(Event::Message { from, message, .. }) => self.raft.step(from, message),
             Input::Event(Event::ReadIndex(reply)) => {
                 let ctx = self.next_read_ctx;
                 self.next_read_ctx += 1;

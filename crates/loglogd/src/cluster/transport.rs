@@ -32,8 +32,12 @@
 //! ([`MAX_PEER_QUEUE_BYTES`]); past it, or while disconnected, messages are
 //! dropped (the core tolerates loss and retransmits). The receiving side
 //! hands messages to the driver's bounded event queue and waits when it is
-//! full, so a fast peer is slowed down by TCP backpressure. At most
-//! [`MAX_INBOUND_CONNECTIONS`] peer connections are served at once.
+//! full, so a fast peer is slowed down by TCP backpressure. Every message
+//! read from a peer holds its frame's bytes of a node-wide budget
+//! ([`MAX_INBOUND_BYTES`], taken before the body is read) until the driver
+//! has stepped it, so the memory held by received messages is bounded
+//! whatever the peers send. At most [`MAX_INBOUND_CONNECTIONS`] peer
+//! connections are served at once.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -61,6 +65,9 @@ pub(crate) const MALFORMED: u8 = 4;
 pub const MAX_PEER_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// Peer connections served at once by the listener.
 pub const MAX_INBOUND_CONNECTIONS: usize = 64;
+/// Bytes of received peer messages not yet stepped by the driver, node-wide
+/// (a message larger than this takes all of it, alone).
+pub const MAX_INBOUND_BYTES: usize = 64 * 1024 * 1024;
 /// How long a handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -299,6 +306,7 @@ pub(crate) async fn serve_peers(
     mut stopped: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_INBOUND_CONNECTIONS));
+    let inbound_bytes = Arc::new(Semaphore::new(MAX_INBOUND_BYTES));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -313,10 +321,19 @@ pub(crate) async fn serve_peers(
                 let identity = identity.clone();
                 let events = events.clone();
                 let stopped = stopped.clone();
+                let inbound_bytes = inbound_bytes.clone();
                 tokio::spawn(async move {
                     let mut stopped_inner = stopped.clone();
+                    let receive = receive_peer(
+                        stream,
+                        remote,
+                        &identity,
+                        &events,
+                        &inbound_bytes,
+                        max_entries_bytes,
+                    );
                     tokio::select! {
-                        result = receive_peer(stream, remote, &identity, &events, max_entries_bytes) => {
+                        result = receive => {
                             if let Err(reason) = result {
                                 tracing::info!(%remote, %reason, "peer connection closed");
                             }
@@ -341,6 +358,7 @@ async fn receive_peer(
     remote: SocketAddr,
     identity: &Identity,
     events: &mpsc::Sender<Event>,
+    inbound_bytes: &Arc<Semaphore>,
     max_entries_bytes: u64,
 ) -> Result<(), String> {
     drop(stream.set_nodelay(true));
@@ -361,6 +379,14 @@ async fn receive_peer(
                 "frame of {len} bytes exceeds the cap of {max_frame}"
             ));
         }
+        // Charged before the body is buffered; held until the driver has
+        // stepped the message.
+        let charge = u32::try_from(len.min(MAX_INBOUND_BYTES as u64)).expect("at most 64 MiB");
+        let permit = inbound_bytes
+            .clone()
+            .acquire_many_owned(charge)
+            .await
+            .map_err(|_| "the inbound budget is closed".to_string())?;
         let mut body = vec![0u8; len as usize];
         reader
             .read_exact(&mut body)
@@ -374,9 +400,11 @@ async fn receive_peer(
                 envelope.from, envelope.to, identity.node_id
             ));
         }
+        drop(body);
         let event = Event::Message {
             from,
             message: envelope.message,
+            _bytes: permit,
         };
         if events.send(event).await.is_err() {
             return Ok(()); // the driver stopped
