@@ -87,10 +87,17 @@
 //!    [`Config::max_message_entries_bytes`].
 //! 4. [`Action::CommitAdvanced`]: entries below the offset are committed and
 //!    durable locally: serve reads up to it and acknowledge client appends
-//!    below it. A pending append at offset `o` (from `propose`) succeeded
-//!    when the commit offset passes `o`, unless a `Truncate` at or below `o`
-//!    came first (then it failed, or is indeterminate if the driver lost
-//!    track). Persist [`RaftNode::checkpoint`] from time to time.
+//!    below it. A pending append proposed at offset `o` in term `t`
+//!    succeeded once the commit offset passes `o` **and** the committed
+//!    entry at `o` is of term `t` (`term_map().term_at(o) == t`: one leader
+//!    per term writes each offset once, so that entry is the proposal); it
+//!    failed once the commit offset passes `o` with another term there.
+//!    A `Truncate` at or below `o` settles nothing: an unsynced truncation
+//!    can be undone by a crash and the old entry can still commit (found by
+//!    `loglog-sim`, `--truncate-fails-appends` replays it). Keep such
+//!    appends waiting; until the commit offset passes `o` they are in
+//!    doubt, which a client sees as a timeout (indeterminate).
+//!    Persist [`RaftNode::checkpoint`] from time to time.
 //! 5. [`Action::ReadReady`] / [`Action::ReadFailed`]: answer read-index
 //!    requests. [`Action::RoleChanged`] is informational.
 //!    [`Action::ConflictBelowCommit`] means a leader contradicted bytes this

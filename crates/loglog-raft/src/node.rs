@@ -43,8 +43,10 @@ pub enum Action {
         bytes: Vec<u8>,
     },
     /// Cut the log at `offset` (an entry boundary above the commit offset):
-    /// every byte from `offset` on is discarded. Any client append waiting
-    /// at an offset at or above it has failed (its entry is gone).
+    /// every byte from `offset` on is discarded. This does not fail client
+    /// appends waiting at or above it: a crash can undo an unsynced
+    /// truncation and the entry may still commit. Settle them by the term
+    /// of the committed entry at their offset (see the driver contract).
     Truncate { write_id: WriteId, offset: u64 },
     /// Send a message to a peer (best effort: loss is fine).
     Send(Envelope),
@@ -416,8 +418,8 @@ impl RaftNode {
     }
 
     /// Appends a data entry (leader only). Returns its offset; the entry is
-    /// committed once [`RaftNode::commit_offset`] passes that offset (and no
-    /// `Truncate` at or below it came first).
+    /// committed once [`RaftNode::commit_offset`] passes that offset with
+    /// an entry of the proposing term at it (see the driver contract).
     pub fn propose(&mut self, payload: &[u8]) -> Result<u64, ProposeError> {
         self.check_can_propose(payload.len() as u64)?;
         let offset = self.append_local(EntryKind::Data, payload);
@@ -709,7 +711,13 @@ impl RaftNode {
         self.verified_end = self.known_commit;
         self.reported_durable = 0;
         self.votes.clear();
-        self.reset_election_timer();
+        // Only contact with a leader restarts the election timer (granting a
+        // vote does so where it happens). Learning a higher term from a
+        // candidate must not: candidates that cannot win would otherwise
+        // keep the one node that could from ever campaigning.
+        if leader.is_some() {
+            self.reset_election_timer();
+        }
         self.set_role(Role::Follower, leader);
     }
 
