@@ -491,6 +491,79 @@ fn sixteen_clients_survive_two_leader_kills() {
     );
 }
 
+/// A follower whose disk lost synced entries (its segment cut short while
+/// it was down, above its checkpoint) restarts with the core's lost-tail
+/// mark, catches up from the leader, and the mark clears.
+#[test]
+fn a_follower_that_lost_synced_entries_is_marked_and_restored() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3);
+    for index in 0..3 {
+        cluster.start(index);
+    }
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let follower = (leader + 1) % 3;
+    let client = Client::connect(&[cluster.members[leader].client.to_string()]).unwrap();
+    let mut acknowledged = Vec::new();
+    for i in 0..100 {
+        let payload = format!("before-{i}").into_bytes();
+        acknowledged.push((payload.clone(), client.append(payload).unwrap()));
+    }
+    // Let the follower sync and record its synced end, then stop it cleanly.
+    std::thread::sleep(Duration::from_millis(1500));
+    let end = cluster.status(follower).unwrap().end_offset;
+    let mut child = cluster.members[follower].child.take().unwrap();
+    assert!(Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success());
+    // Disk damage: the last entries' bytes are gone.
+    let segment = cluster.members[follower]
+        .dir
+        .join("log")
+        .join("00000000000000000000.seg");
+    File::options()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(32 + end - 40)
+        .unwrap();
+    // Its checkpoint is from before the damage: committed bytes past it
+    // are missing, and it would rightly refuse to start. An older
+    // checkpoint is always valid: none at all (scan from the start).
+    std::fs::remove_file(cluster.members[follower].dir.join("raft.checkpoint")).unwrap();
+    cluster.start(follower);
+    for i in 0..50 {
+        let payload = format!("after-{i}").into_bytes();
+        acknowledged.push((payload.clone(), client.append(payload).unwrap()));
+    }
+    let (payload, offset) = acknowledged.last().unwrap().clone();
+    let bytes = committed_bytes(
+        cluster.members[follower].client,
+        offset + 16 + payload.len() as u64,
+    );
+    let entries = data_entries(&bytes);
+    for (payload, offset) in &acknowledged {
+        assert_eq!(entries.get(payload), Some(&vec![*offset]));
+    }
+    let log = &cluster.members[follower].log;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(
+            text.contains("recovery cut entries this node had synced"),
+            "no lost-tail mark: {text}"
+        );
+        if text.contains("the lost tail is restored") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the mark never cleared: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_data_dir_of_another_cluster_or_node_refuses_to_start() {
     let root = tempfile::tempdir().unwrap();

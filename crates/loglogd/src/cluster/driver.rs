@@ -28,6 +28,14 @@
 //! * **Checkpoint.** [`RaftNode::checkpoint`] is saved at most once per
 //!   [`CHECKPOINT_INTERVAL`] when the commit offset moved, and at shutdown;
 //!   a restart scans the log from the checkpoint's commit offset only.
+//! * **Lost tail.** `<data-dir>/raft.durable` keeps a lower bound of the
+//!   log's synced end (saved with the same lazy rhythm, and lowered *before*
+//!   any truncation below it). If recovery leaves the log shorter than that,
+//!   synced entries were lost to disk damage: the core gets a
+//!   [`LostTail`] mark (that end, and the persisted term as its last term,
+//!   the conservative choice its docs allow), which is persisted in the same
+//!   file until the core clears it. Synced bytes lost within the last
+//!   interval before a crash go unnoticed (the bound lags).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};
@@ -40,7 +48,7 @@ use loglog_proto::entry::{EntryIter, ENTRY_HEADER_LEN};
 use loglog_proto::wire::{Role as WireRole, ServerError};
 use loglog_raft::{
     Action, Checkpoint, Config as RaftConfig, Envelope, HardState, LogRead, LogReadError, LogScan,
-    Membership, Message, NodeId, ProposeError, RaftNode, RequestError, Role, WriteId,
+    LostTail, Membership, Message, NodeId, ProposeError, RaftNode, RequestError, Role, WriteId,
 };
 use loglog_storage::{
     state_file, FsyncPolicy, LogReader, LogSyncer, LogWriter, StorageConfig, StorageError,
@@ -50,7 +58,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::transport::{self, Identity, PeerQueue};
-use super::{ClusterConfig, CHECKPOINT_FILE, CLUSTER_ID_FILE};
+use super::{ClusterConfig, CHECKPOINT_FILE, CLUSTER_ID_FILE, DURABLE_FILE};
 use crate::config::{Config, Fsync};
 use crate::node::{self, StartError, LOG_DIR, NODE_STATE_FILE};
 use crate::pipeline::{AppendRequest, Reply, Shared, WriterCommand};
@@ -71,6 +79,65 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// Version of the cluster id file's payload.
 const CLUSTER_ID_VERSION: u32 = 1;
+/// Version of the durable-end file's payload.
+const DURABLE_VERSION: u32 = 1;
+const DURABLE_LEN: usize = 25;
+
+/// `<data-dir>/raft.durable`: a lower bound of the log's synced end, and
+/// the lost-tail mark while the core keeps one. Payload, little endian:
+/// `version u32, synced_end u64, has_mark u8, mark_end u64, mark_term u32`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct DurableRecord {
+    synced_end: u64,
+    lost_tail: Option<LostTail>,
+}
+
+impl DurableRecord {
+    fn encode(&self) -> [u8; DURABLE_LEN] {
+        let mut out = [0u8; DURABLE_LEN];
+        out[0..4].copy_from_slice(&DURABLE_VERSION.to_le_bytes());
+        out[4..12].copy_from_slice(&self.synced_end.to_le_bytes());
+        if let Some(mark) = self.lost_tail {
+            out[12] = 1;
+            out[13..21].copy_from_slice(&mark.end_offset.to_le_bytes());
+            out[21..25].copy_from_slice(&mark.last_term.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(path: &Path, bytes: &[u8]) -> Result<DurableRecord, StartError> {
+        let corrupt = |reason: String| StartError::CorruptState {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let version = bytes
+            .get(0..4)
+            .map(|version| u32::from_le_bytes(version.try_into().expect("4 bytes")))
+            .ok_or_else(|| corrupt("too short".to_string()))?;
+        if version != DURABLE_VERSION {
+            return Err(StartError::UnsupportedFormat {
+                path: path.to_path_buf(),
+                found: version,
+            });
+        }
+        let bytes: &[u8; DURABLE_LEN] = bytes
+            .try_into()
+            .map_err(|_| corrupt(format!("expected {DURABLE_LEN} bytes")))?;
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
+        let lost_tail = match bytes[12] {
+            0 => None,
+            1 => Some(LostTail {
+                end_offset: u64_at(13),
+                last_term: u32::from_le_bytes(bytes[21..25].try_into().expect("4 bytes")),
+            }),
+            other => return Err(corrupt(format!("mark flag {other}"))),
+        };
+        Ok(DurableRecord {
+            synced_end: u64_at(4),
+            lost_tail,
+        })
+    }
+}
 
 /// An input for the driver thread other than a client append.
 pub(crate) enum Event {
@@ -267,6 +334,9 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         state_path: config.data_dir.join(NODE_STATE_FILE),
         checkpoint_path: config.data_dir.join(CHECKPOINT_FILE),
         checkpoint_saved: (now, commit),
+        durable_path: config.data_dir.join(DURABLE_FILE),
+        durable: opened.durable,
+        durable_saved_at: now,
         tick: cluster.tick,
         next_tick: now + cluster.tick,
         max_catch_up_ticks: cluster.election_ticks,
@@ -304,6 +374,7 @@ struct Opened {
     raft: RaftNode,
     writer: LogWriter,
     syncer: LogSyncer,
+    durable: DurableRecord,
 }
 
 fn dir_error(dir: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
@@ -448,8 +519,46 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
             cluster.peers.iter().map(|peer| peer.id),
         )),
     };
-    let recovered = scan_log(&reader, writer.end_offset(), checkpoint)
+    let end = writer.end_offset();
+    let mut recovered = scan_log(&reader, end, checkpoint)
         .map_err(|reason| StartError::Raft(format!("{}: {reason}", dir.display())))?;
+
+    let durable_path = dir.join(DURABLE_FILE);
+    let previous = match state_file::load(&durable_path).map_err(state_error)? {
+        Some(bytes) => DurableRecord::decode(&durable_path, &bytes)?,
+        None => DurableRecord::default(),
+    };
+    let mut lost_tail = previous.lost_tail;
+    if end < previous.synced_end {
+        tracing::error!(
+            end,
+            synced_end = previous.synced_end,
+            "!!! recovery cut entries this node had synced (disk damage): until a leader has \
+             restored them it asks for no votes and grants none to a shorter log"
+        );
+        let mark = LostTail {
+            end_offset: previous.synced_end,
+            last_term: hard_state.term,
+        };
+        lost_tail = Some(match lost_tail {
+            Some(older) => LostTail {
+                end_offset: older.end_offset.max(mark.end_offset),
+                last_term: older.last_term.max(mark.last_term),
+            },
+            None => mark,
+        });
+    }
+    if let Some(mark) = lost_tail {
+        recovered.set_lost_tail(mark);
+    }
+    // The whole recovered log was fsynced above.
+    let durable = DurableRecord {
+        synced_end: end,
+        lost_tail,
+    };
+    if durable != previous {
+        state_file::save(&durable_path, &durable.encode())?;
+    }
     let mut raft_config = RaftConfig::new(config.node_id, election_seed(config.node_id));
     raft_config.election_ticks = cluster.election_ticks;
     raft_config.heartbeat_ticks = cluster.heartbeat_ticks;
@@ -467,6 +576,7 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
         raft,
         writer,
         syncer,
+        durable,
     })
 }
 
@@ -490,7 +600,7 @@ fn scan_log(
     if at > end {
         return Err(format!(
             "the log ends at {end}, below the checkpoint's commit offset {at}: committed data \
-             is missing (refusing to start)"
+             is missing (re-seed this node from a healthy one)"
         ));
     }
     while at < end {
@@ -577,6 +687,10 @@ struct Driver {
     checkpoint_path: PathBuf,
     /// When the checkpoint was last saved, and its commit offset.
     checkpoint_saved: (Instant, u64),
+    durable_path: PathBuf,
+    /// What `raft.durable` holds.
+    durable: DurableRecord,
+    durable_saved_at: Instant,
     tick: Duration,
     next_tick: Instant,
     max_catch_up_ticks: u32,
@@ -788,6 +902,31 @@ impl Driver {
             }
         }
         self.publish_status();
+        if self.durable_saved_at.elapsed() >= CHECKPOINT_INTERVAL {
+            self.save_durable();
+        }
+    }
+
+    /// Saves the synced end and the lost-tail mark when they changed.
+    fn save_durable(&mut self) {
+        let current = DurableRecord {
+            synced_end: self.raft.durable_offset(),
+            lost_tail: self.raft.lost_tail(),
+        };
+        self.durable_saved_at = Instant::now();
+        if current == self.durable {
+            return;
+        }
+        match state_file::save(&self.durable_path, &current.encode()) {
+            Ok(()) => {
+                if self.durable.lost_tail.is_some() && current.lost_tail.is_none() {
+                    tracing::info!("the lost tail is restored; the node votes normally again");
+                }
+                self.durable = current;
+            }
+            // The older record is still a lower bound.
+            Err(error) => tracing::warn!(%error, "saving the durable end failed"),
+        }
     }
 
     fn publish_status(&self) {
@@ -834,6 +973,17 @@ impl Driver {
                         .map_err(|error| ("saving the term and vote", error))?;
                 }
                 Action::Truncate { write_id, offset } => {
+                    // The durable bound must never claim removed bytes: a
+                    // restart would take them for disk damage.
+                    if self.durable.synced_end > offset {
+                        let lowered = DurableRecord {
+                            synced_end: offset,
+                            ..self.durable
+                        };
+                        state_file::save(&self.durable_path, &lowered.encode())
+                            .map_err(|error| ("saving the durable end", error))?;
+                        self.durable = lowered;
+                    }
                     self.writer
                         .truncate_suffix(offset)
                         .map_err(|error| ("truncating the log", error))?;
@@ -987,6 +1137,7 @@ impl Driver {
             self.refuse_queued_commands();
         }
         if !self.failed {
+            self.save_durable();
             let checkpoint = self.raft.checkpoint();
             if checkpoint.commit_offset > self.checkpoint_saved.1 {
                 if let Err(error) = state_file::save(&self.checkpoint_path, &checkpoint.encode()) {
@@ -1040,5 +1191,39 @@ impl SyncerThread {
             // after its round anyway.
             drop(self.wake.try_send(Event::Wake));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durable_record_round_trips_and_rejects_garbage() {
+        let path = Path::new("raft.durable");
+        for record in [
+            DurableRecord::default(),
+            DurableRecord {
+                synced_end: 4096,
+                lost_tail: Some(LostTail {
+                    end_offset: 8192,
+                    last_term: 7,
+                }),
+            },
+        ] {
+            assert_eq!(
+                DurableRecord::decode(path, &record.encode()).unwrap(),
+                record
+            );
+        }
+        let mut bad = DurableRecord::default().encode();
+        bad[12] = 2;
+        assert!(DurableRecord::decode(path, &bad).is_err());
+        assert!(DurableRecord::decode(path, &bad[..10]).is_err());
+        bad[0] = 9;
+        assert!(matches!(
+            DurableRecord::decode(path, &bad),
+            Err(StartError::UnsupportedFormat { found: 9, .. })
+        ));
     }
 }

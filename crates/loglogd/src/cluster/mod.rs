@@ -48,6 +48,9 @@ pub const DEFAULT_PEER_LISTEN: &str = "127.0.0.1:19195";
 pub const CLUSTER_ID_FILE: &str = "cluster.id";
 /// Name of the consensus checkpoint file inside the data directory.
 pub const CHECKPOINT_FILE: &str = "raft.checkpoint";
+/// Name of the file holding a lower bound of the synced end (and the
+/// lost-tail mark) inside the data directory.
+pub const DURABLE_FILE: &str = "raft.durable";
 /// Longest cluster id accepted (bytes).
 pub const MAX_CLUSTER_ID_LEN: usize = 128;
 
