@@ -249,6 +249,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
     let status = Arc::new(CoreStatus::default());
 
     let me = config.node_id;
+    warn_on_address_mismatch(config, cluster, peer_addr);
     let identity = Arc::new(Identity {
         node_id: me,
         cluster_id: cluster.cluster_id(),
@@ -367,6 +368,40 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
             peer_addr,
         },
     })
+}
+
+/// The addresses this node listens on should be the ones `--peers` gives
+/// for it (peers dial the one, clients are redirected to the other): a
+/// different port is almost surely a mistake, so say it at start.
+fn warn_on_address_mismatch(
+    config: &Config,
+    cluster: &ClusterConfig,
+    peer_addr: std::net::SocketAddr,
+) {
+    let Some(me) = cluster.peer(config.node_id) else {
+        return;
+    };
+    let port = |address: &str| {
+        address
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+    };
+    if port(&me.peer_addr) != Some(peer_addr.port()) {
+        tracing::warn!(
+            listening = %peer_addr,
+            listed = %me.peer_addr,
+            "--peer-listen differs from this node's peer address in --peers: peers will not reach it"
+        );
+    }
+    if let Some(listen) = config.listen {
+        if port(&me.client_addr) != Some(listen.port()) {
+            tracing::warn!(
+                listening = %listen,
+                listed = %me.client_addr,
+                "--listen differs from this node's client address in --peers: redirected clients will not reach it"
+            );
+        }
+    }
 }
 
 struct Opened {
