@@ -74,6 +74,9 @@ const MAX_PROPOSALS_PER_ROUND: usize = 4096;
 const MAX_EVENTS_PER_ROUND: usize = 1024;
 /// The checkpoint is saved at most this often.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest an append waits for room among the core's uncommitted bytes
+/// before it is answered `Busy`.
+const MAX_DEFER: Duration = Duration::from_secs(5);
 /// How long a shutting-down node keeps running the core so that appends
 /// already proposed can still commit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
@@ -326,6 +329,8 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         peers,
         client_addrs,
         waiters: VecDeque::new(),
+        deferred: VecDeque::new(),
+        deferred_again: false,
         no_wait: Vec::new(),
         reads: BTreeMap::new(),
         next_read_ctx: 1,
@@ -710,6 +715,12 @@ struct Driver {
     client_addrs: BTreeMap<NodeId, String>,
     /// Waiting appends, in offset order.
     waiters: VecDeque<Waiter>,
+    /// Appends the core had no room for (uncommitted bytes at their bound),
+    /// in arrival order, with when they first met a full core. While any
+    /// wait, no new append is taken from the queue.
+    deferred: VecDeque<(Instant, AppendRequest)>,
+    /// The last proposal was deferred again.
+    deferred_again: bool,
     /// No-wait appends proposed this round, answered once written.
     no_wait: Vec<(u64, Reply)>,
     reads: BTreeMap<u64, oneshot::Sender<Result<(), ServerError>>>,
@@ -739,6 +750,7 @@ impl Driver {
         let mut inputs = Vec::new();
         loop {
             self.receive(&mut inputs);
+            self.retry_deferred();
             for input in inputs.drain(..) {
                 self.handle(input);
             }
@@ -761,7 +773,8 @@ impl Driver {
     fn receive(&mut self, inputs: &mut Vec<Input>) {
         let commands = &mut self.commands;
         let events = &mut self.events;
-        let commands_open = self.commands_open;
+        // While appends wait for room, the queue holds the next ones back.
+        let commands_open = self.commands_open && self.deferred.is_empty();
         let first = self.runtime.block_on(async {
             tokio::select! {
                 event = events.recv() => event.map(Input::Event),
@@ -778,7 +791,7 @@ impl Driver {
             None => inputs.push(Input::Command(WriterCommand::Shutdown)),
         }
         let mut proposals = 0;
-        while proposals < MAX_PROPOSALS_PER_ROUND && self.commands_open && self.stopping.is_none() {
+        while proposals < MAX_PROPOSALS_PER_ROUND && commands_open && self.stopping.is_none() {
             match self.commands.try_recv() {
                 Ok(command) => {
                     inputs.push(Input::Command(command));
@@ -861,6 +874,28 @@ impl Driver {
     }
 
     fn propose(&mut self, request: AppendRequest) {
+        if !self.deferred.is_empty() {
+            // First in, first proposed.
+            self.deferred.push_back((Instant::now(), request));
+            return;
+        }
+        self.propose_at(Instant::now(), request);
+    }
+
+    /// Proposes again the appends the core had no room for, in order, until
+    /// it refuses one again.
+    fn retry_deferred(&mut self) {
+        while let Some((since, request)) = self.deferred.pop_front() {
+            self.propose_at(since, request);
+            if self.deferred_again {
+                self.deferred_again = false;
+                break;
+            }
+        }
+    }
+
+    /// `since`: when the append first met a full core.
+    fn propose_at(&mut self, since: Instant, request: AppendRequest) {
         if self.stopping.is_some() {
             request.reply.send(Err(ServerError::ShuttingDown));
             return;
@@ -890,6 +925,12 @@ impl Driver {
             }
             Err(ProposeError::TooLarge { max, .. }) => {
                 request.reply.send(Err(ServerError::TooLarge { max }));
+            }
+            // Too many uncommitted bytes (or a leadership transfer): wait
+            // for room, holding back the queue (backpressure), within a bound.
+            Err(ProposeError::Busy(_)) if since.elapsed() < MAX_DEFER => {
+                self.deferred.push_front((since, request));
+                self.deferred_again = true;
             }
             Err(ProposeError::Busy(_)) => request.reply.send(Err(ServerError::Busy)),
             Err(ProposeError::BadMembershipChange(reason)) => {
@@ -1159,6 +1200,9 @@ impl Driver {
             .unwrap_or(ServerError::ShuttingDown);
         for waiter in self.waiters.drain(..) {
             waiter.reply.send(Err(error.clone()));
+        }
+        for (_, request) in self.deferred.drain(..) {
+            request.reply.send(Err(error.clone()));
         }
         // Proposed but perhaps not written (a failed write): not acknowledged.
         for (_, reply) in self.no_wait.drain(..) {
