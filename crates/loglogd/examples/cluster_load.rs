@@ -6,6 +6,8 @@
 //! ```text
 //! cargo run --release -p loglogd --example cluster_load -- [appenders=64] [payload=128] [seconds=5] [nodes=3]
 //! ```
+//! `nodes=0` runs a plain single node (the group-commit pipeline, no
+//! consensus core) under the same load, for comparison with `nodes=1`.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +44,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     }
     let mut nodes = Vec::new();
+    if size == 0 {
+        let mut config = Config::new(dir.path().join("single"));
+        config.listen = None;
+        nodes.push(Node::start(config).await?);
+    }
     for peer in &peers {
         let mut config = Config::new(dir.path().join(format!("node{}", peer.id)));
         config.node_id = peer.id;
@@ -85,7 +92,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let rate = appended as f64 / elapsed;
     println!(
-        "{size} nodes, {appenders} appenders, {payload_len} B, fsync always: {rate:.0} committed appends/s ({:.1} MB/s of payload), leader: {} writes, {} fsyncs",
+        "{}, {appenders} appenders, {payload_len} B, fsync always: {rate:.0} committed appends/s ({:.1} MB/s of payload), leader: {} writes, {} fsyncs",
+        if size == 0 {
+            "single node (no consensus)".to_string()
+        } else {
+            format!("{size} nodes")
+        },
         rate * payload_len as f64 / 1e6,
         after.write_batches - before.write_batches,
         after.syncs - before.syncs,
