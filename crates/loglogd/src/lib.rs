@@ -86,6 +86,7 @@
 //! <data-dir>/log/          segment files: 00000000000000000000.seg, ...
 //! <data-dir>/cluster.id    cluster members only: the cluster id fixed at bootstrap
 //! <data-dir>/raft.checkpoint  cluster members only: commit offset, term map, membership
+//! <data-dir>/raft.durable  cluster members only: a lower bound of the synced end, lost-tail mark
 //! ```
 //! A node refuses to start (a typed [`StartError`]) on a node state or a
 //! segment of another format version, a damaged segment header, segments

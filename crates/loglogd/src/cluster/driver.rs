@@ -7,7 +7,9 @@
 //!   read-index requests and wake-ups on a bounded event queue. The thread
 //!   blocks on both, then drains what is queued (bounded per round) and
 //!   proposes every queued append before asking for actions, so one round
-//!   of actions carries a whole batch. Time comes from the monotonic clock:
+//!   of actions carries a whole batch. An append the core has no room for
+//!   (its uncommitted bytes at their bound) waits, in order, and holds the
+//!   queue back until there is room (`Busy` after [`MAX_DEFER`]). Time comes from the monotonic clock:
 //!   a round runs as many ticks as have elapsed (a ticker task only wakes
 //!   the thread).
 //! * **Actions**, in order: `PersistHardState` is saved (write, fsync,
@@ -76,7 +78,7 @@ const MAX_EVENTS_PER_ROUND: usize = 1024;
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest an append waits for room among the core's uncommitted bytes
 /// before it is answered `Busy`.
-const MAX_DEFER: Duration = Duration::from_secs(5);
+pub const MAX_DEFER: Duration = Duration::from_secs(5);
 /// How long a shutting-down node keeps running the core so that appends
 /// already proposed can still commit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);

@@ -11,14 +11,14 @@
 //!                                                                           wakes long-poll readers)
 //! ```
 //!
-//! * [`driver`]: one thread owns the [`loglog_raft::RaftNode`] and the
+//! * `driver`: one thread owns the [`loglog_raft::RaftNode`] and the
 //!   [`loglog_storage::LogWriter`]; it follows the core's driver contract
 //!   (crate docs of `loglog-raft`): hard state durable before anything
 //!   after it, appends written in order (consecutive appends coalesced into
 //!   one `pwrite`), fsyncs on a separate syncer thread that reports write
 //!   ids back (group commit), commit advances published on the node's
 //!   commit watch, the checkpoint persisted lazily.
-//! * [`transport`]: a peer listener and one persistent outbound connection
+//! * `transport`: a peer listener and one persistent outbound connection
 //!   per peer, each opened with a handshake carrying the cluster id and both
 //!   node ids; frames are length-prefixed [`loglog_raft::Envelope`]s.
 //! * Reads are unchanged from the single node: every node serves its
