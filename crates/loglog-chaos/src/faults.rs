@@ -1,0 +1,152 @@
+//! The fault schedule: one fault at a time, drawn from the run's seed,
+//! held for a random while, then healed, until the run's duration is over.
+//! Every step is written to the fault log with its time since the start.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::cluster::Cluster;
+use crate::netns::Network;
+use crate::workload::Shared;
+
+/// Longer than the default election timeout (150-300 ms) many times over.
+const MIN_HOLD_MS: u64 = 800;
+const MAX_HOLD_MS: u64 = 4000;
+
+#[allow(clippy::too_many_arguments)]
+pub async fn inject(
+    seed: u64,
+    duration: Duration,
+    network: &Network,
+    cluster: &mut Cluster,
+    nodes: &[String],
+    shared: &Shared,
+    log: &mut String,
+    problems: &mut Vec<String>,
+) -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let began = Instant::now();
+    let count = cluster.members.len();
+    let note = |log: &mut String, text: String| {
+        let _ = writeln!(log, "{:>8} ms {text}", shared.began.elapsed().as_millis());
+    };
+    while began.elapsed() < duration {
+        let quiet = Duration::from_millis(rng.gen_range(300..1500));
+        tokio::time::sleep(quiet).await;
+        if began.elapsed() >= duration {
+            break;
+        }
+        let hold = Duration::from_millis(rng.gen_range(MIN_HOLD_MS..MAX_HOLD_MS));
+        let leader = crate::find_leader(nodes).await;
+        // The victim: the leader half of the time when there is one.
+        let victim = match leader {
+            Some(leader) if rng.gen_bool(0.5) => leader,
+            _ => rng.gen_range(0..count),
+        };
+        let fault = rng.gen_range(0..8);
+        match fault {
+            0 => {
+                note(
+                    log,
+                    format!("isolate node {} (leader {leader:?})", victim + 1),
+                );
+                for other in (0..count).filter(|&other| other != victim) {
+                    network.cut(victim, other)?;
+                }
+                network.drop_from(victim, network.host_ip())?;
+                network.drop_to(victim, network.host_ip())?;
+            }
+            1 => {
+                let mut order: Vec<usize> = (0..count).collect();
+                order.shuffle(&mut rng);
+                let minority = &order[..count / 2];
+                note(
+                    log,
+                    format!(
+                        "split: minority {:?} from the rest",
+                        minority.iter().map(|i| i + 1).collect::<Vec<_>>()
+                    ),
+                );
+                for &a in minority {
+                    for b in (0..count).filter(|b| !minority.contains(b)) {
+                        network.cut(a, b)?;
+                    }
+                }
+            }
+            2 => {
+                // One way: the victim hears nobody, but its packets go out
+                // (or the reverse).
+                let inbound = rng.gen_bool(0.5);
+                note(
+                    log,
+                    format!(
+                        "one-way: node {} drops all peer traffic {}",
+                        victim + 1,
+                        if inbound { "in" } else { "out" }
+                    ),
+                );
+                for other in (0..count).filter(|&other| other != victim) {
+                    if inbound {
+                        network.drop_from(victim, network.node_ip(other))?;
+                    } else {
+                        network.drop_to(victim, network.node_ip(other))?;
+                    }
+                }
+            }
+            3 => {
+                let probability = rng.gen_range(0.05..0.35);
+                note(log, format!("random loss {probability:.2} on every node"));
+                for index in 0..count {
+                    network.random_loss(index, probability)?;
+                }
+            }
+            4 => {
+                note(
+                    log,
+                    format!("SIGKILL node {} (leader {leader:?})", victim + 1),
+                );
+                cluster.kill(victim);
+            }
+            5 => {
+                note(
+                    log,
+                    format!("SIGSTOP node {} (leader {leader:?})", victim + 1),
+                );
+                cluster.stop(victim)?;
+            }
+            6 => {
+                cluster.kill(victim);
+                let cut = cluster.truncate_tail(victim, |written| rng.gen_range(0..=written))?;
+                note(
+                    log,
+                    format!("SIGKILL node {} and cut its tail: {cut}", victim + 1),
+                );
+            }
+            _ => {
+                note(
+                    log,
+                    format!("SIGKILL and restart node {} at once", victim + 1),
+                );
+                cluster.kill(victim);
+                cluster.start(victim)?;
+            }
+        }
+        tokio::time::sleep(hold).await;
+        network.heal()?;
+        for index in 0..count {
+            if let Some(status) = cluster.exited(index) {
+                let text = format!("node {} exited by itself: {status}", index + 1);
+                note(log, text.clone());
+                problems.push(text);
+            }
+        }
+        cluster.revive_all()?;
+        note(log, "healed".to_string());
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! `loglog-chaos`: randomized fault-injection runs against real `loglogd`
+//! clusters in network namespaces. Prints one summary line and exits
+//! non-zero on any violation, naming the folder of each failing run.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use loglog_chaos::{netns, run_once, RunConfig, Summary};
+
+#[derive(Parser, Debug)]
+#[command(about = "Fault injection on real loglogd clusters (needs root, ip, iptables)")]
+struct Args {
+    /// Number of runs.
+    #[arg(long, default_value_t = 1)]
+    runs: u64,
+    /// Length of each run's fault schedule, e.g. 60s, 2m, 30m.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Cluster size.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(3..=5))]
+    nodes: u8,
+    /// Seed of the first run (run i uses seed + i); default: from the clock.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The loglogd binary (default: next to this binary).
+    #[arg(long)]
+    loglogd: Option<PathBuf>,
+    /// Where run folders are made (failing ones are kept).
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    work_dir: PathBuf,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        "ms" => return Ok(Duration::from_millis(number)),
+        _ => return Err(format!("bad duration unit in {text:?} (ms, s, m, h)")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.nodes != 3 && args.nodes != 5 {
+        eprintln!("loglog-chaos: --nodes must be 3 or 5");
+        std::process::exit(2);
+    }
+    if let Err(reason) = netns::capability() {
+        eprintln!("loglog-chaos: cannot run: {reason}");
+        std::process::exit(2);
+    }
+    let loglogd = args.loglogd.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("loglogd")))
+            .unwrap_or_else(|| PathBuf::from("loglogd"))
+    });
+    if !loglogd.exists() {
+        eprintln!(
+            "loglog-chaos: no loglogd binary at {} (build it, or pass --loglogd)",
+            loglogd.display()
+        );
+        std::process::exit(2);
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let mut total = Summary::default();
+    let mut kept = Vec::new();
+    for run in 0..args.runs {
+        let config = RunConfig {
+            run,
+            seed: seed.wrapping_add(run),
+            nodes: usize::from(args.nodes),
+            duration: args.duration,
+            loglogd: loglogd.clone(),
+            work_dir: args.work_dir.clone(),
+        };
+        match run_once(&config) {
+            Ok(report) => {
+                eprintln!(
+                    "run {run} seed {}: {}{}",
+                    config.seed,
+                    report.summary.line(),
+                    match &report.kept {
+                        Some(folder) => format!(" FAILED, kept {}", folder.display()),
+                        None => String::new(),
+                    }
+                );
+                eprintln!("  {}", report.details);
+                for problem in report.problems.iter().take(10) {
+                    eprintln!("  {problem}");
+                }
+                if let Some(folder) = report.kept {
+                    kept.push(folder);
+                }
+                total.add(&report.summary);
+            }
+            Err(error) => {
+                eprintln!("run {run} seed {}: harness error: {error:#}", config.seed);
+                total.add(&Summary {
+                    runs: 1,
+                    other_failures: 1,
+                    ..Summary::default()
+                });
+            }
+        }
+    }
+    println!("{}", total.line());
+    for folder in &kept {
+        eprintln!("failing run kept in {}", folder.display());
+    }
+    if total.violations() > 0 {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,300 @@
+//! The concurrent workload: appenders of unique values, plain readers,
+//! linearizable readers and tail followers, all recording into one
+//! [`History`] with monotonic timestamps (nanoseconds since the run began).
+//!
+//! Outcomes: an append acknowledged with an offset is `Ok`; a typed server
+//! answer or a failed connect (nothing sent) is `Failed`; a timeout or a
+//! broken connection is `Indeterminate`. A client whose call timed out is
+//! replaced by a new one that tries the nodes in another order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use loglog::{Client, ClientConfig, Error};
+use loglog_proto::wire::{
+    FrameHeader, Request, ServerError, FRAME_HEADER_LEN, READ_RESPONSE_PREFIX_LEN, STATUS_OK,
+};
+use loglog_sim::history::{
+    AppendOutcome, History, ReadEntry, ReadKind, ReadOutcome, ReadResult, Timestamp,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long one operation may take before it counts as indeterminate.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes asked by one read (well above a run's log, so reads are whole).
+const READ_BYTES: u32 = 8 << 20;
+
+/// What every workload task shares.
+pub struct Shared {
+    pub history: Mutex<History>,
+    pub began: Instant,
+    pub stop: AtomicBool,
+    pub nodes: Vec<String>,
+    /// Offsets acknowledged so far: entry boundaries to start reads at.
+    pub acked_offsets: Mutex<Vec<u64>>,
+    pub run: u64,
+}
+
+impl Shared {
+    pub fn now(&self) -> Timestamp {
+        self.began.elapsed().as_nanos() as Timestamp
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// A boundary to start a read at: 0 or an acknowledged offset.
+    fn read_start(&self, rng: &mut ChaCha8Rng) -> u64 {
+        let offsets = self
+            .acked_offsets
+            .lock()
+            .expect("no task panics holding it");
+        if offsets.is_empty() || rng.gen_bool(0.2) {
+            0
+        } else {
+            // Mostly recent ones: short reads, near the tail.
+            let from = offsets.len().saturating_sub(200);
+            offsets[rng.gen_range(from..offsets.len())]
+        }
+    }
+}
+
+fn client_config() -> ClientConfig {
+    ClientConfig {
+        connect_timeout: Duration::from_secs(1),
+        max_redirects: 5,
+        ..ClientConfig::default()
+    }
+}
+
+/// A client trying the nodes from a random one on.
+async fn connect(shared: &Shared, rng: &mut ChaCha8Rng) -> Option<Client> {
+    let mut order = shared.nodes.clone();
+    let turn = rng.gen_range(0..order.len());
+    order.rotate_left(turn);
+    tokio::time::timeout(
+        OP_TIMEOUT * 3,
+        Client::connect_with(&order, client_config()),
+    )
+    .await
+    .ok()?
+    .ok()
+}
+
+async fn pause_until_reconnect(shared: &Shared) {
+    if !shared.stopped() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn appender(shared: Arc<Shared>, client_id: u64, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut client = None;
+    let mut sequence = 0u64;
+    while !shared.stopped() {
+        let Some(current) = client.clone() else {
+            client = connect(&shared, &mut rng).await;
+            if client.is_none() {
+                pause_until_reconnect(&shared).await;
+            }
+            continue;
+        };
+        sequence += 1;
+        let value = format!("r{}-c{client_id}-{sequence}", shared.run).into_bytes();
+        let id = {
+            let mut history = shared.history.lock().expect("no task panics holding it");
+            history.invoke_append(client_id, value.clone(), shared.now())
+        };
+        let result = tokio::time::timeout(OP_TIMEOUT, current.append(Bytes::from(value))).await;
+        let outcome = match result {
+            Ok(Ok(offset)) => AppendOutcome::Ok { offset },
+            Ok(Err(Error::Server { .. } | Error::Connect { .. } | Error::InvalidArgument(_))) => {
+                AppendOutcome::Failed
+            }
+            Ok(Err(_)) | Err(_) => AppendOutcome::Indeterminate,
+        };
+        {
+            let mut history = shared.history.lock().expect("no task panics holding it");
+            history.complete_append(id, outcome, shared.now());
+        }
+        match outcome {
+            AppendOutcome::Ok { offset } => shared
+                .acked_offsets
+                .lock()
+                .expect("no task panics holding it")
+                .push(offset),
+            _ => {
+                client = None;
+                pause_until_reconnect(&shared).await;
+            }
+        }
+    }
+}
+
+/// Plain reads of a random node's committed prefix, through the library.
+pub async fn plain_reader(shared: Arc<Shared>, client_id: u64, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    while !shared.stopped() {
+        let node = shared.nodes[rng.gen_range(0..shared.nodes.len())].clone();
+        let connected =
+            tokio::time::timeout(OP_TIMEOUT, Client::connect_with(&[node], client_config())).await;
+        let Ok(Ok(client)) = connected else {
+            pause_until_reconnect(&shared).await;
+            continue;
+        };
+        for _ in 0..20 {
+            if shared.stopped() {
+                break;
+            }
+            let start = shared.read_start(&mut rng);
+            let id = {
+                let mut history = shared.history.lock().expect("no task panics holding it");
+                history.invoke_read(client_id, ReadKind::Plain, shared.now())
+            };
+            let result =
+                tokio::time::timeout(OP_TIMEOUT, client.read(start, READ_BYTES, Duration::ZERO))
+                    .await;
+            let (outcome, ok) = match result {
+                Ok(Ok(page)) => match ReadResult::from_raw_bytes(start, page.raw()) {
+                    Ok(read) => (ReadOutcome::Ok(read), true),
+                    Err(_) => (ReadOutcome::Failed, false),
+                },
+                _ => (ReadOutcome::Failed, false),
+            };
+            {
+                let mut history = shared.history.lock().expect("no task panics holding it");
+                history.complete_read(id, outcome, shared.now());
+            }
+            if !ok {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(5..50))).await;
+        }
+    }
+}
+
+/// Linearizable reads. The client library has no linearizable read yet,
+/// so this sends the READ frame with the linearizable flag itself (one
+/// connection per read, following `NotLeader`).
+pub async fn linearizable_reader(shared: Arc<Shared>, client_id: u64, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut target = shared.nodes[0].clone();
+    while !shared.stopped() {
+        let start = shared.read_start(&mut rng);
+        let id = {
+            let mut history = shared.history.lock().expect("no task panics holding it");
+            history.invoke_read(client_id, ReadKind::Linearizable, shared.now())
+        };
+        let mut outcome = ReadOutcome::Failed;
+        for _ in 0..4 {
+            match tokio::time::timeout(OP_TIMEOUT, read_linearizable(&target, start)).await {
+                Ok(Ok(read)) => {
+                    outcome = ReadOutcome::Ok(read);
+                    break;
+                }
+                Ok(Err(Some(leader))) => target = leader,
+                _ => {
+                    target = shared.nodes[rng.gen_range(0..shared.nodes.len())].clone();
+                    break;
+                }
+            }
+        }
+        {
+            let mut history = shared.history.lock().expect("no task panics holding it");
+            history.complete_read(id, outcome, shared.now());
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(5..50))).await;
+    }
+}
+
+/// One linearizable read of `[start, commit)` from `addr`. `Err(Some(a))`:
+/// redirected to the leader at `a`; `Err(None)`: failed. A page that does
+/// not reach the commit offset it reports is a failure (it would not cover
+/// the read index).
+async fn read_linearizable(addr: &str, start: u64) -> Result<ReadResult, Option<String>> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|_| None)?;
+    let mut frame = Vec::new();
+    Request::Read {
+        offset: start,
+        max_bytes: READ_BYTES,
+        wait_ms: 0,
+        linearizable: true,
+    }
+    .encode(1, &mut frame);
+    stream.write_all(&frame).await.map_err(|_| None)?;
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    stream.read_exact(&mut header).await.map_err(|_| None)?;
+    let header = match FrameHeader::decode(&header, READ_BYTES + 1024) {
+        Ok(Some(header)) => header,
+        _ => return Err(None),
+    };
+    let mut body = vec![0u8; header.body_len as usize];
+    stream.read_exact(&mut body).await.map_err(|_| None)?;
+    if header.aux != STATUS_OK {
+        return match ServerError::decode(header.aux, &body) {
+            ServerError::NotLeader { leader } => Err(leader),
+            _ => Err(None),
+        };
+    }
+    let prefix = body.get(..READ_RESPONSE_PREFIX_LEN).ok_or(None)?;
+    let commit = u64::from_le_bytes(prefix.try_into().expect("prefix is 8 bytes"));
+    let read =
+        ReadResult::from_raw_bytes(start, &body[READ_RESPONSE_PREFIX_LEN..]).map_err(|_| None)?;
+    if read.end != commit.max(start) {
+        return Err(None);
+    }
+    Ok(read)
+}
+
+/// Follows the log of a random node from 0 with the library's stream; each
+/// stretch of entries received without error is one plain read of
+/// `[from, position)`.
+pub async fn tail_follower(shared: Arc<Shared>, client_id: u64, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut from = 0u64;
+    while !shared.stopped() {
+        let node = shared.nodes[rng.gen_range(0..shared.nodes.len())].clone();
+        let connected =
+            tokio::time::timeout(OP_TIMEOUT, Client::connect_with(&[node], client_config())).await;
+        let Ok(Ok(client)) = connected else {
+            pause_until_reconnect(&shared).await;
+            continue;
+        };
+        let id = {
+            let mut history = shared.history.lock().expect("no task panics holding it");
+            history.invoke_read(client_id, ReadKind::Plain, shared.now())
+        };
+        let mut stream = client
+            .entries(from)
+            .long_poll(Duration::from_millis(200))
+            .page_bytes(64 << 10);
+        let mut entries = Vec::new();
+        while !shared.stopped() {
+            match tokio::time::timeout(OP_TIMEOUT, stream.next()).await {
+                Ok(Ok(entry)) => entries.push(ReadEntry {
+                    offset: entry.offset,
+                    payload: entry.payload.to_vec(),
+                }),
+                _ => break,
+            }
+        }
+        let end = stream.position();
+        let read = ReadResult {
+            start: from,
+            end,
+            entries,
+        };
+        {
+            let mut history = shared.history.lock().expect("no task panics holding it");
+            history.complete_read(id, ReadOutcome::Ok(read), shared.now());
+        }
+        from = end;
+        pause_until_reconnect(&shared).await;
+    }
+}
