@@ -564,6 +564,97 @@ fn a_follower_that_lost_synced_entries_is_marked_and_restored() {
     }
 }
 
+/// Every node SIGKILLed at once under load (twice): the restarted cluster
+/// elects a leader (no node wrongly believes it lost synced data, which
+/// would keep it from voting) and every acknowledged entry is there once.
+#[test]
+fn whole_cluster_sigkilled_under_load_recovers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3);
+    let addrs: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|member| member.client.to_string())
+        .collect();
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    for round in 0..2 {
+        for index in 0..3 {
+            cluster.start(index);
+        }
+        cluster.wait_for_leader(&[0, 1, 2]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let (addrs, stop, acknowledged) =
+                    (addrs.clone(), stop.clone(), acknowledged.clone());
+                std::thread::spawn(move || {
+                    let Ok(client) = Client::connect(&addrs) else {
+                        return;
+                    };
+                    for n in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let payload = format!("r{round}-w{w}-{n}").into_bytes();
+                        match client.append(payload.clone()) {
+                            Ok(offset) => acknowledged.lock().unwrap().push((payload, offset)),
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(800));
+        for index in 0..3 {
+            cluster.kill(index);
+        }
+        stop.store(true, Ordering::Relaxed);
+        for writer in writers {
+            writer.join().unwrap();
+        }
+    }
+    for index in 0..3 {
+        cluster.start(index);
+    }
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    // An append of the new term commits everything before it.
+    let (payload, offset) = append_until_acknowledged(&addrs, "final");
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
+    assert!(acknowledged.len() > 50, "too few appends went through");
+    let end = offset + 16 + payload.len() as u64;
+    assert!(cluster.status(leader).is_some());
+    let logs: Vec<Vec<u8>> = (0..3)
+        .map(|index| committed_bytes(cluster.members[index].client, end))
+        .collect();
+    let shortest = logs.iter().map(Vec::len).min().unwrap();
+    for log in &logs {
+        assert_eq!(
+            log[..shortest],
+            logs[0][..shortest],
+            "committed logs differ"
+        );
+    }
+    let entries = data_entries(&logs[0]);
+    for (payload, offset) in &acknowledged {
+        assert_eq!(
+            entries.get(payload),
+            Some(&vec![*offset]),
+            "acknowledged entry {:?}",
+            String::from_utf8_lossy(payload)
+        );
+    }
+    assert!(entries.values().all(|offsets| offsets.len() == 1));
+    assert!(
+        !cluster
+            .logs()
+            .contains("recovery cut entries this node had synced"),
+        "a process crash loses no synced bytes"
+    );
+}
+
 #[test]
 fn a_data_dir_of_another_cluster_or_node_refuses_to_start() {
     let root = tempfile::tempdir().unwrap();
