@@ -1010,6 +1010,10 @@ impl RaftNode {
                 bytes,
             });
         }
+        // An honest leader's batch ends inside our log now; a forged one (a
+        // `prev` below our commit offset that is no entry boundary) may
+        // claim more than we hold, so never trust past our own end.
+        let end = end.min(self.log.end);
         self.verified_end = self.verified_end.max(end);
         let commit = append.leader_commit.min(end);
         if commit > self.known_commit {
