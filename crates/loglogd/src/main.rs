@@ -27,7 +27,11 @@ use loglogd::{parse_byte_size, Config, Fsync, Node};
     --peer-listen) and the address clients are redirected to (that node's --listen).\n  \
     The cluster id (--cluster-id, default derived from the ids and peer addresses) is\n  \
     written into the data directory at bootstrap: a data directory of another cluster or\n  \
-    node id refuses to start, and peers of another cluster are refused at the handshake."
+    node id refuses to start, and peers of another cluster are refused at the handshake.\n\n\
+CONFIG FILE\n  \
+    --config FILE reads the same settings from TOML, named like the flags with underscores\n  \
+    (id = 1, data_dir = \"d1\", listen = \"127.0.0.1:7001\", peer_listen = ..., peers = \"1=...\",\n  \
+    cluster_id, segment_size = \"64MiB\", max_entry_size, fsync); flags on the command line win."
 )]
 struct Args {
     /// Data directory (created if missing).
@@ -55,11 +59,120 @@ struct Args {
     #[arg(long, value_parser = parse_peer_list)]
     peers: Option<PeerList>,
     /// Address to listen on for peers (with --peers; port 0 picks one).
-    #[arg(long, default_value = loglogd::cluster::DEFAULT_PEER_LISTEN, requires = "peers")]
+    #[arg(long, default_value = loglogd::cluster::DEFAULT_PEER_LISTEN)]
     peer_listen: SocketAddr,
     /// Cluster id fixed at bootstrap (default: derived from --peers).
-    #[arg(long, requires = "peers")]
+    #[arg(long)]
     cluster_id: Option<String>,
+    /// A TOML file with any of these settings under the same names
+    /// (data_dir, listen, segment_size, max_entry_size, fsync, id, peers,
+    /// peer_listen, cluster_id); flags given on the command line win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// The settings of a `--config` file: the flags' names with underscores.
+/// Sizes are numbers of bytes or strings with a suffix ("64MiB").
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    segment_size: Option<FileSize>,
+    max_entry_size: Option<FileSize>,
+    fsync: Option<String>,
+    id: Option<u64>,
+    peers: Option<String>,
+    peer_listen: Option<SocketAddr>,
+    cluster_id: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum FileSize {
+    Bytes(u64),
+    Text(String),
+}
+
+impl FileSize {
+    fn bytes(&self) -> Result<u64, String> {
+        match self {
+            FileSize::Bytes(bytes) => Ok(*bytes),
+            FileSize::Text(text) => parse_byte_size(text),
+        }
+    }
+}
+
+/// Fills every setting not given on the command line from `--config`.
+fn apply_config_file(args: &mut Args, matches: &clap::ArgMatches) -> Result<(), String> {
+    let unset =
+        |name: &str| matches.value_source(name) != Some(clap::parser::ValueSource::CommandLine);
+    if let Some(path) = args.config.clone() {
+        read_config_file(args, &path, &unset)?;
+    }
+    if args.peers.is_none() && (args.cluster_id.is_some() || !unset("peer_listen")) {
+        return Err("--peer-listen and --cluster-id need --peers".to_string());
+    }
+    Ok(())
+}
+
+fn read_config_file(
+    args: &mut Args,
+    path: &std::path::Path,
+    unset: &dyn Fn(&str) -> bool,
+) -> Result<(), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let file: FileConfig =
+        toml::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+    let context =
+        |name: &'static str| move |error: String| format!("{}: {name}: {error}", path.display());
+    if let (true, Some(value)) = (unset("data_dir"), file.data_dir) {
+        args.data_dir = value;
+    }
+    if let (true, Some(value)) = (unset("listen"), file.listen) {
+        args.listen = value;
+    }
+    if let (true, Some(value)) = (unset("segment_size"), file.segment_size) {
+        args.segment_size = value.bytes().map_err(context("segment_size"))?;
+    }
+    if let (true, Some(value)) = (unset("max_entry_size"), file.max_entry_size) {
+        let bytes = value.bytes().map_err(context("max_entry_size"))?;
+        args.max_entry_size = u32::try_from(bytes)
+            .map_err(|_| format!("{}: max_entry_size is larger than 4 GiB", path.display()))?;
+    }
+    if let (true, Some(value)) = (unset("fsync"), file.fsync) {
+        args.fsync = value.parse().map_err(context("fsync"))?;
+    }
+    if let (true, Some(value)) = (unset("id"), file.id) {
+        args.id = value;
+    }
+    if let (true, Some(value)) = (unset("peers"), file.peers) {
+        args.peers = Some(parse_peer_list(&value).map_err(context("peers"))?);
+    }
+    if let (true, Some(value)) = (unset("peer_listen"), file.peer_listen) {
+        args.peer_listen = value;
+    }
+    if let (true, Some(value)) = (unset("cluster_id"), file.cluster_id) {
+        args.cluster_id = Some(value);
+    }
+    Ok(())
+}
+
+/// Parses a command line and applies `--config` (what `main` does).
+#[cfg(test)]
+fn parse_args<I, T>(argv: I) -> Result<Args, String>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Args::command()
+        .try_get_matches_from(argv)
+        .map_err(|error| error.to_string())?;
+    let mut args = Args::from_arg_matches(&matches).map_err(|error| error.to_string())?;
+    apply_config_file(&mut args, &matches)?;
+    Ok(args)
 }
 
 /// The parsed `--peers` value (one flag, comma-separated members).
@@ -76,7 +189,14 @@ fn parse_entry_size(text: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    // Exits on --help, --version and bad flags, as clap does.
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    if let Err(message) = apply_config_file(&mut args, &matches) {
+        eprintln!("loglogd: {message}");
+        return ExitCode::from(2);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -184,6 +304,70 @@ mod tests {
     }
 
     #[test]
+    fn a_config_file_fills_what_the_flags_do_not_give() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loglogd.toml");
+        std::fs::write(
+            &path,
+            r#"
+data_dir = "/from-file"
+listen = "127.0.0.1:7001"
+segment_size = "1MiB"
+max_entry_size = 4096
+fsync = "never"
+id = 3
+peers = "1=h1:7101@h1:7001,3=h3:7103@h3:7003"
+peer_listen = "127.0.0.1:7103"
+cluster_id = "file-cluster"
+"#,
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let config = config_from(parse_args(["loglogd", "--config", path]).unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("/from-file"));
+        assert_eq!(config.listen, Some("127.0.0.1:7001".parse().unwrap()));
+        assert_eq!(
+            (config.segment_size, config.max_entry_size),
+            (1 << 20, 4096)
+        );
+        assert_eq!((config.fsync, config.node_id), (Fsync::Never, 3));
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.cluster_id(), "file-cluster");
+        assert_eq!(cluster.peer_listen, "127.0.0.1:7103".parse().unwrap());
+        assert_eq!(cluster.peers.len(), 2);
+        // Flags win over the file.
+        let config = config_from(
+            parse_args([
+                "loglogd",
+                "--config",
+                path,
+                "--id",
+                "1",
+                "--data-dir",
+                "/flag",
+            ])
+            .unwrap(),
+        );
+        assert_eq!(
+            (config.node_id, config.data_dir),
+            (1, PathBuf::from("/flag"))
+        );
+        assert_eq!(
+            config.segment_size,
+            1 << 20,
+            "the rest still comes from the file"
+        );
+        // Unknown keys and bad values are errors that name the file.
+        std::fs::write(dir.path().join("bad.toml"), "ids = 3\n").unwrap();
+        let bad = dir.path().join("bad.toml");
+        let error = parse_args(["loglogd", "--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(error.contains("bad.toml"), "{error}");
+        std::fs::write(&bad, "segment_size = \"12XB\"\n").unwrap();
+        assert!(parse_args(["loglogd", "--config", bad.to_str().unwrap()]).is_err());
+        assert!(parse_args(["loglogd", "--config", "/no/such/file.toml"]).is_err());
+    }
+
+    #[test]
     fn cluster_flags_set_the_cluster_config() {
         let config = config_from(Args::parse_from([
             "loglogd",
@@ -204,6 +388,7 @@ mod tests {
         assert_eq!(cluster.cluster_id(), "test-cluster");
         assert!(Args::try_parse_from(["loglogd", "--peers", "1=nonsense"]).is_err());
         // Cluster-only flags need --peers.
-        assert!(Args::try_parse_from(["loglogd", "--cluster-id", "x"]).is_err());
+        assert!(parse_args(["loglogd", "--cluster-id", "x"]).is_err());
+        assert!(parse_args(["loglogd", "--peer-listen", "127.0.0.1:1"]).is_err());
     }
 }
