@@ -71,6 +71,26 @@ impl Client {
             .block_on(self.client.read(offset, max_bytes, wait))
     }
 
+    /// See [`crate::Client::read_linearizable`].
+    pub fn read_linearizable(
+        &self,
+        offset: u64,
+        max_bytes: u32,
+        wait: Duration,
+    ) -> Result<ReadPage, Error> {
+        self.runtime
+            .block_on(self.client.read_linearizable(offset, max_bytes, wait))
+    }
+
+    /// See [`crate::Client::append_batch`].
+    pub fn append_batch<I, T>(&self, sub_entries: I) -> Result<u64, Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        self.runtime.block_on(self.client.append_batch(sub_entries))
+    }
+
     /// See [`crate::Client::status`].
     pub fn status(&self) -> Result<NodeStatus, Error> {
         self.runtime.block_on(self.client.status())

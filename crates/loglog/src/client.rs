@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use loglog_proto::entry::MAX_PAYLOAD_LIMIT;
 use loglog_proto::wire::{
-    opcode, NodeStatus, Request, ServerError, APPEND_NO_WAIT, FRAME_HEADER_LEN,
+    opcode, NodeStatus, Request, ServerError, APPEND_NO_WAIT, FRAME_HEADER_LEN, READ_LINEARIZABLE,
 };
 use tokio::sync::oneshot;
 
@@ -211,17 +211,54 @@ impl Client {
         max_bytes: u32,
         wait: Duration,
     ) -> Result<ReadPage, Error> {
+        self.read_with(offset, max_bytes, wait, false).await
+    }
+
+    /// Like [`Client::read`], but linearizable: the answering node first
+    /// confirms with a quorum that it is still the leader (read-index), so
+    /// the page's commit offset is at least every append acknowledged
+    /// before the call. Followers answer `NotLeader`, which is followed.
+    pub async fn read_linearizable(
+        &self,
+        offset: u64,
+        max_bytes: u32,
+        wait: Duration,
+    ) -> Result<ReadPage, Error> {
+        self.read_with(offset, max_bytes, wait, true).await
+    }
+
+    /// Appends the sub-entries as one batch entry (see [`crate::batch`])
+    /// and waits for its commit; returns the entry's offset. Sub-entry `i`
+    /// is at position `(offset, i)`.
+    pub async fn append_batch<I, T>(&self, sub_entries: I) -> Result<u64, Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        let payload = crate::batch::encode_batch(sub_entries)
+            .map_err(|error| Error::InvalidArgument(error.to_string()))?;
+        self.append(payload).await
+    }
+
+    async fn read_with(
+        &self,
+        offset: u64,
+        max_bytes: u32,
+        wait: Duration,
+        linearizable: bool,
+    ) -> Result<ReadPage, Error> {
         let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
         let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + 16);
         Request::Read {
             offset,
             max_bytes,
             wait_ms,
-            linearizable: false,
+            linearizable,
         }
         .encode(0, &mut frame);
+        let flags = if linearizable { READ_LINEARIZABLE } else { 0 };
         let body = Bytes::from(frame).slice(FRAME_HEADER_LEN..);
-        let (addr, answer) = self.call(opcode::READ, 0, body).await?;
+        let (addr, answer) = self.call(opcode::READ, flags, body).await?;
         ReadPage::parse(&addr, offset, answer)
     }
 

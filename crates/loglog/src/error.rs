@@ -9,8 +9,11 @@ use loglog_proto::wire::ServerError;
 /// Everything a LogLog client call can fail with.
 ///
 /// Whether a failed append may still have been applied matters to callers:
-/// [`Error::is_indeterminate`] tells. A [`Error::Server`] answer means the
-/// node refused the request and nothing changed.
+/// [`Error::is_indeterminate`] tells. Most [`Error::Server`] answers mean
+/// the node refused the request and nothing changed; `ShuttingDown` and
+/// `Unavailable` may also answer an append that was already written (and
+/// replicated) when the node stopped or its disk failed, so for appends
+/// they are indeterminate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No TCP connection could be opened (`addr` lists every address tried).
@@ -70,7 +73,13 @@ impl Error {
     pub fn is_indeterminate(&self) -> bool {
         matches!(
             self,
-            Error::Io { .. } | Error::Protocol { .. } | Error::Corrupt { .. }
+            Error::Io { .. }
+                | Error::Protocol { .. }
+                | Error::Corrupt { .. }
+                | Error::Server {
+                    source: ServerError::ShuttingDown | ServerError::Unavailable { .. },
+                    ..
+                }
         )
     }
 }

@@ -26,16 +26,24 @@
 //! ```
 //!
 //! [`blocking::Client`] offers the same calls without async.
+//!
+//! On top of the log, client side (the server never interprets payloads):
+//! [`batch`] packs many records into one entry, and [`follower`] drives a
+//! state machine that follows the log with durable snapshots.
 
+pub mod batch;
 pub mod blocking;
 mod client;
 mod connection;
 mod error;
+pub mod follower;
 mod page;
 mod stream;
 
+pub use batch::{BatchBuilder, BatchError, SubEntry};
 pub use client::{Client, ClientConfig, PendingAppend, DEFAULT_CLUSTER};
 pub use error::{Error, Result};
+pub use follower::{Follower, FollowerConfig, FollowerError, StateMachine};
 pub use page::{Entry, ReadPage};
 pub use stream::{EntryStream, DEFAULT_LONG_POLL, DEFAULT_PAGE_BYTES};
 
