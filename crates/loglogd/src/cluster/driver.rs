@@ -15,11 +15,16 @@
 //! * **Actions**, in order: `PersistHardState` is saved (write, fsync,
 //!   rename, fsync dir) before anything after it; consecutive `Append`s are
 //!   gathered into one `pwrite`, written before any other action; a
-//!   `Truncate` cuts the log (durably) and fails the waiting appends at or
-//!   above it with `NotLeader` (their entries are gone: nothing was
-//!   appended); `Send` encodes into the peer's bounded queue;
+//!   `Truncate` cuts the log (durably) but settles none of the appends
+//!   waiting at or above it: their entries may survive on other nodes (or
+//!   here, if a crash undoes the truncation) and still commit, so they move
+//!   to `in_doubt`; `Send` encodes into the peer's bounded queue;
 //!   `CommitAdvanced` publishes the commit offset on the node's commit watch
 //!   (waking long-poll readers) and answers the waiting appends it covers.
+//!   An append proposed at offset `o` in term `t` succeeded iff the
+//!   committed entry at `o` is of term `t` (one leader per term writes each
+//!   offset once), and definitely failed otherwise: only then is
+//!   `NotLeader` (which clients retry) a safe answer.
 //! * **Durability.** After each write the thread hands its write id to the
 //!   syncer thread, which fdatasyncs (one sync covers every write before
 //!   it: group commit) and reports the highest id done through an atomic and
@@ -331,6 +336,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         peers,
         client_addrs,
         waiters: VecDeque::new(),
+        in_doubt: Vec::new(),
         deferred: VecDeque::new(),
         deferred_again: false,
         no_wait: Vec::new(),
@@ -690,6 +696,9 @@ impl LogRead for StorageLog<'_> {
 struct Waiter {
     offset: u64,
     end: u64,
+    /// The term it was proposed in: the committed entry at `offset` is this
+    /// append's own iff it has this term.
+    term: u32,
     reply: Reply,
 }
 
@@ -717,6 +726,11 @@ struct Driver {
     client_addrs: BTreeMap<NodeId, String>,
     /// Waiting appends, in offset order.
     waiters: VecDeque<Waiter>,
+    /// Appends whose entries a `Truncate` removed here: they may still
+    /// commit (from another node's copy), so they wait for the commit offset
+    /// to pass them and are settled by the term found there. Bounded like
+    /// `waiters` (they came from it).
+    in_doubt: Vec<Waiter>,
     /// Appends the core had no room for (uncommitted bytes at their bound),
     /// in arrival order, with when they first met a full core. While any
     /// wait, no new append is taken from the queue.
@@ -914,6 +928,7 @@ impl Driver {
                     self.waiters.push_back(Waiter {
                         offset,
                         end,
+                        term: self.raft.term(),
                         reply: request.reply,
                     });
                 } else {
@@ -1069,15 +1084,14 @@ impl Driver {
                         .written_end
                         .store(self.writer.end_offset(), Ordering::Release);
                     self.submit_sync(write_id);
-                    // Their entries are gone: nothing of theirs was appended.
-                    let error = self.not_leader();
+                    // Gone from this log, not necessarily from the cluster's.
                     while self
                         .waiters
                         .back()
                         .is_some_and(|last| last.offset >= offset)
                     {
                         let waiter = self.waiters.pop_back().expect("checked");
-                        waiter.reply.send(Err(error.clone()));
+                        self.in_doubt.push(waiter);
                     }
                     tracing::info!(offset, "log truncated (conflicting suffix)");
                 }
@@ -1172,11 +1186,32 @@ impl Driver {
             .is_some_and(|first| first.end <= commit)
         {
             let waiter = self.waiters.pop_front().expect("checked");
-            waiter.reply.send(Ok(waiter.offset));
+            self.settle(waiter);
+        }
+        if self.in_doubt.iter().any(|waiter| waiter.offset < commit) {
+            let (settled, waiting) = std::mem::take(&mut self.in_doubt)
+                .into_iter()
+                .partition(|waiter| waiter.offset < commit);
+            self.in_doubt = waiting;
+            for waiter in settled {
+                self.settle(waiter);
+            }
         }
         let (saved_at, saved_commit) = self.checkpoint_saved;
         if commit > saved_commit && saved_at.elapsed() >= CHECKPOINT_INTERVAL {
             self.save_checkpoint();
+        }
+    }
+
+    /// Answers an append whose offset the commit offset has passed: ok iff
+    /// the committed entry there is of the term it was proposed in.
+    fn settle(&mut self, waiter: Waiter) {
+        if self.raft.term_map().term_at(waiter.offset) == waiter.term {
+            waiter.reply.send(Ok(waiter.offset));
+        } else {
+            // Another leader's entry is committed at its offset: it can
+            // never commit, and a retry cannot duplicate it.
+            waiter.reply.send(Err(self.not_leader()));
         }
     }
 
@@ -1200,7 +1235,7 @@ impl Driver {
             .shared
             .unavailable()
             .unwrap_or(ServerError::ShuttingDown);
-        for waiter in self.waiters.drain(..) {
+        for waiter in self.waiters.drain(..).chain(self.in_doubt.drain(..)) {
             waiter.reply.send(Err(error.clone()));
         }
         for (_, request) in self.deferred.drain(..) {
