@@ -38,6 +38,13 @@ impl Member {
     }
 }
 
+/// A tail segment cut by [`Cluster::truncate_tail`].
+pub struct TailCut {
+    pub description: String,
+    /// (copy of the original, the segment) when something was cut.
+    restore: Option<(PathBuf, PathBuf)>,
+}
+
 pub struct Cluster {
     loglogd: PathBuf,
     peers_flag: String,
@@ -160,13 +167,21 @@ impl Cluster {
     }
 
     /// Cuts the tail segment of a stopped (dead) node at a random byte of
-    /// its written entries; returns the file and the new length.
-    pub fn truncate_tail(&self, index: usize, pick: impl FnOnce(u64) -> u64) -> Result<String> {
+    /// its written entries, after copying it to `<segment>.chaos-backup`
+    /// next to the data directory; returns what was done and the copy.
+    pub fn truncate_tail(&self, index: usize, pick: impl FnOnce(u64) -> u64) -> Result<TailCut> {
         let member = &self.members[index];
         assert!(!member.is_running(), "truncate only a dead node's log");
         let Some((start, path)) = tail_segment(&member.data_dir)? else {
-            return Ok("no segment".to_string());
+            return Ok(TailCut {
+                description: "no segment".to_string(),
+                restore: None,
+            });
         };
+        let backup = member
+            .data_dir
+            .with_extension(format!("tail-{start}.chaos-backup"));
+        std::fs::copy(&path, &backup)?;
         let bytes = std::fs::read(&path)?;
         let body = bytes.get(SEGMENT_HEADER_LEN..).unwrap_or(&[]);
         let mut iter = EntryIter::new(body, start, u32::MAX);
@@ -177,15 +192,40 @@ impl Cluster {
         }
         let written = iter.offset() - start;
         if written == 0 {
-            return Ok(format!("{} holds no entry", path.display()));
+            return Ok(TailCut {
+                description: format!("{} holds no entry", path.display()),
+                restore: None,
+            });
         }
         let cut = pick(written);
         let new_len = SEGMENT_HEADER_LEN as u64 + cut;
         File::options().write(true).open(&path)?.set_len(new_len)?;
-        Ok(format!(
-            "{} cut to {new_len} bytes ({cut} of {written} entry bytes kept)",
-            path.display()
-        ))
+        Ok(TailCut {
+            description: format!(
+                "{} cut to {new_len} bytes ({cut} of {written} entry bytes kept)",
+                path.display()
+            ),
+            restore: Some((backup, path)),
+        })
+    }
+
+    /// Puts a cut segment back as it was (the node must be dead).
+    pub fn undo_cut(&self, index: usize, cut: &TailCut) -> Result<()> {
+        assert!(
+            !self.members[index].is_running(),
+            "restore only a dead node's log"
+        );
+        if let Some((backup, path)) = &cut.restore {
+            std::fs::copy(backup, path)?;
+        }
+        Ok(())
+    }
+
+    /// The last few KiB of a node's stderr log.
+    pub fn log_tail(&self, index: usize) -> String {
+        let bytes = std::fs::read(&self.members[index].log_path).unwrap_or_default();
+        let from = bytes.len().saturating_sub(4096);
+        String::from_utf8_lossy(&bytes[from..]).into_owned()
     }
 }
 

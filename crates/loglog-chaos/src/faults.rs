@@ -124,8 +124,44 @@ pub async fn inject(
                 let cut = cluster.truncate_tail(victim, |written| rng.gen_range(0..=written))?;
                 note(
                     log,
-                    format!("SIGKILL node {} and cut its tail: {cut}", victim + 1),
+                    format!(
+                        "SIGKILL node {} and cut its tail: {}",
+                        victim + 1,
+                        cut.description
+                    ),
                 );
+                cluster.start(victim)?;
+                // A cut below what the node knows was committed must make
+                // it refuse to start (never serve a log with a hole); that
+                // is the right answer, and the harness then undoes the cut
+                // (standing in for the operator's re-seed).
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                if let Some(status) = cluster.exited(victim) {
+                    if cluster
+                        .log_tail(victim)
+                        .contains("committed data is missing")
+                    {
+                        note(
+                            log,
+                            format!(
+                                "node {} refused to start ({status}): committed data missing; cut undone",
+                                victim + 1
+                            ),
+                        );
+                        cluster.undo_cut(victim, &cut)?;
+                        cluster.start(victim)?;
+                    }
+                    // Any other exit is caught below as a crash.
+                    else {
+                        let text = format!(
+                            "node {} exited after its tail was cut: {status}",
+                            victim + 1
+                        );
+                        note(log, text.clone());
+                        problems.push(text);
+                        cluster.start(victim)?;
+                    }
+                }
             }
             _ => {
                 note(

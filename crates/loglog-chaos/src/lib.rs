@@ -50,6 +50,12 @@ pub struct RunConfig {
     pub loglogd: PathBuf,
     /// Where the run's folder is made.
     pub work_dir: PathBuf,
+    /// Self-check of the harness: after the workload, kill every node, cut
+    /// every tail segment in its first half and remove the node's records
+    /// of its committed and synced ends before the restart (a disk that
+    /// silently loses fsynced data everywhere). The run must then report
+    /// lost acknowledged appends; a harness that stays green is broken.
+    pub lose_every_tail: bool,
 }
 
 /// Counters of one run (or summed over runs).
@@ -285,6 +291,29 @@ async fn drive(
         task.await.context("a workload task panicked")?;
     }
     faults_result?;
+    if config.lose_every_tail {
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(config.seed);
+        for index in 0..cluster.members.len() {
+            cluster.kill(index);
+            let cut = cluster.truncate_tail(index, |written| {
+                rand::Rng::gen_range(&mut rng, 0..=written / 2)
+            })?;
+            // The node's own records of how far its log was committed and
+            // synced go too, so it starts (a node that finds its log below
+            // them refuses to): the damage is then silent, as on a disk
+            // that lies, and only the history can tell.
+            for record in ["raft.checkpoint", "raft.durable"] {
+                let _ = std::fs::remove_file(cluster.members[index].data_dir.join(record));
+            }
+            let _ = writeln!(
+                fault_log,
+                "self-check: node {} {}",
+                index + 1,
+                cut.description
+            );
+        }
+        cluster.revive_all()?;
+    }
 
     // Nodes that died by themselves during the schedule.
     let mut summary = Summary {
@@ -476,28 +505,43 @@ async fn wait_for_leader(nodes: &[String], limit: Duration) -> Result<usize> {
     }
 }
 
-/// Waits until every node answers with the same commit offset twice in a
-/// row, then reads each node's committed log `[0, commit)`.
+/// Waits until there is a leader whose whole log is committed (its end is
+/// its commit offset, so its own term's no-op is committed too) and every
+/// node reports that commit offset, twice in a row; then reads each node's
+/// committed log `[0, commit)`.
 async fn converged_logs(nodes: &[String], limit: Duration) -> Result<Vec<Vec<u8>>> {
     let deadline = Instant::now() + limit;
     let mut previous = None;
     let commit = loop {
-        let mut commits = Vec::new();
+        let mut statuses = Vec::new();
         for addr in nodes {
-            commits.push(node_status(addr).await.map(|status| status.commit_offset));
+            statuses.push(node_status(addr).await);
         }
-        let first = commits[0];
-        match first {
-            Some(commit) if commits.iter().all(|other| *other == first) => {
-                if previous == first {
-                    break commit;
-                }
-                previous = first;
+        let leaders: Vec<_> = statuses
+            .iter()
+            .flatten()
+            .filter(|status| status.role == Role::Leader)
+            .collect();
+        let settled = match leaders[..] {
+            [leader] if leader.end_offset == leader.commit_offset => {
+                let commit = leader.commit_offset;
+                statuses
+                    .iter()
+                    .all(|status| status.is_some_and(|s| s.commit_offset == commit))
+                    .then_some(commit)
             }
-            _ => previous = None,
+            _ => None,
+        };
+        match settled {
+            Some(commit) if previous == Some(commit) => break commit,
+            _ => previous = settled,
         }
         if Instant::now() > deadline {
-            bail!("commit offsets still differ after {limit:?}: {commits:?}");
+            let commits: Vec<_> = statuses
+                .iter()
+                .map(|status| status.map(|s| (s.role, s.commit_offset, s.end_offset)))
+                .collect();
+            bail!("no settled leader with equal commit offsets after {limit:?}: {commits:?}");
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };

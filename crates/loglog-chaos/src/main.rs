@@ -29,6 +29,10 @@ struct Args {
     /// Where run folders are made (failing ones are kept).
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     work_dir: PathBuf,
+    /// Self-check: after each run's workload, cut the tail segment of EVERY
+    /// node (unsafe on purpose). The runs must then FAIL with lost appends.
+    #[arg(long)]
+    self_check_lose_every_tail: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -60,6 +64,32 @@ fn main() {
         eprintln!("loglog-chaos: cannot run: {reason}");
         std::process::exit(2);
     }
+    // Drop guards do not run when the process is killed by a signal: on
+    // SIGINT or SIGTERM, remove this run's namespaces and nodes, then exit.
+    std::thread::spawn(|| {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut interrupt), Ok(mut terminate)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            eprintln!("loglog-chaos: interrupted; removing this run's namespaces and nodes");
+            netns::clean_own();
+            std::process::exit(130);
+        });
+    });
     let loglogd = args.loglogd.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
@@ -89,6 +119,7 @@ fn main() {
             duration: args.duration,
             loglogd: loglogd.clone(),
             work_dir: args.work_dir.clone(),
+            lose_every_tail: args.self_check_lose_every_tail,
         };
         match run_once(&config) {
             Ok(report) => {

@@ -74,6 +74,12 @@ pub fn clean_stale() -> Result<()> {
             continue;
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // Nodes a killed run left behind still run in the namespace.
+            if let Ok(pids) = run("ip", &["netns", "pids", name]) {
+                for orphan in pids.split_whitespace() {
+                    let _ = run("kill", &["-KILL", orphan]);
+                }
+            }
             // Best effort: another cleaner may have been first.
             let _ = run("ip", &["netns", "delete", name]);
         }
@@ -275,4 +281,25 @@ fn pick_subnet(pid: u32, counter: u32) -> Result<u8> {
         }
     }
     bail!("every 10.213.x.0/24 subnet is in use")
+}
+
+/// Removes every namespace this process made (and kills what runs in
+/// them). For a signal handler: `Drop` guards do not run when the process
+/// is told to die.
+pub fn clean_own() {
+    let own = format!("{PREFIX}{}-", std::process::id());
+    let Ok(list) = run("ip", &["netns", "list"]) else {
+        return;
+    };
+    for line in list.lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if name.starts_with(&own) {
+            if let Ok(pids) = run("ip", &["netns", "pids", name]) {
+                for pid in pids.split_whitespace() {
+                    let _ = run("kill", &["-KILL", pid]);
+                }
+            }
+            let _ = run("ip", &["netns", "delete", name]);
+        }
+    }
 }

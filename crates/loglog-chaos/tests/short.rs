@@ -63,6 +63,7 @@ fn short_randomized_runs_have_no_violations() {
             duration: Duration::from_secs(seconds),
             loglogd: loglogd.clone(),
             work_dir: std::env::temp_dir(),
+            lose_every_tail: false,
         };
         let report = run_once(&config).expect("the harness runs");
         eprintln!(
