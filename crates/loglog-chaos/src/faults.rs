@@ -1,4 +1,9 @@
-//! The fault schedule: one fault at a time, drawn from the run's seed,
+//! The fault schedule: one fault at a time, drawn from the run's seed
+//! among: isolate a node (the leader half of the time), majority/minority
+//! split, one-way peer loss, random loss on every node (iptables
+//! `statistic`), SIGKILL (restart at heal), SIGSTOP (SIGCONT at heal),
+//! SIGKILL + the tail segment cut at a random byte + restart, a bandwidth
+//! limit (tc tbf), SIGKILL + immediate restart; each
 //! held for a random while, then healed, until the run's duration is over.
 //! Every step is written to the fault log with its time since the start.
 
@@ -48,7 +53,7 @@ pub async fn inject(
             Some(leader) if rng.gen_bool(0.5) => leader,
             _ => rng.gen_range(0..count),
         };
-        let fault = rng.gen_range(0..8);
+        let fault = rng.gen_range(0..9);
         match fault {
             0 => {
                 note(
@@ -85,7 +90,7 @@ pub async fn inject(
                 note(
                     log,
                     format!(
-                        "one-way: node {} drops all peer traffic {}",
+                        "one-way node {} drops all peer traffic {}",
                         victim + 1,
                         if inbound { "in" } else { "out" }
                     ),
@@ -125,7 +130,7 @@ pub async fn inject(
                 note(
                     log,
                     format!(
-                        "SIGKILL node {} and cut its tail: {}",
+                        "tail-cut: SIGKILL node {} and cut its tail: {}",
                         victim + 1,
                         cut.description
                     ),
@@ -163,10 +168,26 @@ pub async fn inject(
                     }
                 }
             }
+            7 => {
+                let kbit = rng.gen_range(128..4096);
+                let everyone = rng.gen_bool(0.3);
+                let whom = if everyone {
+                    "every node".to_string()
+                } else {
+                    format!("node {}", victim + 1)
+                };
+                note(log, format!("bandwidth {kbit} kbit/s out of {whom}"));
+                for index in (0..count).filter(|&index| everyone || index == victim) {
+                    network.limit_bandwidth(index, kbit)?;
+                }
+            }
             _ => {
                 note(
                     log,
-                    format!("SIGKILL and restart node {} at once", victim + 1),
+                    format!(
+                        "kill-restart: SIGKILL and restart node {} at once",
+                        victim + 1
+                    ),
                 );
                 cluster.kill(victim);
                 cluster.start(victim)?;

@@ -407,12 +407,21 @@ fn describe(history: &History, fault_log: &str) -> String {
         let all = history.reads.iter().filter(|op| op.kind == kind).count();
         format!("{ok}/{all}")
     };
-    let faults = fault_log
-        .lines()
-        .filter(|line| !line.contains("healed") && !line.contains("heal all"))
-        .count();
+    // Fault lines read "<ms> ms <kind> ...": count them by kind.
+    let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
+    for line in fault_log.lines() {
+        let kind = line.split_whitespace().nth(2).unwrap_or("?");
+        if !matches!(kind, "healed" | "heal" | "node") {
+            *kinds.entry(kind).or_default() += 1;
+        }
+    }
+    let faults = kinds
+        .iter()
+        .map(|(kind, count)| format!("{kind}:{count}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     format!(
-        "appends ok={} failed={} indeterminate={}; plain reads ok {}; linearizable reads ok {}; faults={faults}",
+        "appends ok={} failed={} indeterminate={}; plain reads ok {}; linearizable reads ok {}; faults {faults}",
         appends(|o| matches!(o, AppendOutcome::Ok { .. })),
         appends(|o| *o == AppendOutcome::Failed),
         appends(|o| matches!(o, AppendOutcome::Indeterminate | AppendOutcome::Pending)),

@@ -250,10 +250,53 @@ impl Network {
         )
     }
 
-    /// Removes every fault rule of every node.
+    /// Limits what node `index` sends to `kbit` kbit/s (tc tbf on its
+    /// veth; this kernel has no netem, tbf is there).
+    pub fn limit_bandwidth(&self, index: usize, kbit: u32) -> Result<()> {
+        let rate = format!("{kbit}kbit");
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.nodes[index],
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                "eth0",
+                "root",
+                "tbf",
+                "rate",
+                &rate,
+                "burst",
+                "32kbit",
+                "latency",
+                "400ms",
+            ],
+        )
+        .map(drop)
+    }
+
+    /// Removes every fault rule and bandwidth limit of every node.
     pub fn heal(&self) -> Result<()> {
         for index in 0..self.nodes.len() {
             self.iptables(index, &["-F", "CHAOS"])?;
+            // Fails when no limit is set: nothing to undo then.
+            let _ = run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &self.nodes[index],
+                    "tc",
+                    "qdisc",
+                    "del",
+                    "dev",
+                    "eth0",
+                    "root",
+                ],
+            );
         }
         Ok(())
     }
