@@ -45,6 +45,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
 
+    /// Append batches of N records each (docs/FORMAT.md, section 4): every
+    /// append is one entry holding N sub-entries of --size bytes, so one
+    /// commit carries N records. Without it, each record is its own entry.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    batch: Option<u32>,
+
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -55,6 +61,8 @@ struct Report {
     writers: u32,
     connections: u32,
     size: u32,
+    /// Records per append (`--batch`), `None` for plain entries.
+    batch: Option<u32>,
     elapsed: Duration,
     appends: u64,
     latency_us: Histogram<u64>,
@@ -65,9 +73,18 @@ impl Report {
         self.appends as f64 / self.elapsed.as_secs_f64()
     }
 
-    /// Payload megabytes (10^6 bytes) per second.
+    fn records(&self) -> u64 {
+        self.appends * u64::from(self.batch.unwrap_or(1))
+    }
+
+    fn records_per_second(&self) -> f64 {
+        self.records() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Record payload megabytes (10^6 bytes) per second (batch framing
+    /// not counted).
     fn megabytes_per_second(&self) -> f64 {
-        self.appends_per_second() * f64::from(self.size) / 1e6
+        self.records_per_second() * f64::from(self.size) / 1e6
     }
 
     fn percentiles(&self) -> [(&'static str, u64); 5] {
@@ -87,7 +104,7 @@ impl Report {
             .iter()
             .map(|(name, value)| format!("{name} {value}"))
             .collect();
-        format!(
+        let text = format!(
             "append: {} writers on {} connections, {} B entries, {:.1} s\n\
              {} appends, {:.0} appends/s, {:.2} MB/s\n\
              latency us: {}",
@@ -99,7 +116,16 @@ impl Report {
             self.appends_per_second(),
             self.megabytes_per_second(),
             latencies.join(", ")
-        )
+        );
+        match self.batch {
+            // A fourth line only with --batch: the three lines stay as they were.
+            Some(batch) => format!(
+                "{text}\nbatches of {batch}: {} records, {:.0} records/s",
+                self.records(),
+                self.records_per_second()
+            ),
+            None => text,
+        }
     }
 
     fn json(&self) -> String {
@@ -109,7 +135,7 @@ impl Report {
             .map(|(name, value)| format!(r#""{name}":{value}"#))
             .collect();
         format!(
-            r#"{{"workload":"append","writers":{},"connections":{},"size":{},"duration_s":{:.3},"appends":{},"appends_per_s":{:.1},"mb_per_s":{:.3},"latency_us":{{{}}}}}"#,
+            r#"{{"workload":"append","writers":{},"connections":{},"size":{},"duration_s":{:.3},"appends":{},"appends_per_s":{:.1},"mb_per_s":{:.3},"latency_us":{{{}}},"batch":{},"records":{},"records_per_s":{:.1}}}"#,
             self.writers,
             self.connections,
             self.size,
@@ -117,7 +143,10 @@ impl Report {
             self.appends,
             self.appends_per_second(),
             self.megabytes_per_second(),
-            latencies.join(",")
+            latencies.join(","),
+            self.batch.unwrap_or(1),
+            self.records(),
+            self.records_per_second()
         )
     }
 }
@@ -128,7 +157,19 @@ pub async fn run(cluster: &[String], args: BenchArgs) -> anyhow::Result<()> {
     for _ in 0..connections {
         clients.push(crate::connect(cluster).await?);
     }
-    let payload = Bytes::from(vec![b'x'; args.size as usize]);
+    let record = vec![b'x'; args.size as usize];
+    let payload = match args.batch {
+        None => Bytes::from(record),
+        Some(batch) => {
+            let mut builder = loglog::BatchBuilder::with_capacity(
+                (args.size as usize + loglog::batch::SUB_ENTRY_PREFIX_LEN) * batch as usize,
+            );
+            for _ in 0..batch {
+                builder.push(&record)?;
+            }
+            builder.finish()
+        }
+    };
     let appends_done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -187,6 +228,7 @@ pub async fn run(cluster: &[String], args: BenchArgs) -> anyhow::Result<()> {
         writers: args.writers,
         connections,
         size: args.size,
+        batch: args.batch,
         elapsed,
         appends: appends_done.load(Ordering::Relaxed),
         latency_us,

@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "loglog",
     version,
-    about = "LogLog command line: append, read, status, bench"
+    about = "LogLog command line: append, read, tail, status, bench"
 )]
 struct Cli {
     /// Nodes of the cluster, tried in order.
@@ -42,6 +42,7 @@ struct Cli {
 enum Command {
     Append(append::AppendArgs),
     Read(read::ReadArgs),
+    Tail(read::TailArgs),
     Status(status::StatusArgs),
     Bench(bench::BenchArgs),
 }
@@ -74,6 +75,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Append(args) => append::run(&cluster, args).await,
             Command::Read(args) => read::run(&cluster, args).await,
+            Command::Tail(args) => read::run_tail(&cluster, args).await,
             Command::Status(args) => status::run(&cluster, args).await,
             Command::Bench(args) => bench::run(&cluster, args).await,
         }
