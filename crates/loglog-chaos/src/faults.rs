@@ -3,7 +3,8 @@
 //! split, one-way peer loss, random loss on every node (iptables
 //! `statistic`), SIGKILL (restart at heal), SIGSTOP (SIGCONT at heal),
 //! SIGKILL + the tail segment cut at a random byte + restart, a bandwidth
-//! limit (tc tbf), SIGKILL + immediate restart; each
+//! limit (tc tbf), SIGKILL of every node (restart at heal), SIGKILL +
+//! immediate restart; each
 //! held for a random while, then healed, until the run's duration is over.
 //! Every step is written to the fault log with its time since the start.
 
@@ -53,7 +54,7 @@ pub async fn inject(
             Some(leader) if rng.gen_bool(0.5) => leader,
             _ => rng.gen_range(0..count),
         };
-        let fault = rng.gen_range(0..9);
+        let fault = rng.gen_range(0..10);
         match fault {
             0 => {
                 note(
@@ -166,6 +167,17 @@ pub async fn inject(
                         problems.push(text);
                         cluster.start(victim)?;
                     }
+                }
+            }
+            8 => {
+                // Every node at once, as in a power cut (the page cache
+                // survives here, unlike a real one).
+                note(
+                    log,
+                    "power-cut: SIGKILL every node, restart at heal".to_string(),
+                );
+                for index in 0..count {
+                    cluster.kill(index);
                 }
             }
             7 => {

@@ -410,7 +410,11 @@ fn describe(history: &History, fault_log: &str) -> String {
     // Fault lines read "<ms> ms <kind> ...": count them by kind.
     let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
     for line in fault_log.lines() {
-        let kind = line.split_whitespace().nth(2).unwrap_or("?");
+        let kind = line
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or("?")
+            .trim_end_matches(':');
         if !matches!(kind, "healed" | "heal" | "node") {
             *kinds.entry(kind).or_default() += 1;
         }
