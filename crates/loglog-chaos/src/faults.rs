@@ -49,6 +49,8 @@ pub async fn inject(
         }
         let hold = Duration::from_millis(rng.gen_range(MIN_HOLD_MS..MAX_HOLD_MS));
         let leader = crate::find_leader(nodes).await;
+        // Node ids (1-based) for the log.
+        let leader_id = leader.map(|index| index + 1);
         // The victim: the leader half of the time when there is one.
         let victim = match leader {
             Some(leader) if rng.gen_bool(0.5) => leader,
@@ -59,7 +61,7 @@ pub async fn inject(
             0 => {
                 note(
                     log,
-                    format!("isolate node {} (leader {leader:?})", victim + 1),
+                    format!("isolate node {} (leader {leader_id:?})", victim + 1),
                 );
                 for other in (0..count).filter(|&other| other != victim) {
                     network.cut(victim, other)?;
@@ -114,14 +116,14 @@ pub async fn inject(
             4 => {
                 note(
                     log,
-                    format!("SIGKILL node {} (leader {leader:?})", victim + 1),
+                    format!("SIGKILL node {} (leader {leader_id:?})", victim + 1),
                 );
                 cluster.kill(victim);
             }
             5 => {
                 note(
                     log,
-                    format!("SIGSTOP node {} (leader {leader:?})", victim + 1),
+                    format!("SIGSTOP node {} (leader {leader_id:?})", victim + 1),
                 );
                 cluster.stop(victim)?;
             }

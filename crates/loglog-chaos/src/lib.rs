@@ -56,6 +56,8 @@ pub struct RunConfig {
     /// silently loses fsynced data everywhere). The run must then report
     /// lost acknowledged appends; a harness that stays green is broken.
     pub lose_every_tail: bool,
+    /// Keep the run's folder even when it passed.
+    pub keep: bool,
 }
 
 /// Counters of one run (or summed over runs).
@@ -184,7 +186,7 @@ pub fn run_once(config: &RunConfig) -> Result<RunReport> {
         }
     };
     let failed = summary.violations() > 0;
-    if failed {
+    if failed || config.keep {
         std::fs::write(folder.join("history.txt"), history_text)?;
         std::fs::write(folder.join("faults.txt"), fault_log)?;
         std::fs::write(folder.join("violations.txt"), problems.join("\n") + "\n")?;

@@ -33,6 +33,10 @@ struct Args {
     /// node (unsafe on purpose). The runs must then FAIL with lost appends.
     #[arg(long)]
     self_check_lose_every_tail: bool,
+    /// Keep every run's folder (history, faults, node logs), not only
+    /// failing ones.
+    #[arg(long)]
+    keep: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -120,6 +124,7 @@ fn main() {
             loglogd: loglogd.clone(),
             work_dir: args.work_dir.clone(),
             lose_every_tail: args.self_check_lose_every_tail,
+            keep: args.keep,
         };
         match run_once(&config) {
             Ok(report) => {
@@ -128,7 +133,10 @@ fn main() {
                     config.seed,
                     report.summary.line(),
                     match &report.kept {
-                        Some(folder) => format!(" FAILED, kept {}", folder.display()),
+                        Some(folder) if report.summary.violations() > 0 => {
+                            format!(" FAILED, kept {}", folder.display())
+                        }
+                        Some(folder) => format!(" kept {}", folder.display()),
                         None => String::new(),
                     }
                 );
@@ -136,7 +144,7 @@ fn main() {
                 for problem in report.problems.iter().take(10) {
                     eprintln!("  {problem}");
                 }
-                if let Some(folder) = report.kept {
+                if let (Some(folder), true) = (report.kept, report.summary.violations() > 0) {
                     kept.push(folder);
                 }
                 total.add(&report.summary);

@@ -64,6 +64,7 @@ fn short_randomized_runs_have_no_violations() {
             loglogd: loglogd.clone(),
             work_dir: std::env::temp_dir(),
             lose_every_tail: false,
+            keep: false,
         };
         let report = run_once(&config).expect("the harness runs");
         eprintln!(
