@@ -47,13 +47,15 @@ pub struct TailCut {
 
 pub struct Cluster {
     loglogd: PathBuf,
+    /// Passed to every node after the harness's own flags.
+    extra_args: Vec<String>,
     peers_flag: String,
     pub members: Vec<Member>,
 }
 
 impl Cluster {
     /// Describes the members (nothing is started).
-    pub fn new(network: &Network, loglogd: &Path, root: &Path) -> Cluster {
+    pub fn new(network: &Network, loglogd: &Path, extra_args: &[String], root: &Path) -> Cluster {
         let members: Vec<Member> = (0..network.node_count())
             .map(|index| {
                 let id = index as u64 + 1;
@@ -77,6 +79,7 @@ impl Cluster {
             .join(",");
         Cluster {
             loglogd: loglogd.to_path_buf(),
+            extra_args: extra_args.to_vec(),
             peers_flag,
             members,
         }
@@ -103,6 +106,7 @@ impl Cluster {
             .args(["--peer-listen", &member.peer_addr])
             .args(["--peers", &self.peers_flag])
             .args(["--segment-size", "1MiB"])
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -48,6 +48,8 @@ pub struct RunConfig {
     pub nodes: usize,
     pub duration: Duration,
     pub loglogd: PathBuf,
+    /// Extra arguments for every `loglogd` (e.g. a test-only switch).
+    pub loglogd_args: Vec<String>,
     /// Where the run's folder is made.
     pub work_dir: PathBuf,
     /// Self-check of the harness: after the workload, kill every node, cut
@@ -161,7 +163,7 @@ pub fn run_once(config: &RunConfig) -> Result<RunReport> {
         .enable_all()
         .build()?;
     let network = Network::create(config.nodes)?;
-    let mut cluster = Cluster::new(&network, &config.loglogd, &folder);
+    let mut cluster = Cluster::new(&network, &config.loglogd, &config.loglogd_args, &folder);
     let outcome = runtime.block_on(drive(config, &network, &mut cluster, &folder));
     // Stop the nodes before the folder is judged (and maybe removed), and
     // before the namespaces go (drop order: cluster, then network).

@@ -26,6 +26,10 @@ struct Args {
     /// The loglogd binary (default: next to this binary).
     #[arg(long)]
     loglogd: Option<PathBuf>,
+    /// An extra argument for every loglogd (repeatable), e.g.
+    /// `--loglogd-arg=--fsync --loglogd-arg=never`.
+    #[arg(long = "loglogd-arg", allow_hyphen_values = true)]
+    loglogd_args: Vec<String>,
     /// Where run folders are made (failing ones are kept).
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     work_dir: PathBuf,
@@ -122,6 +126,7 @@ fn main() {
             nodes: usize::from(args.nodes),
             duration: args.duration,
             loglogd: loglogd.clone(),
+            loglogd_args: args.loglogd_args.clone(),
             work_dir: args.work_dir.clone(),
             lose_every_tail: args.self_check_lose_every_tail,
             keep: args.keep,

@@ -62,6 +62,7 @@ fn short_randomized_runs_have_no_violations() {
             nodes,
             duration: Duration::from_secs(seconds),
             loglogd: loglogd.clone(),
+            loglogd_args: Vec::new(),
             work_dir: std::env::temp_dir(),
             lose_every_tail: false,
             keep: false,
