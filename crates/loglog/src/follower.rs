@@ -90,8 +90,12 @@ pub struct FollowerConfig {
     pub page_bytes: u32,
     /// How long each read waits at the tail.
     pub long_poll: Duration,
-    /// Longest pause between retries of a transient error in [`Follower::run`].
+    /// Longest pause between retries of a transient error.
     pub max_backoff: Duration,
+    /// How long [`Follower::catch_up_to`] and [`Follower::sync_linearizable`]
+    /// retry transient errors (a leader change takes an election) before
+    /// returning the last one.
+    pub retry_for: Duration,
 }
 
 impl Default for FollowerConfig {
@@ -101,6 +105,7 @@ impl Default for FollowerConfig {
             page_bytes: crate::DEFAULT_PAGE_BYTES,
             long_poll: crate::DEFAULT_LONG_POLL,
             max_backoff: Duration::from_secs(2),
+            retry_for: Duration::from_secs(30),
         }
     }
 }
@@ -221,10 +226,15 @@ impl<S: StateMachine> Follower<S> {
 
     /// Applies every entry below `target` (an offset the caller learned
     /// from the log, e.g. a commit offset), long-polling until they are
-    /// committed on the node read from.
+    /// committed on the node read from. Transient errors are retried for
+    /// [`FollowerConfig::retry_for`].
     pub async fn catch_up_to(&mut self, client: &Client, target: u64) -> Result<(), FollowerError> {
+        let mut retry = Retry::new(&self.config);
         while self.position < target {
-            self.poll(client, self.config.long_poll).await?;
+            match self.poll(client, self.config.long_poll).await {
+                Ok(_) => retry.reset(),
+                Err(error) => retry.wait_or_fail(error).await?,
+            }
         }
         Ok(())
     }
@@ -232,40 +242,43 @@ impl<S: StateMachine> Follower<S> {
     /// A linearizable catch-up (read-index): asks the leader for its commit
     /// offset with a linearizable read, then applies up to it. Afterwards
     /// the state reflects every append acknowledged before the call.
+    /// Transient errors are retried for [`FollowerConfig::retry_for`].
     pub async fn sync_linearizable(&mut self, client: &Client) -> Result<(), FollowerError> {
-        let page = match client
-            .read_linearizable(self.position, self.config.page_bytes, Duration::ZERO)
-            .await
-        {
-            Ok(page) => page,
-            Err(Error::Server {
-                source: ServerError::Trimmed { start },
-                ..
-            }) => {
-                return Err(FollowerError::Trimmed {
-                    position: self.position,
-                    start,
-                })
+        let mut retry = Retry::new(&self.config);
+        let commit_offset = loop {
+            match client
+                .read_linearizable(self.position, self.config.page_bytes, Duration::ZERO)
+                .await
+            {
+                Ok(page) => break page.commit_offset(),
+                Err(Error::Server {
+                    source: ServerError::Trimmed { start },
+                    ..
+                }) => {
+                    return Err(FollowerError::Trimmed {
+                        position: self.position,
+                        start,
+                    })
+                }
+                Err(error) => retry.wait_or_fail(error.into()).await?,
             }
-            Err(error) => return Err(error.into()),
         };
-        self.catch_up_to(client, page.commit_offset()).await
+        self.catch_up_to(client, commit_offset).await
     }
 
     /// Follows the log forever, retrying transient errors (lost
     /// connections, leader changes, busy or lagging nodes) with a bounded
     /// exponential backoff. Returns only on a permanent error.
     pub async fn run(&mut self, client: &Client) -> Result<(), FollowerError> {
-        let mut backoff = Duration::from_millis(50);
+        let forever = FollowerConfig {
+            retry_for: Duration::MAX,
+            ..self.config.clone()
+        };
+        let mut retry = Retry::new(&forever);
         loop {
             match self.poll(client, self.config.long_poll).await {
-                Ok(_) => backoff = Duration::from_millis(50),
-                Err(error) if is_transient(&error) => {
-                    tracing::debug!(%error, "follower retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.config.max_backoff);
-                }
-                Err(error) => return Err(error),
+                Ok(_) => retry.reset(),
+                Err(error) => retry.wait_or_fail(error).await?,
             }
         }
     }
@@ -277,6 +290,42 @@ impl<S: StateMachine> Follower<S> {
         write_snapshot(&path, self.position, &snapshot)?;
         self.snapshot_position = self.position;
         self.applied_since_snapshot = 0;
+        Ok(())
+    }
+}
+
+/// Bounded exponential backoff over transient errors.
+struct Retry {
+    backoff: Duration,
+    max_backoff: Duration,
+    give_up_at: Option<tokio::time::Instant>,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+
+impl Retry {
+    fn new(config: &FollowerConfig) -> Retry {
+        Retry {
+            backoff: FIRST_BACKOFF,
+            max_backoff: config.max_backoff,
+            give_up_at: tokio::time::Instant::now().checked_add(config.retry_for),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.backoff = FIRST_BACKOFF;
+    }
+
+    /// Sleeps before the next attempt, or returns `error` when it is not
+    /// transient or the time to retry is over.
+    async fn wait_or_fail(&mut self, error: FollowerError) -> Result<(), FollowerError> {
+        let now = tokio::time::Instant::now();
+        if !is_transient(&error) || self.give_up_at.is_some_and(|at| now + self.backoff > at) {
+            return Err(error);
+        }
+        tracing::debug!(%error, "follower retrying");
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(self.max_backoff);
         Ok(())
     }
 }
