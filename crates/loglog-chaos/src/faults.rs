@@ -4,7 +4,7 @@
 //! `statistic`), SIGKILL (restart at heal), SIGSTOP (SIGCONT at heal),
 //! SIGKILL + the tail segment cut at a random byte + restart, a bandwidth
 //! limit (tc tbf), SIGKILL of every node (restart at heal), SIGKILL +
-//! immediate restart; each
+//! immediate restart; a quarter of the time two of them stacked; each
 //! held for a random while, then healed, until the run's duration is over.
 //! Every step is written to the fault log with its time since the start.
 
@@ -47,167 +47,173 @@ pub async fn inject(
         if began.elapsed() >= duration {
             break;
         }
-        let hold = Duration::from_millis(rng.gen_range(MIN_HOLD_MS..MAX_HOLD_MS));
-        let leader = crate::find_leader(nodes).await;
-        // Node ids (1-based) for the log.
-        let leader_id = leader.map(|index| index + 1);
-        // The victim: the leader half of the time when there is one.
-        let victim = match leader {
-            Some(leader) if rng.gen_bool(0.5) => leader,
-            _ => rng.gen_range(0..count),
-        };
-        let fault = rng.gen_range(0..10);
-        match fault {
-            0 => {
-                note(
-                    log,
-                    format!("isolate node {} (leader {leader_id:?})", victim + 1),
-                );
-                for other in (0..count).filter(|&other| other != victim) {
-                    network.cut(victim, other)?;
+        // A quarter of the time a second fault joins the first before
+        // anything heals (a lagging node when the leader dies, ...).
+        let layers = if rng.gen_bool(0.25) { 2 } else { 1 };
+        for _ in 0..layers {
+            let hold = Duration::from_millis(rng.gen_range(MIN_HOLD_MS..MAX_HOLD_MS));
+            let leader = crate::find_leader(nodes).await;
+            // Node ids (1-based) for the log.
+            let leader_id = leader.map(|index| index + 1);
+            // The victim: the leader half of the time when there is one.
+            let victim = match leader {
+                Some(leader) if rng.gen_bool(0.5) => leader,
+                _ => rng.gen_range(0..count),
+            };
+            let fault = rng.gen_range(0..10);
+            match fault {
+                0 => {
+                    note(
+                        log,
+                        format!("isolate node {} (leader {leader_id:?})", victim + 1),
+                    );
+                    for other in (0..count).filter(|&other| other != victim) {
+                        network.cut(victim, other)?;
+                    }
+                    network.drop_from(victim, network.host_ip())?;
+                    network.drop_to(victim, network.host_ip())?;
                 }
-                network.drop_from(victim, network.host_ip())?;
-                network.drop_to(victim, network.host_ip())?;
-            }
-            1 => {
-                let mut order: Vec<usize> = (0..count).collect();
-                order.shuffle(&mut rng);
-                let minority = &order[..count / 2];
-                note(
-                    log,
-                    format!(
-                        "split: minority {:?} from the rest",
-                        minority.iter().map(|i| i + 1).collect::<Vec<_>>()
-                    ),
-                );
-                for &a in minority {
-                    for b in (0..count).filter(|b| !minority.contains(b)) {
-                        network.cut(a, b)?;
+                1 => {
+                    let mut order: Vec<usize> = (0..count).collect();
+                    order.shuffle(&mut rng);
+                    let minority = &order[..count / 2];
+                    note(
+                        log,
+                        format!(
+                            "split: minority {:?} from the rest",
+                            minority.iter().map(|i| i + 1).collect::<Vec<_>>()
+                        ),
+                    );
+                    for &a in minority {
+                        for b in (0..count).filter(|b| !minority.contains(b)) {
+                            network.cut(a, b)?;
+                        }
                     }
                 }
-            }
-            2 => {
-                // One way: the victim hears nobody, but its packets go out
-                // (or the reverse).
-                let inbound = rng.gen_bool(0.5);
-                note(
-                    log,
-                    format!(
-                        "one-way node {} drops all peer traffic {}",
-                        victim + 1,
-                        if inbound { "in" } else { "out" }
-                    ),
-                );
-                for other in (0..count).filter(|&other| other != victim) {
-                    if inbound {
-                        network.drop_from(victim, network.node_ip(other))?;
-                    } else {
-                        network.drop_to(victim, network.node_ip(other))?;
+                2 => {
+                    // One way: the victim hears nobody, but its packets go out
+                    // (or the reverse).
+                    let inbound = rng.gen_bool(0.5);
+                    note(
+                        log,
+                        format!(
+                            "one-way node {} drops all peer traffic {}",
+                            victim + 1,
+                            if inbound { "in" } else { "out" }
+                        ),
+                    );
+                    for other in (0..count).filter(|&other| other != victim) {
+                        if inbound {
+                            network.drop_from(victim, network.node_ip(other))?;
+                        } else {
+                            network.drop_to(victim, network.node_ip(other))?;
+                        }
                     }
                 }
-            }
-            3 => {
-                let probability = rng.gen_range(0.05..0.35);
-                note(log, format!("random loss {probability:.2} on every node"));
-                for index in 0..count {
-                    network.random_loss(index, probability)?;
+                3 => {
+                    let probability = rng.gen_range(0.05..0.35);
+                    note(log, format!("random loss {probability:.2} on every node"));
+                    for index in 0..count {
+                        network.random_loss(index, probability)?;
+                    }
                 }
-            }
-            4 => {
-                note(
-                    log,
-                    format!("SIGKILL node {} (leader {leader_id:?})", victim + 1),
-                );
-                cluster.kill(victim);
-            }
-            5 => {
-                note(
-                    log,
-                    format!("SIGSTOP node {} (leader {leader_id:?})", victim + 1),
-                );
-                cluster.stop(victim)?;
-            }
-            6 => {
-                cluster.kill(victim);
-                let cut = cluster.truncate_tail(victim, |written| rng.gen_range(0..=written))?;
-                note(
-                    log,
-                    format!(
-                        "tail-cut: SIGKILL node {} and cut its tail: {}",
-                        victim + 1,
-                        cut.description
-                    ),
-                );
-                cluster.start(victim)?;
-                // A cut below what the node knows was committed must make
-                // it refuse to start (never serve a log with a hole); that
-                // is the right answer, and the harness then undoes the cut
-                // (standing in for the operator's re-seed).
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-                if let Some(status) = cluster.exited(victim) {
-                    if cluster
-                        .log_tail(victim)
-                        .contains("committed data is missing")
-                    {
-                        note(
-                            log,
-                            format!(
-                                "node {} refused to start ({status}): committed data missing; cut undone",
+                4 => {
+                    note(
+                        log,
+                        format!("SIGKILL node {} (leader {leader_id:?})", victim + 1),
+                    );
+                    cluster.kill(victim);
+                }
+                5 => {
+                    note(
+                        log,
+                        format!("SIGSTOP node {} (leader {leader_id:?})", victim + 1),
+                    );
+                    cluster.stop(victim)?;
+                }
+                6 => {
+                    cluster.kill(victim);
+                    let cut =
+                        cluster.truncate_tail(victim, |written| rng.gen_range(0..=written))?;
+                    note(
+                        log,
+                        format!(
+                            "tail-cut: SIGKILL node {} and cut its tail: {}",
+                            victim + 1,
+                            cut.description
+                        ),
+                    );
+                    cluster.start(victim)?;
+                    // A cut below what the node knows was committed must make
+                    // it refuse to start (never serve a log with a hole); that
+                    // is the right answer, and the harness then undoes the cut
+                    // (standing in for the operator's re-seed).
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    if let Some(status) = cluster.exited(victim) {
+                        if cluster
+                            .log_tail(victim)
+                            .contains("committed data is missing")
+                        {
+                            note(
+                                log,
+                                format!(
+                                    "node {} refused to start ({status}): committed data missing; cut undone",
+                                    victim + 1
+                                ),
+                            );
+                            cluster.undo_cut(victim, &cut)?;
+                            cluster.start(victim)?;
+                        }
+                        // Any other exit is caught below as a crash.
+                        else {
+                            let text = format!(
+                                "node {} exited after its tail was cut: {status}",
                                 victim + 1
-                            ),
-                        );
-                        cluster.undo_cut(victim, &cut)?;
-                        cluster.start(victim)?;
+                            );
+                            note(log, text.clone());
+                            problems.push(text);
+                            cluster.start(victim)?;
+                        }
                     }
-                    // Any other exit is caught below as a crash.
-                    else {
-                        let text = format!(
-                            "node {} exited after its tail was cut: {status}",
+                }
+                8 => {
+                    // Every node at once, as in a power cut (the page cache
+                    // survives here, unlike a real one).
+                    note(
+                        log,
+                        "power-cut: SIGKILL every node, restart at heal".to_string(),
+                    );
+                    for index in 0..count {
+                        cluster.kill(index);
+                    }
+                }
+                7 => {
+                    let kbit = rng.gen_range(128..4096);
+                    let everyone = rng.gen_bool(0.3);
+                    let whom = if everyone {
+                        "every node".to_string()
+                    } else {
+                        format!("node {}", victim + 1)
+                    };
+                    note(log, format!("bandwidth {kbit} kbit/s out of {whom}"));
+                    for index in (0..count).filter(|&index| everyone || index == victim) {
+                        network.limit_bandwidth(index, kbit)?;
+                    }
+                }
+                _ => {
+                    note(
+                        log,
+                        format!(
+                            "kill-restart: SIGKILL and restart node {} at once",
                             victim + 1
-                        );
-                        note(log, text.clone());
-                        problems.push(text);
-                        cluster.start(victim)?;
-                    }
+                        ),
+                    );
+                    cluster.kill(victim);
+                    cluster.start(victim)?;
                 }
             }
-            8 => {
-                // Every node at once, as in a power cut (the page cache
-                // survives here, unlike a real one).
-                note(
-                    log,
-                    "power-cut: SIGKILL every node, restart at heal".to_string(),
-                );
-                for index in 0..count {
-                    cluster.kill(index);
-                }
-            }
-            7 => {
-                let kbit = rng.gen_range(128..4096);
-                let everyone = rng.gen_bool(0.3);
-                let whom = if everyone {
-                    "every node".to_string()
-                } else {
-                    format!("node {}", victim + 1)
-                };
-                note(log, format!("bandwidth {kbit} kbit/s out of {whom}"));
-                for index in (0..count).filter(|&index| everyone || index == victim) {
-                    network.limit_bandwidth(index, kbit)?;
-                }
-            }
-            _ => {
-                note(
-                    log,
-                    format!(
-                        "kill-restart: SIGKILL and restart node {} at once",
-                        victim + 1
-                    ),
-                );
-                cluster.kill(victim);
-                cluster.start(victim)?;
-            }
+            tokio::time::sleep(hold).await;
         }
-        tokio::time::sleep(hold).await;
         network.heal()?;
         for index in 0..count {
             if let Some(status) = cluster.exited(index) {
