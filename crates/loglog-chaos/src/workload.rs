@@ -2,9 +2,10 @@
 //! linearizable readers and tail followers, all recording into one
 //! [`History`] with monotonic timestamps (nanoseconds since the run began).
 //!
-//! Outcomes: an append acknowledged with an offset is `Ok`; a typed server
-//! answer or a failed connect (nothing sent) is `Failed`; a timeout or a
-//! broken connection is `Indeterminate`. A client whose call timed out is
+//! Outcomes: an append acknowledged with an offset is `Ok`; an error the
+//! library calls definite (`!Error::is_indeterminate`: a refusal such as
+//! `NotLeader` or `Busy`, a failed connect) is `Failed`; a timeout or an
+//! indeterminate error is `Indeterminate`. A client whose call timed out is
 //! replaced by a new one that tries the nodes in another order.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use loglog::{Client, ClientConfig, Error};
+use loglog::{Client, ClientConfig};
 use loglog_sim::history::{
     AppendOutcome, History, ReadEntry, ReadKind, ReadOutcome, ReadResult, Timestamp,
 };
@@ -109,9 +110,10 @@ pub async fn appender(shared: Arc<Shared>, client_id: u64, seed: u64) {
         let result = tokio::time::timeout(OP_TIMEOUT, current.append(Bytes::from(value))).await;
         let outcome = match result {
             Ok(Ok(offset)) => AppendOutcome::Ok { offset },
-            Ok(Err(Error::Server { .. } | Error::Connect { .. } | Error::InvalidArgument(_))) => {
-                AppendOutcome::Failed
-            }
+            // The library says which errors leave the append in doubt (a
+            // broken connection, a node shutting down...); the others are
+            // definite refusals, which the checker holds it to.
+            Ok(Err(error)) if !error.is_indeterminate() => AppendOutcome::Failed,
             Ok(Err(_)) | Err(_) => AppendOutcome::Indeterminate,
         };
         {
