@@ -2,7 +2,7 @@
 //! the leader when a node says it is not.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use loglog_proto::entry::MAX_PAYLOAD_LIMIT;
@@ -29,8 +29,14 @@ pub struct ClientConfig {
     pub max_response_body: u32,
     /// How long opening one TCP connection may take.
     pub connect_timeout: Duration,
-    /// How many `NotLeader` answers one call follows before giving up.
+    /// How many `NotLeader` answers naming a leader one call follows at
+    /// once. Past them, and when no leader is known or reachable (an
+    /// election is under way), the call retries with backoff until
+    /// `leader_wait` has passed.
     pub max_redirects: u32,
+    /// How long one call that needs the leader (an append, a linearizable
+    /// read) keeps looking for one before it fails with the last error.
+    pub leader_wait: Duration,
 }
 
 impl Default for ClientConfig {
@@ -40,6 +46,7 @@ impl Default for ClientConfig {
             max_response_body: 64 * 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
             max_redirects: 3,
+            leader_wait: Duration::from_secs(10),
         }
     }
 }
@@ -69,7 +76,7 @@ pub struct PendingAppend {
     payload: Bytes,
     no_wait: bool,
     answer: oneshot::Receiver<Reply>,
-    redirects_left: u32,
+    search: LeaderSearch,
 }
 
 impl PendingAppend {
@@ -81,31 +88,20 @@ impl PendingAppend {
             payload,
             no_wait,
             mut answer,
-            mut redirects_left,
+            mut search,
         } = self;
         loop {
-            match receive(&connection, answer).await {
+            let error = match receive(&connection, answer).await {
                 Ok(body) => return parse_offset(connection.addr(), &body),
-                Err(error) => {
-                    // A NotLeader answer means nothing was appended: safe to
-                    // send again to the leader it names.
-                    let leader = match &error {
-                        Error::Server {
-                            source:
-                                ServerError::NotLeader {
-                                    leader: Some(leader),
-                                },
-                            ..
-                        } if redirects_left > 0 => leader.clone(),
-                        _ => return Err(error),
-                    };
-                    redirects_left -= 1;
-                    connection = client
-                        .replace_connection(&connection, Some(&leader))
-                        .await?;
-                    answer = send_append(&connection, &payload, no_wait).await?;
-                }
-            }
+                Err(error) => error,
+            };
+            // Only a NotLeader answer means nothing was appended, so only
+            // then is it safe to send the entry again.
+            let Some(target) = search.after_not_leader(&error).await else {
+                return Err(error);
+            };
+            connection = client.reconnect(&connection, target, &mut search).await?;
+            answer = send_append(&connection, &payload, no_wait).await?;
         }
     }
 }
@@ -197,7 +193,7 @@ impl Client {
             payload,
             no_wait,
             answer,
-            redirects_left: self.inner.config.max_redirects,
+            search: LeaderSearch::new(&self.inner.config),
         })
     }
 
@@ -288,34 +284,50 @@ impl Client {
     /// the connection fails. Returns the answering node's address and body.
     async fn call(&self, opcode: u8, flags: u8, body: Bytes) -> Result<(String, Bytes), Error> {
         let mut connection = self.connection().await?;
-        let mut redirects_left = self.inner.config.max_redirects;
+        let mut search = LeaderSearch::new(&self.inner.config);
         let mut reconnected = false;
         loop {
             let result = match connection.send(opcode, flags, body.clone()).await {
                 Ok(answer) => receive(&connection, answer).await,
                 Err(error) => Err(error),
             };
-            let target = match result {
+            let error = match result {
                 Ok(answer) => return Ok((connection.addr().to_string(), answer)),
-                Err(Error::Server {
-                    source:
-                        ServerError::NotLeader {
-                            leader: Some(leader),
-                        },
-                    ..
-                }) if redirects_left > 0 => {
-                    redirects_left -= 1;
-                    Some(leader)
-                }
-                Err(Error::Io { .. }) if !reconnected => {
+                Err(error) => error,
+            };
+            let target = match error {
+                Error::Io { .. } if !reconnected => {
                     reconnected = true;
                     None
                 }
-                Err(error) => return Err(error),
+                error => match search.after_not_leader(&error).await {
+                    Some(target) => target,
+                    None => return Err(error),
+                },
             };
-            connection = self
-                .replace_connection(&connection, target.as_deref())
-                .await?;
+            connection = self.reconnect(&connection, target, &mut search).await?;
+        }
+    }
+
+    /// Replaces `stale` by a connection to `target` or another node; while
+    /// no node is reachable (a leader just died), retries with backoff as
+    /// long as `search` allows.
+    async fn reconnect(
+        &self,
+        stale: &Arc<Connection>,
+        mut target: Option<String>,
+        search: &mut LeaderSearch,
+    ) -> Result<Arc<Connection>, Error> {
+        loop {
+            match self.replace_connection(stale, target.as_deref()).await {
+                Err(error @ Error::Connect { .. }) => {
+                    if !search.pause().await {
+                        return Err(error);
+                    }
+                    target = None;
+                }
+                result => return result,
+            }
         }
     }
 
@@ -395,6 +407,58 @@ impl Client {
             addr: tried.join(","),
             source: last_error.expect("the cluster list is never empty"),
         })
+    }
+}
+
+/// One call's search for the leader: immediate redirects first, then
+/// retries with exponential backoff until the deadline.
+struct LeaderSearch {
+    redirects_left: u32,
+    deadline: Instant,
+    backoff: Duration,
+}
+
+/// First and longest pause between attempts to find a leader.
+const LEADER_BACKOFF_MIN: Duration = Duration::from_millis(20);
+const LEADER_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+impl LeaderSearch {
+    fn new(config: &ClientConfig) -> LeaderSearch {
+        LeaderSearch {
+            redirects_left: config.max_redirects,
+            deadline: Instant::now() + config.leader_wait,
+            backoff: LEADER_BACKOFF_MIN,
+        }
+    }
+
+    /// After `error`: `Some(target)` to try again (towards the named
+    /// leader, if any), `None` to give up. Only `NotLeader` is retried.
+    async fn after_not_leader(&mut self, error: &Error) -> Option<Option<String>> {
+        let Error::Server {
+            source: ServerError::NotLeader { leader },
+            ..
+        } = error
+        else {
+            return None;
+        };
+        match leader {
+            Some(leader) if self.redirects_left > 0 => {
+                self.redirects_left -= 1;
+                Some(Some(leader.clone()))
+            }
+            // No leader known yet, or it keeps moving: an election.
+            _ => self.pause().await.then(|| leader.clone()),
+        }
+    }
+
+    /// Sleeps before the next attempt; false once the deadline would pass.
+    async fn pause(&mut self) -> bool {
+        if Instant::now() + self.backoff > self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(LEADER_BACKOFF_MAX);
+        true
     }
 }
 

@@ -173,6 +173,13 @@ impl<S: StateMachine> Follower<S> {
         &self.state
     }
 
+    /// Mutable access to the state machine, for bookkeeping outside what
+    /// the log determines (e.g. results handed to local waiters). Changing
+    /// the replicated state here would make this instance diverge.
+    pub fn state_mut(&mut self) -> &mut S {
+        &mut self.state
+    }
+
     /// Offset of the next entry to apply.
     pub fn position(&self) -> u64 {
         self.position

@@ -16,7 +16,9 @@
 //! flag `linearizable`) and applies up to it, so it sees every write
 //! acknowledged before it began.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -43,6 +45,9 @@ pub enum Command {
     },
 }
 
+/// Sub-entry 0 of every KV batch: the id of the instance that wrote it, so
+/// that instance (alone) keeps the outcomes of its own writes.
+const TAG_ORIGIN: u8 = 0;
 const TAG_PUT: u8 = 1;
 const TAG_DELETE: u8 = 2;
 const TAG_CAS: u8 = 3;
@@ -146,19 +151,38 @@ fn take_optional(bytes: &mut &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
     }
 }
 
-/// Outcomes of recently applied entries kept for the writers waiting on
-/// them: enough for every write in flight on one instance.
-const RECENT_OUTCOMES: usize = 4096;
+/// Outcomes of this instance's own applied writes kept for the writers
+/// waiting on them: more than the client lets be in flight at once
+/// (`ClientConfig::max_in_flight`, 1024 by default), so a waiting writer
+/// always finds its outcome.
+const OWN_OUTCOMES: usize = 4096;
 
-/// The store's state: the map, plus the outcomes of recent entries (not
-/// part of the snapshot: only writers of this process wait for them).
+/// The encoded origin sub-entry of instance `id`.
+fn encode_origin(id: u64) -> Vec<u8> {
+    let mut out = vec![TAG_ORIGIN];
+    out.extend_from_slice(&id.to_le_bytes());
+    out
+}
+
+fn decode_origin(bytes: &[u8]) -> Option<u64> {
+    match bytes {
+        [TAG_ORIGIN, id @ ..] => Some(u64::from_le_bytes(id.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// The store's state: the map, plus the outcomes of this instance's own
+/// recent writes (not part of the snapshot: only writers of this process
+/// wait for them).
 #[derive(Default)]
 pub struct KvState {
     map: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Commands applied since the log's start (part of the snapshot, so a
     /// restart that re-applied anything would show).
     applied_commands: u64,
-    recent: VecDeque<(u64, Vec<bool>)>,
+    /// Id of this process's instance: entries it wrote begin with it.
+    instance_id: u64,
+    own_outcomes: VecDeque<(u64, Vec<bool>)>,
 }
 
 impl KvState {
@@ -174,11 +198,11 @@ impl KvState {
         self.applied_commands
     }
 
-    fn outcomes_at(&self, offset: u64) -> Option<&Vec<bool>> {
-        self.recent
-            .iter()
-            .rev()
-            .find(|(at, _)| *at == offset)
+    /// Takes the outcomes of this instance's write at `offset`.
+    fn take_outcomes(&mut self, offset: u64) -> Option<Vec<bool>> {
+        let position = self.own_outcomes.iter().position(|(at, _)| *at == offset)?;
+        self.own_outcomes
+            .remove(position)
             .map(|(_, outcomes)| outcomes)
     }
 
@@ -209,19 +233,25 @@ impl KvState {
 impl StateMachine for KvState {
     fn apply(&mut self, entry: &Entry) -> Result<(), ApplyError> {
         let sub_entries = loglog::batch::decode_batch(&entry.payload)?;
+        let (origin, commands) = sub_entries
+            .split_first()
+            .ok_or("a KV batch without its origin sub-entry")?;
+        let origin = decode_origin(origin).ok_or("a KV batch without its origin sub-entry")?;
         // Decode all before applying any: a bad entry changes nothing.
-        let commands = sub_entries
+        let commands = commands
             .iter()
             .map(|bytes| Command::decode(bytes))
             .collect::<Result<Vec<_>, _>>()?;
-        let outcomes = commands
+        let outcomes: Vec<bool> = commands
             .into_iter()
             .map(|command| self.apply_command(command))
             .collect();
-        if self.recent.len() == RECENT_OUTCOMES {
-            self.recent.pop_front();
+        if origin == self.instance_id {
+            if self.own_outcomes.len() == OWN_OUTCOMES {
+                self.own_outcomes.pop_front();
+            }
+            self.own_outcomes.push_back((entry.offset, outcomes));
         }
-        self.recent.push_back((entry.offset, outcomes));
         Ok(())
     }
 
@@ -255,7 +285,8 @@ impl StateMachine for KvState {
         *self = KvState {
             map,
             applied_commands: applied,
-            recent: VecDeque::new(),
+            instance_id: self.instance_id,
+            own_outcomes: VecDeque::new(),
         };
         Ok(())
     }
@@ -276,6 +307,7 @@ pub enum KvError {
 /// the log whose snapshot lives in a directory of its own.
 pub struct Kv {
     client: Client,
+    instance_id: u64,
     follower: Mutex<Follower<KvState>>,
 }
 
@@ -293,9 +325,17 @@ impl Kv {
             snapshot_every_entries,
             ..FollowerConfig::default()
         };
-        let follower = Follower::open(directory, KvState::default(), config)?;
+        // Random per process: a restarted instance never mistakes the
+        // entries of its previous life (or of another instance) for its own.
+        let instance_id = RandomState::new().build_hasher().finish();
+        let state = KvState {
+            instance_id,
+            ..KvState::default()
+        };
+        let follower = Follower::open(directory, state, config)?;
         Ok(Kv {
             client,
+            instance_id,
             follower: Mutex::new(follower),
         })
     }
@@ -303,15 +343,16 @@ impl Kv {
     /// Appends `commands` as one batch entry, waits for it to be committed
     /// and applied here, and returns each command's outcome.
     pub async fn write(&self, commands: &[Command]) -> Result<Vec<bool>, KvError> {
-        let encoded: Vec<Vec<u8>> = commands.iter().map(Command::encode).collect();
+        let encoded: Vec<Vec<u8>> = std::iter::once(encode_origin(self.instance_id))
+            .chain(commands.iter().map(Command::encode))
+            .collect();
         let offset = self.client.append_batch(&encoded).await?;
         let mut follower = self.follower.lock().await;
         // Positions are entry boundaries: past `offset` means it is applied.
         follower.catch_up_to(&self.client, offset + 1).await?;
         follower
-            .state()
-            .outcomes_at(offset)
-            .cloned()
+            .state_mut()
+            .take_outcomes(offset)
             .ok_or(KvError::OutcomeLost(offset))
     }
 
@@ -426,6 +467,47 @@ mod tests {
             Command::decode(&[9]),
             Err(DecodeError::UnknownTag(9))
         ));
+    }
+
+    fn entry(offset: u64, origin: u64, commands: &[Command]) -> Entry {
+        let encoded: Vec<Vec<u8>> = std::iter::once(encode_origin(origin))
+            .chain(commands.iter().map(Command::encode))
+            .collect();
+        Entry {
+            offset,
+            term: 1,
+            kind: loglog::EntryKind::Data,
+            payload: loglog::batch::encode_batch(&encoded).unwrap(),
+        }
+    }
+
+    #[test]
+    fn only_the_writing_instance_keeps_outcomes_and_bad_entries_change_nothing() {
+        let mut state = KvState {
+            instance_id: 7,
+            ..KvState::default()
+        };
+        let put = Command::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        };
+        state
+            .apply(&entry(100, 8, std::slice::from_ref(&put)))
+            .unwrap();
+        state.apply(&entry(200, 7, &[put.clone(), put])).unwrap();
+        assert_eq!(state.take_outcomes(100), None);
+        assert_eq!(state.take_outcomes(200), Some(vec![true, true]));
+        assert_eq!(state.take_outcomes(200), None);
+        assert_eq!(state.applied_commands(), 3);
+        // Not a batch, no origin, a bad command: errors, state unchanged.
+        let mut bad = entry(300, 7, &[]);
+        bad.payload = Bytes::from_static(b"plain");
+        assert!(state.apply(&bad).is_err());
+        bad.payload = loglog::batch::encode_batch([b"\x01".as_slice()]).unwrap();
+        assert!(state.apply(&bad).is_err());
+        bad.payload = loglog::batch::encode_batch([encode_origin(7), vec![1, 2]]).unwrap();
+        assert!(state.apply(&bad).is_err());
+        assert_eq!(state.applied_commands(), 3);
     }
 
     #[test]
