@@ -872,3 +872,38 @@ fn single_member_cluster_serves_appends_across_restarts() {
         assert!(node.wait().unwrap().success());
     }
 }
+
+/// A client given every node's address rides out the leader's death within
+/// one call: it follows NotLeader, skips the dead node, and waits out the
+/// election (`ClientConfig::leader_wait`) instead of failing.
+#[test]
+fn one_append_call_rides_out_the_leaders_death() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3);
+    for index in 0..3 {
+        cluster.start(index);
+    }
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let addrs: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|member| member.client.to_string())
+        .collect();
+    let client = Client::connect(&addrs).unwrap();
+    let before = client.append(&b"before"[..]).unwrap();
+    cluster.kill(leader);
+    let started = Instant::now();
+    let after = client
+        .append(&b"after"[..])
+        .unwrap_or_else(|error| panic!("{error}\n{}", cluster.logs()));
+    println!(
+        "one append call across the leader's death took {:?}",
+        started.elapsed()
+    );
+    assert!(after > before);
+    let survivor = (0..3).find(|&index| index != leader).unwrap();
+    let log = committed_bytes(cluster.members[survivor].client, after + 1);
+    let entries = data_entries(&log);
+    assert_eq!(entries[&b"before"[..]], vec![before]);
+    assert_eq!(entries[&b"after"[..]], vec![after]);
+}
