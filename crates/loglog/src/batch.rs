@@ -225,6 +225,68 @@ pub fn sub_entries(entry: &crate::Entry) -> Result<Vec<SubEntry>, BatchError> {
         .collect())
 }
 
+/// Why a [`SubEntryStream`] could not yield the next sub-entry.
+#[derive(Debug, thiserror::Error)]
+pub enum SubEntryError {
+    /// Reading the log failed; calling `next` again retries.
+    #[error(transparent)]
+    Client(#[from] crate::Error),
+    /// The data entry at `offset` is not a well-formed batch. The stream
+    /// stays before it: skip it with [`SubEntryStream::skip_entry`].
+    #[error("entry at offset {offset} is not a batch: {source}")]
+    NotABatch {
+        offset: u64,
+        #[source]
+        source: BatchError,
+    },
+}
+
+/// Every sub-entry of every batch from an offset on, forever, with its
+/// position: [`crate::EntryStream`] with each entry decoded as a batch.
+pub struct SubEntryStream {
+    entries: crate::EntryStream,
+    /// The entry whose sub-entries are being yielded, decoded.
+    current: std::collections::VecDeque<SubEntry>,
+    /// A data entry that failed to decode, held until skipped.
+    rejected: Option<crate::Entry>,
+}
+
+impl SubEntryStream {
+    pub(crate) fn new(entries: crate::EntryStream) -> SubEntryStream {
+        SubEntryStream {
+            entries,
+            current: std::collections::VecDeque::new(),
+            rejected: None,
+        }
+    }
+
+    /// The next sub-entry, waiting as long as it takes for one to be committed.
+    pub async fn next(&mut self) -> Result<SubEntry, SubEntryError> {
+        loop {
+            if let Some(sub_entry) = self.current.pop_front() {
+                return Ok(sub_entry);
+            }
+            let entry = match self.rejected.take() {
+                Some(entry) => entry,
+                None => self.entries.next().await?,
+            };
+            match sub_entries(&entry) {
+                Ok(sub_entries) => self.current.extend(sub_entries),
+                Err(source) => {
+                    let offset = entry.offset;
+                    self.rejected = Some(entry);
+                    return Err(SubEntryError::NotABatch { offset, source });
+                }
+            }
+        }
+    }
+
+    /// Drops the entry that was not a batch, so `next` goes on after it.
+    pub fn skip_entry(&mut self) {
+        self.rejected = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -279,6 +279,12 @@ impl Client {
         EntryStream::new(self.clone(), from)
     }
 
+    /// Follows the log from `from` like [`Client::entries`], decoding every
+    /// data entry as a batch: yields each sub-entry with its `(offset, index)`.
+    pub fn sub_entries(&self, from: u64) -> crate::batch::SubEntryStream {
+        crate::batch::SubEntryStream::new(self.entries(from))
+    }
+
     /// Sends a request that may safely be sent again (a read, a status):
     /// it follows redirects, and retries once on a fresh connection when
     /// the connection fails. Returns the answering node's address and body.

@@ -67,6 +67,37 @@ async fn batches_are_one_entry_and_read_back_with_positions() {
     ));
 }
 
+#[tokio::test]
+async fn sub_entry_streams_follow_the_log_and_report_non_batches() {
+    let node = start_node(|_| {}).await;
+    let client = Client::connect(&[&node.addr]).await.unwrap();
+    let first = client.append_batch([b"a".as_slice(), b"b"]).await.unwrap();
+    let plain = client.append(&b"plain"[..]).await.unwrap();
+    let mut stream = client.sub_entries(0);
+    let a = stream.next().await.unwrap();
+    assert_eq!((a.offset, a.index, &a.payload[..]), (first, 0, &b"a"[..]));
+    let b = stream.next().await.unwrap();
+    assert_eq!((b.offset, b.index, &b.payload[..]), (first, 1, &b"b"[..]));
+    for _ in 0..2 {
+        // Stays on the bad entry until told to skip it.
+        match stream.next().await {
+            Err(loglog::batch::SubEntryError::NotABatch { offset, .. }) => {
+                assert_eq!(offset, plain)
+            }
+            other => panic!("expected NotABatch, got {other:?}"),
+        }
+    }
+    stream.skip_entry();
+    let appender = client.clone();
+    let later = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        appender.append_batch([b"late".as_slice()]).await.unwrap()
+    });
+    let late = stream.next().await.unwrap();
+    assert_eq!(late.offset, later.await.unwrap());
+    assert_eq!((late.index, &late.payload[..]), (0, &b"late"[..]));
+}
+
 /// Records every applied offset, in order; the record is its snapshot, so
 /// a restored state that applied something twice or skipped something shows.
 #[derive(Default)]
