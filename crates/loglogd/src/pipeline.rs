@@ -163,6 +163,21 @@ pub(crate) struct AppendRequest {
     pub _pending_bytes: OwnedSemaphorePermit,
 }
 
+/// Closes the command queue and answers everything still in it
+/// `ShuttingDown`: nothing of it was written.
+pub(crate) fn refuse_queued_commands(commands: &mut mpsc::Receiver<WriterCommand>) {
+    commands.close();
+    while let Ok(command) = commands.try_recv() {
+        match command {
+            WriterCommand::Append(request) => request.reply.send(Err(ServerError::ShuttingDown)),
+            WriterCommand::TrimPrefix { reply, .. } => {
+                drop(reply.send(Err(ServerError::ShuttingDown)))
+            }
+            WriterCommand::Shutdown => {}
+        }
+    }
+}
+
 pub(crate) enum WriterCommand {
     Append(AppendRequest),
     /// Deletes whole segments below `offset` (at most the commit offset).
@@ -308,18 +323,7 @@ impl WriterThread {
         }
         // Refuse whatever raced with shutdown; then dropping `jobs` lets the
         // syncer finish its last fsync and stop.
-        self.commands.close();
-        while let Ok(command) = self.commands.try_recv() {
-            match command {
-                WriterCommand::Append(request) => {
-                    request.reply.send(Err(ServerError::ShuttingDown))
-                }
-                WriterCommand::TrimPrefix { reply, .. } => {
-                    drop(reply.send(Err(ServerError::ShuttingDown)))
-                }
-                WriterCommand::Shutdown => {}
-            }
-        }
+        refuse_queued_commands(&mut self.commands);
         tracing::debug!(end = self.log.end_offset(), "writer thread stopped");
     }
 

