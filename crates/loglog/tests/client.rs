@@ -6,29 +6,12 @@ use std::time::{Duration, Instant};
 
 use loglog::{Client, ClientConfig, EntryKind, Error, ServerError};
 use loglog_proto::entry::ENTRY_HEADER_LEN;
-use loglogd::{Config, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-struct TestNode {
-    node: Node,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
+mod common;
 
-async fn start_node(configure: impl FnOnce(&mut Config)) -> TestNode {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path().join("data"));
-    config.listen = Some("127.0.0.1:0".parse().unwrap());
-    configure(&mut config);
-    let node = Node::start(config).await.unwrap();
-    let addr = node.local_addr().unwrap().to_string();
-    TestNode {
-        node,
-        addr,
-        _dir: dir,
-    }
-}
+use common::start_node;
 
 async fn read_all_data(client: &Client) -> Vec<(u64, Vec<u8>)> {
     let end = client.end_offset().await.unwrap();

@@ -6,27 +6,10 @@ use std::time::Duration;
 use loglog::batch::{self, SubEntry};
 use loglog::follower::{ApplyError, Follower, FollowerConfig, FollowerError, StateMachine};
 use loglog::{Client, Entry};
-use loglogd::{Config, Node};
 
-struct TestNode {
-    node: Node,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
+mod common;
 
-async fn start_node(configure: impl FnOnce(&mut Config)) -> TestNode {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path().join("data"));
-    config.listen = Some("127.0.0.1:0".parse().unwrap());
-    configure(&mut config);
-    let node = Node::start(config).await.unwrap();
-    let addr = node.local_addr().unwrap().to_string();
-    TestNode {
-        node,
-        addr,
-        _dir: dir,
-    }
-}
+use common::start_node;
 
 #[tokio::test]
 async fn batches_are_one_entry_and_read_back_with_positions() {
