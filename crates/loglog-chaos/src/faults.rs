@@ -20,6 +20,70 @@ use crate::cluster::Cluster;
 use crate::netns::Network;
 use crate::workload::Shared;
 
+/// The kinds of fault, by the names `--faults` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Isolate,
+    Split,
+    OneWay,
+    Loss,
+    Kill,
+    Stop,
+    TailCut,
+    Bandwidth,
+    PowerCut,
+    KillRestart,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 10] = [
+        Fault::Isolate,
+        Fault::Split,
+        Fault::OneWay,
+        Fault::Loss,
+        Fault::Kill,
+        Fault::Stop,
+        Fault::TailCut,
+        Fault::Bandwidth,
+        Fault::PowerCut,
+        Fault::KillRestart,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Isolate => "isolate",
+            Fault::Split => "split",
+            Fault::OneWay => "one-way",
+            Fault::Loss => "loss",
+            Fault::Kill => "kill",
+            Fault::Stop => "stop",
+            Fault::TailCut => "tail-cut",
+            Fault::Bandwidth => "bandwidth",
+            Fault::PowerCut => "power-cut",
+            Fault::KillRestart => "kill-restart",
+        }
+    }
+
+    /// Parses a comma-separated list of names (`all` for every kind).
+    pub fn parse_list(text: &str) -> Result<Vec<Fault>, String> {
+        if text.trim() == "all" {
+            return Ok(Fault::ALL.to_vec());
+        }
+        text.split(',')
+            .map(str::trim)
+            .map(|name| {
+                Fault::ALL
+                    .into_iter()
+                    .find(|fault| fault.name() == name)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+                        format!("unknown fault {name:?} (one of: all, {})", names.join(", "))
+                    })
+            })
+            .collect()
+    }
+}
+
 /// Longer than the default election timeout (150-300 ms) many times over.
 const MIN_HOLD_MS: u64 = 800;
 const MAX_HOLD_MS: u64 = 4000;
@@ -28,6 +92,7 @@ const MAX_HOLD_MS: u64 = 4000;
 pub async fn inject(
     seed: u64,
     duration: Duration,
+    kinds: &[Fault],
     network: &Network,
     cluster: &mut Cluster,
     nodes: &[String],
@@ -35,6 +100,7 @@ pub async fn inject(
     log: &mut String,
     problems: &mut Vec<String>,
 ) -> Result<()> {
+    assert!(!kinds.is_empty(), "at least one kind of fault");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let began = Instant::now();
     let count = cluster.members.len();
@@ -60,9 +126,9 @@ pub async fn inject(
                 Some(leader) if rng.gen_bool(0.5) => leader,
                 _ => rng.gen_range(0..count),
             };
-            let fault = rng.gen_range(0..10);
+            let fault = *kinds.choose(&mut rng).expect("kinds is not empty");
             match fault {
-                0 => {
+                Fault::Isolate => {
                     note(
                         log,
                         format!("isolate node {} (leader {leader_id:?})", victim + 1),
@@ -73,7 +139,7 @@ pub async fn inject(
                     network.drop_from(victim, network.host_ip())?;
                     network.drop_to(victim, network.host_ip())?;
                 }
-                1 => {
+                Fault::Split => {
                     let mut order: Vec<usize> = (0..count).collect();
                     order.shuffle(&mut rng);
                     let minority = &order[..count / 2];
@@ -90,7 +156,7 @@ pub async fn inject(
                         }
                     }
                 }
-                2 => {
+                Fault::OneWay => {
                     // One way: the victim hears nobody, but its packets go out
                     // (or the reverse).
                     let inbound = rng.gen_bool(0.5);
@@ -110,28 +176,28 @@ pub async fn inject(
                         }
                     }
                 }
-                3 => {
+                Fault::Loss => {
                     let probability = rng.gen_range(0.05..0.35);
                     note(log, format!("random loss {probability:.2} on every node"));
                     for index in 0..count {
                         network.random_loss(index, probability)?;
                     }
                 }
-                4 => {
+                Fault::Kill => {
                     note(
                         log,
                         format!("SIGKILL node {} (leader {leader_id:?})", victim + 1),
                     );
                     cluster.kill(victim);
                 }
-                5 => {
+                Fault::Stop => {
                     note(
                         log,
                         format!("SIGSTOP node {} (leader {leader_id:?})", victim + 1),
                     );
                     cluster.stop(victim)?;
                 }
-                6 => {
+                Fault::TailCut => {
                     cluster.kill(victim);
                     let cut =
                         cluster.truncate_tail(victim, |written| rng.gen_range(0..=written))?;
@@ -176,18 +242,17 @@ pub async fn inject(
                         }
                     }
                 }
-                8 => {
-                    // Every node at once, as in a power cut (the page cache
-                    // survives here, unlike a real one).
+                Fault::PowerCut => {
+                    // Every node at once, as in a power cut (the nodes run
+                    // with --test-unsynced-lost-on-kill, so what they had not
+                    // fsynced is gone at restart, as after a real one).
                     note(
                         log,
                         "power-cut: SIGKILL every node, restart at heal".to_string(),
                     );
-                    for index in 0..count {
-                        cluster.kill(index);
-                    }
+                    cluster.kill_all();
                 }
-                7 => {
+                Fault::Bandwidth => {
                     let kbit = rng.gen_range(128..4096);
                     let everyone = rng.gen_bool(0.3);
                     let whom = if everyone {
@@ -200,7 +265,7 @@ pub async fn inject(
                         network.limit_bandwidth(index, kbit)?;
                     }
                 }
-                _ => {
+                Fault::KillRestart => {
                     note(
                         log,
                         format!(

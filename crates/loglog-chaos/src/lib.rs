@@ -26,6 +26,8 @@ pub mod faults;
 pub mod netns;
 pub mod workload;
 
+pub use faults::Fault;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -50,6 +52,8 @@ pub struct RunConfig {
     pub loglogd: PathBuf,
     /// Extra arguments for every `loglogd` (e.g. a test-only switch).
     pub loglogd_args: Vec<String>,
+    /// The kinds of fault the schedule draws from (not empty).
+    pub faults: Vec<Fault>,
     /// Where the run's folder is made.
     pub work_dir: PathBuf,
     /// Self-check of the harness: after the workload, kill every node, cut
@@ -272,6 +276,7 @@ async fn drive(
     let faults_result = faults::inject(
         config.seed,
         config.duration,
+        &config.faults,
         network,
         cluster,
         &nodes,

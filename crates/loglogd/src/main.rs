@@ -69,6 +69,14 @@ struct Args {
     /// peer_listen, cluster_id); flags given on the command line win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// TEST ONLY (fault injection, with --peers): emulate a power cut on
+    /// every kill; the next start drops log bytes that were not fsynced.
+    #[arg(long, hide = true)]
+    test_unsynced_lost_on_kill: bool,
+    /// TEST ONLY, A DELIBERATE BUG (with --peers): acknowledge before fsync.
+    #[cfg(feature = "bug-injection")]
+    #[arg(long, hide = true)]
+    test_ack_before_fsync: bool,
 }
 
 /// The settings of a `--config` file: the flags' names with underscores.
@@ -112,6 +120,9 @@ fn apply_config_file(args: &mut Args, matches: &clap::ArgMatches) -> Result<(), 
     }
     if args.peers.is_none() && (args.cluster_id.is_some() || !unset("peer_listen")) {
         return Err("--peer-listen and --cluster-id need --peers".to_string());
+    }
+    if args.peers.is_none() && args.test_unsynced_lost_on_kill {
+        return Err("--test-unsynced-lost-on-kill needs --peers".to_string());
     }
     Ok(())
 }
@@ -230,6 +241,11 @@ fn config_from(args: Args) -> Config {
         let mut cluster = loglogd::cluster::ClusterConfig::new(peers);
         cluster.peer_listen = args.peer_listen;
         cluster.cluster_id = args.cluster_id;
+        cluster.test_switches.unsynced_lost_on_kill = args.test_unsynced_lost_on_kill;
+        #[cfg(feature = "bug-injection")]
+        {
+            cluster.test_switches.ack_before_fsync = args.test_ack_before_fsync;
+        }
         config.cluster = Some(cluster);
     }
     config
