@@ -11,6 +11,7 @@ use loglog_proto::entry::EntryIter;
 use loglog_proto::segment::{parse_segment_file_name, SEGMENT_HEADER_LEN};
 
 use crate::netns::{run, Network};
+use crate::relay::RELAY_PORT;
 
 /// Client port of every node (each has its own address).
 pub const CLIENT_PORT: u16 = 7000;
@@ -21,7 +22,10 @@ pub struct Member {
     pub id: u64,
     pub namespace: String,
     pub client_addr: String,
+    /// Where the node's peer listener binds.
     pub peer_addr: String,
+    /// Where its peers dial it: its relay, which forwards to `peer_addr`.
+    pub relay_addr: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     child: Option<Child>,
@@ -65,6 +69,7 @@ impl Cluster {
                     namespace: network.node_namespace(index).to_string(),
                     client_addr: format!("{ip}:{CLIENT_PORT}"),
                     peer_addr: format!("{ip}:{PEER_PORT}"),
+                    relay_addr: format!("{ip}:{RELAY_PORT}"),
                     data_dir: root.join(format!("node{id}")),
                     log_path: root.join(format!("node{id}.log")),
                     child: None,
@@ -74,7 +79,8 @@ impl Cluster {
             .collect();
         let peers_flag = members
             .iter()
-            .map(|m| format!("{}={}@{}", m.id, m.peer_addr, m.client_addr))
+            // Peers dial each other through the relays (delay, duplication).
+            .map(|m| format!("{}={}@{}", m.id, m.relay_addr, m.client_addr))
             .collect::<Vec<_>>()
             .join(",");
         Cluster {

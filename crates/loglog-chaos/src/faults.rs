@@ -3,8 +3,9 @@
 //! split, one-way peer loss, random loss on every node (iptables
 //! `statistic`), SIGKILL (restart at heal), SIGSTOP (SIGCONT at heal),
 //! SIGKILL + the tail segment cut at a random byte + restart, a bandwidth
-//! limit (tc tbf), SIGKILL of every node (restart at heal), SIGKILL +
-//! immediate restart; a quarter of the time two of them stacked; each
+//! limit (tc tbf), SIGKILL of every node (a power cut: each loses what it
+//! had not fsynced), SIGKILL + immediate restart, delayed or duplicated
+//! peer messages (the relays); a quarter of the time two of them stacked; each
 //! held for a random while, then healed, until the run's duration is over.
 //! Every step is written to the fault log with its time since the start.
 
@@ -18,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::cluster::Cluster;
 use crate::netns::Network;
+use crate::relay::Relays;
 use crate::workload::Shared;
 
 /// The kinds of fault, by the names `--faults` takes.
@@ -33,10 +35,12 @@ pub enum Fault {
     Bandwidth,
     PowerCut,
     KillRestart,
+    Delay,
+    Duplicate,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 12] = [
         Fault::Isolate,
         Fault::Split,
         Fault::OneWay,
@@ -47,6 +51,8 @@ impl Fault {
         Fault::Bandwidth,
         Fault::PowerCut,
         Fault::KillRestart,
+        Fault::Delay,
+        Fault::Duplicate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +67,8 @@ impl Fault {
             Fault::Bandwidth => "bandwidth",
             Fault::PowerCut => "power-cut",
             Fault::KillRestart => "kill-restart",
+            Fault::Delay => "delay",
+            Fault::Duplicate => "duplicate",
         }
     }
 
@@ -94,6 +102,7 @@ pub async fn inject(
     duration: Duration,
     kinds: &[Fault],
     network: &Network,
+    relays: &Relays,
     cluster: &mut Cluster,
     nodes: &[String],
     shared: &Shared,
@@ -265,6 +274,35 @@ pub async fn inject(
                         network.limit_bandwidth(index, kbit)?;
                     }
                 }
+                Fault::Delay => {
+                    let delay = Duration::from_millis(rng.gen_range(5..400));
+                    let everyone = rng.gen_bool(0.3);
+                    note(
+                        log,
+                        format!(
+                            "delay {} ms into {}",
+                            delay.as_millis(),
+                            if everyone {
+                                "every node".to_string()
+                            } else {
+                                format!("node {}", victim + 1)
+                            }
+                        ),
+                    );
+                    for index in (0..count).filter(|&index| everyone || index == victim) {
+                        relays.node(index).set(delay, 0.0);
+                    }
+                }
+                Fault::Duplicate => {
+                    let probability = rng.gen_range(0.05..0.5);
+                    note(
+                        log,
+                        format!("duplicate {probability:.2} of peer messages into every node"),
+                    );
+                    for index in 0..count {
+                        relays.node(index).set(Duration::ZERO, probability);
+                    }
+                }
                 Fault::KillRestart => {
                     note(
                         log,
@@ -280,6 +318,7 @@ pub async fn inject(
             tokio::time::sleep(hold).await;
         }
         network.heal()?;
+        relays.clear();
         for index in 0..count {
             if let Some(status) = cluster.exited(index) {
                 let text = format!("node {} exited by itself: {status}", index + 1);

@@ -32,7 +32,7 @@ struct Args {
     loglogd_args: Vec<String>,
     /// The kinds of fault to inject, comma-separated: isolate, split,
     /// one-way, loss, kill, stop, tail-cut, bandwidth, power-cut,
-    /// kill-restart; or all.
+    /// kill-restart, delay, duplicate; or all.
     #[arg(long, default_value = "all")]
     faults: String,
     /// Where run folders are made (failing ones are kept).
