@@ -1318,7 +1318,7 @@ impl SyncerThread {
                 continue;
             }
             if self.fsync == Fsync::Always {
-                match self.syncer.sync() {
+                match crate::pipeline::timed_sync(&self.syncer, &self.shared) {
                     Ok(_) => {
                         self.shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
                         if let Some(mark) = &self.synced_mark {
