@@ -30,6 +30,12 @@ pub mod opcode {
     pub const STATUS: u8 = 3;
 }
 
+/// Opcode of a response about the whole connection, not one request: the
+/// node refused the connection before reading any request (e.g. `Busy`
+/// past its connection limit) and closes it. Its request id is 0, which
+/// no request uses.
+pub const CONNECTION_OPCODE: u8 = 0;
+
 /// Append flag: answer once the entry has an offset, without waiting for commit.
 pub const APPEND_NO_WAIT: u8 = 1;
 /// Read flag: confirm leadership (read-index) before answering.
