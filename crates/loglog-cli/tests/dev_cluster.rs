@@ -143,7 +143,29 @@ fn dev_cluster_serves_survives_a_leader_kill_and_stops_every_node() {
     // Kill the leader: the cluster elects another, appends and reads go on.
     let (_, leader_pid, _) = nodes.iter().find(|(id, ..)| *id == leader_id).unwrap();
     kill_process(Pid::from_raw(*leader_pid).unwrap(), Signal::KILL).unwrap();
+    // An append sent while the dead leader's socket is half gone fails as
+    // indeterminate (rightly: the client cannot know whether it landed), so
+    // the test waits for the new leader first, as a person would.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let statuses: serde_json::Value =
+            serde_json::from_slice(&loglog(&cluster, &["status", "--json"]).stdout).unwrap();
+        let new_leader =
+            statuses.as_array().unwrap().iter().any(|node| {
+                node["role"] == "leader" && node["node_id"].as_u64() != Some(leader_id)
+            });
+        if new_leader {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new leader: {statuses}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(ok(&cluster, &["append", "three"]).lines().count(), 1);
+    // A linearizable read sees it at once, whichever node is asked first.
+    assert_eq!(
+        ok(&cluster, &["read", "--from", "0", "--linearizable"]),
+        "one\ntwo\nthree\n"
+    );
     let survivor = nodes.iter().find(|(id, ..)| *id != leader_id).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     // A follower serves its committed prefix, which may lag for a moment.
