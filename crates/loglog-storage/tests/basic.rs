@@ -205,7 +205,10 @@ fn reset_to_begins_an_empty_log_at_the_offset() {
             .collect();
         assert_eq!(names, vec![format!("{reset_at:020}.seg")]);
         let (writer, _, _) = open(small_config(dir.path())).unwrap();
-        assert_eq!((writer.start_offset(), writer.end_offset()), (reset_at, end));
+        assert_eq!(
+            (writer.start_offset(), writer.end_offset()),
+            (reset_at, end)
+        );
     }
 }
 

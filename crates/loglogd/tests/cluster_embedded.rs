@@ -134,3 +134,188 @@ async fn a_burst_beyond_the_uncommitted_bound_waits_instead_of_failing() {
     assert_eq!(offsets.len(), 96);
     node.shutdown().await;
 }
+
+/// One member's configuration: small segments, so a trim drops real files.
+fn trim_member_config(root: &std::path::Path, peers: &[PeerSpec], id: u64) -> Config {
+    let mut config = Config::new(root.join(format!("node{id}")));
+    config.node_id = id;
+    config.listen = None;
+    config.segment_size = 4096;
+    let mut cluster = ClusterConfig::new(peers.to_vec());
+    cluster.peer_listen = peers[id as usize - 1].peer_addr.parse().unwrap();
+    config.cluster = Some(cluster);
+    config
+}
+
+async fn wait_for_leader(nodes: &[Option<Node>]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let leaders: Vec<usize> = (0..nodes.len())
+            .filter(|&i| {
+                nodes[i]
+                    .as_ref()
+                    .is_some_and(|n| n.status().role == Role::Leader)
+            })
+            .collect();
+        if let [leader] = leaders[..] {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Segment file starts in a node's log directory.
+fn segment_starts(config: &Config) -> Vec<u64> {
+    let mut starts: Vec<u64> = std::fs::read_dir(config.data_dir.join(loglogd::LOG_DIR))
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".seg")?.parse().ok()
+        })
+        .collect();
+    starts.sort_unstable();
+    starts
+}
+
+/// The committed bytes of a node from `from` to at least `to`.
+async fn committed_range(node: &Node, from: u64, to: u64) -> Vec<u8> {
+    assert!(node.wait_for_commit(to).await >= to);
+    let mut bytes = Vec::new();
+    let mut at = from;
+    while at < to {
+        let chunk = node.read(at, 1 << 20, Duration::ZERO).await.unwrap();
+        bytes.extend_from_slice(&chunk.bytes);
+        at = chunk.next_offset();
+    }
+    bytes.truncate((to - from) as usize);
+    bytes
+}
+
+/// Waits until a node's log starts past 0 (it applied a trim) and returns
+/// its start.
+async fn wait_for_trimmed(node: &Node) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let start = node.status().start_offset;
+        if start > 0 {
+            return start;
+        }
+        assert!(Instant::now() < deadline, "the node never trimmed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A replicated trim on a 3-node cluster under load: every node drops its
+/// segments below the trim (files gone, start in status, reads below
+/// answer `Trimmed`), a node down during the trim trims once it catches
+/// up, a trim at or above the commit offset is refused, and a wiped node
+/// (empty data directory, same id) is re-seeded from the leader's log
+/// start and then holds the same bytes from there on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_trim_reaches_every_node_and_a_wiped_node_reseeds() {
+    let root = tempfile::tempdir().unwrap();
+    let peers: Vec<PeerSpec> = (1..=3)
+        .map(|id| PeerSpec {
+            id,
+            peer_addr: free_addr().to_string(),
+            client_addr: format!("client-of-{id}:19194"),
+        })
+        .collect();
+    let configs: Vec<Config> = (1..=3)
+        .map(|id| trim_member_config(root.path(), &peers, id))
+        .collect();
+    let mut nodes: Vec<Option<Node>> = Vec::new();
+    for config in &configs {
+        nodes.push(Some(Node::start(config.clone()).await.unwrap()));
+    }
+    let leader = wait_for_leader(&nodes).await;
+    let leader_node = nodes[leader].clone().unwrap();
+    let down = (leader + 1) % 3;
+    let up = (leader + 2) % 3;
+
+    for i in 0..300u32 {
+        leader_node.append(vec![i as u8; 200]).await.unwrap();
+    }
+    // Load: appends keep coming during the trim and the catch-ups.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (node, stop) = (leader_node.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acknowledged = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                node.append(vec![0xab; 300]).await.unwrap();
+                acknowledged += 1;
+            }
+            acknowledged
+        })
+    };
+
+    nodes[down].take().unwrap().shutdown().await;
+    let commit = leader_node.commit_offset();
+    assert!(matches!(
+        leader_node.trim_prefix(u64::MAX / 2).await,
+        Err(ServerError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        nodes[up].as_ref().unwrap().trim_prefix(100).await,
+        Err(ServerError::NotLeader { .. })
+    ));
+    let trim_to = commit / 2;
+    let start = leader_node.trim_prefix(trim_to).await.unwrap();
+    assert!(
+        start > 0 && start <= trim_to,
+        "start {start}, trim {trim_to}"
+    );
+    assert_eq!(leader_node.status().start_offset, start);
+    let up_start = wait_for_trimmed(nodes[up].as_ref().unwrap()).await;
+    assert!(up_start <= trim_to);
+
+    // The node that was down catches up and applies the trim too.
+    nodes[down] = Some(Node::start(configs[down].clone()).await.unwrap());
+    let down_start = wait_for_trimmed(nodes[down].as_ref().unwrap()).await;
+    assert!(down_start <= trim_to);
+
+    for (index, node) in nodes.iter().enumerate() {
+        let node = node.as_ref().unwrap();
+        let status = node.status();
+        let starts = segment_starts(&configs[index]);
+        assert_eq!(starts[0], status.start_offset, "node {index}: files gone");
+        assert_eq!(
+            node.read(0, 1 << 20, Duration::ZERO).await,
+            Err(ServerError::Trimmed {
+                start: status.start_offset
+            })
+        );
+    }
+
+    // Wipe a follower: same id, empty data directory.
+    let wiped = down;
+    nodes[wiped].take().unwrap().shutdown().await;
+    std::fs::remove_dir_all(&configs[wiped].data_dir).unwrap();
+    let leader_start = leader_node.status().start_offset;
+    nodes[wiped] = Some(Node::start(configs[wiped].clone()).await.unwrap());
+    let wiped_node = nodes[wiped].clone().unwrap();
+    let wiped_start = wait_for_trimmed(&wiped_node).await;
+    assert_eq!(wiped_start, leader_start, "re-seeded at the leader's start");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(load.await.unwrap() > 0);
+    leader_node.linearizable_barrier().await.unwrap();
+    let end = leader_node.commit_offset();
+    let expected = committed_range(&leader_node, leader_start, end).await;
+    for node in nodes.iter().flatten() {
+        // Segment boundaries may differ between nodes: compare from the
+        // later of the two starts.
+        let from = node.status().start_offset.max(leader_start);
+        let bytes = committed_range(node, from, end).await;
+        assert_eq!(
+            bytes[..],
+            expected[(from - leader_start) as usize..],
+            "same bytes from the start on"
+        );
+    }
+    assert_eq!(segment_starts(&configs[wiped])[0], leader_start);
+    for node in nodes.iter().flatten() {
+        node.shutdown().await;
+    }
+}
