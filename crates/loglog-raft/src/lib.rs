@@ -181,10 +181,13 @@
 //!
 //! # Limits
 //!
-//! * A wiped node restarts with term 0 and no vote: it may vote a second
-//!   time in a term it voted in before the wipe (as in any Raft without its
-//!   persisted state). Wipe a node only after the cluster moved to a later
-//!   term, or remove it and add it back.
+//! * A wiped node (log, checkpoint and hard state lost) is re-seeded from
+//!   the leader's log start, but it forgot its vote and what it had
+//!   acknowledged: it may vote twice in one term, or help elect a leader
+//!   lacking an entry it helped commit (as in any Raft that loses persisted
+//!   state). Wipe a node only while the cluster is healthy (a stable leader
+//!   whose log holds everything committed), keep its hard state, or mark it
+//!   with a [`LostTail`] as the simulator does.
 //! * Terms are `u32` (the entry header's field); a node at term `u32::MAX`
 //!   stops campaigning rather than wrap.
 //!
