@@ -400,6 +400,35 @@ mod tests {
     }
 
     #[test]
+    fn trims_and_resets_are_durable_and_recovery_scans_from_the_start() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut disk = Disk::new();
+        disk.append(&entry(1, b"one"));
+        disk.append(&entry(1, b"two"));
+        disk.append(&entry(1, b"three"));
+        let point = disk.sync_point();
+        disk.complete_sync(point);
+        // Entry boundaries 0, 19, 38, 59: a trim at 30 keeps the entry at 19.
+        assert_eq!(disk.trim_prefix(30, 1 << 20), 19);
+        disk.append(&entry(1, b"four"));
+        disk.crash(&mut rng);
+        let recovery = disk.recover(1 << 20);
+        assert!(recovery.log_end >= 59, "{recovery:?}");
+        assert_eq!(disk.start(), 19);
+        assert!(disk.log()[..19].iter().all(|&byte| byte == 0));
+
+        disk.append(&entry(1, b"unsynced"));
+        disk.reset_to(500);
+        assert_eq!((disk.start(), disk.log_len()), (500, 500));
+        assert!(!disk.has_unsynced());
+        disk.append(&entry(2, b"after"));
+        let point = disk.sync_point();
+        disk.complete_sync(point);
+        disk.crash(&mut rng);
+        assert_eq!(disk.recover(1 << 20).log_end, 500 + 21);
+    }
+
+    #[test]
     fn recovery_truncates_at_a_flipped_bit() {
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         for _ in 0..100 {

@@ -792,6 +792,19 @@ mod tests {
     }
 
     #[test]
+    fn trimmed_reads_are_fine_unless_past_the_final_log() {
+        let (mut history, log) = good();
+        let inside = history.invoke_read(5, ReadKind::Plain, 80);
+        history.complete_read(inside, ReadOutcome::Trimmed { start: log.end }, 81);
+        assert_eq!(check(&history, &log), Vec::new());
+        let past = history.invoke_read(5, ReadKind::Linearizable, 82);
+        history.complete_read(past, ReadOutcome::Trimmed { start: log.end + 1 }, 83);
+        assert!(check(&history, &log)
+            .iter()
+            .any(|v| matches!(v, Violation::TrimmedBeyondFinalLog { .. })));
+    }
+
+    #[test]
     fn failed_append_seen_by_a_read_is_caught() {
         let (mut history, log) = good();
         let read = history.invoke_read(5, ReadKind::Plain, 80);
