@@ -319,3 +319,50 @@ async fn a_replicated_trim_reaches_every_node_and_a_wiped_node_reseeds() {
         node.shutdown().await;
     }
 }
+
+/// A crash in the middle of a log reset (the intent saved, the log not yet
+/// reset) is completed at the next start: the log then begins at the
+/// intent's offset, with that checkpoint, and reads below it answer
+/// `Trimmed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_log_reset_is_completed_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let peers = vec![PeerSpec {
+        id: 1,
+        peer_addr: free_addr().to_string(),
+        client_addr: "127.0.0.1:1".to_string(),
+    }];
+    let config = trim_member_config(root.path(), &peers, 1);
+    let node = Node::start(config.clone()).await.unwrap();
+    wait_for_leader(&[Some(node.clone())]).await;
+    for i in 0..50u8 {
+        node.append(vec![i; 100]).await.unwrap();
+    }
+    let commit = node.commit_offset();
+    let term = node.status().term as u32;
+    node.shutdown().await;
+
+    // What `Action::ResetLog` saves first: the checkpoint to reset to.
+    let start = commit + 10_000;
+    let checkpoint = loglog_raft::Checkpoint {
+        commit_offset: start,
+        terms: loglog_raft::TermMap::from_runs(vec![loglog_raft::TermRun { term, start: 0 }])
+            .unwrap(),
+        membership: loglog_raft::Membership::with_voters([1]),
+    };
+    let reset_path = config.data_dir.join(loglogd::cluster::RESET_FILE);
+    loglog_storage::state_file::save(&reset_path, &checkpoint.encode()).unwrap();
+
+    let node = Node::start(config.clone()).await.unwrap();
+    assert!(!reset_path.exists(), "the intent is dropped once done");
+    assert_eq!(node.status().start_offset, start);
+    assert_eq!(segment_starts(&config), vec![start]);
+    wait_for_leader(&[Some(node.clone())]).await;
+    let offset = node.append(&b"after the reset"[..]).await.unwrap();
+    assert!(offset >= start);
+    assert_eq!(
+        node.read(0, 1 << 20, Duration::ZERO).await,
+        Err(ServerError::Trimmed { start })
+    );
+    node.shutdown().await;
+}
