@@ -468,6 +468,13 @@ impl Node {
 
     /// Deletes whole segments below `offset` (at most the commit offset);
     /// returns the log's new start offset. Reads below it answer `Trimmed`.
+    ///
+    /// On a cluster member this is a replicated trim: only the leader takes
+    /// it (followers answer `NotLeader`), `offset` must be below the commit
+    /// offset (else `OutOfRange` with the commit offset), and it answers
+    /// once the trim entry committed and this node applied it; every other
+    /// node applies it too, a node that was down when it catches up. This
+    /// is the one trim mechanism; retention policies call it.
     pub async fn trim_prefix(&self, offset: u64) -> Result<u64, ServerError> {
         let (reply, answer) = oneshot::channel();
         if !self.inner.shared.accepting.load(Ordering::Acquire) {

@@ -2,7 +2,9 @@
 //! picked free), driven through the client library and raw frames.
 //! Elects a leader, follows `NotLeader` redirects, serves identical
 //! committed bytes on every node, survives a SIGKILL of the leader (the
-//! failover time is printed), and a restarted node catches up.
+//! failover time is printed), and a restarted node catches up. A
+//! replicated trim reaches every node, and a wiped node is re-seeded from
+//! the leader's log start.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -34,6 +36,8 @@ struct Member {
 struct Cluster {
     members: Vec<Member>,
     peers_flag: String,
+    /// More flags for every process (e.g. a small `--segment-size`).
+    extra_args: Vec<String>,
 }
 
 impl Cluster {
@@ -56,6 +60,7 @@ impl Cluster {
         Cluster {
             members,
             peers_flag,
+            extra_args: Vec::new(),
         }
     }
 
@@ -79,6 +84,7 @@ impl Cluster {
                 "--peers",
                 &self.peers_flag,
             ])
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -910,4 +916,196 @@ fn one_append_call_rides_out_the_leaders_death() {
     let entries = data_entries(&log);
     assert_eq!(entries[&b"before"[..]], vec![before]);
     assert_eq!(entries[&b"after"[..]], vec![after]);
+}
+
+/// Segment file starts in a member's log directory.
+fn segment_starts(member: &Member) -> Vec<u64> {
+    let mut starts: Vec<u64> = std::fs::read_dir(member.dir.join(loglogd::LOG_DIR))
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".seg")?.parse().ok()
+        })
+        .collect();
+    starts.sort_unstable();
+    starts
+}
+
+/// Waits until a member's log starts past 0 (it applied a trim or was
+/// re-seeded) and returns its start.
+fn wait_for_start(cluster: &Cluster, index: usize) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = cluster.status(index) {
+            if status.start_offset > 0 {
+                return status.start_offset;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {} never trimmed\n{}",
+            cluster.members[index].id,
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A member's committed bytes from `from` up to `to`.
+fn committed_range(addr: SocketAddr, from: u64, to: u64) -> Vec<u8> {
+    let client = Client::connect(&[addr.to_string()]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut bytes = Vec::new();
+    while from + (bytes.len() as u64) < to {
+        let page = client
+            .read(
+                from + bytes.len() as u64,
+                1 << 20,
+                Duration::from_millis(200),
+            )
+            .unwrap();
+        bytes.extend_from_slice(page.raw());
+        assert!(Instant::now() < deadline, "{addr} stuck below {to}");
+    }
+    bytes.truncate((to - from) as usize);
+    bytes
+}
+
+/// A replicated trim with `loglogd` processes as followers, under load:
+/// every node drops its segments below the trim (files gone, start offset
+/// in status, reads below answer `Trimmed`); a node down during the trim
+/// trims once it catches up; a wiped node (empty data directory, same id)
+/// is re-seeded from the leader's log start and then holds the same bytes.
+/// Member 1 runs embedded in this process, because the test asks it for
+/// the trim (`Node::trim_prefix`; the admin request comes separately), so
+/// it must be the leader: the processes are killed until it is.
+#[test]
+fn a_replicated_trim_reaches_every_process_and_a_wiped_one_reseeds() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3);
+    cluster.extra_args = vec!["--segment-size".to_string(), "4096".to_string()];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let peers: Vec<loglogd::cluster::PeerSpec> = cluster
+        .members
+        .iter()
+        .map(|m| loglogd::cluster::PeerSpec {
+            id: m.id,
+            peer_addr: m.peer.to_string(),
+            client_addr: m.client.to_string(),
+        })
+        .collect();
+    let mut config = loglogd::Config::new(cluster.members[0].dir.clone());
+    config.node_id = 1;
+    config.listen = Some(cluster.members[0].client);
+    config.segment_size = 4096;
+    let mut cluster_config = loglogd::cluster::ClusterConfig::new(peers);
+    cluster_config.peer_listen = cluster.members[0].peer;
+    config.cluster = Some(cluster_config);
+    let embedded = runtime.block_on(loglogd::Node::start(config)).unwrap();
+    cluster.start(1);
+    cluster.start(2);
+    for attempt in 0.. {
+        let leader = cluster.wait_for_leader(&[0, 1, 2]);
+        if leader == 0 {
+            break;
+        }
+        assert!(attempt < 30, "member 1 never became leader");
+        cluster.kill(leader);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while embedded.status().role != Role::Leader && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cluster.start(leader);
+    }
+
+    let leader_addr = cluster.members[0].client.to_string();
+    let client = Client::connect(std::slice::from_ref(&leader_addr)).unwrap();
+    for i in 0..300 {
+        client.append(vec![i as u8; 200]).unwrap();
+    }
+    // Load: appends keep coming through the trim and the catch-ups.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let addr = leader_addr.clone();
+        std::thread::spawn(move || {
+            let client = Client::connect(&[addr]).unwrap();
+            let mut acknowledged = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client.append(vec![0xab; 300]).unwrap();
+                acknowledged += 1;
+            }
+            acknowledged
+        })
+    };
+
+    let (down, up) = (2, 1);
+    cluster.kill(down);
+    let commit = embedded.commit_offset();
+    assert!(matches!(
+        runtime.block_on(embedded.trim_prefix(u64::MAX / 2)),
+        Err(ServerError::OutOfRange { .. })
+    ));
+    let trim_to = commit / 2;
+    let start = runtime.block_on(embedded.trim_prefix(trim_to)).unwrap();
+    assert!(
+        start > 0 && start <= trim_to,
+        "start {start}, trim {trim_to}"
+    );
+    let up_start = wait_for_start(&cluster, up);
+    assert!(up_start <= trim_to);
+    cluster.start(down);
+    let down_start = wait_for_start(&cluster, down);
+    assert!(down_start <= trim_to);
+
+    for index in 0..3 {
+        let status = cluster.status(index).unwrap();
+        assert_eq!(
+            segment_starts(&cluster.members[index])[0],
+            status.start_offset,
+            "node {}: files below the start are gone",
+            index + 1
+        );
+        let mut stream = TcpStream::connect(cluster.members[index].client).unwrap();
+        let read = Request::Read {
+            offset: 0,
+            max_bytes: 1 << 20,
+            wait_ms: 0,
+            linearizable: false,
+        };
+        assert_eq!(
+            call(&mut stream, read),
+            Err(ServerError::Trimmed {
+                start: status.start_offset
+            })
+        );
+    }
+
+    // Wipe a follower process: same id, empty data directory.
+    let wiped = up;
+    cluster.kill(wiped);
+    std::fs::remove_dir_all(&cluster.members[wiped].dir).unwrap();
+    let leader_start = embedded.status().start_offset;
+    cluster.start(wiped);
+    assert_eq!(wait_for_start(&cluster, wiped), leader_start);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(load.join().unwrap() > 0);
+    let end = embedded.commit_offset();
+    let expected = committed_range(cluster.members[0].client, leader_start, end);
+    for index in 1..3 {
+        let from = cluster
+            .status(index)
+            .unwrap()
+            .start_offset
+            .max(leader_start);
+        let bytes = committed_range(cluster.members[index].client, from, end);
+        assert_eq!(
+            bytes[..],
+            expected[(from - leader_start) as usize..],
+            "node {}: same bytes from the start on",
+            index + 1
+        );
+    }
+    assert_eq!(segment_starts(&cluster.members[wiped])[0], leader_start);
+    runtime.block_on(embedded.shutdown());
 }

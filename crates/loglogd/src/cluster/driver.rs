@@ -66,7 +66,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::power_cut::{self, SyncedMark};
 use super::transport::{self, Identity, PeerQueue};
-use super::{ClusterConfig, CHECKPOINT_FILE, CLUSTER_ID_FILE, DURABLE_FILE};
+use super::{ClusterConfig, CHECKPOINT_FILE, CLUSTER_ID_FILE, DURABLE_FILE, RESET_FILE};
 use crate::config::{Config, Fsync};
 use crate::node::{self, StartError, LOG_DIR, NODE_STATE_FILE};
 use crate::pipeline::{AppendRequest, Reply, Shared, WriterCommand};
@@ -80,6 +80,9 @@ const SYNC_JOB_QUEUE: usize = 1024;
 const MAX_PROPOSALS_PER_ROUND: usize = 4096;
 /// Most events handled in one round.
 const MAX_EVENTS_PER_ROUND: usize = 1024;
+/// Most trims proposed and not yet committed; more answer `Busy`.
+const MAX_PENDING_TRIMS: usize = 64;
+
 /// The checkpoint is saved at most this often.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest an append waits for room among the core's uncommitted bytes
@@ -344,11 +347,13 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         no_wait: Vec::new(),
         reads: BTreeMap::new(),
         next_read_ctx: 1,
+        trims: Vec::new(),
         batch: Vec::new(),
         batch_last_write: 0,
         node_id: me,
         state_path: config.data_dir.join(NODE_STATE_FILE),
         checkpoint_path: config.data_dir.join(CHECKPOINT_FILE),
+        reset_path: config.data_dir.join(RESET_FILE),
         checkpoint_saved: (now, commit),
         durable_path: config.data_dir.join(DURABLE_FILE),
         durable: opened.durable,
@@ -567,12 +572,32 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
         Fsync::Always => FsyncPolicy::Always,
         Fsync::Never => FsyncPolicy::Never,
     };
-    let (writer, syncer, reader) = loglog_storage::open(storage_config)?;
+    let (mut writer, syncer, reader) = loglog_storage::open(storage_config)?;
     // After a process crash the files may hold written, unsynced bytes; the
     // core treats the whole recovered log as durable, so make it so.
     syncer.sync()?;
 
     let checkpoint_path = dir.join(CHECKPOINT_FILE);
+    let durable_path = dir.join(DURABLE_FILE);
+    let reset_path = dir.join(RESET_FILE);
+    if let Some(bytes) = state_file::load(&reset_path).map_err(state_error)? {
+        // A crash interrupted a log reset: redo it (it is idempotent).
+        let checkpoint = Checkpoint::decode(&bytes).map_err(|error| StartError::CorruptState {
+            path: reset_path.clone(),
+            reason: error.to_string(),
+        })?;
+        tracing::warn!(
+            start = checkpoint.commit_offset,
+            "completing a log reset a crash interrupted"
+        );
+        complete_reset(
+            &mut writer,
+            &checkpoint,
+            &checkpoint_path,
+            &durable_path,
+            &reset_path,
+        )?;
+    }
     let checkpoint = match state_file::load(&checkpoint_path).map_err(state_error)? {
         Some(bytes) => Checkpoint::decode(&bytes).map_err(|error| StartError::CorruptState {
             path: checkpoint_path.clone(),
@@ -585,8 +610,10 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
     let end = writer.end_offset();
     let mut recovered = scan_log(&reader, end, checkpoint)
         .map_err(|reason| StartError::Raft(format!("{}: {reason}", dir.display())))?;
+    recovered
+        .set_log_start(writer.start_offset())
+        .map_err(|error| StartError::Raft(format!("{}: {error}", dir.display())))?;
 
-    let durable_path = dir.join(DURABLE_FILE);
     let previous = match state_file::load(&durable_path).map_err(state_error)? {
         Some(bytes) => DurableRecord::decode(&durable_path, &bytes)?,
         None => DurableRecord::default(),
@@ -651,6 +678,33 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
         durable,
         synced_mark,
     })
+}
+
+/// The durable steps of a log reset after its intent (`RESET_FILE`) is
+/// saved: lower the synced-end record (the log shrinks; a restart must not
+/// take that for disk damage), reset the log to begin at the checkpoint's
+/// offset, save the checkpoint, drop the intent.
+fn complete_reset(
+    writer: &mut LogWriter,
+    checkpoint: &Checkpoint,
+    checkpoint_path: &Path,
+    durable_path: &Path,
+    reset_path: &Path,
+) -> Result<(), StorageError> {
+    let start = checkpoint.commit_offset;
+    let reset_durable = DurableRecord {
+        synced_end: start,
+        lost_tail: match state_file::load(durable_path)? {
+            Some(bytes) => DurableRecord::decode(durable_path, &bytes)
+                .map(|record| record.lost_tail)
+                .unwrap_or(None),
+            None => None,
+        },
+    };
+    state_file::save(durable_path, &reset_durable.encode())?;
+    writer.reset_to(start)?;
+    state_file::save(checkpoint_path, &checkpoint.encode())?;
+    state_file::remove(reset_path)
 }
 
 /// Per-process randomness for election timeouts: nodes started together
@@ -727,6 +781,14 @@ struct Waiter {
     reply: Reply,
 }
 
+/// A trim waiting for its entry to commit: answered with the log's new
+/// start once the commit offset passes it with the entry of its term.
+struct TrimWaiter {
+    entry_offset: u64,
+    term: u32,
+    reply: oneshot::Sender<Result<u64, ServerError>>,
+}
+
 enum Input {
     Command(WriterCommand),
     Event(Event),
@@ -766,12 +828,15 @@ struct Driver {
     no_wait: Vec<(u64, Reply)>,
     reads: BTreeMap<u64, oneshot::Sender<Result<(), ServerError>>>,
     next_read_ctx: u64,
+    /// Trims proposed here, waiting to commit (at most `MAX_PENDING_TRIMS`).
+    trims: Vec<TrimWaiter>,
     /// Consecutive `Append` bytes not yet written, and the last write id.
     batch: Vec<u8>,
     batch_last_write: WriteId,
     node_id: NodeId,
     state_path: PathBuf,
     checkpoint_path: PathBuf,
+    reset_path: PathBuf,
     /// When the checkpoint was last saved, and its commit offset.
     checkpoint_saved: (Instant, u64),
     durable_path: PathBuf,
@@ -867,10 +932,8 @@ impl Driver {
     fn handle(&mut self, input: Input) {
         match input {
             Input::Command(WriterCommand::Append(request)) => self.propose(request),
-            Input::Command(WriterCommand::TrimPrefix { reply, .. }) => {
-                drop(reply.send(Err(ServerError::BadRequest {
-                    message: "trim is not supported on a cluster member yet".to_string(),
-                })));
+            Input::Command(WriterCommand::TrimPrefix { offset, reply }) => {
+                self.propose_trim(offset, reply)
             }
             Input::Command(WriterCommand::Shutdown) => {
                 self.commands_open = false;
@@ -902,6 +965,44 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// A replicated trim: the leader proposes a trim entry; every node
+    /// drops its segments below `offset` once it commits (`Action::TrimPrefix`).
+    fn propose_trim(&mut self, offset: u64, reply: oneshot::Sender<Result<u64, ServerError>>) {
+        if self.stopping.is_some() {
+            drop(reply.send(Err(ServerError::ShuttingDown)));
+            return;
+        }
+        if let Some(error) = self.shared.unavailable() {
+            drop(reply.send(Err(error)));
+            return;
+        }
+        if self.trims.len() >= MAX_PENDING_TRIMS {
+            drop(reply.send(Err(ServerError::Busy)));
+            return;
+        }
+        let answer = match self.raft.propose_trim(offset) {
+            Ok(entry_offset) => {
+                self.trims.push(TrimWaiter {
+                    entry_offset,
+                    term: self.raft.term(),
+                    reply,
+                });
+                return;
+            }
+            Err(ProposeError::NotLeader { leader }) => ServerError::NotLeader {
+                leader: self.leader_address(leader),
+            },
+            Err(ProposeError::TrimNotBelowCommit { commit_offset, .. }) => {
+                ServerError::OutOfRange { end: commit_offset }
+            }
+            Err(ProposeError::Busy(_)) => ServerError::Busy,
+            Err(error) => ServerError::BadRequest {
+                message: error.to_string(),
+            },
+        };
+        drop(reply.send(Err(answer)));
     }
 
     fn refuse_queued_commands(&mut self) {
@@ -969,9 +1070,12 @@ impl Driver {
                 self.deferred_again = true;
             }
             Err(ProposeError::Busy(_)) => request.reply.send(Err(ServerError::Busy)),
-            Err(ProposeError::BadMembershipChange(reason)) => {
+            Err(
+                error @ (ProposeError::BadMembershipChange(_)
+                | ProposeError::TrimNotBelowCommit { .. }),
+            ) => {
                 request.reply.send(Err(ServerError::BadRequest {
-                    message: reason.to_string(),
+                    message: error.to_string(),
                 }));
             }
         }
@@ -1144,6 +1248,8 @@ impl Driver {
                          refused (a safety bug or lost durable data)"
                     );
                 }
+                Action::TrimPrefix { offset } => self.trim_prefix(offset)?,
+                Action::ResetLog { checkpoint } => self.reset_log(&checkpoint)?,
                 Action::RoleChanged { role, term, leader } => {
                     tracing::info!(?role, term, ?leader, "role changed");
                     self.shared.term.store(u64::from(term), Ordering::Relaxed);
@@ -1155,6 +1261,56 @@ impl Driver {
         for (offset, reply) in self.no_wait.drain(..) {
             reply.send(Ok(offset));
         }
+        Ok(())
+    }
+
+    /// A committed trim: checkpoint first (its commit offset is past the
+    /// trim, so a restart never scans from a deleted segment), then drop
+    /// the whole segments below `offset`.
+    fn trim_prefix(&mut self, offset: u64) -> Result<(), (&'static str, StorageError)> {
+        let checkpoint = self.raft.checkpoint();
+        if let Err(error) = state_file::save(&self.checkpoint_path, &checkpoint.encode()) {
+            // Keep the segments: the older checkpoint may need them.
+            tracing::warn!(%error, offset, "saving the checkpoint failed; trim skipped");
+            return Ok(());
+        }
+        self.checkpoint_saved = (Instant::now(), checkpoint.commit_offset);
+        let start = self
+            .writer
+            .trim_prefix(offset)
+            .map_err(|error| ("trimming the log", error))?;
+        tracing::info!(offset, start, "log trimmed (replicated trim)");
+        Ok(())
+    }
+
+    /// The leader's log starts above our commit offset: begin our log at
+    /// its start, durably, before any later action. The intent is saved
+    /// first, so a crash part-way is completed at the next start.
+    fn reset_log(&mut self, checkpoint: &Checkpoint) -> Result<(), (&'static str, StorageError)> {
+        let start = checkpoint.commit_offset;
+        state_file::save(&self.reset_path, &checkpoint.encode())
+            .map_err(|error| ("saving the log reset intent", error))?;
+        complete_reset(
+            &mut self.writer,
+            checkpoint,
+            &self.checkpoint_path,
+            &self.durable_path,
+            &self.reset_path,
+        )
+        .map_err(|error| ("resetting the log", error))?;
+        self.durable = DurableRecord {
+            synced_end: start,
+            ..self.durable
+        };
+        self.checkpoint_saved = (Instant::now(), start);
+        self.shared.written_end.store(start, Ordering::Release);
+        if let Some(mark) = &self.synced_mark {
+            mark.record();
+        }
+        tracing::warn!(
+            start,
+            "log reset to the leader's log start (it trimmed what this node lacked)"
+        );
         Ok(())
     }
 
@@ -1224,6 +1380,21 @@ impl Driver {
                 self.settle(waiter);
             }
         }
+        if self.trims.iter().any(|trim| trim.entry_offset < commit) {
+            let (settled, waiting) = std::mem::take(&mut self.trims)
+                .into_iter()
+                .partition(|trim| trim.entry_offset < commit);
+            self.trims = waiting;
+            for trim in settled {
+                let answer = if self.raft.term_map().term_at(trim.entry_offset) == trim.term {
+                    // Performed: its TrimPrefix came before this commit.
+                    Ok(self.writer.start_offset())
+                } else {
+                    Err(self.not_leader())
+                };
+                drop(trim.reply.send(answer));
+            }
+        }
         let (saved_at, saved_commit) = self.checkpoint_saved;
         if commit > saved_commit && saved_at.elapsed() >= CHECKPOINT_INTERVAL {
             self.save_checkpoint();
@@ -1274,6 +1445,9 @@ impl Driver {
         }
         for (_, reply) in std::mem::take(&mut self.reads) {
             drop(reply.send(Err(error.clone())));
+        }
+        for trim in self.trims.drain(..) {
+            drop(trim.reply.send(Err(error.clone())));
         }
         if self.commands_open {
             self.commands_open = false;

@@ -52,6 +52,10 @@ pub const CHECKPOINT_FILE: &str = "raft.checkpoint";
 /// Name of the file holding a lower bound of the synced end (and the
 /// lost-tail mark) inside the data directory.
 pub const DURABLE_FILE: &str = "raft.durable";
+/// Name of the file that records a log reset in progress (the checkpoint
+/// the log is being reset to; see `Action::ResetLog`): present only
+/// between the intent and the reset's completion, redone at start.
+pub const RESET_FILE: &str = "raft.reset";
 /// Longest cluster id accepted (bytes).
 pub const MAX_CLUSTER_ID_LEN: usize = 128;
 
