@@ -91,6 +91,9 @@ pub const MAX_DEFER: Duration = Duration::from_secs(5);
 /// How long a shutting-down node keeps running the core so that appends
 /// already proposed can still commit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// Most a stopping leader waits for a voter to take over (a transfer
+/// normally takes one round trip and an election) before it stops anyway.
+const HANDOFF_LIMIT: Duration = Duration::from_secs(2);
 /// Version of the cluster id file's payload.
 const CLUSTER_ID_VERSION: u32 = 1;
 /// Version of the durable-end file's payload.
@@ -365,6 +368,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         next_tick: now + cluster.tick,
         max_catch_up_ticks: cluster.election_ticks,
         stopping: None,
+        handoff: None,
         failed: false,
     };
     std::thread::Builder::new()
@@ -852,6 +856,10 @@ struct Driver {
     next_tick: Instant,
     max_catch_up_ticks: u32,
     stopping: Option<Instant>,
+    /// A stopping leader hands its leadership over first (since when), so
+    /// the cluster does not wait out an election timeout: a rolling restart
+    /// then costs clients a redirect, not a stall.
+    handoff: Option<Instant>,
     /// Storage failed: the core may not go on.
     failed: bool,
 }
@@ -869,6 +877,18 @@ impl Driver {
             if self.failed || self.shared.failure.get().is_some() {
                 self.failed = true;
                 break;
+            }
+            if let Some(began) = self.handoff {
+                if self.raft.role() != Role::Leader || began.elapsed() >= HANDOFF_LIMIT {
+                    tracing::info!(
+                        leader = ?self.raft.leader(),
+                        handed_over = self.raft.role() != Role::Leader,
+                        "leadership handoff over; stopping"
+                    );
+                    self.handoff = None;
+                    self.stopping = Some(Instant::now());
+                    self.refuse_queued_commands();
+                }
             }
             if let Some(since) = self.stopping {
                 if self.waiters.is_empty() || since.elapsed() >= SHUTDOWN_GRACE {
@@ -937,9 +957,13 @@ impl Driver {
             }
             Input::Command(WriterCommand::Shutdown) => {
                 self.commands_open = false;
-                if self.stopping.is_none() {
-                    self.stopping = Some(Instant::now());
-                    self.refuse_queued_commands();
+                if self.stopping.is_none() && self.handoff.is_none() {
+                    if self.begin_handoff() {
+                        self.handoff = Some(Instant::now());
+                    } else {
+                        self.stopping = Some(Instant::now());
+                        self.refuse_queued_commands();
+                    }
                 }
             }
             Input::Event(Event::Wake) => {}
@@ -1003,6 +1027,37 @@ impl Driver {
             },
         };
         drop(reply.send(Err(answer)));
+    }
+
+    /// A leader with another voter asks the most caught-up one to take
+    /// over; true when the transfer began.
+    fn begin_handoff(&mut self) -> bool {
+        if self.raft.role() != Role::Leader {
+            return false;
+        }
+        let membership = self.raft.membership().clone();
+        let Some(target) = self
+            .raft
+            .followers()
+            .into_iter()
+            .filter(|follower| membership.is_voter(follower.id))
+            .max_by_key(|follower| follower.match_offset)
+        else {
+            return false;
+        };
+        match self.raft.transfer_leadership(target.id) {
+            Ok(()) => {
+                tracing::info!(
+                    to = target.id,
+                    "stopping: handing leadership over before shutdown"
+                );
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "stopping without a leadership handoff");
+                false
+            }
+        }
     }
 
     fn refuse_queued_commands(&mut self) {
