@@ -6,6 +6,7 @@
 //! Every command exits 0 on success; on failure it prints one line
 //! `error: ...` on stderr and exits 1 (2 for usage errors, from clap).
 
+mod admin;
 mod append;
 mod bench;
 mod format;
@@ -20,7 +21,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "loglog",
     version,
-    about = "LogLog command line: append, read, tail, status, bench"
+    about = "LogLog command line: append, read, tail, status, bench, admin"
 )]
 struct Cli {
     /// Nodes of the cluster, tried in order.
@@ -45,6 +46,7 @@ enum Command {
     Tail(read::TailArgs),
     Status(status::StatusArgs),
     Bench(bench::BenchArgs),
+    Admin(admin::AdminArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
             Command::Tail(args) => read::run_tail(&cluster, args).await,
             Command::Status(args) => status::run(&cluster, args).await,
             Command::Bench(args) => bench::run(&cluster, args).await,
+            Command::Admin(args) => admin::run(&cluster, args).await,
         }
     });
     // A thread blocked on stdin must not keep the process alive.

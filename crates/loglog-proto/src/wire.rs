@@ -307,9 +307,7 @@ impl<'a> Request<'a> {
                 if header.aux != 0 {
                     return bad(format!("unknown admin flags {:#04x}", header.aux));
                 }
-                AdminRequest::parse(body)
-                    .map(Request::Admin)
-                    .or_else(|message| bad(message))
+                AdminRequest::parse(body).map(Request::Admin).or_else(bad)
             }
             other => bad(format!("unknown opcode {other}")),
         }

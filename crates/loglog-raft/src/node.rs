@@ -317,6 +317,13 @@ impl RaftNode {
             .map_or(&self.committed_membership, |(_, membership)| membership)
     }
 
+    /// The configuration of the latest committed config entry (or the
+    /// checkpoint's): equal to [`RaftNode::membership`] once no change is
+    /// pending.
+    pub fn committed_membership(&self) -> &Membership {
+        &self.committed_membership
+    }
+
     /// As leader, every follower's replication state (empty otherwise).
     pub fn followers(&self) -> Vec<FollowerProgress> {
         let Some(leader) = self.leader.as_ref() else {

@@ -28,6 +28,15 @@ use loglogd::{parse_byte_size, Config, Fsync, Node};
     The cluster id (--cluster-id, default derived from the ids and peer addresses) is\n  \
     written into the data directory at bootstrap: a data directory of another cluster or\n  \
     node id refuses to start, and peers of another cluster are refused at the handshake.\n\n\
+ADDING A NODE\n  \
+    Start it with --join, an empty data directory, the cluster's id and the current members:\n\n    \
+    loglogd --id 4 --join --cluster-id ID --data-dir d4 --listen 127.0.0.1:7004 \\\n      \
+    --peer-listen 127.0.0.1:7104 --peers 1=127.0.0.1:7101@127.0.0.1:7001,...\n\n  \
+    then ask the leader to add it: loglog admin add-node 4 127.0.0.1:7104 127.0.0.1:7004\n  \
+    (it becomes a learner, catches up from the log, and is promoted to voter). Its addresses\n  \
+    are kept in the log: every member finds it, and it restarts without --peers. A founding\n  \
+    member's cluster id is in the log line \"bootstrapped a new cluster member\" and in\n  \
+    `<data-dir>/cluster.id` (after a 4-byte version).\n\n\
 CONFIG FILE\n  \
     --config FILE reads the same settings from TOML, named like the flags with underscores\n  \
     (id = 1, data_dir = \"d1\", listen = \"127.0.0.1:7001\", peer_listen = ..., peers = \"1=...\",\n  \
@@ -64,9 +73,14 @@ struct Args {
     /// Cluster id fixed at bootstrap (default: derived from --peers).
     #[arg(long)]
     cluster_id: Option<String>,
+    /// Join an existing cluster instead of founding one: an empty data
+    /// directory starts with no configuration and waits for a leader to
+    /// add it (`loglog admin add-node`); --peers lists current members.
+    #[arg(long)]
+    join: bool,
     /// A TOML file with any of these settings under the same names
     /// (data_dir, listen, segment_size, max_entry_size, fsync, id, peers,
-    /// peer_listen, cluster_id); flags given on the command line win.
+    /// peer_listen, cluster_id, join); flags given on the command line win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -85,6 +99,7 @@ struct FileConfig {
     peers: Option<String>,
     peer_listen: Option<SocketAddr>,
     cluster_id: Option<String>,
+    join: Option<bool>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -110,8 +125,8 @@ fn apply_config_file(args: &mut Args, matches: &clap::ArgMatches) -> Result<(), 
     if let Some(path) = args.config.clone() {
         read_config_file(args, &path, &unset)?;
     }
-    if args.peers.is_none() && (args.cluster_id.is_some() || !unset("peer_listen")) {
-        return Err("--peer-listen and --cluster-id need --peers".to_string());
+    if args.peers.is_none() && !args.join && (args.cluster_id.is_some() || !unset("peer_listen")) {
+        return Err("--peer-listen and --cluster-id need --peers or --join".to_string());
     }
     Ok(())
 }
@@ -155,6 +170,9 @@ fn read_config_file(
     }
     if let (true, Some(value)) = (unset("cluster_id"), file.cluster_id) {
         args.cluster_id = Some(value);
+    }
+    if let (true, Some(value)) = (unset("join"), file.join) {
+        args.join = value;
     }
     Ok(())
 }
@@ -226,10 +244,12 @@ fn config_from(args: Args) -> Config {
     config.max_entry_size = args.max_entry_size;
     config.fsync = args.fsync;
     config.node_id = args.id;
-    if let Some(PeerList(peers)) = args.peers {
+    if args.peers.is_some() || args.join {
+        let peers = args.peers.map(|PeerList(peers)| peers).unwrap_or_default();
         let mut cluster = loglogd::cluster::ClusterConfig::new(peers);
         cluster.peer_listen = args.peer_listen;
         cluster.cluster_id = args.cluster_id;
+        cluster.join = args.join;
         config.cluster = Some(cluster);
     }
     config
