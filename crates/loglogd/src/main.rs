@@ -29,14 +29,14 @@ use loglogd::{parse_byte_size, Config, Fsync, Node};
     written into the data directory at bootstrap: a data directory of another cluster or\n  \
     node id refuses to start, and peers of another cluster are refused at the handshake.\n\n\
 ADDING A NODE\n  \
-    Start it with --join, an empty data directory, the cluster's id and the current members:\n\n    \
-    loglogd --id 4 --join --cluster-id ID --data-dir d4 --listen 127.0.0.1:7004 \\\n      \
-    --peer-listen 127.0.0.1:7104 --peers 1=127.0.0.1:7101@127.0.0.1:7001,...\n\n  \
+    Start it with --join, an empty data directory, and --peers listing the current members\n  \
+    (the founders' exact list gives the same derived cluster id; else pass --cluster-id):\n\n    \
+    loglogd --id 4 --join --data-dir d4 --listen 127.0.0.1:7004 --peer-listen 127.0.0.1:7104 \\\n      \
+    --peers 1=127.0.0.1:7101@127.0.0.1:7001,2=127.0.0.1:7102@127.0.0.1:7002,3=...\n\n  \
     then ask the leader to add it: loglog admin add-node 4 127.0.0.1:7104 127.0.0.1:7004\n  \
-    (it becomes a learner, catches up from the log, and is promoted to voter). Its addresses\n  \
-    are kept in the log: every member finds it, and it restarts without --peers. A founding\n  \
-    member's cluster id is in the log line \"bootstrapped a new cluster member\" and in\n  \
-    `<data-dir>/cluster.id` (after a 4-byte version).\n\n\
+    (it becomes a learner, catches up from the log, and is promoted to voter). Members'\n  \
+    addresses are kept in the log: every member finds it, and it restarts with --join\n  \
+    --cluster-id ID and no --peers (the id is logged at startup as \"cluster\").\n\n\
 CONFIG FILE\n  \
     --config FILE reads the same settings from TOML, named like the flags with underscores\n  \
     (id = 1, data_dir = \"d1\", listen = \"127.0.0.1:7001\", peer_listen = ..., peers = \"1=...\",\n  \
@@ -64,7 +64,8 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     id: u64,
     /// Cluster members: ID=HOST:PEERPORT@HOST:CLIENTPORT,... (every founding
-    /// voter, this node included). Without it the node runs alone.
+    /// voter, this node included; with --join, the current members). Without
+    /// it (and without --join) the node runs alone.
     #[arg(long, value_parser = parse_peer_list)]
     peers: Option<PeerList>,
     /// Address to listen on for peers (with --peers; port 0 picks one).
@@ -410,5 +411,12 @@ cluster_id = "file-cluster"
         // Cluster-only flags need --peers.
         assert!(parse_args(["loglogd", "--cluster-id", "x"]).is_err());
         assert!(parse_args(["loglogd", "--peer-listen", "127.0.0.1:1"]).is_err());
+        // A joining node: no --peers needed (on a restart), not listed itself.
+        let config = config_from(
+            parse_args(["loglogd", "--id", "4", "--join", "--cluster-id", "prod"]).unwrap(),
+        );
+        let cluster = config.cluster.expect("--join gives a cluster config");
+        assert!(cluster.join && cluster.peers.is_empty());
+        assert!(cluster.validate(4).is_ok());
     }
 }

@@ -591,6 +591,7 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
             tracing::info!(cluster = %cluster_id, "bootstrapped a new cluster member");
         }
     }
+    tracing::info!(cluster = %cluster_id, node = config.node_id, join = cluster.join, "cluster member");
 
     let hard_state = match state_file::load(&state_path).map_err(state_error)? {
         Some(bytes) => {
