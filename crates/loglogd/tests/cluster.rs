@@ -1113,7 +1113,8 @@ fn a_node_added_under_load_becomes_a_voter_and_the_old_leader_is_removed() {
     let first_leader = cluster.wait_for_leader(&[0, 1, 2]);
     let founders = cluster.client_addrs(&[0, 1, 2]);
     let appenders = Appenders::start(&founders, 8, "load");
-    while appenders.count() < 300 {
+    // Enough log for the new node to catch up with while appends go on.
+    while appenders.count() < 2000 {
         std::thread::sleep(Duration::from_millis(10));
     }
 

@@ -298,3 +298,36 @@ fn bench_reports_json() {
         "the bench appended nothing: {status}"
     );
 }
+
+/// On a single node, `loglog admin trim` deletes whole segments below the
+/// offset and prints the new start; membership commands are refused with
+/// one error line; `status` keeps its single-node line.
+#[test]
+fn admin_trim_and_status_on_a_single_node() {
+    let server = Server::start(&["--segment-size", "4096"]);
+    let payload = "x".repeat(1000);
+    let mut offsets = Vec::new();
+    for _ in 0..20 {
+        offsets.push(
+            server
+                .ok(&["append", &payload])
+                .trim()
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    let cut = offsets[10];
+    let answer = server.ok(&["admin", "trim", &cut.to_string()]);
+    let start: u64 = answer
+        .trim()
+        .strip_prefix("log starts at ")
+        .unwrap_or_else(|| panic!("{answer}"))
+        .parse()
+        .unwrap();
+    assert!(start > 0 && start <= cut, "{answer}");
+    let status = server.ok(&["status"]);
+    assert!(status.contains(&format!(" start={start} ")), "{status}");
+    assert!(!status.contains("peer_addr="), "single-node line: {status}");
+    let refused = assert_one_line_error(&server.run(&["admin", "remove-node", "2"]));
+    assert!(refused.contains("not a cluster member"), "{refused}");
+}

@@ -39,8 +39,9 @@
 //!   listener whom to accept. Admin requests (add-node, remove-node,
 //!   transfer-leader) arrive as events and wait in a bounded list, checked
 //!   after every round: an added node is proposed as a learner with its
-//!   addresses and promoted to voter by the driver once the core's
-//!   progress shows it within `max_learner_lag_bytes` of the commit offset.
+//!   addresses, and a leader promotes every learner to voter once the
+//!   core's progress shows it within `max_learner_lag_bytes` of the commit
+//!   offset.
 //! * **Checkpoint.** [`RaftNode::checkpoint`] is saved at most once per
 //!   [`CHECKPOINT_INTERVAL`] when the commit offset moved, and at shutdown;
 //!   a restart scans the log from the checkpoint's commit offset only.
@@ -885,6 +886,7 @@ impl Driver {
             self.run_core();
             if !self.failed {
                 self.sync_peers();
+                self.promote_caught_up_learners();
                 self.check_admin();
             }
             if self.failed || self.shared.failure.get().is_some() {
@@ -1197,10 +1199,6 @@ impl Driver {
                         message: format!("node {id} was removed before it became a voter"),
                     }))
                 }
-                AdminWait::Voter(id) if leading => {
-                    self.maybe_promote(id);
-                    None
-                }
                 AdminWait::Removed(id) if !latest.is_member(id) && !committed.is_member(id) => {
                     Some(Ok(commit))
                 }
@@ -1226,30 +1224,36 @@ impl Driver {
         }
     }
 
-    /// Proposes `id`'s promotion once it is a learner of a committed
-    /// configuration and its durable log is close enough to the commit
-    /// offset (the core checks the same bound and refuses otherwise).
-    fn maybe_promote(&mut self, id: NodeId) {
+    /// As leader, proposes the promotion of a learner of the committed
+    /// configuration whose durable log is close enough to the commit offset
+    /// (the core checks the same bound and refuses otherwise). Learners
+    /// exist only on their way to voter (add-node), so every caught-up one
+    /// is promoted, also when the add-node request that added it was
+    /// answered elsewhere (a leader change) or abandoned.
+    fn promote_caught_up_learners(&mut self) {
         let latest = self.raft.membership();
-        if !latest.learners.contains(&id) || latest != self.raft.committed_membership() {
+        if self.raft.role() != Role::Leader
+            || latest.learners.is_empty()
+            || latest != self.raft.committed_membership()
+        {
             return;
         }
         let lag_bound = self.raft.config().max_learner_lag_bytes;
         let commit = self.raft.commit_offset();
-        let caught_up = self
-            .raft
-            .followers()
-            .iter()
-            .any(|follower| follower.id == id && follower.match_offset + lag_bound >= commit);
-        if !caught_up {
+        let caught_up = self.raft.followers().into_iter().find(|follower| {
+            !follower.voter && follower.match_offset.saturating_add(lag_bound) >= commit
+        });
+        let Some(learner) = caught_up else {
             return;
-        }
+        };
         match self
             .raft
-            .propose_membership(MembershipChange::PromoteLearner(id))
+            .propose_membership(MembershipChange::PromoteLearner(learner.id))
         {
-            Ok(offset) => tracing::info!(node = id, offset, "learner caught up; promoting it"),
-            Err(error) => tracing::debug!(node = id, ?error, "promotion not possible yet"),
+            Ok(offset) => {
+                tracing::info!(node = learner.id, offset, "learner caught up; promoting it")
+            }
+            Err(error) => tracing::debug!(node = learner.id, ?error, "promotion not possible yet"),
         }
     }
 
