@@ -216,6 +216,9 @@ pub(crate) async fn dial_peer(
 ) {
     let mut backoff = BACKOFF_FIRST;
     let mut logged_down = false;
+    // Refused as "not a member": the peer's log may not have the entry
+    // adding us yet (retry soon), or we were removed (retry ever slower).
+    let mut not_member_backoff = BACKOFF_FIRST;
     loop {
         let attempt = async {
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&peer_addr))
@@ -235,6 +238,7 @@ pub(crate) async fn dial_peer(
                 tracing::info!(peer, addr = %peer_addr, "connected to peer");
                 logged_down = false;
                 backoff = BACKOFF_FIRST;
+                not_member_backoff = BACKOFF_FIRST;
                 queue.set_connected(true);
                 let result = tokio::select! {
                     result = send_frames(stream, &queue, &identity.bytes_sent) => result,
@@ -246,11 +250,12 @@ pub(crate) async fn dial_peer(
                 }
             }
             Err(DialError::NotYetMember) => {
-                // Its log may not have the config entry adding us yet.
                 if !logged_down {
-                    tracing::info!(peer, addr = %peer_addr, "peer does not know us yet; retrying");
+                    tracing::info!(peer, addr = %peer_addr, "peer does not know us as a member; retrying");
                     logged_down = true;
                 }
+                backoff = not_member_backoff;
+                not_member_backoff = (not_member_backoff * 2).min(BACKOFF_REFUSED);
             }
             Err(DialError::Refused(reason)) => {
                 tracing::error!(peer, addr = %peer_addr, reason, "peer refused our handshake");
@@ -267,7 +272,7 @@ pub(crate) async fn dial_peer(
             _ = tokio::time::sleep(backoff) => {}
             _ = until_true(&mut stopped) => return,
         }
-        if backoff < BACKOFF_REFUSED {
+        if backoff < BACKOFF_MAX {
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
