@@ -831,8 +831,9 @@ struct Driver {
     cluster: ClusterConfig,
     /// One outbound connection per member of the latest configuration.
     links: BTreeMap<NodeId, PeerLink>,
-    /// The configuration `links` and the accepted members follow.
-    synced_membership: Option<Membership>,
+    /// The (latest, committed) configurations `links` and the accepted
+    /// members follow.
+    synced_membership: Option<(Membership, Membership)>,
     /// When a message from each member last arrived.
     last_heard: BTreeMap<NodeId, Instant>,
     /// Admin requests waiting for their change (at most MAX_PENDING_ADMIN).
@@ -978,14 +979,23 @@ impl Driver {
             })
     }
 
-    /// Follows the latest configuration: dials new members, stops dialing
-    /// members gone, and updates whom the peer listener accepts.
+    /// Follows the configurations: dials new members, stops dialing members
+    /// gone, and updates whom the peer listener accepts. Members of the
+    /// latest and of the committed configuration are kept: a leader whose
+    /// own removal is appended but not committed still needs our acks.
     fn sync_peers(&mut self) {
-        if self.synced_membership.as_ref() == Some(self.raft.membership()) {
+        if self
+            .synced_membership
+            .as_ref()
+            .is_some_and(|(latest, committed)| {
+                latest == self.raft.membership() && committed == self.raft.committed_membership()
+            })
+        {
             return;
         }
         let latest = self.raft.membership().clone();
-        let mut wanted: BTreeSet<NodeId> = latest.members().collect();
+        let committed = self.raft.committed_membership().clone();
+        let mut wanted: BTreeSet<NodeId> = latest.members().chain(committed.members()).collect();
         if wanted.is_empty() {
             // Joining: the members to reach are the ones --peers lists.
             wanted = self.cluster.peers.iter().map(|peer| peer.id).collect();
@@ -1030,8 +1040,8 @@ impl Driver {
         }
         // Accept the latest and the committed members (a node removed by an
         // uncommitted entry may still be needed to commit it).
-        let mut accepted: BTreeSet<NodeId> = latest.members().collect();
-        accepted.extend(self.raft.committed_membership().members());
+        // None yet (joining): any id of the cluster (see transport).
+        let mut accepted: BTreeSet<NodeId> = latest.members().chain(committed.members()).collect();
         if !accepted.is_empty() {
             accepted.extend(self.cluster.peers.iter().map(|peer| peer.id));
         }
@@ -1041,7 +1051,7 @@ impl Driver {
             learners = ?latest.learners,
             "membership in force"
         );
-        self.synced_membership = Some(latest);
+        self.synced_membership = Some((latest, committed));
     }
 
     /// Every member as this node sees it.
