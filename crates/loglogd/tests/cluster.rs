@@ -1195,6 +1195,10 @@ fn a_node_added_under_load_becomes_a_voter_and_the_old_leader_is_removed() {
         "the removed node is gone from the configuration: {status:?}"
     );
     assert_eq!(status.members.len(), 3);
+    // The old leader committed its own removal before stepping down: it
+    // knows it is no voter, and never campaigns.
+    let removed_status = cluster.status(leader).unwrap();
+    assert_eq!(removed_status.role, Role::Learner, "{removed_status:?}");
     cluster.kill(leader);
     // Appends go on without it.
     let deadline = Instant::now() + Duration::from_secs(15);
