@@ -611,6 +611,22 @@ pub enum ServerError {
 }
 
 impl ServerError {
+    /// A stable snake_case name of the error's kind (metrics labels, logs).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            ServerError::NotLeader { .. } => "not_leader",
+            ServerError::Trimmed { .. } => "trimmed",
+            ServerError::TooLarge { .. } => "too_large",
+            ServerError::BadRequest { .. } => "bad_request",
+            ServerError::Busy => "busy",
+            ServerError::ShuttingDown => "shutting_down",
+            ServerError::OutOfRange { .. } => "out_of_range",
+            ServerError::Unavailable { .. } => "unavailable",
+            ServerError::TimedOut { .. } => "timed_out",
+            ServerError::Unknown { .. } => "unknown",
+        }
+    }
+
     pub fn code(&self) -> u8 {
         match self {
             ServerError::NotLeader { .. } => 1,

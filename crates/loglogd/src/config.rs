@@ -164,6 +164,8 @@ pub struct Config {
     /// Client address to listen on; `None` runs the node embedded only, with
     /// no TCP server. Port 0 picks a free port ([`crate::Node::local_addr`]).
     pub listen: Option<SocketAddr>,
+    /// Address of the Prometheus endpoint (`GET /metrics`); `None`: off.
+    pub metrics_listen: Option<SocketAddr>,
     /// This node's id, reported by status (1 for a single node).
     pub node_id: u64,
     /// A new segment file starts once the current one passes this size.
@@ -188,6 +190,7 @@ impl Config {
                     .parse()
                     .expect("DEFAULT_LISTEN is a valid socket address"),
             ),
+            metrics_listen: None,
             node_id: 1,
             segment_size: DEFAULT_SEGMENT_SIZE,
             max_entry_size: DEFAULT_MAX_PAYLOAD,

@@ -102,6 +102,7 @@
 
 pub mod cluster;
 pub mod config;
+mod metrics;
 mod node;
 mod pipeline;
 mod server;

@@ -49,6 +49,9 @@ struct Args {
     /// Client address to listen on (port 0 picks a free port).
     #[arg(long, default_value = loglogd::config::DEFAULT_LISTEN)]
     listen: SocketAddr,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless set).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Segment file size: bytes, or with a suffix (64MiB, 1GiB).
     #[arg(long, default_value = "64MiB", value_parser = parse_byte_size)]
     segment_size: u64,
@@ -80,10 +83,18 @@ struct Args {
     #[arg(long)]
     join: bool,
     /// A TOML file with any of these settings under the same names
-    /// (data_dir, listen, segment_size, max_entry_size, fsync, id, peers,
+    /// (data_dir, listen, metrics_listen, segment_size, max_entry_size, fsync, id, peers,
     /// peer_listen, cluster_id, join); flags given on the command line win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// TEST ONLY (fault injection, with --peers): emulate a power cut on
+    /// every kill; the next start drops log bytes that were not fsynced.
+    #[arg(long, hide = true)]
+    test_unsynced_lost_on_kill: bool,
+    /// TEST ONLY, A DELIBERATE BUG (with --peers): acknowledge before fsync.
+    #[cfg(feature = "bug-injection")]
+    #[arg(long, hide = true)]
+    test_ack_before_fsync: bool,
 }
 
 /// The settings of a `--config` file: the flags' names with underscores.
@@ -93,6 +104,7 @@ struct Args {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
     segment_size: Option<FileSize>,
     max_entry_size: Option<FileSize>,
     fsync: Option<String>,
@@ -129,6 +141,9 @@ fn apply_config_file(args: &mut Args, matches: &clap::ArgMatches) -> Result<(), 
     if args.peers.is_none() && !args.join && (args.cluster_id.is_some() || !unset("peer_listen")) {
         return Err("--peer-listen and --cluster-id need --peers or --join".to_string());
     }
+    if args.peers.is_none() && !args.join && args.test_unsynced_lost_on_kill {
+        return Err("--test-unsynced-lost-on-kill needs --peers".to_string());
+    }
     Ok(())
 }
 
@@ -145,6 +160,9 @@ fn read_config_file(
         |name: &'static str| move |error: String| format!("{}: {name}: {error}", path.display());
     if let (true, Some(value)) = (unset("data_dir"), file.data_dir) {
         args.data_dir = value;
+    }
+    if let (true, Some(value)) = (unset("metrics_listen"), file.metrics_listen) {
+        args.metrics_listen = Some(value);
     }
     if let (true, Some(value)) = (unset("listen"), file.listen) {
         args.listen = value;
@@ -241,6 +259,7 @@ fn main() -> ExitCode {
 fn config_from(args: Args) -> Config {
     let mut config = Config::new(args.data_dir);
     config.listen = Some(args.listen);
+    config.metrics_listen = args.metrics_listen;
     config.segment_size = args.segment_size;
     config.max_entry_size = args.max_entry_size;
     config.fsync = args.fsync;
@@ -251,6 +270,11 @@ fn config_from(args: Args) -> Config {
         cluster.peer_listen = args.peer_listen;
         cluster.cluster_id = args.cluster_id;
         cluster.join = args.join;
+        cluster.test_switches.unsynced_lost_on_kill = args.test_unsynced_lost_on_kill;
+        #[cfg(feature = "bug-injection")]
+        {
+            cluster.test_switches.ack_before_fsync = args.test_ack_before_fsync;
+        }
         config.cluster = Some(cluster);
     }
     config

@@ -49,6 +49,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::REQUEST_OVERHEAD;
+use crate::metrics::NodeMetrics;
 use crate::node::{Chunk, CommittedRead, Node};
 use crate::pipeline::Reply;
 
@@ -90,13 +91,20 @@ struct Response {
     /// Released once the response is written to the socket (or copied
     /// into the connection's write buffer).
     permit: Option<InFlightPermit>,
+    /// When the append it answers arrived (commit latency metric).
+    append_received: Option<Instant>,
 }
 
 enum Body {
     Offset(u64),
-    Read { commit: u64, bytes: Vec<u8> },
+    Read {
+        commit: u64,
+        bytes: Vec<u8>,
+    },
     Status(NodeStatus),
     ClusterStatus(Vec<u8>),
+    /// An admin request's u64 answer.
+    Admin(u64),
     Error(ServerError),
 }
 
@@ -157,6 +165,7 @@ pub(crate) struct PendingResponse {
     sink: ResponseSink,
     request_id: u64,
     permit: InFlightPermit,
+    received: Instant,
 }
 
 impl PendingResponse {
@@ -165,13 +174,13 @@ impl PendingResponse {
             Ok(offset) => Body::Offset(offset),
             Err(error) => Body::Error(error),
         };
-        respond(
-            &self.sink,
-            opcode::APPEND,
-            self.request_id,
+        drop(self.sink.send(Outgoing::Response(Response {
+            request_id: self.request_id,
+            opcode: opcode::APPEND,
             body,
-            Some(self.permit),
-        );
+            permit: Some(self.permit),
+            append_received: Some(self.received),
+        })));
     }
 }
 
@@ -188,6 +197,7 @@ fn respond(
         opcode,
         body,
         permit,
+        append_received: None,
     })));
 }
 
@@ -285,10 +295,13 @@ async fn serve_connection(
     let (read_half, write_half) = stream.into_split();
     let (sink, queue) = mpsc::unbounded_channel();
     let stall_timeout = node.config().limits.client_stall_timeout;
+    let metrics = node.node_metrics().clone();
+    metrics.connections.inc();
     tokio::join!(
         read_requests(read_half, node, budget, sink, peer),
-        write_responses(write_half, queue, peer, stall_timeout)
+        write_responses(write_half, queue, peer, stall_timeout, &metrics)
     );
+    metrics.connections.dec();
     tracing::debug!(%peer, "connection closed");
 }
 
@@ -624,7 +637,7 @@ async fn dispatch(
                     }),
                 };
                 let body = match result {
-                    Ok(value) => Body::Offset(value),
+                    Ok(value) => Body::Admin(value),
                     Err(error) => Body::Error(error),
                 };
                 respond(&sink, opcode::ADMIN, request_id, body, Some(permit));
@@ -635,7 +648,9 @@ async fn dispatch(
                 sink: sink.clone(),
                 request_id,
                 permit,
+                received: Instant::now(),
             });
+            node.node_metrics().append_bytes.inc_by(body.len() as u64);
             // A small payload shares its read buffer with other frames:
             // copied, it pins no more than it is charged while queued.
             let payload = if owns_allocation {
@@ -734,6 +749,7 @@ async fn write_responses(
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     peer: SocketAddr,
     stall_timeout: Duration,
+    metrics: &NodeMetrics,
 ) {
     // Never grows: it is flushed at FLUSH_AT, and one more small response
     // fits (larger read bodies are written from their own buffer).
@@ -753,6 +769,7 @@ async fn write_responses(
                 // Held until the bytes it covers are written (a large body)
                 // or copied into `out` (counted as connection buffer).
                 let permit = response.permit.take();
+                count_response(metrics, &response);
                 if let Some(large_body) = encode_response(response, &mut out) {
                     write_all_or_stall(&mut socket, &out, stall_timeout).await?;
                     out.clear();
@@ -785,12 +802,31 @@ async fn write_responses(
     }
 }
 
+fn count_response(metrics: &NodeMetrics, response: &Response) {
+    match &response.body {
+        Body::Offset(_) => {
+            metrics.appends.inc();
+            if let Some(received) = response.append_received {
+                metrics
+                    .commit_latency
+                    .observe(received.elapsed().as_secs_f64());
+            }
+        }
+        Body::Read { bytes, .. } => {
+            metrics.reads.inc();
+            metrics.read_bytes.inc_by(bytes.len() as u64);
+        }
+        Body::Error(error) => metrics.error(error),
+        Body::Status(_) | Body::ClusterStatus(_) | Body::Admin(_) => {}
+    }
+}
+
 /// Encodes `response` into `out`; a large read body is returned instead, to
 /// be written after `out` without a copy.
 fn encode_response(response: Response, out: &mut Vec<u8>) -> Option<Vec<u8>> {
     let (opcode, request_id) = (response.opcode, response.request_id);
     match response.body {
-        Body::Offset(offset) => {
+        Body::Offset(offset) | Body::Admin(offset) => {
             out.extend_from_slice(&ok_response_header(opcode, request_id, 8));
             out.extend_from_slice(&offset.to_le_bytes());
             None
