@@ -142,9 +142,9 @@ pub enum Request<'a> {
 /// ```
 ///
 /// Addresses are UTF-8 `host:port`, 1 to 255 bytes. The ok answer is a
-/// u64: for add-node and remove-node the offset of the committed config
-/// entry, for transfer-leader the new leader's id, for trim the log's new
-/// start offset.
+/// u64: for add-node and remove-node the answering leader's commit offset
+/// (past the config entry that made the change), for transfer-leader the
+/// new leader's id, for trim the log's new start offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdminRequest<'a> {
     /// Add a node: it joins as a learner, catches up, and is promoted to
