@@ -9,6 +9,7 @@
 mod admin;
 mod append;
 mod bench;
+mod dev_cluster;
 mod format;
 mod read;
 mod status;
@@ -21,7 +22,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "loglog",
     version,
-    about = "LogLog command line: append, read, tail, status, bench, admin"
+    about = "LogLog command line: append, read, tail, status, bench, dev-cluster, admin"
 )]
 struct Cli {
     /// Nodes of the cluster, tried in order.
@@ -46,6 +47,7 @@ enum Command {
     Tail(read::TailArgs),
     Status(status::StatusArgs),
     Bench(bench::BenchArgs),
+    DevCluster(dev_cluster::DevClusterArgs),
     Admin(admin::AdminArgs),
 }
 
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
             Command::Tail(args) => read::run_tail(&cluster, args).await,
             Command::Status(args) => status::run(&cluster, args).await,
             Command::Bench(args) => bench::run(&cluster, args).await,
+            Command::DevCluster(args) => dev_cluster::run(args).await,
             Command::Admin(args) => admin::run(&cluster, args).await,
         }
     });

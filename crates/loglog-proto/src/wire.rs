@@ -35,6 +35,12 @@ pub mod opcode {
     pub const ADMIN: u8 = 5;
 }
 
+/// Opcode of a response about the whole connection, not one request: the
+/// node refused the connection before reading any request (e.g. `Busy`
+/// past its connection limit) and closes it. Its request id is 0, which
+/// no request uses.
+pub const CONNECTION_OPCODE: u8 = 0;
+
 /// Sub-op bytes of [`opcode::ADMIN`] requests.
 pub mod admin_op {
     pub const ADD_NODE: u8 = 1;

@@ -109,7 +109,8 @@ mod server;
 mod state;
 
 pub use config::{
-    parse_byte_size, Config, Fsync, Limits, CONNECTION_BUFFER_BYTES, REQUEST_OVERHEAD,
+    format_duration, parse_byte_size, parse_duration, Config, Fsync, Limits,
+    CONNECTION_BUFFER_BYTES, REQUEST_OVERHEAD,
 };
 pub use loglog_proto::wire::{NodeStatus, Role, ServerError};
 pub use node::{Chunk, Node, StartError, LOCK_FILE, LOG_DIR, NODE_STATE_FILE};

@@ -39,7 +39,7 @@ use bytes::{Bytes, BytesMut};
 use loglog_proto::entry::ENTRY_HEADER_LEN;
 use loglog_proto::wire::{
     encode_error_response, ok_response_header, opcode, FrameError, FrameHeader, NodeStatus,
-    Request, ServerError, FRAME_HEADER_LEN, READ_RESPONSE_PREFIX_LEN,
+    Request, ServerError, CONNECTION_OPCODE, FRAME_HEADER_LEN, READ_RESPONSE_PREFIX_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -272,7 +272,7 @@ pub(crate) async fn until_true(flag: &mut watch::Receiver<bool>) {
 async fn refuse_connection(mut stream: TcpStream, peer: SocketAddr, _slot: OwnedSemaphorePermit) {
     tracing::warn!(%peer, "refusing connection: too many connections");
     let mut frame = Vec::new();
-    encode_error_response(0, 0, &ServerError::Busy, &mut frame);
+    encode_error_response(CONNECTION_OPCODE, 0, &ServerError::Busy, &mut frame);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(&frame).await?;
         stream.shutdown().await
