@@ -210,7 +210,8 @@ pub use log::{
     TermRun,
 };
 pub use membership::{
-    Membership, MembershipChange, MembershipError, CONFIG_PAYLOAD_VERSION, MAX_MEMBERS,
+    MemberAddress, Membership, MembershipChange, MembershipError, CONFIG_PAYLOAD_VERSION,
+    CONFIG_PAYLOAD_VERSION_ADDRESSES, MAX_ADDRESS_LEN, MAX_MEMBERS,
 };
 pub use message::{
     AppendEntries, AppendOutcome, AppendResponse, ConflictHint, DecodeError, Envelope, Heartbeat,

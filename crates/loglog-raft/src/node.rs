@@ -10,7 +10,7 @@ use loglog_proto::entry::{
 use loglog_proto::ENTRY_HEADER_LEN;
 
 use crate::log::{Checkpoint, LogRead, LogReadError, LogState, LostTail, RecoveredLog, TermMap};
-use crate::membership::{Membership, MembershipChange};
+use crate::membership::{MemberAddress, Membership, MembershipChange};
 use crate::message::{
     AppendEntries, AppendOutcome, AppendResponse, ConflictHint, Envelope, Heartbeat,
     HeartbeatResponse, InstallSnapshot, Message, RequestVote, RequestVoteResponse, TimeoutNow,
@@ -351,6 +351,13 @@ impl RaftNode {
             .map_or(&self.committed_membership, |(_, membership)| membership)
     }
 
+    /// The configuration of the latest committed config entry (or the
+    /// checkpoint's): equal to [`RaftNode::membership`] once no change is
+    /// pending.
+    pub fn committed_membership(&self) -> &Membership {
+        &self.committed_membership
+    }
+
     /// As leader, every follower's replication state (empty otherwise).
     pub fn followers(&self) -> Vec<FollowerProgress> {
         let Some(leader) = self.leader.as_ref() else {
@@ -464,11 +471,28 @@ impl RaftNode {
     /// Proposes a single-server membership change (leader only), as a
     /// config entry. It takes effect as soon as it is appended.
     pub fn propose_membership(&mut self, change: MembershipChange) -> Result<u64, ProposeError> {
+        self.propose_membership_with_addresses(change, &BTreeMap::new())
+    }
+
+    /// [`RaftNode::propose_membership`] that also records member addresses
+    /// in the new configuration (e.g. the added learner's): `addresses` of
+    /// members of the new configuration replace theirs, others are ignored.
+    pub fn propose_membership_with_addresses(
+        &mut self,
+        change: MembershipChange,
+        addresses: &BTreeMap<NodeId, MemberAddress>,
+    ) -> Result<u64, ProposeError> {
         self.check_can_propose(0)?;
         let current = self.membership().clone();
-        let next = current
+        let mut next = current
             .apply(change)
             .map_err(ProposeError::BadMembershipChange)?;
+        for (&id, address) in addresses {
+            if next.is_member(id) {
+                next.set_address(id, address.clone())
+                    .map_err(ProposeError::BadMembershipChange)?;
+            }
+        }
         let payload = next.encode();
         self.check_can_propose(payload.len() as u64)?;
         if !self.pending_configs.is_empty() {

@@ -918,3 +918,59 @@ fn trims_replicate_and_a_wiped_node_reseeds_from_the_log_start() {
     assert!(cluster.node(1).commit_offset() > offset);
     assert!(cluster.node(3).commit_offset() > offset);
 }
+
+#[test]
+fn member_addresses_travel_in_config_entries() {
+    use loglog_raft::MemberAddress;
+    use std::collections::BTreeMap;
+
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.deliver_all();
+    cluster.add_node(4, Membership::default());
+    let mut addresses = BTreeMap::new();
+    addresses.insert(4, MemberAddress::new("h4:7104", "h4:7004"));
+    addresses.insert(1, MemberAddress::new("h1:7101", "h1:7001"));
+    // Addresses of non-members are ignored; too long ones refused.
+    addresses.insert(9, MemberAddress::new("h9:1", "h9:2"));
+    let mut too_long = addresses.clone();
+    too_long.insert(4, MemberAddress::new(vec![b'x'; 300], "h4:7004"));
+    assert!(matches!(
+        cluster
+            .node_mut(1)
+            .propose_membership_with_addresses(MembershipChange::AddLearner(4), &too_long),
+        Err(ProposeError::BadMembershipChange(_))
+    ));
+    cluster
+        .node_mut(1)
+        .propose_membership_with_addresses(MembershipChange::AddLearner(4), &addresses)
+        .unwrap();
+    cluster.run(1);
+    cluster.ticks(10);
+    for id in [1, 2, 3, 4] {
+        let membership = cluster.node(id).membership();
+        assert_eq!(
+            membership.address(4),
+            Some(&MemberAddress::new("h4:7104", "h4:7004")),
+            "node {id}"
+        );
+        assert_eq!(membership.address(1).unwrap().client, b"h1:7001");
+        assert_eq!(membership.address(2), None);
+        assert_eq!(membership.address(9), None);
+    }
+    // A later change without addresses keeps them; the checkpoint has them.
+    cluster
+        .node_mut(1)
+        .propose_membership(MembershipChange::PromoteLearner(4))
+        .unwrap();
+    cluster.run(1);
+    cluster.ticks(5);
+    let checkpoint = cluster.node(4).checkpoint();
+    assert!(checkpoint.membership.voters.contains(&4));
+    assert_eq!(
+        checkpoint.membership.address(4).unwrap().peer,
+        b"h4:7104".to_vec()
+    );
+    let decoded = loglog_raft::Checkpoint::decode(&checkpoint.encode()).unwrap();
+    assert_eq!(decoded, checkpoint);
+}

@@ -32,6 +32,16 @@
 //!   fsync stops the driver (the node answers `Unavailable`; reads go on up
 //!   to the commit offset): the core believes the bytes are in the log, so
 //!   it must not go on.
+//! * **Membership.** After every round the driver compares the core's
+//!   latest configuration with the one it acted on: it opens an outbound
+//!   connection to each new member (address from the configuration, else
+//!   `--peers`), closes the ones of members gone, and tells the peer
+//!   listener whom to accept. Admin requests (add-node, remove-node,
+//!   transfer-leader) arrive as events and wait in a bounded list, checked
+//!   after every round: an added node is proposed as a learner with its
+//!   addresses, and a leader promotes every learner to voter once the
+//!   core's progress shows it within `max_learner_lag_bytes` of the commit
+//!   offset.
 //! * **Checkpoint.** [`RaftNode::checkpoint`] is saved at most once per
 //!   [`CHECKPOINT_INTERVAL`] when the commit offset moved, and at shutdown;
 //!   a restart scans the log from the checkpoint's commit offset only.
@@ -44,7 +54,7 @@
 //!   file until the core clears it. Synced bytes lost within the last
 //!   interval before a crash go unnoticed (the bound lags).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -52,10 +62,11 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use loglog_proto::entry::{EntryIter, ENTRY_HEADER_LEN};
-use loglog_proto::wire::{Role as WireRole, ServerError};
+use loglog_proto::wire::{MemberStatus, Role as WireRole, ServerError};
 use loglog_raft::{
     Action, Checkpoint, Config as RaftConfig, Envelope, HardState, LogRead, LogReadError, LogScan,
-    LostTail, Membership, Message, NodeId, ProposeError, RaftNode, RequestError, Role, WriteId,
+    LostTail, MemberAddress, Membership, MembershipChange, Message, NodeId, ProposeError, RaftNode,
+    RequestError, Role, WriteId,
 };
 use loglog_storage::{
     state_file, FsyncPolicy, LogReader, LogSyncer, LogWriter, StorageConfig, StorageError,
@@ -94,6 +105,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// Most a stopping leader waits for a voter to take over (a transfer
 /// normally takes one round trip and an election) before it stops anyway.
 const HANDOFF_LIMIT: Duration = Duration::from_secs(2);
+/// Most admin requests waiting at once (more are answered `Busy`).
+pub const MAX_PENDING_ADMIN: usize = 64;
+/// How long an added node may take to catch up and become a voter.
+pub const ADD_NODE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a removal may take to commit, and a leadership transfer to
+/// finish.
+pub const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Version of the cluster id file's payload.
 const CLUSTER_ID_VERSION: u32 = 1;
 /// Version of the durable-end file's payload.
@@ -168,6 +186,48 @@ pub(crate) enum Event {
     },
     /// Confirm leadership for a linearizable read (read-index).
     ReadIndex(oneshot::Sender<Result<(), ServerError>>),
+    /// Every member as this node sees it (cluster status).
+    Members(oneshot::Sender<Vec<MemberStatus>>),
+    /// A membership or leadership change (admin request).
+    Admin(AdminCommand, oneshot::Sender<Result<u64, ServerError>>),
+}
+
+/// The admin requests the driver performs (trim goes through the node's
+/// command queue instead).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum AdminCommand {
+    AddNode {
+        id: NodeId,
+        peer_addr: String,
+        client_addr: String,
+    },
+    RemoveNode(NodeId),
+    TransferLeader(NodeId),
+}
+
+/// An admin request waiting for its change to finish.
+struct PendingAdmin {
+    wait: AdminWait,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<u64, ServerError>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum AdminWait {
+    /// Until the node is a voter in the committed configuration.
+    Voter(NodeId),
+    /// Until the node is in neither the latest nor the committed one.
+    Removed(NodeId),
+    /// Until this node knows the node as leader.
+    Leader(NodeId),
+}
+
+/// The outbound connection to one member.
+struct PeerLink {
+    queue: Arc<PeerQueue>,
+    peer_addr: String,
+    /// Dropping it stops the dialer.
+    _stop: watch::Sender<bool>,
 }
 
 /// What the rest of the node sees of the consensus core.
@@ -175,6 +235,7 @@ pub(crate) struct ClusterHandle {
     events: mpsc::Sender<Event>,
     status: Arc<CoreStatus>,
     peer_addr: std::net::SocketAddr,
+    identity: Arc<Identity>,
 }
 
 /// Published by the driver after every round (relaxed: status only).
@@ -195,6 +256,33 @@ impl ClusterHandle {
             .await
             .map_err(|_| ServerError::ShuttingDown)?;
         answer.await.unwrap_or(Err(ServerError::ShuttingDown))
+    }
+
+    /// Every member of this node's latest configuration, with its view of
+    /// each (replication progress when it leads, when it last heard).
+    pub(crate) async fn members(&self) -> Result<Vec<MemberStatus>, ServerError> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(Event::Members(reply))
+            .await
+            .map_err(|_| ServerError::ShuttingDown)?;
+        answer.await.map_err(|_| ServerError::ShuttingDown)
+    }
+
+    /// Performs an admin request on the leader (a follower answers
+    /// `NotLeader`); answers once the change is done.
+    pub(crate) async fn admin(&self, command: AdminCommand) -> Result<u64, ServerError> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(Event::Admin(command, reply))
+            .await
+            .map_err(|_| ServerError::ShuttingDown)?;
+        answer.await.unwrap_or(Err(ServerError::ShuttingDown))
+    }
+
+    /// Bytes written to peer connections since start.
+    pub(crate) fn peer_bytes_sent(&self) -> u64 {
+        self.identity.bytes_sent.load(Ordering::Relaxed)
     }
 
     pub(crate) fn role(&self) -> WireRole {
@@ -267,27 +355,17 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
 
     let me = config.node_id;
     warn_on_address_mismatch(config, cluster, peer_addr);
+    // The driver sets the accepted members and dials them (sync_peers).
     let identity = Arc::new(Identity {
         node_id: me,
         cluster_id: cluster.cluster_id(),
-        members: cluster.peers.iter().map(|peer| peer.id).collect(),
+        members: std::sync::RwLock::new(BTreeSet::new()),
+        bytes_sent: AtomicU64::new(0),
     });
-    let mut peers = BTreeMap::new();
-    for peer in cluster.peers.iter().filter(|peer| peer.id != me) {
-        let queue = Arc::new(PeerQueue::new());
-        peers.insert(peer.id, queue.clone());
-        tokio::spawn(transport::dial_peer(
-            identity.clone(),
-            peer.id,
-            peer.peer_addr.clone(),
-            queue,
-            stopped_rx.clone(),
-        ));
-    }
     let max_entries_bytes = opened.raft.config().max_message_entries_bytes();
     tokio::spawn(transport::serve_peers(
         peer_listener,
-        identity,
+        identity.clone(),
         events_tx.clone(),
         max_entries_bytes,
         stopped_rx.clone(),
@@ -321,11 +399,6 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         .map_err(StartError::Threads)?;
 
     let reader = opened.writer.reader();
-    let client_addrs = cluster
-        .peers
-        .iter()
-        .map(|peer| (peer.id, peer.client_addr.clone()))
-        .collect();
     let now = Instant::now();
     let commit = opened.raft.commit_offset();
     let driver = Driver {
@@ -341,8 +414,12 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         sync_jobs: Some(sync_tx),
         synced,
         reported_synced: 0,
-        peers,
-        client_addrs,
+        identity: identity.clone(),
+        cluster: cluster.clone(),
+        links: BTreeMap::new(),
+        synced_membership: None,
+        last_heard: BTreeMap::new(),
+        admin: Vec::new(),
         waiters: VecDeque::new(),
         in_doubt: Vec::new(),
         deferred: VecDeque::new(),
@@ -371,6 +448,8 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         handoff: None,
         failed: false,
     };
+    let mut driver = driver;
+    driver.sync_peers();
     std::thread::Builder::new()
         .name("loglog-raft".to_string())
         .spawn(move || {
@@ -393,6 +472,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
             events: events_tx,
             status,
             peer_addr,
+            identity,
         },
     })
 }
@@ -405,7 +485,7 @@ fn warn_on_address_mismatch(
     cluster: &ClusterConfig,
     peer_addr: std::net::SocketAddr,
 ) {
-    let Some(me) = cluster.peer(config.node_id) else {
+    let Some(me) = cluster.peer(config.node_id).filter(|_| !cluster.join) else {
         return;
     };
     let port = |address: &str| {
@@ -514,12 +594,20 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
                     cluster: cluster_id,
                 });
             }
+            if cluster.join && cluster.peers.is_empty() {
+                return Err(StartError::Config(
+                    "a node joining with an empty data directory needs --peers listing the \
+                     current members (it answers the leader before it has the configuration)"
+                        .to_string(),
+                ));
+            }
             // Bootstrap: the cluster id first, so a node state never exists
             // without it in a cluster's data directory.
             state_file::save(&id_path, &encode_cluster_id(&cluster_id))?;
             tracing::info!(cluster = %cluster_id, "bootstrapped a new cluster member");
         }
     }
+    tracing::info!(cluster = %cluster_id, node = config.node_id, join = cluster.join, "cluster member");
 
     let hard_state = match state_file::load(&state_path).map_err(state_error)? {
         Some(bytes) => {
@@ -607,9 +695,9 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
             path: checkpoint_path.clone(),
             reason: error.to_string(),
         })?,
-        None => Checkpoint::bootstrap(Membership::with_voters(
-            cluster.peers.iter().map(|peer| peer.id),
-        )),
+        // A joining node learns its configuration from the log.
+        None if cluster.join => Checkpoint::bootstrap(Membership::default()),
+        None => Checkpoint::bootstrap(bootstrap_membership(cluster)?),
     };
     let end = writer.end_offset();
     let mut recovered = scan_log(&reader, end, checkpoint)
@@ -709,6 +797,22 @@ fn complete_reset(
     writer.reset_to(start)?;
     state_file::save(checkpoint_path, &checkpoint.encode())?;
     state_file::remove(reset_path)
+}
+
+/// The founding voters of `--peers`, with their addresses (so that every
+/// config entry carries every member's address, see the module docs of
+/// `cluster`).
+fn bootstrap_membership(cluster: &ClusterConfig) -> Result<Membership, StartError> {
+    let mut membership = Membership::with_voters(cluster.peers.iter().map(|peer| peer.id));
+    for peer in &cluster.peers {
+        membership
+            .set_address(
+                peer.id,
+                MemberAddress::new(peer.peer_addr.as_bytes(), peer.client_addr.as_bytes()),
+            )
+            .map_err(|reason| StartError::Config(format!("--peers node {}: {reason}", peer.id)))?;
+    }
+    Ok(membership)
 }
 
 /// Per-process randomness for election timeouts: nodes started together
@@ -813,8 +917,18 @@ struct Driver {
     /// Highest write id the syncer made durable.
     synced: Arc<AtomicU64>,
     reported_synced: WriteId,
-    peers: BTreeMap<NodeId, Arc<PeerQueue>>,
-    client_addrs: BTreeMap<NodeId, String>,
+    identity: Arc<Identity>,
+    /// `--peers`: addresses of members the configuration has none for.
+    cluster: ClusterConfig,
+    /// One outbound connection per member of the latest configuration.
+    links: BTreeMap<NodeId, PeerLink>,
+    /// The (latest, committed) configurations `links` and the accepted
+    /// members follow.
+    synced_membership: Option<(Membership, Membership)>,
+    /// When a message from each member last arrived.
+    last_heard: BTreeMap<NodeId, Instant>,
+    /// Admin requests waiting for their change (at most MAX_PENDING_ADMIN).
+    admin: Vec<PendingAdmin>,
     /// Waiting appends, in offset order.
     waiters: VecDeque<Waiter>,
     /// Appends whose entries a `Truncate` removed here: they may still
@@ -874,6 +988,11 @@ impl Driver {
                 self.handle(input);
             }
             self.run_core();
+            if !self.failed {
+                self.sync_peers();
+                self.promote_caught_up_learners();
+                self.check_admin();
+            }
             if self.failed || self.shared.failure.get().is_some() {
                 self.failed = true;
                 break;
@@ -940,7 +1059,330 @@ impl Driver {
     }
 
     fn leader_address(&self, leader: Option<NodeId>) -> Option<String> {
-        leader.and_then(|id| self.client_addrs.get(&id).cloned())
+        let client_of = |id: NodeId| {
+            self.member_address(id)
+                .map(|(_, client)| client)
+                .filter(|client| !client.is_empty())
+        };
+        match leader {
+            Some(id) => client_of(id),
+            None => {
+                // A removed node never learns the next leader: it points
+                // clients at a voter of the cluster it left, which knows.
+                let latest = self.raft.membership();
+                if latest.is_member(self.node_id) {
+                    return None;
+                }
+                latest.voters.iter().find_map(|&id| client_of(id))
+            }
+        }
+    }
+
+    /// A member's (peer, client) address: from the latest configuration,
+    /// the committed one, or `--peers`, in that order.
+    fn member_address(&self, id: NodeId) -> Option<(String, String)> {
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        self.raft
+            .membership()
+            .address(id)
+            .or_else(|| self.raft.committed_membership().address(id))
+            .map(|address| (text(&address.peer), text(&address.client)))
+            .or_else(|| {
+                self.cluster
+                    .peer(id)
+                    .map(|peer| (peer.peer_addr.clone(), peer.client_addr.clone()))
+            })
+    }
+
+    /// Follows the configurations: dials new members, stops dialing members
+    /// gone, and updates whom the peer listener accepts. Members of the
+    /// latest and of the committed configuration are kept: a leader whose
+    /// own removal is appended but not committed still needs our acks.
+    fn sync_peers(&mut self) {
+        if self
+            .synced_membership
+            .as_ref()
+            .is_some_and(|(latest, committed)| {
+                latest == self.raft.membership() && committed == self.raft.committed_membership()
+            })
+        {
+            return;
+        }
+        let latest = self.raft.membership().clone();
+        let committed = self.raft.committed_membership().clone();
+        let mut wanted: BTreeSet<NodeId> = latest.members().chain(committed.members()).collect();
+        if wanted.is_empty() {
+            // Joining: the members to reach are the ones --peers lists.
+            wanted = self.cluster.peers.iter().map(|peer| peer.id).collect();
+        }
+        wanted.remove(&self.node_id);
+        self.links.retain(|id, _| wanted.contains(id));
+        self.last_heard.retain(|id, _| wanted.contains(id));
+        for &id in &wanted {
+            let Some((peer_addr, _)) = self.member_address(id).filter(|(peer, _)| !peer.is_empty())
+            else {
+                tracing::warn!(
+                    peer = id,
+                    "no peer address known for member; cannot reach it"
+                );
+                self.links.remove(&id);
+                continue;
+            };
+            if self
+                .links
+                .get(&id)
+                .is_some_and(|link| link.peer_addr == peer_addr)
+            {
+                continue;
+            }
+            let queue = Arc::new(PeerQueue::new());
+            let (stop, stopped) = watch::channel(false);
+            self.runtime.spawn(transport::dial_peer(
+                self.identity.clone(),
+                id,
+                peer_addr.clone(),
+                queue.clone(),
+                stopped,
+            ));
+            self.links.insert(
+                id,
+                PeerLink {
+                    queue,
+                    peer_addr,
+                    _stop: stop,
+                },
+            );
+        }
+        // Accept the latest and the committed members (a node removed by an
+        // uncommitted entry may still be needed to commit it).
+        // None yet (joining): any id of the cluster (see transport).
+        let mut accepted: BTreeSet<NodeId> = latest.members().chain(committed.members()).collect();
+        if !accepted.is_empty() {
+            accepted.extend(self.cluster.peers.iter().map(|peer| peer.id));
+        }
+        self.identity.set_members(accepted);
+        tracing::info!(
+            voters = ?latest.voters,
+            learners = ?latest.learners,
+            "membership in force"
+        );
+        self.synced_membership = Some((latest, committed));
+    }
+
+    /// Every member as this node sees it.
+    fn members_status(&self) -> Vec<MemberStatus> {
+        let latest = self.raft.membership();
+        let progress: BTreeMap<NodeId, u64> = self
+            .raft
+            .followers()
+            .into_iter()
+            .map(|follower| (follower.id, follower.match_offset))
+            .collect();
+        let leading = self.raft.role() == Role::Leader;
+        let now = Instant::now();
+        latest
+            .members()
+            .map(|id| {
+                let (peer_addr, client_addr) = self.member_address(id).unwrap_or_default();
+                let match_offset = if id == self.node_id {
+                    leading.then(|| self.raft.durable_offset())
+                } else {
+                    progress.get(&id).copied()
+                };
+                MemberStatus {
+                    id,
+                    voter: latest.is_voter(id),
+                    match_offset,
+                    last_heard_ms: self
+                        .last_heard
+                        .get(&id)
+                        .map(|at| now.duration_since(*at).as_millis() as u64),
+                    peer_addr,
+                    client_addr,
+                }
+            })
+            .collect()
+    }
+
+    /// Starts an admin request: proposes the change (leader only) and
+    /// queues the request until the change is done.
+    fn start_admin(
+        &mut self,
+        command: AdminCommand,
+        reply: oneshot::Sender<Result<u64, ServerError>>,
+    ) {
+        if self.raft.role() != Role::Leader {
+            drop(reply.send(Err(self.not_leader())));
+            return;
+        }
+        if self.admin.len() >= MAX_PENDING_ADMIN {
+            drop(reply.send(Err(ServerError::Busy)));
+            return;
+        }
+        let bad = |message: String| Err(ServerError::BadRequest { message });
+        let latest = self.raft.membership().clone();
+        let now = Instant::now();
+        let started: Result<(AdminWait, Duration), ServerError> = match command {
+            AdminCommand::AddNode {
+                id,
+                peer_addr,
+                client_addr,
+            } => {
+                let address = MemberAddress::new(peer_addr.as_bytes(), client_addr.as_bytes());
+                if id == 0 {
+                    bad("node id 0 is reserved".to_string())
+                } else if latest.is_member(id) {
+                    // A retried request: wait for the same change.
+                    match latest.address(id) {
+                        Some(known) if *known != address => bad(format!(
+                            "node {id} is already a member, with other addresses"
+                        )),
+                        _ => Ok((AdminWait::Voter(id), ADD_NODE_TIMEOUT)),
+                    }
+                } else {
+                    // Every member's address goes into the entry (also the
+                    // founders' of a cluster whose entries have none).
+                    let mut addresses: BTreeMap<NodeId, MemberAddress> = latest
+                        .members()
+                        .filter(|member| latest.address(*member).is_none())
+                        .filter_map(|member| {
+                            self.member_address(member)
+                                .map(|(peer, client)| (member, MemberAddress::new(peer, client)))
+                        })
+                        .collect();
+                    addresses.insert(id, address);
+                    self.raft
+                        .propose_membership_with_addresses(
+                            MembershipChange::AddLearner(id),
+                            &addresses,
+                        )
+                        .map_err(|error| self.propose_error(error))
+                        .map(|_| (AdminWait::Voter(id), ADD_NODE_TIMEOUT))
+                }
+            }
+            AdminCommand::RemoveNode(id) => {
+                if !latest.is_member(id) {
+                    Ok((AdminWait::Removed(id), MEMBERSHIP_CHANGE_TIMEOUT))
+                } else {
+                    self.raft
+                        .propose_membership(MembershipChange::Remove(id))
+                        .map_err(|error| self.propose_error(error))
+                        .map(|_| (AdminWait::Removed(id), MEMBERSHIP_CHANGE_TIMEOUT))
+                }
+            }
+            AdminCommand::TransferLeader(id) if id == self.node_id => {
+                Ok((AdminWait::Leader(id), MEMBERSHIP_CHANGE_TIMEOUT))
+            }
+            AdminCommand::TransferLeader(id) => match self.raft.transfer_leadership(id) {
+                Ok(()) => Ok((AdminWait::Leader(id), MEMBERSHIP_CHANGE_TIMEOUT)),
+                Err(RequestError::NotLeader { leader }) => Err(ServerError::NotLeader {
+                    leader: self.leader_address(leader),
+                }),
+                Err(RequestError::Busy(_)) => Err(ServerError::Busy),
+                Err(RequestError::Invalid(reason)) => bad(reason.to_string()),
+            },
+        };
+        match started {
+            Ok((wait, timeout)) => self.admin.push(PendingAdmin {
+                wait,
+                deadline: now + timeout,
+                reply,
+            }),
+            Err(error) => drop(reply.send(Err(error))),
+        }
+    }
+
+    fn propose_error(&self, error: ProposeError) -> ServerError {
+        match error {
+            ProposeError::NotLeader { leader } => ServerError::NotLeader {
+                leader: self.leader_address(leader),
+            },
+            ProposeError::Busy(_) => ServerError::Busy,
+            ProposeError::TooLarge { max, .. } => ServerError::TooLarge { max },
+            ProposeError::BadMembershipChange(reason) => ServerError::BadRequest {
+                message: reason.to_string(),
+            },
+            ProposeError::TrimNotBelowCommit { commit_offset, .. } => {
+                ServerError::OutOfRange { end: commit_offset }
+            }
+        }
+    }
+
+    /// Answers the admin requests whose change is done, promotes caught-up
+    /// learners that an add-node waits for, and times out the rest.
+    fn check_admin(&mut self) {
+        if self.admin.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let leading = self.raft.role() == Role::Leader;
+        let commit = self.raft.commit_offset();
+        for pending in std::mem::take(&mut self.admin) {
+            let latest = self.raft.membership();
+            let committed = self.raft.committed_membership();
+            let outcome = match pending.wait {
+                AdminWait::Voter(id) if committed.is_voter(id) => Some(Ok(commit)),
+                AdminWait::Voter(id) if !latest.is_member(id) => {
+                    Some(Err(ServerError::BadRequest {
+                        message: format!("node {id} was removed before it became a voter"),
+                    }))
+                }
+                AdminWait::Removed(id) if !latest.is_member(id) && !committed.is_member(id) => {
+                    Some(Ok(commit))
+                }
+                AdminWait::Leader(id) if self.raft.leader() == Some(id) => Some(Ok(id)),
+                AdminWait::Voter(_) | AdminWait::Removed(_) if !leading => {
+                    // The change may still commit under the next leader: the
+                    // client retries there (these requests are idempotent).
+                    Some(Err(self.not_leader()))
+                }
+                _ => None,
+            };
+            let outcome = outcome.or_else(|| {
+                (now >= pending.deadline).then(|| {
+                    Err(ServerError::TimedOut {
+                        message: format!("{:?} did not finish in time", pending.wait),
+                    })
+                })
+            });
+            match outcome {
+                Some(result) => drop(pending.reply.send(result)),
+                None => self.admin.push(pending),
+            }
+        }
+    }
+
+    /// As leader, proposes the promotion of a learner of the committed
+    /// configuration whose durable log is close enough to the commit offset
+    /// (the core checks the same bound and refuses otherwise). Learners
+    /// exist only on their way to voter (add-node), so every caught-up one
+    /// is promoted, also when the add-node request that added it was
+    /// answered elsewhere (a leader change) or abandoned.
+    fn promote_caught_up_learners(&mut self) {
+        let latest = self.raft.membership();
+        if self.raft.role() != Role::Leader
+            || latest.learners.is_empty()
+            || latest != self.raft.committed_membership()
+        {
+            return;
+        }
+        let lag_bound = self.raft.config().max_learner_lag_bytes;
+        let commit = self.raft.commit_offset();
+        let caught_up = self.raft.followers().into_iter().find(|follower| {
+            !follower.voter && follower.match_offset.saturating_add(lag_bound) >= commit
+        });
+        let Some(learner) = caught_up else {
+            return;
+        };
+        match self
+            .raft
+            .propose_membership(MembershipChange::PromoteLearner(learner.id))
+        {
+            Ok(offset) => {
+                tracing::info!(node = learner.id, offset, "learner caught up; promoting it")
+            }
+            Err(error) => tracing::debug!(node = learner.id, ?error, "promotion not possible yet"),
+        }
     }
 
     fn not_leader(&self) -> ServerError {
@@ -967,7 +1409,12 @@ impl Driver {
                 }
             }
             Input::Event(Event::Wake) => {}
-            Input::Event(Event::Message { from, message, .. }) => self.raft.step(from, message),
+            Input::Event(Event::Message { from, message, .. }) => {
+                self.last_heard.insert(from, Instant::now());
+                self.raft.step(from, message);
+            }
+            Input::Event(Event::Members(reply)) => drop(reply.send(self.members_status())),
+            Input::Event(Event::Admin(command, reply)) => self.start_admin(command, reply),
             Input::Event(Event::ReadIndex(reply)) => {
                 let ctx = self.next_read_ctx;
                 self.next_read_ctx += 1;
@@ -1201,9 +1648,11 @@ impl Driver {
     }
 
     fn publish_status(&self) {
-        self.status
-            .role
-            .store(wire_role(self.raft.role()).to_byte(), Ordering::Relaxed);
+        let role = match self.raft.role() {
+            Role::Follower if !self.raft.membership().is_voter(self.node_id) => WireRole::Learner,
+            role => wire_role(role),
+        };
+        self.status.role.store(role.to_byte(), Ordering::Relaxed);
         self.status
             .leader
             .store(self.raft.leader().unwrap_or(0), Ordering::Relaxed);
@@ -1401,16 +1850,16 @@ impl Driver {
     }
 
     fn send(&mut self, envelope: &Envelope) {
-        let Some(queue) = self.peers.get(&envelope.to) else {
-            // A member not in --peers (added later): no address to send to.
-            tracing::debug!(to = envelope.to, "no address for peer; message dropped");
+        let Some(link) = self.links.get(&envelope.to) else {
+            // Not a member of the latest configuration, or no address known.
+            tracing::debug!(to = envelope.to, "no connection to peer; message dropped");
             return;
         };
         let mut frame = vec![0u8; 4];
         envelope.encode(&mut frame);
         let len = u32::try_from(frame.len() - 4).expect("messages are capped far below 4 GiB");
         frame[0..4].copy_from_slice(&len.to_le_bytes());
-        queue.push(frame);
+        link.queue.push(frame);
     }
 
     fn commit_advanced(&mut self, commit: u64) {
@@ -1503,6 +1952,9 @@ impl Driver {
         }
         for trim in self.trims.drain(..) {
             drop(trim.reply.send(Err(error.clone())));
+        }
+        for pending in self.admin.drain(..) {
+            drop(pending.reply.send(Err(error.clone())));
         }
         if self.commands_open {
             self.commands_open = false;
