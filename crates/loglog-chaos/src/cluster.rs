@@ -28,6 +28,9 @@ pub struct Member {
     pub relay_addr: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// Re-added after a removal: starts with `--join` (its addresses come
+    /// from the cluster's log).
+    pub joined: bool,
     child: Option<Child>,
     stopped: bool,
 }
@@ -72,6 +75,7 @@ impl Cluster {
                     relay_addr: format!("{ip}:{RELAY_PORT}"),
                     data_dir: root.join(format!("node{id}")),
                     log_path: root.join(format!("node{id}.log")),
+                    joined: false,
                     child: None,
                     stopped: false,
                 }
@@ -110,6 +114,7 @@ impl Cluster {
             .arg(&member.data_dir)
             .args(["--listen", &member.client_addr])
             .args(["--peer-listen", &member.peer_addr])
+            .args(member.joined.then_some("--join"))
             .args(["--peers", &self.peers_flag])
             .args(["--segment-size", "1MiB"])
             // SIGKILL keeps the page cache; with this a kill also loses
@@ -136,6 +141,20 @@ impl Cluster {
         }
         for index in 0..self.members.len() {
             self.kill(index);
+        }
+    }
+
+    /// Deletes a dead node's data directory: it comes back empty (a node
+    /// replaced after its removal committed).
+    pub fn wipe(&mut self, index: usize) -> Result<()> {
+        let member = &self.members[index];
+        assert!(!member.is_running(), "wipe only a dead node");
+        match std::fs::remove_dir_all(&member.data_dir) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => {
+                Err(error).with_context(|| format!("wiping {}", member.data_dir.display()))
+            }
         }
     }
 

@@ -5,7 +5,9 @@
 //! SIGKILL + the tail segment cut at a random byte + restart, a bandwidth
 //! limit (tc tbf), SIGKILL of every node (a power cut: each loses what it
 //! had not fsynced), SIGKILL + immediate restart, delayed or duplicated
-//! peer messages (the relays); a quarter of the time two of them stacked; each
+//! peer messages (the relays), a leadership transfer, a member replaced
+//! (removed, wiped, added back empty) under load; a quarter of the time two
+//! of them stacked; each
 //! held for a random while, then healed, until the run's duration is over.
 //! Every step is written to the fault log with its time since the start.
 
@@ -21,6 +23,7 @@ use crate::cluster::Cluster;
 use crate::netns::Network;
 use crate::relay::Relays;
 use crate::workload::Shared;
+use loglog::{AdminRequest, Client, ClientConfig};
 
 /// The kinds of fault, by the names `--faults` takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,10 +40,12 @@ pub enum Fault {
     KillRestart,
     Delay,
     Duplicate,
+    Transfer,
+    Replace,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 14] = [
         Fault::Isolate,
         Fault::Split,
         Fault::OneWay,
@@ -53,6 +58,8 @@ impl Fault {
         Fault::KillRestart,
         Fault::Delay,
         Fault::Duplicate,
+        Fault::Transfer,
+        Fault::Replace,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +76,8 @@ impl Fault {
             Fault::KillRestart => "kill-restart",
             Fault::Delay => "delay",
             Fault::Duplicate => "duplicate",
+            Fault::Transfer => "transfer",
+            Fault::Replace => "replace",
         }
     }
 
@@ -91,6 +100,103 @@ impl Fault {
             .collect()
     }
 }
+
+/// Sends one admin request through any reachable node (followers redirect
+/// to the leader); describes how it ended.
+async fn admin(nodes: &[String], request: AdminRequest<'_>) -> String {
+    let config = ClientConfig {
+        leader_wait: Duration::from_secs(5),
+        ..ClientConfig::default()
+    };
+    let attempt = async {
+        let client = Client::connect_with(nodes, config).await?;
+        client.admin(request).await
+    };
+    match tokio::time::timeout(ADMIN_TIMEOUT, attempt).await {
+        Ok(Ok(_)) => "done".to_string(),
+        Ok(Err(error)) => format!("failed: {error}"),
+        Err(_) => "timed out".to_string(),
+    }
+}
+
+/// Removes node `index`; once the removal is committed (and only then: the
+/// node's data may be needed until it is), wipes it and adds it back.
+async fn replace(cluster: &mut Cluster, nodes: &[String], index: usize) -> String {
+    let id = index as u64 + 1;
+    let removed = admin(nodes, AdminRequest::RemoveNode { id }).await;
+    if removed != "done" {
+        // Not known to be committed: leave it; `restore_membership` finds
+        // out at the heal.
+        return format!("removal {removed}");
+    }
+    cluster.kill(index);
+    if let Err(error) = cluster.wipe(index) {
+        return format!("removed; wipe failed: {error:#}");
+    }
+    cluster.members[index].joined = true;
+    if let Err(error) = cluster.start(index) {
+        return format!("removed and wiped; restart failed: {error:#}");
+    }
+    let member = &cluster.members[index];
+    let added = admin(
+        nodes,
+        AdminRequest::AddNode {
+            id,
+            peer_addr: &member.relay_addr,
+            client_addr: &member.client_addr,
+        },
+    )
+    .await;
+    format!("removed, wiped, re-added: {added}")
+}
+
+/// After a heal, every node must be a member again (the end of the run
+/// compares every node's log): a node a `replace` left out is removed for
+/// sure (idempotent), wiped and added back. Errors if that fails.
+async fn restore_membership(
+    cluster: &mut Cluster,
+    nodes: &[String],
+    log: &mut String,
+) -> Result<()> {
+    let deadline = Instant::now() + RESTORE_TIMEOUT;
+    loop {
+        let status = async {
+            let client = Client::connect(nodes).await?;
+            client.cluster_status().await
+        };
+        let missing: Vec<usize> = match tokio::time::timeout(ADMIN_TIMEOUT, status).await {
+            // The answering node's latest configuration.
+            Ok(Ok(status)) => (0..cluster.members.len())
+                .filter(|&index| !status.members.iter().any(|m| m.id == index as u64 + 1))
+                .collect(),
+            _ => {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "no cluster status to restore membership"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for index in missing {
+            let outcome = replace(cluster, nodes, index).await;
+            let _ = writeln!(log, "restore membership: node {}: {outcome}", index + 1);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "membership not restored within {RESTORE_TIMEOUT:?}"
+        );
+    }
+}
+
+/// How long one admin request may take (an add answers once the node
+/// caught up and was promoted).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a heal may take to bring every node back into the cluster.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Longer than the default election timeout (150-300 ms) many times over.
 const MIN_HOLD_MS: u64 = 800;
@@ -303,6 +409,37 @@ pub async fn inject(
                         relays.node(index).set(Duration::ZERO, probability);
                     }
                 }
+                Fault::Transfer => {
+                    let target = (victim + 1 + rng.gen_range(0..count - 1)) % count;
+                    let outcome = admin(
+                        nodes,
+                        AdminRequest::TransferLeader {
+                            id: target as u64 + 1,
+                        },
+                    )
+                    .await;
+                    note(
+                        log,
+                        format!(
+                            "transfer leadership (leader {leader_id:?}) to node {}: {outcome}",
+                            target + 1
+                        ),
+                    );
+                }
+                Fault::Replace => {
+                    // Remove a member (the leader half of the time), and
+                    // once its removal is committed, bring it back empty as
+                    // a new member: it joins as a learner, catches up from
+                    // the others and is promoted, all under load.
+                    let outcome = replace(cluster, nodes, victim).await;
+                    note(
+                        log,
+                        format!(
+                            "replace node {} (leader {leader_id:?}): {outcome}",
+                            victim + 1
+                        ),
+                    );
+                }
                 Fault::KillRestart => {
                     note(
                         log,
@@ -327,6 +464,7 @@ pub async fn inject(
             }
         }
         cluster.revive_all()?;
+        restore_membership(cluster, nodes, log).await?;
         note(log, "healed".to_string());
     }
     Ok(())
