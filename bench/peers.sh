@@ -17,7 +17,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 RUNS=3
 DURATION=15
-OUT=peers-results.json
+OUT=$REPO/bench/results/peers-$(date -u +%Y%m%d-%H%M%S).json
 BASE_DIR=${TMPDIR:-/tmp}
 BASE_PORT=25000
 INSTALL=1
@@ -55,7 +55,8 @@ W2_WRITERS=8
 DURABILITY_loglog="fsync always: fdatasync (group commit) on a majority before the ack"
 DURABILITY_etcd="WAL fdatasync per Raft batch on every member, ack after quorum commit+apply"
 DURABILITY_nats="NO fsync before the ack (2.9 syncs lazily: store every 2 min, R3 Raft log every 5; no option to change it)"
-DURABILITY_fio="fdatasync after every 1 MiB write (the disk's reference for W2 1-node)"
+DURABILITY_fio="fdatasync after every 1 MiB write to a new file (W2 1-node's disk reference)"
+DURABILITY_fio_ow="fdatasync after every 1 MiB write over written blocks (W2 1-node's disk reference)"
 
 log() { printf '[peers %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -260,7 +261,7 @@ RAW="" # JSON lines, one per measurement
 
 # record SYSTEM TOPOLOGY WORKLOAD RUN NORMALIZED_JSON RAW_JSON
 record() {
-    local durability_var=DURABILITY_$1
+    local durability_var=DURABILITY_${1//-/_}
     jq -nc --arg system "$1" --arg topology "$2" --arg workload "$3" --argjson run "$4" \
         --arg durability "${!durability_var}" --argjson figures "$5" --argjson raw "$6" \
         '{system: $system, topology: $topology, workload: $workload, run: $run,
@@ -316,19 +317,25 @@ measure() {
 }
 
 # fio: sequential 1 MiB writes, fdatasync after each, same filesystem.
+# measure_fio RUN fio|fio-ow: `fio` writes a new (fallocated) file, so each
+# fdatasync also commits extent metadata, like a log that grows its file;
+# `fio-ow` overwrites a file fio wrote in full first, so each fdatasync
+# flushes data only, like LogLog's segments, which are zeroed ahead of the
+# writer (1 GiB, rewritten from its start when the run outlasts it).
 measure_fio() {
-    local run=$1 dir=$WORK/fio-$run
+    local run=$1 mode=$2 dir=$WORK/$2-$1
     mkdir -p "$dir"
-    run_tracked "$dir/fio.json" "$dir/fio.err" fio --name=seqwrite-fdatasync \
-        --directory="$dir" --rw=write --bs=1M --size=4G --fdatasync=1 --ioengine=psync \
+    local layout=(--size=4G)
+    [[ $mode == fio-ow ]] && layout=(--size=1G --overwrite=1)
+    run_tracked "$dir/fio.json" "$dir/fio.err" fio --name="$mode" \
+        --directory="$dir" --rw=write --bs=1M "${layout[@]}" --fdatasync=1 --ioengine=psync \
         --runtime="$DURATION" --time_based --output-format=json ||
         die "fio failed: $(tail -3 "$dir/fio.err")"
     local raw
     raw=$(jq -c '.jobs[0] | {jobname, write: {bw_bytes: .write.bw_bytes, iops: .write.iops,
         runtime_ms: .write.runtime, clat_ns: .write.clat_ns.percentile},
         sync: {lat_ns: .sync.lat_ns.percentile}}' "$dir/fio.json")
-    # A write's latency is its own plus its fdatasync.
-    record fio 1-node W2 "$run" "$(jq -c '{ops_per_s: .write.iops, mb_per_s: (.write.bw_bytes / 1e6),
+    record "$mode" 1-node W2 "$run" "$(jq -c '{ops_per_s: .write.iops, mb_per_s: (.write.bw_bytes / 1e6),
         p50_us: null, p99_us: null, fdatasync_p50_us: ((.sync.lat_ns["50.000000"] // 0) / 1000 | floor),
         fdatasync_p99_us: ((.sync.lat_ns["99.000000"] // 0) / 1000 | floor)}' <<<"$raw")" "$raw"
     rm -rf "$dir"
@@ -353,7 +360,7 @@ report() {
                  and .workload == $row.workload)][0]) as $ours
             | $row + {loglog_ratio: (if $row.system == "loglog" or $ours == null
                  or $row.mb_per_s == 0 then null else $ours.mb_per_s / $row.mb_per_s end)}]
-        | sort_by(.workload, .topology, ({loglog: 0, etcd: 1, nats: 2, fio: 3}[.system]))' "$RAW")
+        | sort_by(.workload, .topology, ({loglog: 0, etcd: 1, nats: 2, fio: 3, "fio-ow": 4}[.system]))' "$RAW")
 
     jq -n --slurpfile runs "$RAW" --argjson medians "$medians" \
         --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg host "$(uname -srm)" \
@@ -397,6 +404,7 @@ WORK=$(mktemp -d "$BASE_DIR/loglog-peers.XXXXXX")
 RAW=$WORK/runs.jsonl
 : >"$RAW"
 OUT=$(realpath -m "$OUT")
+mkdir -p "$(dirname "$OUT")"
 
 if "$LOGLOG" bench --help 2>/dev/null | grep -q -- '--read-all'; then
     HAVE_READ_ALL=1
@@ -414,6 +422,7 @@ for run in $(seq 1 "$RUNS"); do
             done
         done
     done
-    measure_fio "$run"
+    measure_fio "$run" fio
+    measure_fio "$run" fio-ow
 done
 report
