@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2034 # workload and durability settings are read as ${!name}
 # bench/peers.sh: LogLog side by side with etcd and NATS JetStream, on this
 # machine, in one run. See bench/README.md for what it measures and how to
 # read it.
@@ -23,7 +24,7 @@ BASE_PORT=25000
 INSTALL=1
 
 usage() {
-    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '3,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit "${1:-0}"
 }
 
@@ -45,7 +46,7 @@ done
 [[ $BASE_PORT =~ ^[0-9]+$ ]] && ((BASE_PORT > 0 && BASE_PORT < 65000)) ||
     { echo "peers.sh: --base-port must be below 65000" >&2; exit 2; }
 
-# Workloads: name, entry size, concurrent writers.
+# Workloads: name, entry size, concurrent writers (read as ${!name}).
 W1_SIZE=128
 W1_WRITERS=64
 W2_SIZE=65536
