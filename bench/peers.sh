@@ -57,6 +57,7 @@ DURABILITY_loglog="fsync always: fdatasync (group commit) on a majority before t
 DURABILITY_etcd="WAL fdatasync per Raft batch on every member, ack after quorum commit+apply"
 DURABILITY_nats="NO fsync before the ack (2.9 syncs lazily: store every 2 min, R3 Raft log every 5; no option to change it)"
 DURABILITY_fio="fdatasync after every 1 MiB write to a new file (W2 1-node's disk reference)"
+DURABILITY_loglog_R1="a read: whole log from the leader, offset 0, right after W2 (page cache warm)"
 DURABILITY_fio_ow="fdatasync after every 1 MiB write over written blocks (W2 1-node's disk reference)"
 
 log() { printf '[peers %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -263,6 +264,7 @@ RAW="" # JSON lines, one per measurement
 # record SYSTEM TOPOLOGY WORKLOAD RUN NORMALIZED_JSON RAW_JSON
 record() {
     local durability_var=DURABILITY_${1//-/_}
+    [[ $3 == R1 ]] && durability_var=DURABILITY_${1}_R1
     jq -nc --arg system "$1" --arg topology "$2" --arg workload "$3" --argjson run "$4" \
         --arg durability "${!durability_var}" --argjson figures "$5" --argjson raw "$6" \
         '{system: $system, topology: $topology, workload: $workload, run: $run,
@@ -361,7 +363,7 @@ report() {
                  and .workload == $row.workload)][0]) as $ours
             | $row + {loglog_ratio: (if $row.system == "loglog" or $ours == null
                  or $row.mb_per_s == 0 then null else $ours.mb_per_s / $row.mb_per_s end)}]
-        | sort_by(.workload, .topology, ({loglog: 0, etcd: 1, nats: 2, fio: 3, "fio-ow": 4}[.system]))' "$RAW")
+        | sort_by({W1: 0, W2: 1, R1: 2}[.workload], .topology, ({loglog: 0, etcd: 1, nats: 2, fio: 3, "fio-ow": 4}[.system]))' "$RAW")
 
     jq -n --slurpfile runs "$RAW" --argjson medians "$medians" \
         --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg host "$(uname -srm)" \
