@@ -101,6 +101,8 @@ cleanup() {
     exit "$status"
 }
 trap cleanup EXIT
+# Errors of the tools are reported in a few lines, without backtraces.
+export RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0
 trap 'log "interrupted"; exit 130' INT TERM
 
 # Starts a background process whose output goes to LOGFILE; remembered for cleanup.
@@ -415,6 +417,13 @@ else
     HAVE_READ_ALL=0
     log "notice: this loglog has no 'bench --read-all': R1 skipped"
 fi
+
+# The largest measurement (NATS W2 on one node, unsynced, up to ~600 MB/s
+# here) must fit: without room JetStream refuses publishes mid-run.
+free_bytes=$(df -B1 --output=avail "$WORK" | tail -1 | tr -d ' ')
+need_bytes=$(awk -v seconds="$DURATION" 'BEGIN { printf "%.0f", seconds * 800e6 + 1e9 }')
+((free_bytes >= need_bytes)) ||
+    die "$((free_bytes / 1000000)) MB free in $WORK, a ${DURATION} s run needs about $((need_bytes / 1000000)) MB: use --dir elsewhere or a shorter --duration"
 
 log "work dir $WORK ($(df -h --output=source,fstype "$WORK" | tail -1 | tr -s ' ')), $RUNS run(s) of ${DURATION} s"
 for run in $(seq 1 "$RUNS"); do
