@@ -50,7 +50,7 @@ use tokio::time::Instant;
 
 use crate::config::REQUEST_OVERHEAD;
 use crate::node::{Chunk, CommittedRead, Node};
-use crate::pipeline::Reply;
+use crate::pipeline::{ProducerAppend, Reply};
 
 /// Bytes the reader asks the socket for at a time (at least). A frame
 /// larger than this gets a buffer of its own.
@@ -295,6 +295,8 @@ async fn serve_connection(
 enum Parsed {
     Append {
         no_wait: bool,
+        /// The producer envelope (at the start of the body) and the retry flag.
+        producer: Option<ProducerAppend>,
     },
     Read {
         offset: u64,
@@ -554,7 +556,22 @@ async fn dispatch(
 ) {
     let request_id = header.request_id;
     let parsed = Request::parse(&header, &body).map(|request| match request {
-        Request::Append { no_wait, .. } => Parsed::Append { no_wait },
+        Request::Append { no_wait, .. } => Parsed::Append {
+            no_wait,
+            producer: None,
+        },
+        Request::AppendOnce {
+            producer,
+            retry,
+            no_wait,
+            ..
+        } => Parsed::Append {
+            no_wait,
+            producer: Some(ProducerAppend {
+                tag: producer,
+                retry,
+            }),
+        },
         Request::Read {
             offset,
             max_bytes,
@@ -583,7 +600,7 @@ async fn dispatch(
             Body::Status(node.status()),
             Some(permit),
         ),
-        Ok(Parsed::Append { no_wait }) => {
+        Ok(Parsed::Append { no_wait, producer }) => {
             let reply = Reply::Connection(PendingResponse {
                 sink: sink.clone(),
                 request_id,
@@ -596,7 +613,7 @@ async fn dispatch(
             } else {
                 Bytes::copy_from_slice(&body)
             };
-            node.submit_append(payload, !no_wait, reply).await;
+            node.submit_append(payload, producer, !no_wait, reply).await;
         }
         Ok(Parsed::Read {
             offset,
