@@ -48,4 +48,5 @@ pub use page::{Entry, ReadPage};
 pub use stream::{EntryStream, DEFAULT_LONG_POLL, DEFAULT_PAGE_BYTES};
 
 pub use loglog_proto::entry::EntryKind;
+pub use loglog_proto::producer::ProducerTag;
 pub use loglog_proto::wire::{NodeStatus, Role, ServerError};
