@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use loglog_proto::entry::{encode_entry_with_flags, EntryHeader, EntryIter, EntryKind};
+use loglog_proto::producer::ENTRY_FLAG_PRODUCER;
 use loglog_proto::ENTRY_HEADER_LEN;
 
 use crate::log::{Checkpoint, LogRead, LogState, LostTail, RecoveredLog, TermMap};
@@ -1102,7 +1103,11 @@ impl RaftNode {
         for entry in iter.by_ref() {
             let entry = entry.ok()?;
             let term = entry.header.term;
-            if term == 0 || term < last_term || term > append.term || entry.header.flags != 0 {
+            // Known flags only: PRODUCER, on data entries.
+            let flags = entry.header.flags;
+            let flags_known = flags & !ENTRY_FLAG_PRODUCER == 0
+                && (flags == 0 || entry.header.kind == EntryKind::Data);
+            if term == 0 || term < last_term || term > append.term || !flags_known {
                 return None;
             }
             last_term = term;

@@ -980,6 +980,15 @@ impl Driver {
     /// at `located`: with that offset once it is committed with the same
     /// term there (the same entry), else `NotLeader` (see `settle`).
     fn answer_with_copy(&mut self, located: Located, request: AppendRequest) {
+        if let Some(producer) = request.producer {
+            tracing::info!(
+                producer = format_args!("{:#018x}", producer.tag.producer_id),
+                sequence = producer.tag.sequence,
+                retry = producer.retry,
+                offset = located.offset,
+                "append already in the log: answered with its earlier copy"
+            );
+        }
         if !request.wait_for_commit {
             return request.reply.send(Ok(located.offset));
         }
