@@ -49,11 +49,13 @@
 //!
 //! The exact guarantee: a retry of (p, s) is answered with the original's
 //! offset when the original is among p's last `window` entries of the
-//! leader's log and p is among its `max_producers` most recently appending
-//! producers; it is appended when the leader's table has seen all of the
-//! leader's log (from offset 0, or p's whole history since it started
-//! following it) and p has no entry with sequence s there; otherwise it is
-//! answered `SequenceUnknown`. In no case is a second copy committed.
+//! leader's log and p is among the `max_producers` producers that appended
+//! there most recently. A retry that is not found is appended only when the
+//! table proves the log holds no copy: the table has seen the whole log from
+//! offset 0 and never evicted a producer (an unknown producer has no entry),
+//! or p first appeared while that held and s is above every sequence of p
+//! pushed out of its window. Otherwise it is answered `SequenceUnknown`. In
+//! no case is a second copy committed.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
