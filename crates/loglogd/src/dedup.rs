@@ -329,18 +329,19 @@ impl ProducerTable {
 
 /// Rebuilds the table of the log `reader` reads (segments in `log_dir`),
 /// up to `end`, from a bounded scan of its tail: the whole log when it is
-/// shorter than [`REBUILD_SCAN_BYTES`], else from the last segment start
-/// at least that far from the end. The table is exact only when the scan
-/// starts at offset 0 (see the module docs).
+/// shorter than `scan_bytes` (nodes use [`REBUILD_SCAN_BYTES`]), else from
+/// the last segment start at least that far from the end. The table is
+/// exact only when the scan starts at offset 0 (see the module docs).
 pub fn scan_log_tail(
     reader: &LogReader,
     log_dir: &Path,
     end: u64,
     limits: DedupLimits,
+    scan_bytes: u64,
 ) -> Result<ProducerTable, String> {
     let start = reader.start_offset();
     let mut from = start;
-    if end.saturating_sub(start) > REBUILD_SCAN_BYTES {
+    if end.saturating_sub(start) > scan_bytes {
         let entries =
             std::fs::read_dir(log_dir).map_err(|error| format!("listing {log_dir:?}: {error}"))?;
         for entry in entries {
@@ -350,10 +351,7 @@ pub fn scan_log_tail(
                 continue;
             };
             // The latest segment start that still leaves the bound to scan.
-            if segment_start >= start
-                && segment_start <= end
-                && end - segment_start >= REBUILD_SCAN_BYTES
-            {
+            if segment_start >= start && segment_start <= end && end - segment_start >= scan_bytes {
                 from = from.max(segment_start);
             }
         }
@@ -499,6 +497,57 @@ mod tests {
             1 => (0usize..4).prop_map(|back| Op::Truncate { back }),
             4 => (0u64..7, 0u64..14).prop_map(|(producer, sequence)| Op::Decide { producer, sequence }),
         ]
+    }
+
+    /// A restart's scan of a real log: the whole log when it is short (an
+    /// exact table), else whole segments of its tail (a partial table:
+    /// what it holds is found, misses are unknown, never appended).
+    #[test]
+    fn a_restart_rebuilds_the_table_from_the_logs_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = loglog_storage::StorageConfig::new(dir.path());
+        config.segment_size = 4096;
+        config.fsync = loglog_storage::FsyncPolicy::Never;
+        let (mut writer, _syncer, reader) = loglog_storage::open(config).unwrap();
+        let mut offsets = Vec::new();
+        for sequence in 0..200 {
+            let mut payload = tag(1, sequence).encode().to_vec();
+            payload.extend_from_slice(&[7; 100]);
+            let mut entry = Vec::new();
+            encode_entry_with_flags(
+                3,
+                EntryKind::Data,
+                ENTRY_FLAG_PRODUCER,
+                &payload,
+                &mut entry,
+            );
+            offsets.push(writer.end_offset());
+            writer.append(&entry).unwrap();
+        }
+        let end = writer.end_offset();
+        assert!(reader.segment_count() > 4, "the log spans segments");
+
+        let whole =
+            scan_log_tail(&reader, dir.path(), end, DedupLimits::default(), 1 << 30).unwrap();
+        assert_eq!(whole.end(), end);
+        assert_eq!(whole.find(tag(1, 0)).map(|l| l.offset), Some(offsets[0]));
+        assert_eq!(whole.decide(tag(1, 500), true), Decision::Append);
+        assert_eq!(whole.decide(tag(2, 0), true), Decision::Append);
+
+        let tail = scan_log_tail(&reader, dir.path(), end, DedupLimits::default(), 5000).unwrap();
+        assert_eq!(tail.end(), end);
+        assert_eq!(
+            tail.decide(tag(1, 199), true),
+            Decision::Duplicate(Located {
+                offset: offsets[199],
+                term: 3
+            })
+        );
+        assert_eq!(tail.find(tag(1, 0)), None, "the scan started past it");
+        assert_eq!(tail.decide(tag(1, 0), true), Decision::Unknown);
+        assert_eq!(tail.decide(tag(1, 500), true), Decision::Unknown);
+        assert_eq!(tail.decide(tag(2, 0), true), Decision::Unknown);
+        assert_eq!(tail.decide(tag(2, 0), false), Decision::Append);
     }
 
     proptest! {

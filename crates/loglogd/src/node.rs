@@ -790,10 +790,15 @@ pub(crate) fn scan_producers(
     end: u64,
 ) -> Result<ProducerTable, StartError> {
     let log_dir = data_dir.join(LOG_DIR);
-    dedup::scan_log_tail(reader, &log_dir, end, DedupLimits::default()).map_err(|reason| {
-        StartError::CorruptState {
-            path: log_dir,
-            reason,
-        }
+    dedup::scan_log_tail(
+        reader,
+        &log_dir,
+        end,
+        DedupLimits::default(),
+        dedup::REBUILD_SCAN_BYTES,
+    )
+    .map_err(|reason| StartError::CorruptState {
+        path: log_dir,
+        reason,
     })
 }
