@@ -11,6 +11,7 @@ use loglog_proto::entry::EntryIter;
 use loglog_proto::segment::{parse_segment_file_name, SEGMENT_HEADER_LEN};
 
 use crate::netns::{run, Network};
+use crate::relay::RELAY_PORT;
 
 /// Client port of every node (each has its own address).
 pub const CLIENT_PORT: u16 = 7000;
@@ -21,7 +22,10 @@ pub struct Member {
     pub id: u64,
     pub namespace: String,
     pub client_addr: String,
+    /// Where the node's peer listener binds.
     pub peer_addr: String,
+    /// Where its peers dial it: its relay, which forwards to `peer_addr`.
+    pub relay_addr: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     child: Option<Child>,
@@ -65,6 +69,7 @@ impl Cluster {
                     namespace: network.node_namespace(index).to_string(),
                     client_addr: format!("{ip}:{CLIENT_PORT}"),
                     peer_addr: format!("{ip}:{PEER_PORT}"),
+                    relay_addr: format!("{ip}:{RELAY_PORT}"),
                     data_dir: root.join(format!("node{id}")),
                     log_path: root.join(format!("node{id}.log")),
                     child: None,
@@ -74,7 +79,8 @@ impl Cluster {
             .collect();
         let peers_flag = members
             .iter()
-            .map(|m| format!("{}={}@{}", m.id, m.peer_addr, m.client_addr))
+            // Peers dial each other through the relays (delay, duplication).
+            .map(|m| format!("{}={}@{}", m.id, m.relay_addr, m.client_addr))
             .collect::<Vec<_>>()
             .join(",");
         Cluster {
@@ -106,6 +112,9 @@ impl Cluster {
             .args(["--peer-listen", &member.peer_addr])
             .args(["--peers", &self.peers_flag])
             .args(["--segment-size", "1MiB"])
+            // SIGKILL keeps the page cache; with this a kill also loses
+            // what the node had not fsynced, as a power cut would.
+            .arg("--test-unsynced-lost-on-kill")
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -115,6 +124,19 @@ impl Cluster {
         member.child = Some(child);
         member.stopped = false;
         Ok(())
+    }
+
+    /// SIGKILL every node, then reap them: no node runs on while another
+    /// is being reaped (a power cut stops them all at once).
+    pub fn kill_all(&mut self) {
+        for member in &mut self.members {
+            if let Some(child) = &mut member.child {
+                let _ = child.kill();
+            }
+        }
+        for index in 0..self.members.len() {
+            self.kill(index);
+        }
     }
 
     /// SIGKILL and reap.

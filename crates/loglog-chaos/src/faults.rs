@@ -3,8 +3,9 @@
 //! split, one-way peer loss, random loss on every node (iptables
 //! `statistic`), SIGKILL (restart at heal), SIGSTOP (SIGCONT at heal),
 //! SIGKILL + the tail segment cut at a random byte + restart, a bandwidth
-//! limit (tc tbf), SIGKILL of every node (restart at heal), SIGKILL +
-//! immediate restart; a quarter of the time two of them stacked; each
+//! limit (tc tbf), SIGKILL of every node (a power cut: each loses what it
+//! had not fsynced), SIGKILL + immediate restart, delayed or duplicated
+//! peer messages (the relays); a quarter of the time two of them stacked; each
 //! held for a random while, then healed, until the run's duration is over.
 //! Every step is written to the fault log with its time since the start.
 
@@ -18,7 +19,78 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::cluster::Cluster;
 use crate::netns::Network;
+use crate::relay::Relays;
 use crate::workload::Shared;
+
+/// The kinds of fault, by the names `--faults` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Isolate,
+    Split,
+    OneWay,
+    Loss,
+    Kill,
+    Stop,
+    TailCut,
+    Bandwidth,
+    PowerCut,
+    KillRestart,
+    Delay,
+    Duplicate,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 12] = [
+        Fault::Isolate,
+        Fault::Split,
+        Fault::OneWay,
+        Fault::Loss,
+        Fault::Kill,
+        Fault::Stop,
+        Fault::TailCut,
+        Fault::Bandwidth,
+        Fault::PowerCut,
+        Fault::KillRestart,
+        Fault::Delay,
+        Fault::Duplicate,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Isolate => "isolate",
+            Fault::Split => "split",
+            Fault::OneWay => "one-way",
+            Fault::Loss => "loss",
+            Fault::Kill => "kill",
+            Fault::Stop => "stop",
+            Fault::TailCut => "tail-cut",
+            Fault::Bandwidth => "bandwidth",
+            Fault::PowerCut => "power-cut",
+            Fault::KillRestart => "kill-restart",
+            Fault::Delay => "delay",
+            Fault::Duplicate => "duplicate",
+        }
+    }
+
+    /// Parses a comma-separated list of names (`all` for every kind).
+    pub fn parse_list(text: &str) -> Result<Vec<Fault>, String> {
+        if text.trim() == "all" {
+            return Ok(Fault::ALL.to_vec());
+        }
+        text.split(',')
+            .map(str::trim)
+            .map(|name| {
+                Fault::ALL
+                    .into_iter()
+                    .find(|fault| fault.name() == name)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+                        format!("unknown fault {name:?} (one of: all, {})", names.join(", "))
+                    })
+            })
+            .collect()
+    }
+}
 
 /// Longer than the default election timeout (150-300 ms) many times over.
 const MIN_HOLD_MS: u64 = 800;
@@ -28,13 +100,16 @@ const MAX_HOLD_MS: u64 = 4000;
 pub async fn inject(
     seed: u64,
     duration: Duration,
+    kinds: &[Fault],
     network: &Network,
+    relays: &Relays,
     cluster: &mut Cluster,
     nodes: &[String],
     shared: &Shared,
     log: &mut String,
     problems: &mut Vec<String>,
 ) -> Result<()> {
+    assert!(!kinds.is_empty(), "at least one kind of fault");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let began = Instant::now();
     let count = cluster.members.len();
@@ -60,9 +135,9 @@ pub async fn inject(
                 Some(leader) if rng.gen_bool(0.5) => leader,
                 _ => rng.gen_range(0..count),
             };
-            let fault = rng.gen_range(0..10);
+            let fault = *kinds.choose(&mut rng).expect("kinds is not empty");
             match fault {
-                0 => {
+                Fault::Isolate => {
                     note(
                         log,
                         format!("isolate node {} (leader {leader_id:?})", victim + 1),
@@ -73,7 +148,7 @@ pub async fn inject(
                     network.drop_from(victim, network.host_ip())?;
                     network.drop_to(victim, network.host_ip())?;
                 }
-                1 => {
+                Fault::Split => {
                     let mut order: Vec<usize> = (0..count).collect();
                     order.shuffle(&mut rng);
                     let minority = &order[..count / 2];
@@ -90,7 +165,7 @@ pub async fn inject(
                         }
                     }
                 }
-                2 => {
+                Fault::OneWay => {
                     // One way: the victim hears nobody, but its packets go out
                     // (or the reverse).
                     let inbound = rng.gen_bool(0.5);
@@ -110,28 +185,28 @@ pub async fn inject(
                         }
                     }
                 }
-                3 => {
+                Fault::Loss => {
                     let probability = rng.gen_range(0.05..0.35);
                     note(log, format!("random loss {probability:.2} on every node"));
                     for index in 0..count {
                         network.random_loss(index, probability)?;
                     }
                 }
-                4 => {
+                Fault::Kill => {
                     note(
                         log,
                         format!("SIGKILL node {} (leader {leader_id:?})", victim + 1),
                     );
                     cluster.kill(victim);
                 }
-                5 => {
+                Fault::Stop => {
                     note(
                         log,
                         format!("SIGSTOP node {} (leader {leader_id:?})", victim + 1),
                     );
                     cluster.stop(victim)?;
                 }
-                6 => {
+                Fault::TailCut => {
                     cluster.kill(victim);
                     let cut =
                         cluster.truncate_tail(victim, |written| rng.gen_range(0..=written))?;
@@ -176,18 +251,17 @@ pub async fn inject(
                         }
                     }
                 }
-                8 => {
-                    // Every node at once, as in a power cut (the page cache
-                    // survives here, unlike a real one).
+                Fault::PowerCut => {
+                    // Every node at once, as in a power cut (the nodes run
+                    // with --test-unsynced-lost-on-kill, so what they had not
+                    // fsynced is gone at restart, as after a real one).
                     note(
                         log,
                         "power-cut: SIGKILL every node, restart at heal".to_string(),
                     );
-                    for index in 0..count {
-                        cluster.kill(index);
-                    }
+                    cluster.kill_all();
                 }
-                7 => {
+                Fault::Bandwidth => {
                     let kbit = rng.gen_range(128..4096);
                     let everyone = rng.gen_bool(0.3);
                     let whom = if everyone {
@@ -200,7 +274,36 @@ pub async fn inject(
                         network.limit_bandwidth(index, kbit)?;
                     }
                 }
-                _ => {
+                Fault::Delay => {
+                    let delay = Duration::from_millis(rng.gen_range(5..400));
+                    let everyone = rng.gen_bool(0.3);
+                    note(
+                        log,
+                        format!(
+                            "delay {} ms into {}",
+                            delay.as_millis(),
+                            if everyone {
+                                "every node".to_string()
+                            } else {
+                                format!("node {}", victim + 1)
+                            }
+                        ),
+                    );
+                    for index in (0..count).filter(|&index| everyone || index == victim) {
+                        relays.node(index).set(delay, 0.0);
+                    }
+                }
+                Fault::Duplicate => {
+                    let probability = rng.gen_range(0.05..0.5);
+                    note(
+                        log,
+                        format!("duplicate {probability:.2} of peer messages into every node"),
+                    );
+                    for index in 0..count {
+                        relays.node(index).set(Duration::ZERO, probability);
+                    }
+                }
+                Fault::KillRestart => {
                     note(
                         log,
                         format!(
@@ -215,6 +318,7 @@ pub async fn inject(
             tokio::time::sleep(hold).await;
         }
         network.heal()?;
+        relays.clear();
         for index in 0..count {
             if let Some(status) = cluster.exited(index) {
                 let text = format!("node {} exited by itself: {status}", index + 1);

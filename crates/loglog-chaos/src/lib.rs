@@ -24,7 +24,10 @@
 pub mod cluster;
 pub mod faults;
 pub mod netns;
+pub mod relay;
 pub mod workload;
+
+pub use faults::Fault;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -38,6 +41,7 @@ use loglog_sim::history::{check, FinalLog, History, Violation};
 
 use crate::cluster::Cluster;
 use crate::netns::Network;
+use crate::relay::Relays;
 use crate::workload::Shared;
 
 /// What one run is asked to do.
@@ -50,6 +54,8 @@ pub struct RunConfig {
     pub loglogd: PathBuf,
     /// Extra arguments for every `loglogd` (e.g. a test-only switch).
     pub loglogd_args: Vec<String>,
+    /// The kinds of fault the schedule draws from (not empty).
+    pub faults: Vec<Fault>,
     /// Where the run's folder is made.
     pub work_dir: PathBuf,
     /// Self-check of the harness: after the workload, kill every node, cut
@@ -163,11 +169,24 @@ pub fn run_once(config: &RunConfig) -> Result<RunReport> {
         .enable_all()
         .build()?;
     let network = Network::create(config.nodes)?;
+    let relays = Relays::start(
+        &(0..config.nodes)
+            .map(|index| {
+                (
+                    network.node_namespace(index).to_string(),
+                    network.node_ip(index),
+                )
+            })
+            .collect::<Vec<_>>(),
+        cluster::PEER_PORT,
+        config.seed,
+    )?;
     let mut cluster = Cluster::new(&network, &config.loglogd, &config.loglogd_args, &folder);
-    let outcome = runtime.block_on(drive(config, &network, &mut cluster, &folder));
+    let outcome = runtime.block_on(drive(config, &network, &relays, &mut cluster, &folder));
     // Stop the nodes before the folder is judged (and maybe removed), and
-    // before the namespaces go (drop order: cluster, then network).
+    // before the namespaces go (drop order: cluster, relays, network).
     drop(cluster);
+    drop(relays);
     drop(network);
     let (summary, problems, history_text, fault_log, details) = match outcome {
         Ok(result) => result,
@@ -214,6 +233,7 @@ type Driven = (Summary, Vec<String>, String, String, String);
 async fn drive(
     config: &RunConfig,
     network: &Network,
+    relays: &Relays,
     cluster: &mut Cluster,
     folder: &Path,
 ) -> Result<Driven> {
@@ -272,7 +292,9 @@ async fn drive(
     let faults_result = faults::inject(
         config.seed,
         config.duration,
+        &config.faults,
         network,
+        relays,
         cluster,
         &nodes,
         &shared,

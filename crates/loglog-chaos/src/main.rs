@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use loglog_chaos::{netns, run_once, RunConfig, Summary};
+use loglog_chaos::{netns, run_once, Fault, RunConfig, Summary};
 
 #[derive(Parser, Debug)]
 #[command(about = "Fault injection on real loglogd clusters (needs root, ip, iptables)")]
@@ -30,6 +30,11 @@ struct Args {
     /// `--loglogd-arg=--fsync --loglogd-arg=never`.
     #[arg(long = "loglogd-arg", allow_hyphen_values = true)]
     loglogd_args: Vec<String>,
+    /// The kinds of fault to inject, comma-separated: isolate, split,
+    /// one-way, loss, kill, stop, tail-cut, bandwidth, power-cut,
+    /// kill-restart, delay, duplicate; or all.
+    #[arg(long, default_value = "all")]
+    faults: String,
     /// Where run folders are made (failing ones are kept).
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     work_dir: PathBuf,
@@ -117,6 +122,13 @@ fn main() {
             .map(|elapsed| elapsed.as_nanos() as u64)
             .unwrap_or(1)
     });
+    let faults = match Fault::parse_list(&args.faults) {
+        Ok(faults) => faults,
+        Err(error) => {
+            eprintln!("loglog-chaos: --faults: {error}");
+            std::process::exit(2);
+        }
+    };
     let mut total = Summary::default();
     let mut kept = Vec::new();
     for run in 0..args.runs {
@@ -127,6 +139,7 @@ fn main() {
             duration: args.duration,
             loglogd: loglogd.clone(),
             loglogd_args: args.loglogd_args.clone(),
+            faults: faults.clone(),
             work_dir: args.work_dir.clone(),
             lose_every_tail: args.self_check_lose_every_tail,
             keep: args.keep,

@@ -7,15 +7,21 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use loglog_chaos::{netns, run_once, RunConfig};
+use loglog_chaos::{netns, run_once, Fault, RunConfig};
+
+/// Runs one test's clusters at a time: two at once on a 2-core machine
+/// would starve each other's timers.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// The `loglogd` binary: `LOGLOGD` if set, else the one cargo built next to
 /// this test (`cargo test --workspace` builds it for loglogd's own tests),
 /// else one built now into a separate target dir (the running cargo holds
-/// the lock of its own).
-fn loglogd() -> PathBuf {
+/// the lock of its own). With `bug_injection`, one that has loglogd's
+/// `bug-injection` feature (`--all-features` builds the one beside so).
+fn loglogd(bug_injection: bool) -> PathBuf {
     if let Some(path) = std::env::var_os("LOGLOGD") {
         return PathBuf::from(path);
     }
@@ -26,14 +32,28 @@ fn loglogd() -> PathBuf {
         .and_then(Path::parent)
         .expect("test binaries live in <target>/<profile>/deps");
     let beside = profile_dir.join("loglogd");
-    if beside.exists() {
+    let has_bugs = |binary: &Path| {
+        Command::new(binary)
+            .args(["--test-ack-before-fsync", "--version"])
+            .output()
+            .is_ok_and(|output| output.status.success())
+    };
+    if beside.exists() && (!bug_injection || has_bugs(&beside)) {
         return beside;
     }
-    let target = profile_dir.join("loglog-chaos-loglogd");
+    let target = profile_dir.join(if bug_injection {
+        "loglog-chaos-loglogd-bugs"
+    } else {
+        "loglog-chaos-loglogd"
+    });
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "loglogd", "--bin", "loglogd", "--target-dir"])
-        .arg(&target)
+    let mut build = Command::new(cargo);
+    build.args(["build", "-p", "loglogd", "--bin", "loglogd", "--target-dir"]);
+    build.arg(&target);
+    if bug_injection {
+        build.args(["--features", "bug-injection"]);
+    }
+    let status = build
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("cargo runs");
@@ -41,16 +61,26 @@ fn loglogd() -> PathBuf {
     target.join("debug").join("loglogd")
 }
 
-#[test]
-fn short_randomized_runs_have_no_violations() {
+/// Whether the suite can run here; prints the notice or panics as the
+/// module docs say.
+fn chaos_capable() -> bool {
     if let Err(reason) = netns::capability() {
         if std::env::var("LOGLOG_CHAOS_REQUIRED").as_deref() == Ok("1") {
             panic!("LOGLOG_CHAOS_REQUIRED=1 but the chaos suite cannot run: {reason}");
         }
         eprintln!("NOTICE: skipping the loglog-chaos short runs: {reason}");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn short_randomized_runs_have_no_violations() {
+    if !chaos_capable() {
         return;
     }
-    let loglogd = loglogd();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let loglogd = loglogd(false);
     let seed = std::env::var("LOGLOG_CHAOS_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())
@@ -63,6 +93,7 @@ fn short_randomized_runs_have_no_violations() {
             duration: Duration::from_secs(seconds),
             loglogd: loglogd.clone(),
             loglogd_args: Vec::new(),
+            faults: Fault::ALL.to_vec(),
             work_dir: std::env::temp_dir(),
             lose_every_tail: false,
             keep: false,
@@ -87,4 +118,59 @@ fn short_randomized_runs_have_no_violations() {
             report.problems.join("\n")
         );
     }
+}
+
+/// The suite catches a deliberately broken build: nodes that count bytes
+/// durable before their fsync lose acknowledged appends in power cuts. The
+/// same schedule on a correct build loses nothing.
+#[test]
+fn a_build_that_acks_before_fsync_is_caught() {
+    if !chaos_capable() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let loglogd = loglogd(true);
+    let seed = 20_261_125;
+    let run = |run: u64, loglogd_args: Vec<String>| {
+        let config = RunConfig {
+            run,
+            seed,
+            nodes: 3,
+            duration: Duration::from_secs(12),
+            loglogd: loglogd.clone(),
+            loglogd_args,
+            faults: vec![Fault::PowerCut],
+            work_dir: std::env::temp_dir(),
+            lose_every_tail: false,
+            keep: false,
+        };
+        let report = run_once(&config).expect("the harness runs");
+        eprintln!(
+            "{:?}: {} ({})",
+            config.loglogd_args,
+            report.summary.line(),
+            report.details
+        );
+        report
+    };
+    let correct = run(10, Vec::new());
+    assert!(
+        correct.summary.acked > 100,
+        "the workload barely ran: {}",
+        correct.details
+    );
+    assert_eq!(
+        correct.summary.violations(),
+        0,
+        "the correct build failed (folder kept: {:?}):\n{}",
+        correct.kept,
+        correct.problems.join("\n")
+    );
+    let broken = run(11, vec!["--test-ack-before-fsync".to_string()]);
+    assert!(
+        broken.summary.lost > 0,
+        "power cuts on a build that acks before fsync lost nothing: {} ({})",
+        broken.summary.line(),
+        broken.details
+    );
 }

@@ -8,6 +8,7 @@
 
 mod append;
 mod bench;
+mod dev_cluster;
 mod format;
 mod read;
 mod status;
@@ -20,7 +21,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "loglog",
     version,
-    about = "LogLog command line: append, read, tail, status, bench"
+    about = "LogLog command line: append, read, tail, status, bench, dev-cluster"
 )]
 struct Cli {
     /// Nodes of the cluster, tried in order.
@@ -45,6 +46,7 @@ enum Command {
     Tail(read::TailArgs),
     Status(status::StatusArgs),
     Bench(bench::BenchArgs),
+    DevCluster(dev_cluster::DevClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
             Command::Tail(args) => read::run_tail(&cluster, args).await,
             Command::Status(args) => status::run(&cluster, args).await,
             Command::Bench(args) => bench::run(&cluster, args).await,
+            Command::DevCluster(args) => dev_cluster::run(args).await,
         }
     });
     // A thread blocked on stdin must not keep the process alive.

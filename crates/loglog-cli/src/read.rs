@@ -41,6 +41,13 @@ pub struct ReadArgs {
     #[arg(long)]
     follow: bool,
 
+    /// Ask the leader, which confirms with a quorum first (read-index): the
+    /// output includes every append acknowledged before the command
+    /// started. A plain read may be answered by a follower whose committed
+    /// prefix lags a little.
+    #[arg(long)]
+    linearizable: bool,
+
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -121,7 +128,15 @@ pub async fn run(cluster: &[String], args: ReadArgs) -> anyhow::Result<()> {
         (None, Some(last)) => StartAt::LastEntries(last),
         (None, None) => anyhow::bail!("give --from or --last"),
     };
-    read_and_print(cluster, from, args.to, args.follow, args.output).await
+    read_and_print(
+        cluster,
+        from,
+        args.to,
+        args.follow,
+        args.linearizable,
+        args.output,
+    )
+    .await
 }
 
 pub async fn run_tail(cluster: &[String], args: TailArgs) -> anyhow::Result<()> {
@@ -130,6 +145,7 @@ pub async fn run_tail(cluster: &[String], args: TailArgs) -> anyhow::Result<()> 
         StartAt::LastEntries(args.last),
         None,
         true,
+        false,
         args.output,
     )
     .await
@@ -140,6 +156,7 @@ async fn read_and_print(
     from: StartAt,
     to: Option<u64>,
     follow: bool,
+    linearizable: bool,
     output: OutputArgs,
 ) -> anyhow::Result<()> {
     if output.batches && output.format == Format::Raw {
@@ -161,7 +178,13 @@ async fn read_and_print(
             break;
         }
         let wait = if follow { LONG_POLL } else { Duration::ZERO };
-        let page = client.read(offset, PAGE_BYTES, wait).await?;
+        // Every page, not just the first: after a leader change the client
+        // may be moved to a follower that has not caught up yet.
+        let page = if linearizable {
+            client.read_linearizable(offset, PAGE_BYTES, wait).await?
+        } else {
+            client.read(offset, PAGE_BYTES, wait).await?
+        };
         if !follow && stop_at.is_none() {
             stop_at = Some(page.commit_offset());
         }

@@ -1,5 +1,5 @@
-//! `loglog read --from end-N/--last`, `loglog tail`, `--batches` and
-//! `bench --batch` against a real node: an embedded `loglogd::Node` (real
+//! `loglog read --from end-N/--last`, `loglog tail`, `--batches`,
+//! `bench --batch`, `bench --readers`/`--plot` and `bench --read-all` against a real node: an embedded `loglogd::Node` (real
 //! files, real fsync) serving TCP on a free port, driven through the real
 //! `loglog` binary.
 
@@ -179,4 +179,121 @@ fn bench_with_batches_counts_records() {
     assert_eq!(small, appends * 10);
     assert!(large > 0 && large.is_multiple_of(4), "{large}");
     assert_eq!(small + large, records.lines().count() as u64);
+}
+
+#[test]
+fn bench_with_tail_readers_measures_end_to_end_and_read_all_reads_everything() {
+    let node = TestNode::start();
+    node.append(b"before the bench");
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("latency.svg");
+    let json = node.ok(&[
+        "bench",
+        "--writers",
+        "8",
+        "--size",
+        "64",
+        "--duration",
+        "500ms",
+        "--readers",
+        "2",
+        "--plot",
+        plot.to_str().unwrap(),
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let appends = report["appends"].as_u64().unwrap();
+    assert!(appends > 0, "{json}");
+    assert_eq!(report["readers"], 2);
+    // Each reader saw every append of the run, and nothing else counted.
+    assert_eq!(
+        report["entries_seen"].as_u64().unwrap(),
+        2 * appends,
+        "{json}"
+    );
+    let end_to_end = &report["end_to_end_us"];
+    for name in ["p50", "p90", "p99", "p99.9", "max"] {
+        assert!(end_to_end[name].as_u64().unwrap() > 0, "{json}");
+    }
+    assert!(end_to_end["p50"].as_u64() <= end_to_end["max"].as_u64());
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg:.100}");
+    assert!(
+        svg.contains("end to end"),
+        "the plot has the end-to-end curve"
+    );
+    assert!(svg.trim_end().ends_with("</svg>"));
+
+    // The payloads kept their size; each starts with the run's stamp.
+    let entries = node.ok(&["read", "--from", "0", "--format", "json"]);
+    let payloads: Vec<Vec<u8>> = entries
+        .lines()
+        .map(|line| {
+            let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+            base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                entry["data_b64"].as_str().unwrap(),
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(payloads.len() as u64, appends + 1);
+    assert_eq!(payloads[0], b"before the bench");
+    let run_id = &payloads[1][..8];
+    for payload in &payloads[1..] {
+        assert_eq!(payload.len(), 64);
+        assert_eq!(&payload[..8], run_id);
+        assert!(payload[16..].iter().all(|byte| *byte == b'x'));
+    }
+
+    // Text: the end-to-end line comes after the usual three.
+    let text = node.ok(&[
+        "bench",
+        "--writers",
+        "2",
+        "--duration",
+        "200ms",
+        "--readers",
+        "1",
+    ]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[3].starts_with("end-to-end us (1 readers, "), "{text}");
+
+    // --read-all reads the whole committed log, no-op included.
+    let status: serde_json::Value =
+        serde_json::from_str(node.ok(&["status", "--json"]).trim()).unwrap();
+    let commit = status[0]["commit_offset"].as_u64().unwrap();
+    let entries_now = node
+        .ok(&["read", "--from", "0", "--format", "hex"])
+        .lines()
+        .count() as u64;
+    let json = node.ok(&["bench", "--read-all", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(report["workload"], "read_all");
+    assert_eq!(report["start_offset"], 0);
+    assert_eq!(report["end_offset"].as_u64().unwrap(), commit);
+    assert_eq!(report["bytes"].as_u64().unwrap(), commit);
+    assert_eq!(report["entries"].as_u64().unwrap(), entries_now);
+    assert!(report["mb_per_s"].as_f64().unwrap() > 0.0, "{json}");
+
+    // Too small for the stamp: a clear one-line error.
+    let output = node
+        .command(&[
+            "bench",
+            "--readers",
+            "1",
+            "--size",
+            "15",
+            "--duration",
+            "100ms",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.starts_with("error: --readers needs --size of at least 16 bytes"),
+        "{stderr}"
+    );
 }

@@ -35,6 +35,12 @@ pub mod opcode {
     pub const STATUS: u8 = 3;
 }
 
+/// Opcode of a response about the whole connection, not one request: the
+/// node refused the connection before reading any request (e.g. `Busy`
+/// past its connection limit) and closes it. Its request id is 0, which
+/// no request uses.
+pub const CONNECTION_OPCODE: u8 = 0;
+
 /// Append flag: answer once the entry has an offset, without waiting for commit.
 pub const APPEND_NO_WAIT: u8 = 1;
 /// Append flag: the body starts with a 16-byte producer envelope
@@ -413,6 +419,22 @@ pub enum ServerError {
 }
 
 impl ServerError {
+    /// A stable snake_case name of the error's kind (metrics labels, logs).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            ServerError::NotLeader { .. } => "not_leader",
+            ServerError::Trimmed { .. } => "trimmed",
+            ServerError::TooLarge { .. } => "too_large",
+            ServerError::BadRequest { .. } => "bad_request",
+            ServerError::Busy => "busy",
+            ServerError::ShuttingDown => "shutting_down",
+            ServerError::OutOfRange { .. } => "out_of_range",
+            ServerError::Unavailable { .. } => "unavailable",
+            ServerError::SequenceUnknown => "sequence_unknown",
+            ServerError::Unknown { .. } => "unknown",
+        }
+    }
+
     pub fn code(&self) -> u8 {
         match self {
             ServerError::NotLeader { .. } => 1,

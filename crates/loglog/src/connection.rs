@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use loglog_proto::wire::{FrameHeader, ServerError, FRAME_HEADER_LEN, STATUS_OK};
+use loglog_proto::wire::{
+    FrameHeader, ServerError, CONNECTION_OPCODE, FRAME_HEADER_LEN, STATUS_OK,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -46,6 +48,9 @@ pub(crate) type Reply = Result<Bytes, Error>;
 enum Failure {
     Io(Arc<io::Error>),
     Protocol(String),
+    /// The node refused the whole connection before reading any request
+    /// (an opcode-0 answer, e.g. `Busy` past its connection limit).
+    Refused(ServerError),
 }
 
 impl Failure {
@@ -58,6 +63,10 @@ impl Failure {
             Failure::Protocol(message) => Error::Protocol {
                 addr: addr.to_string(),
                 message: message.clone(),
+            },
+            Failure::Refused(source) => Error::Server {
+                addr: addr.to_string(),
+                source: source.clone(),
             },
         }
     }
@@ -220,8 +229,9 @@ impl Connection {
             if let Some(failure) = &state.failure {
                 return Err(failure.to_error(&self.shared.addr));
             }
-            let request_id = state.next_request_id;
+            // Ids start at 1: 0 is the node's connection-level answer.
             state.next_request_id += 1;
+            let request_id = state.next_request_id;
             let previous = state.pending.insert(
                 request_id,
                 Pending {
@@ -352,6 +362,9 @@ async fn read_answers(shared: &Shared, mut socket: OwnedReadHalf, max_body: u32)
         let header = header.expect("a whole frame is buffered, so its header is");
         let mut frame = buffer.split_to(needed);
         let body = frame.split_off(FRAME_HEADER_LEN).freeze();
+        if header.opcode == CONNECTION_OPCODE && header.aux != STATUS_OK {
+            return Failure::Refused(ServerError::decode(header.aux, &body));
+        }
         if let Err(message) = dispatch(shared, header, body) {
             return Failure::Protocol(message);
         }

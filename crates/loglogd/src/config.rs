@@ -164,6 +164,8 @@ pub struct Config {
     /// Client address to listen on; `None` runs the node embedded only, with
     /// no TCP server. Port 0 picks a free port ([`crate::Node::local_addr`]).
     pub listen: Option<SocketAddr>,
+    /// Address of the Prometheus endpoint (`GET /metrics`); `None`: off.
+    pub metrics_listen: Option<SocketAddr>,
     /// This node's id, reported by status (1 for a single node).
     pub node_id: u64,
     /// A new segment file starts once the current one passes this size.
@@ -188,6 +190,7 @@ impl Config {
                     .parse()
                     .expect("DEFAULT_LISTEN is a valid socket address"),
             ),
+            metrics_listen: None,
             node_id: 1,
             segment_size: DEFAULT_SEGMENT_SIZE,
             max_entry_size: DEFAULT_MAX_PAYLOAD,
@@ -311,9 +314,59 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// Parses a duration: a number with a unit among `ms`, `s`, `m`, `h`
+/// (`500ms`, `30s`, `2m`); a plain number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 30s, 2m)"))?;
+    let millis = match unit.trim() {
+        "ms" => Some(number),
+        "" | "s" => number.checked_mul(1000),
+        "m" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {text:?} (ms, s, m, h)"
+            ))
+        }
+    };
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// Formats a duration so that [`parse_duration`] reads it back exactly.
+pub fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis.is_multiple_of(1000) {
+        format!("{}s", millis / 1000)
+    } else {
+        format!("{millis}ms")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_parse_and_print_back() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2 weeks").is_err());
+        assert!(parse_duration("s").is_err());
+        for text in ["1500ms", "60s", "0s"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+    }
 
     #[test]
     fn defaults_match_the_documented_contract() {

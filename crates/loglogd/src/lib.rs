@@ -103,13 +103,15 @@
 pub mod cluster;
 pub mod config;
 pub mod dedup;
+mod metrics;
 mod node;
 mod pipeline;
 mod server;
 mod state;
 
 pub use config::{
-    parse_byte_size, Config, Fsync, Limits, CONNECTION_BUFFER_BYTES, REQUEST_OVERHEAD,
+    format_duration, parse_byte_size, parse_duration, Config, Fsync, Limits,
+    CONNECTION_BUFFER_BYTES, REQUEST_OVERHEAD,
 };
 pub use loglog_proto::wire::{NodeStatus, Role, ServerError};
 pub use node::{Chunk, Node, StartError, LOCK_FILE, LOG_DIR, NODE_STATE_FILE};

@@ -9,9 +9,10 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
-use loglogd::{parse_byte_size, Config, Fsync, Node};
+use loglogd::{parse_byte_size, parse_duration, Config, Fsync, Limits, Node};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,65 +30,253 @@ use loglogd::{parse_byte_size, Config, Fsync, Node};
     written into the data directory at bootstrap: a data directory of another cluster or\n  \
     node id refuses to start, and peers of another cluster are refused at the handshake.\n\n\
 CONFIG FILE\n  \
-    --config FILE reads the same settings from TOML, named like the flags with underscores\n  \
-    (id = 1, data_dir = \"d1\", listen = \"127.0.0.1:7001\", peer_listen = ..., peers = \"1=...\",\n  \
-    cluster_id, segment_size = \"64MiB\", max_entry_size, fsync); flags on the command line win."
+    --config FILE reads every setting from TOML, named like the flags with underscores\n  \
+    (id = 1, data_dir = \"d1\", listen = \"127.0.0.1:7001\", peers = \"1=...\", segment_size = \"64MiB\",\n  \
+    ...; the limits in a [limits] table). LOGLOG_* environment variables (shown with each\n  \
+    flag) win over the file, and flags win over both. --print-config prints the effective\n  \
+    configuration in this format."
 )]
 struct Args {
     /// Data directory (created if missing).
-    #[arg(long, default_value = loglogd::config::DEFAULT_DATA_DIR)]
+    #[arg(long, env = "LOGLOG_DATA_DIR", default_value = loglogd::config::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
     /// Client address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = loglogd::config::DEFAULT_LISTEN)]
+    #[arg(long, env = "LOGLOG_LISTEN", default_value = loglogd::config::DEFAULT_LISTEN)]
     listen: SocketAddr,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless set).
+    #[arg(long, env = "LOGLOG_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Segment file size: bytes, or with a suffix (64MiB, 1GiB).
-    #[arg(long, default_value = "64MiB", value_parser = parse_byte_size)]
+    #[arg(long, env = "LOGLOG_SEGMENT_SIZE", default_value = "64MiB", value_parser = parse_byte_size)]
     segment_size: u64,
     /// Largest entry payload: bytes, or with a suffix (1MiB).
-    #[arg(long, default_value = "16777215", value_parser = parse_entry_size)]
+    #[arg(long, env = "LOGLOG_MAX_ENTRY_SIZE", default_value = "16777215", value_parser = parse_entry_size)]
     max_entry_size: u32,
     /// `always`: every acknowledged append is fsynced (group commit).
     /// `never`: BENCHMARK ONLY, UNSAFE: acknowledged appends can be lost on
     /// an OS crash or power loss.
-    #[arg(long, default_value = "always")]
+    #[arg(long, env = "LOGLOG_FSYNC", default_value = "always")]
     fsync: Fsync,
     /// This node's id in the cluster (with --peers).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "LOGLOG_ID", default_value_t = 1)]
     id: u64,
     /// Cluster members: ID=HOST:PEERPORT@HOST:CLIENTPORT,... (every founding
     /// voter, this node included). Without it the node runs alone.
-    #[arg(long, value_parser = parse_peer_list)]
+    #[arg(long, env = "LOGLOG_PEERS", value_parser = parse_peer_list)]
     peers: Option<PeerList>,
     /// Address to listen on for peers (with --peers; port 0 picks one).
-    #[arg(long, default_value = loglogd::cluster::DEFAULT_PEER_LISTEN)]
+    #[arg(long, env = "LOGLOG_PEER_LISTEN", default_value = loglogd::cluster::DEFAULT_PEER_LISTEN)]
     peer_listen: SocketAddr,
     /// Cluster id fixed at bootstrap (default: derived from --peers).
-    #[arg(long)]
+    #[arg(long, env = "LOGLOG_CLUSTER_ID")]
     cluster_id: Option<String>,
-    /// A TOML file with any of these settings under the same names
-    /// (data_dir, listen, segment_size, max_entry_size, fsync, id, peers,
-    /// peer_listen, cluster_id); flags given on the command line win.
-    #[arg(long, value_name = "FILE")]
+    /// A TOML file with any of these settings under the same names with
+    /// underscores (limits in a [limits] table); flags and LOGLOG_*
+    /// environment variables win over it. `--print-config` shows one.
+    #[arg(long, env = "LOGLOG_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Print the effective configuration (as a --config file) and exit.
+    #[arg(long)]
+    print_config: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// TEST ONLY (fault injection, with --peers): emulate a power cut on
+    /// every kill; the next start drops log bytes that were not fsynced.
+    #[arg(long, hide = true)]
+    test_unsynced_lost_on_kill: bool,
+    /// TEST ONLY, A DELIBERATE BUG (with --peers): acknowledge before fsync.
+    #[cfg(feature = "bug-injection")]
+    #[arg(long, hide = true)]
+    test_ack_before_fsync: bool,
 }
 
 /// The settings of a `--config` file: the flags' names with underscores.
 /// Sizes are numbers of bytes or strings with a suffix ("64MiB").
-#[derive(Debug, Default, serde::Deserialize)]
+/// `--print-config` writes one (every setting, effective values).
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     segment_size: Option<FileSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_entry_size: Option<FileSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     fsync: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     peers: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     peer_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     cluster_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<FileLimits>,
 }
 
-#[derive(Debug, serde::Deserialize)]
+/// The `[limits]` table of a config file (see `loglogd::Limits`).
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_connections: Option<usize>,
+    max_in_flight_requests: Option<usize>,
+    max_in_flight_bytes: Option<FileSize>,
+    max_node_request_bytes: Option<FileSize>,
+    max_node_read_bytes: Option<FileSize>,
+    max_pending_appends: Option<usize>,
+    max_pending_append_bytes: Option<FileSize>,
+    max_write_batch_bytes: Option<FileSize>,
+    max_read_bytes: Option<FileSize>,
+    max_long_poll_wait: Option<String>,
+    client_stall_timeout: Option<String>,
+}
+
+/// The node's bounds (`loglogd::Limits`): each from its flag, its LOGLOG_*
+/// variable, the config file's `[limits]` table, or the default.
+#[derive(Debug, Default, clap::Args)]
+#[command(next_help_heading = "Limits (defaults: see --print-config)")]
+struct LimitArgs {
+    /// Open client connections; more are answered Busy.
+    #[arg(long, env = "LOGLOG_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// Requests in flight per connection (then backpressure).
+    #[arg(long, env = "LOGLOG_MAX_IN_FLIGHT_REQUESTS", value_name = "N")]
+    max_in_flight_requests: Option<usize>,
+    /// Request bytes in flight per connection (then backpressure).
+    #[arg(long, env = "LOGLOG_MAX_IN_FLIGHT_BYTES", value_name = "SIZE", value_parser = parse_usize_size)]
+    max_in_flight_bytes: Option<usize>,
+    /// Request bytes in flight on the whole node.
+    #[arg(long, env = "LOGLOG_MAX_NODE_REQUEST_BYTES", value_name = "SIZE", value_parser = parse_usize_size)]
+    max_node_request_bytes: Option<usize>,
+    /// Read-answer bytes buffered on the whole node.
+    #[arg(long, env = "LOGLOG_MAX_NODE_READ_BYTES", value_name = "SIZE", value_parser = parse_usize_size)]
+    max_node_read_bytes: Option<usize>,
+    /// Appends queued for the writer, node-wide.
+    #[arg(long, env = "LOGLOG_MAX_PENDING_APPENDS", value_name = "N")]
+    max_pending_appends: Option<usize>,
+    /// Payload bytes queued for the writer, node-wide.
+    #[arg(long, env = "LOGLOG_MAX_PENDING_APPEND_BYTES", value_name = "SIZE", value_parser = parse_usize_size)]
+    max_pending_append_bytes: Option<usize>,
+    /// Bytes encoded into one write.
+    #[arg(long, env = "LOGLOG_MAX_WRITE_BATCH_BYTES", value_name = "SIZE", value_parser = parse_usize_size)]
+    max_write_batch_bytes: Option<usize>,
+    /// Largest read answer.
+    #[arg(long, env = "LOGLOG_MAX_READ_BYTES", value_name = "SIZE", value_parser = parse_entry_size)]
+    max_read_bytes: Option<u32>,
+    /// Longest long-poll wait of a read (e.g. 60s, 500ms).
+    #[arg(long, env = "LOGLOG_MAX_LONG_POLL_WAIT", value_name = "DURATION", value_parser = parse_duration)]
+    max_long_poll_wait: Option<Duration>,
+    /// A client that stalls this long is disconnected (e.g. 30s).
+    #[arg(long, env = "LOGLOG_CLIENT_STALL_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    client_stall_timeout: Option<Duration>,
+}
+
+impl LimitArgs {
+    /// Fills what no flag or variable gave from the config file's table.
+    fn fill_from(&mut self, file: FileLimits) -> Result<(), String> {
+        fn or<T>(slot: &mut Option<T>, value: Option<T>) {
+            if slot.is_none() {
+                *slot = value;
+            }
+        }
+        let size = |name: &'static str, value: Option<FileSize>| -> Result<Option<usize>, String> {
+            value
+                .map(|value| {
+                    let bytes = value
+                        .bytes()
+                        .map_err(|error| format!("limits.{name}: {error}"))?;
+                    usize::try_from(bytes).map_err(|_| format!("limits.{name}: too large"))
+                })
+                .transpose()
+        };
+        let duration = |name: &'static str, value: Option<String>| {
+            value
+                .map(|text| {
+                    parse_duration(&text).map_err(|error| format!("limits.{name}: {error}"))
+                })
+                .transpose()
+        };
+        or(&mut self.max_connections, file.max_connections);
+        or(
+            &mut self.max_in_flight_requests,
+            file.max_in_flight_requests,
+        );
+        or(
+            &mut self.max_in_flight_bytes,
+            size("max_in_flight_bytes", file.max_in_flight_bytes)?,
+        );
+        or(
+            &mut self.max_node_request_bytes,
+            size("max_node_request_bytes", file.max_node_request_bytes)?,
+        );
+        or(
+            &mut self.max_node_read_bytes,
+            size("max_node_read_bytes", file.max_node_read_bytes)?,
+        );
+        or(&mut self.max_pending_appends, file.max_pending_appends);
+        or(
+            &mut self.max_pending_append_bytes,
+            size("max_pending_append_bytes", file.max_pending_append_bytes)?,
+        );
+        or(
+            &mut self.max_write_batch_bytes,
+            size("max_write_batch_bytes", file.max_write_batch_bytes)?,
+        );
+        let read_bytes = size("max_read_bytes", file.max_read_bytes)?
+            .map(|bytes| {
+                u32::try_from(bytes)
+                    .map_err(|_| "limits.max_read_bytes: larger than 4 GiB".to_string())
+            })
+            .transpose()?;
+        or(&mut self.max_read_bytes, read_bytes);
+        or(
+            &mut self.max_long_poll_wait,
+            duration("max_long_poll_wait", file.max_long_poll_wait)?,
+        );
+        or(
+            &mut self.client_stall_timeout,
+            duration("client_stall_timeout", file.client_stall_timeout)?,
+        );
+        Ok(())
+    }
+
+    /// The defaults with what was given laid over them.
+    fn limits(&self) -> Limits {
+        let mut limits = Limits::default();
+        macro_rules! given {
+            ($($field:ident),*) => {
+                $(if let Some(value) = self.$field { limits.$field = value; })*
+            };
+        }
+        given!(
+            max_connections,
+            max_in_flight_requests,
+            max_in_flight_bytes,
+            max_node_request_bytes,
+            max_node_read_bytes,
+            max_pending_appends,
+            max_pending_append_bytes,
+            max_write_batch_bytes,
+            max_read_bytes,
+            max_long_poll_wait,
+            client_stall_timeout
+        );
+        limits
+    }
+}
+
+fn parse_usize_size(text: &str) -> Result<usize, String> {
+    let bytes = parse_byte_size(text)?;
+    usize::try_from(bytes).map_err(|_| format!("{text:?} is too large"))
+}
+
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
 #[serde(untagged)]
 enum FileSize {
     Bytes(u64),
@@ -105,13 +294,21 @@ impl FileSize {
 
 /// Fills every setting not given on the command line from `--config`.
 fn apply_config_file(args: &mut Args, matches: &clap::ArgMatches) -> Result<(), String> {
-    let unset =
-        |name: &str| matches.value_source(name) != Some(clap::parser::ValueSource::CommandLine);
+    // Flags and LOGLOG_* variables win over the file.
+    let unset = |name: &str| {
+        !matches!(
+            matches.value_source(name),
+            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+        )
+    };
     if let Some(path) = args.config.clone() {
         read_config_file(args, &path, &unset)?;
     }
     if args.peers.is_none() && (args.cluster_id.is_some() || !unset("peer_listen")) {
         return Err("--peer-listen and --cluster-id need --peers".to_string());
+    }
+    if args.peers.is_none() && args.test_unsynced_lost_on_kill {
+        return Err("--test-unsynced-lost-on-kill needs --peers".to_string());
     }
     Ok(())
 }
@@ -129,6 +326,9 @@ fn read_config_file(
         |name: &'static str| move |error: String| format!("{}: {name}: {error}", path.display());
     if let (true, Some(value)) = (unset("data_dir"), file.data_dir) {
         args.data_dir = value;
+    }
+    if let (true, Some(value)) = (unset("metrics_listen"), file.metrics_listen) {
+        args.metrics_listen = Some(value);
     }
     if let (true, Some(value)) = (unset("listen"), file.listen) {
         args.listen = value;
@@ -155,6 +355,11 @@ fn read_config_file(
     }
     if let (true, Some(value)) = (unset("cluster_id"), file.cluster_id) {
         args.cluster_id = Some(value);
+    }
+    if let Some(limits) = file.limits {
+        args.limits
+            .fill_from(limits)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
     }
     Ok(())
 }
@@ -188,6 +393,53 @@ fn parse_entry_size(text: &str) -> Result<u32, String> {
     u32::try_from(size).map_err(|_| format!("{text:?} is larger than 4 GiB"))
 }
 
+/// The effective configuration as a `--config` file: every setting, with
+/// the values flags, variables, the file and the defaults gave.
+fn printed_config(config: &Config) -> String {
+    let limits = &config.limits;
+    let size = |bytes: usize| Some(FileSize::Bytes(bytes as u64));
+    let cluster = config.cluster.as_ref();
+    let file = FileConfig {
+        data_dir: Some(config.data_dir.clone()),
+        listen: config.listen,
+        metrics_listen: config.metrics_listen,
+        segment_size: Some(FileSize::Bytes(config.segment_size)),
+        max_entry_size: Some(FileSize::Bytes(u64::from(config.max_entry_size))),
+        fsync: Some(
+            match config.fsync {
+                Fsync::Always => "always",
+                Fsync::Never => "never",
+            }
+            .to_string(),
+        ),
+        id: Some(config.node_id),
+        peers: cluster.map(|cluster| {
+            cluster
+                .peers
+                .iter()
+                .map(|peer| format!("{}={}@{}", peer.id, peer.peer_addr, peer.client_addr))
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+        peer_listen: cluster.map(|cluster| cluster.peer_listen),
+        cluster_id: cluster.map(|cluster| cluster.cluster_id()),
+        limits: Some(FileLimits {
+            max_connections: Some(limits.max_connections),
+            max_in_flight_requests: Some(limits.max_in_flight_requests),
+            max_in_flight_bytes: size(limits.max_in_flight_bytes),
+            max_node_request_bytes: size(limits.max_node_request_bytes),
+            max_node_read_bytes: size(limits.max_node_read_bytes),
+            max_pending_appends: Some(limits.max_pending_appends),
+            max_pending_append_bytes: size(limits.max_pending_append_bytes),
+            max_write_batch_bytes: size(limits.max_write_batch_bytes),
+            max_read_bytes: size(limits.max_read_bytes as usize),
+            max_long_poll_wait: Some(loglogd::format_duration(limits.max_long_poll_wait)),
+            client_stall_timeout: Some(loglogd::format_duration(limits.client_stall_timeout)),
+        }),
+    };
+    toml::to_string(&file).expect("the config serializes to TOML")
+}
+
 fn main() -> ExitCode {
     use clap::{CommandFactory, FromArgMatches};
     // Exits on --help, --version and bad flags, as clap does.
@@ -196,6 +448,10 @@ fn main() -> ExitCode {
     if let Err(message) = apply_config_file(&mut args, &matches) {
         eprintln!("loglogd: {message}");
         return ExitCode::from(2);
+    }
+    if args.print_config {
+        print!("{}", printed_config(&config_from(args)));
+        return ExitCode::SUCCESS;
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -222,14 +478,21 @@ fn main() -> ExitCode {
 fn config_from(args: Args) -> Config {
     let mut config = Config::new(args.data_dir);
     config.listen = Some(args.listen);
+    config.metrics_listen = args.metrics_listen;
     config.segment_size = args.segment_size;
     config.max_entry_size = args.max_entry_size;
     config.fsync = args.fsync;
     config.node_id = args.id;
+    config.limits = args.limits.limits();
     if let Some(PeerList(peers)) = args.peers {
         let mut cluster = loglogd::cluster::ClusterConfig::new(peers);
         cluster.peer_listen = args.peer_listen;
         cluster.cluster_id = args.cluster_id;
+        cluster.test_switches.unsynced_lost_on_kill = args.test_unsynced_lost_on_kill;
+        #[cfg(feature = "bug-injection")]
+        {
+            cluster.test_switches.ack_before_fsync = args.test_ack_before_fsync;
+        }
         config.cluster = Some(cluster);
     }
     config
@@ -365,6 +628,79 @@ cluster_id = "file-cluster"
         std::fs::write(&bad, "segment_size = \"12XB\"\n").unwrap();
         assert!(parse_args(["loglogd", "--config", bad.to_str().unwrap()]).is_err());
         assert!(parse_args(["loglogd", "--config", "/no/such/file.toml"]).is_err());
+    }
+
+    #[test]
+    fn limits_come_from_flags_over_the_file_over_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loglogd.toml");
+        std::fs::write(
+            &path,
+            "[limits]\nmax_connections = 7\nmax_node_read_bytes = \"3MiB\"\nclient_stall_timeout = \"1500ms\"\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let config = config_from(parse_args(["loglogd", "--config", path]).unwrap());
+        assert_eq!(config.limits.max_connections, 7);
+        assert_eq!(config.limits.max_node_read_bytes, 3 << 20);
+        assert_eq!(
+            config.limits.client_stall_timeout,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            config.limits.max_pending_appends,
+            Limits::default().max_pending_appends,
+            "unset limits keep their defaults"
+        );
+        let config = config_from(
+            parse_args(["loglogd", "--config", path, "--max-connections", "9"]).unwrap(),
+        );
+        assert_eq!(config.limits.max_connections, 9, "the flag wins");
+        assert_eq!(config.limits.max_node_read_bytes, 3 << 20);
+        std::fs::write(
+            dir.path().join("bad.toml"),
+            "[limits]\nmax_conections = 1\n",
+        )
+        .unwrap();
+        let bad = dir.path().join("bad.toml");
+        assert!(parse_args(["loglogd", "--config", bad.to_str().unwrap()]).is_err());
+    }
+
+    #[test]
+    fn printed_config_reads_back_to_the_same_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_from(
+            parse_args([
+                "loglogd",
+                "--id",
+                "2",
+                "--peers",
+                "1=127.0.0.1:7101@127.0.0.1:7001,2=127.0.0.1:7102@127.0.0.1:7002",
+                "--peer-listen",
+                "127.0.0.1:7102",
+                "--metrics-listen",
+                "127.0.0.1:9000",
+                "--max-read-bytes",
+                "1MiB",
+                "--max-long-poll-wait",
+                "2500ms",
+            ])
+            .unwrap(),
+        );
+        let text = printed_config(&config);
+        assert!(text.contains("[limits]"), "{text}");
+        let path = dir.path().join("printed.toml");
+        std::fs::write(&path, &text).unwrap();
+        let reread =
+            config_from(parse_args(["loglogd", "--config", path.to_str().unwrap()]).unwrap());
+        let explicit_id = |mut config: Config| {
+            // The printed file names the derived cluster id explicitly.
+            if let Some(cluster) = config.cluster.as_mut() {
+                cluster.cluster_id = Some(cluster.cluster_id());
+            }
+            config
+        };
+        assert_eq!(explicit_id(reread), explicit_id(config));
     }
 
     #[test]

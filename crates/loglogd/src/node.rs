@@ -150,6 +150,7 @@ struct NodeInner {
     commands: mpsc::Sender<WriterCommand>,
     reader: LogReader,
     local_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     pipeline_stopped: watch::Receiver<bool>,
     server_stopped: Option<watch::Receiver<bool>>,
     /// Held (flock) while the node runs; released by shutdown.
@@ -207,6 +208,25 @@ impl Node {
             })?),
             None => None,
         };
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(listener) => Some(listener.local_addr().map_err(|source| {
+                StartError::Listen {
+                    addr: config
+                        .metrics_listen
+                        .expect("a listener implies an address"),
+                    source,
+                }
+            })?),
+            None => None,
+        };
         let engine = match &config.cluster {
             Some(cluster) => {
                 let started = crate::cluster::driver::start(&config, cluster).await?;
@@ -231,6 +251,7 @@ impl Node {
                 commands: engine.commands,
                 reader: engine.reader,
                 local_addr,
+                metrics_addr,
                 pipeline_stopped: engine.stopped,
                 server_stopped: listener.as_ref().map(|_| server_stopped_rx),
                 lock: Mutex::new(Some(engine.lock)),
@@ -244,6 +265,14 @@ impl Node {
             fsync = ?node.inner.config.fsync,
             "node started"
         );
+        if let Some(listener) = metrics_listener {
+            tracing::info!(metrics = %metrics_addr.expect("listener has an address"), "serving Prometheus metrics at /metrics");
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                node.clone(),
+                node.inner.shared.shutdown.subscribe(),
+            ));
+        }
         if let Some(listener) = listener {
             tracing::info!(listen = %local_addr.expect("listener has an address"), "listening for clients");
             tokio::spawn(crate::server::serve(
@@ -543,6 +572,20 @@ impl Node {
         self.inner.local_addr
     }
 
+    /// The address of the Prometheus endpoint, when it is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.inner.metrics_addr
+    }
+
+    /// The Prometheus exposition text, as `GET /metrics` serves it.
+    pub fn render_metrics(&self) -> String {
+        self.inner.shared.metrics.render(self)
+    }
+
+    pub(crate) fn node_metrics(&self) -> &crate::metrics::NodeMetrics {
+        &self.inner.shared.metrics
+    }
+
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
@@ -605,6 +648,7 @@ pub(crate) fn new_shared(config: &Config, commit: u64, term: u32) -> Arc<Shared>
         shutdown: shutdown_tx,
         pending_append_bytes: Arc::new(Semaphore::new(config.limits.max_pending_append_bytes)),
         counters: Default::default(),
+        metrics: crate::metrics::NodeMetrics::new(),
     })
 }
 

@@ -68,6 +68,8 @@ pub(crate) struct Shared {
     /// Payload bytes queued for the writer, node-wide.
     pub pending_append_bytes: Arc<Semaphore>,
     pub counters: Counters,
+    /// Prometheus series (served only with `--metrics-listen`).
+    pub metrics: crate::metrics::NodeMetrics,
 }
 
 /// Monotonic counters of the pipeline's work (relaxed atomics, updated once
@@ -100,6 +102,17 @@ pub struct Metrics {
     /// The same for the node-wide read-answer budget
     /// ([`crate::Limits::max_node_read_bytes`]).
     pub peak_read_bytes: u64,
+}
+
+/// One fsync round of `syncer`, its latency recorded in the metrics.
+pub(crate) fn timed_sync(syncer: &LogSyncer, shared: &Shared) -> Result<u64, StorageError> {
+    let began = std::time::Instant::now();
+    let result = syncer.sync();
+    shared
+        .metrics
+        .fsync_latency
+        .observe(began.elapsed().as_secs_f64());
+    result
 }
 
 impl Counters {
@@ -559,7 +572,7 @@ impl SyncerThread {
                 continue;
             }
             let durable = match self.fsync {
-                Fsync::Always => match self.syncer.sync() {
+                Fsync::Always => match timed_sync(&self.syncer, &self.tracker.shared) {
                     Ok(durable) => {
                         let counters = &self.tracker.shared.counters;
                         counters.syncs.fetch_add(1, Ordering::Relaxed);

@@ -39,7 +39,7 @@ use bytes::{Bytes, BytesMut};
 use loglog_proto::entry::ENTRY_HEADER_LEN;
 use loglog_proto::wire::{
     encode_error_response, ok_response_header, opcode, FrameError, FrameHeader, NodeStatus,
-    Request, ServerError, FRAME_HEADER_LEN, READ_RESPONSE_PREFIX_LEN,
+    Request, ServerError, CONNECTION_OPCODE, FRAME_HEADER_LEN, READ_RESPONSE_PREFIX_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -49,6 +49,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::REQUEST_OVERHEAD;
+use crate::metrics::NodeMetrics;
 use crate::node::{Chunk, CommittedRead, Node};
 use crate::pipeline::{ProducerAppend, Reply};
 
@@ -90,6 +91,8 @@ struct Response {
     /// Released once the response is written to the socket (or copied
     /// into the connection's write buffer).
     permit: Option<InFlightPermit>,
+    /// When the append it answers arrived (commit latency metric).
+    append_received: Option<Instant>,
 }
 
 enum Body {
@@ -156,6 +159,7 @@ pub(crate) struct PendingResponse {
     sink: ResponseSink,
     request_id: u64,
     permit: InFlightPermit,
+    received: Instant,
 }
 
 impl PendingResponse {
@@ -164,13 +168,13 @@ impl PendingResponse {
             Ok(offset) => Body::Offset(offset),
             Err(error) => Body::Error(error),
         };
-        respond(
-            &self.sink,
-            opcode::APPEND,
-            self.request_id,
+        drop(self.sink.send(Outgoing::Response(Response {
+            request_id: self.request_id,
+            opcode: opcode::APPEND,
             body,
-            Some(self.permit),
-        );
+            permit: Some(self.permit),
+            append_received: Some(self.received),
+        })));
     }
 }
 
@@ -187,6 +191,7 @@ fn respond(
         opcode,
         body,
         permit,
+        append_received: None,
     })));
 }
 
@@ -261,7 +266,7 @@ pub(crate) async fn until_true(flag: &mut watch::Receiver<bool>) {
 async fn refuse_connection(mut stream: TcpStream, peer: SocketAddr, _slot: OwnedSemaphorePermit) {
     tracing::warn!(%peer, "refusing connection: too many connections");
     let mut frame = Vec::new();
-    encode_error_response(0, 0, &ServerError::Busy, &mut frame);
+    encode_error_response(CONNECTION_OPCODE, 0, &ServerError::Busy, &mut frame);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(&frame).await?;
         stream.shutdown().await
@@ -284,10 +289,13 @@ async fn serve_connection(
     let (read_half, write_half) = stream.into_split();
     let (sink, queue) = mpsc::unbounded_channel();
     let stall_timeout = node.config().limits.client_stall_timeout;
+    let metrics = node.node_metrics().clone();
+    metrics.connections.inc();
     tokio::join!(
         read_requests(read_half, node, budget, sink, peer),
-        write_responses(write_half, queue, peer, stall_timeout)
+        write_responses(write_half, queue, peer, stall_timeout, &metrics)
     );
+    metrics.connections.dec();
     tracing::debug!(%peer, "connection closed");
 }
 
@@ -605,7 +613,9 @@ async fn dispatch(
                 sink: sink.clone(),
                 request_id,
                 permit,
+                received: Instant::now(),
             });
+            node.node_metrics().append_bytes.inc_by(body.len() as u64);
             // A small payload shares its read buffer with other frames:
             // copied, it pins no more than it is charged while queued.
             let payload = if owns_allocation {
@@ -704,6 +714,7 @@ async fn write_responses(
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     peer: SocketAddr,
     stall_timeout: Duration,
+    metrics: &NodeMetrics,
 ) {
     // Never grows: it is flushed at FLUSH_AT, and one more small response
     // fits (larger read bodies are written from their own buffer).
@@ -723,6 +734,7 @@ async fn write_responses(
                 // Held until the bytes it covers are written (a large body)
                 // or copied into `out` (counted as connection buffer).
                 let permit = response.permit.take();
+                count_response(metrics, &response);
                 if let Some(large_body) = encode_response(response, &mut out) {
                     write_all_or_stall(&mut socket, &out, stall_timeout).await?;
                     out.clear();
@@ -752,6 +764,25 @@ async fn write_responses(
         } else {
             tracing::debug!(%peer, %error, "write failed");
         }
+    }
+}
+
+fn count_response(metrics: &NodeMetrics, response: &Response) {
+    match &response.body {
+        Body::Offset(_) => {
+            metrics.appends.inc();
+            if let Some(received) = response.append_received {
+                metrics
+                    .commit_latency
+                    .observe(received.elapsed().as_secs_f64());
+            }
+        }
+        Body::Read { bytes, .. } => {
+            metrics.reads.inc();
+            metrics.read_bytes.inc_by(bytes.len() as u64);
+        }
+        Body::Error(error) => metrics.error(error),
+        Body::Status(_) => {}
     }
 }
 

@@ -64,6 +64,7 @@ use loglog_storage::{
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::power_cut::{self, SyncedMark};
 use super::transport::{self, Identity, PeerQueue};
 use super::{ClusterConfig, CHECKPOINT_FILE, CLUSTER_ID_FILE, DURABLE_FILE};
 use crate::config::{Config, Fsync};
@@ -301,6 +302,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
     });
 
     let syncer = SyncerThread {
+        synced_mark: opened.synced_mark.clone(),
         syncer: opened.syncer,
         fsync: config.fsync,
         jobs: sync_rx,
@@ -352,6 +354,9 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         checkpoint_saved: (now, commit),
         durable_path: config.data_dir.join(DURABLE_FILE),
         durable: opened.durable,
+        synced_mark: opened.synced_mark,
+        #[cfg(feature = "bug-injection")]
+        ack_before_fsync: cluster.test_switches.ack_before_fsync,
         durable_saved_at: now,
         tick: cluster.tick,
         next_tick: now + cluster.tick,
@@ -426,6 +431,7 @@ struct Opened {
     writer: LogWriter,
     syncer: LogSyncer,
     durable: DurableRecord,
+    synced_mark: Option<Arc<SyncedMark>>,
 }
 
 fn dir_error(dir: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
@@ -548,6 +554,15 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
         }
     };
 
+    let power_cut = cluster.test_switches.unsynced_lost_on_kill;
+    if power_cut {
+        if let Some(mark) = power_cut::drop_unsynced(dir, &log_dir).map_err(dir_error(dir))? {
+            tracing::warn!(
+                mark,
+                "power-cut emulation: the log ends at most at the previous run's synced end"
+            );
+        }
+    }
     let mut storage_config = StorageConfig::new(log_dir);
     storage_config.segment_size = config.segment_size;
     storage_config.max_payload = config.max_entry_size;
@@ -623,6 +638,15 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
         end = raft.end_offset(),
         "consensus core recovered"
     );
+    // Recorded only once the start succeeded: a start refused for missing
+    // data must leave the previous mark (a test may put the data back).
+    let synced_mark = if power_cut {
+        let mark = SyncedMark::open(dir, syncer.clone()).map_err(dir_error(dir))?;
+        mark.record();
+        Some(Arc::new(mark))
+    } else {
+        None
+    };
     Ok(Opened {
         lock,
         producers,
@@ -630,6 +654,7 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
         writer,
         syncer,
         durable,
+        synced_mark,
     })
 }
 
@@ -763,6 +788,11 @@ struct Driver {
     durable_path: PathBuf,
     /// What `raft.durable` holds.
     durable: DurableRecord,
+    /// Power-cut emulation for tests (`TestSwitches::unsynced_lost_on_kill`).
+    synced_mark: Option<Arc<SyncedMark>>,
+    /// The deliberate bug `TestSwitches::ack_before_fsync`.
+    #[cfg(feature = "bug-injection")]
+    ack_before_fsync: bool,
     durable_saved_at: Instant,
     tick: Duration,
     next_tick: Instant,
@@ -1129,6 +1159,9 @@ impl Driver {
                     self.writer
                         .truncate_suffix(offset)
                         .map_err(|error| ("truncating the log", error))?;
+                    if let Some(mark) = &self.synced_mark {
+                        mark.record();
+                    }
                     self.shared
                         .written_end
                         .store(self.writer.end_offset(), Ordering::Release);
@@ -1201,6 +1234,11 @@ impl Driver {
     }
 
     fn submit_sync(&mut self, write_id: WriteId) {
+        #[cfg(feature = "bug-injection")]
+        if self.ack_before_fsync {
+            // The bug: durable before the fsync below has even started.
+            self.synced.fetch_max(write_id, Ordering::AcqRel);
+        }
         if let Some(jobs) = &self.sync_jobs {
             // Blocks only when the syncer is SYNC_JOB_QUEUE writes behind;
             // it never waits for us, so this cannot deadlock.
@@ -1321,6 +1359,7 @@ impl Driver {
 
 struct SyncerThread {
     syncer: LogSyncer,
+    synced_mark: Option<Arc<SyncedMark>>,
     fsync: Fsync,
     jobs: std_mpsc::Receiver<WriteId>,
     synced: Arc<AtomicU64>,
@@ -1339,9 +1378,12 @@ impl SyncerThread {
                 continue;
             }
             if self.fsync == Fsync::Always {
-                match self.syncer.sync() {
+                match crate::pipeline::timed_sync(&self.syncer, &self.shared) {
                     Ok(_) => {
                         self.shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                        if let Some(mark) = &self.synced_mark {
+                            mark.record();
+                        }
                     }
                     Err(error) => {
                         // Never report it: the core must not count it durable.

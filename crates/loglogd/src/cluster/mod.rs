@@ -35,6 +35,7 @@
 //! and checked on every start and every peer handshake.
 
 pub(crate) mod driver;
+pub(crate) mod power_cut;
 pub(crate) mod transport;
 
 use std::net::SocketAddr;
@@ -80,6 +81,23 @@ pub struct ClusterConfig {
     pub election_ticks: u32,
     /// Leader heartbeat interval in ticks.
     pub heartbeat_ticks: u32,
+    /// Switches for fault-injection tests; all off by default.
+    pub test_switches: TestSwitches,
+}
+
+/// Switches for fault-injection tests (`loglog-chaos`); all off by default
+/// and hidden from `--help`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TestSwitches {
+    /// Emulate a power cut on every kill: the node records its exact synced
+    /// end, and the next start drops every log byte past it (see
+    /// `power_cut`). Safe: a correct node never promised unsynced bytes.
+    pub unsynced_lost_on_kill: bool,
+    /// A deliberate bug, so the fault-injection suite can prove it catches
+    /// it: count written bytes durable (and acknowledge them) before their
+    /// fsync. Only in builds with the `bug-injection` feature.
+    #[cfg(feature = "bug-injection")]
+    pub ack_before_fsync: bool,
 }
 
 impl ClusterConfig {
@@ -97,6 +115,7 @@ impl ClusterConfig {
             tick: Duration::from_millis(10),
             election_ticks: 15,
             heartbeat_ticks: 3,
+            test_switches: TestSwitches::default(),
         }
     }
 
