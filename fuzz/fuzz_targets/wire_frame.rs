@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
         // The client side decodes responses from the same kind of bytes.
         let _ = ServerError::decode(header.aux, body);
         let _ = NodeStatus::decode(body);
+        let _ = loglog_proto::wire::ClusterStatus::decode(body);
         rest = &rest[header.frame_len()..];
     }
 });

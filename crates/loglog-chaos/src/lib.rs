@@ -135,6 +135,7 @@ impl Summary {
             }
             Violation::ReadNotASlice { .. }
             | Violation::ReadBeyondFinalLog { .. }
+            | Violation::TrimmedBeyondFinalLog { .. }
             | Violation::StaleLinearizableRead { .. }
             | Violation::LinearizableReadWentBack { .. }
             | Violation::ReadFromTheFuture { .. } => self.stale_reads += 1,

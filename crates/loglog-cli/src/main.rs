@@ -6,6 +6,7 @@
 //! Every command exits 0 on success; on failure it prints one line
 //! `error: ...` on stderr and exits 1 (2 for usage errors, from clap).
 
+mod admin;
 mod append;
 mod bench;
 mod dev_cluster;
@@ -21,7 +22,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "loglog",
     version,
-    about = "LogLog command line: append, read, tail, status, bench, dev-cluster"
+    about = "LogLog command line: append, read, tail, status, bench, dev-cluster, admin"
 )]
 struct Cli {
     /// Nodes of the cluster, tried in order.
@@ -47,6 +48,7 @@ enum Command {
     Status(status::StatusArgs),
     Bench(bench::BenchArgs),
     DevCluster(dev_cluster::DevClusterArgs),
+    Admin(admin::AdminArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
             Command::Status(args) => status::run(&cluster, args).await,
             Command::Bench(args) => bench::run(&cluster, args).await,
             Command::DevCluster(args) => dev_cluster::run(args).await,
+            Command::Admin(args) => admin::run(&cluster, args).await,
         }
     });
     // A thread blocked on stdin must not keep the process alive.

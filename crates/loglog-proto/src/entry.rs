@@ -4,7 +4,7 @@
 //! 0..4   crc    CRC32C of bytes 4..16 and the payload
 //! 4..8   len    payload length
 //! 8..12  term   Raft term of the leader that appended it
-//! 12     kind   0 data, 1 leader no-op, 2 membership config; others reserved
+//! 12     kind   0 data, 1 leader no-op, 2 membership config, 3 trim; others reserved
 //! 13     flags  bit 0: the payload starts with a producer envelope
 //!               (see [`crate::producer`]); other bits 0
 //! 14..16 reserved, 0
@@ -30,6 +30,9 @@ pub enum EntryKind {
     NoOp,
     /// A membership configuration.
     Config,
+    /// A replicated trim: once committed, every node drops the whole
+    /// segments below the offset in its payload ([`encode_trim_payload`]).
+    Trim,
     /// A kind this version does not know; readers skip it.
     Reserved(u8),
 }
@@ -40,6 +43,7 @@ impl EntryKind {
             0 => EntryKind::Data,
             1 => EntryKind::NoOp,
             2 => EntryKind::Config,
+            3 => EntryKind::Trim,
             other => EntryKind::Reserved(other),
         }
     }
@@ -49,9 +53,25 @@ impl EntryKind {
             EntryKind::Data => 0,
             EntryKind::NoOp => 1,
             EntryKind::Config => 2,
+            EntryKind::Trim => 3,
             EntryKind::Reserved(other) => other,
         }
     }
+}
+
+/// Length of a trim entry's payload: the trim offset, u64 little endian.
+pub const TRIM_PAYLOAD_LEN: usize = 8;
+
+/// The payload of a [`EntryKind::Trim`] entry: the offset below which every
+/// node drops whole segments.
+pub fn encode_trim_payload(offset: u64) -> [u8; TRIM_PAYLOAD_LEN] {
+    offset.to_le_bytes()
+}
+
+/// Decodes [`encode_trim_payload`]'s bytes; any other length is `None`.
+pub fn decode_trim_payload(payload: &[u8]) -> Option<u64> {
+    let bytes: [u8; TRIM_PAYLOAD_LEN] = payload.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
 }
 
 /// Why bytes are not a valid entry.

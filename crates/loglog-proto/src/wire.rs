@@ -33,6 +33,11 @@ pub mod opcode {
     pub const READ: u8 = 2;
     /// Body: empty. Ok body: [`super::NodeStatus`].
     pub const STATUS: u8 = 3;
+    /// Body: empty. Ok body: [`super::ClusterStatus`].
+    pub const CLUSTER_STATUS: u8 = 4;
+    /// Body: [`super::AdminRequest`] (a sub-op byte and its fields).
+    /// Ok body: a u64 (see [`super::AdminRequest`]).
+    pub const ADMIN: u8 = 5;
 }
 
 /// Opcode of a response about the whole connection, not one request: the
@@ -40,6 +45,17 @@ pub mod opcode {
 /// past its connection limit) and closes it. Its request id is 0, which
 /// no request uses.
 pub const CONNECTION_OPCODE: u8 = 0;
+
+/// Sub-op bytes of [`opcode::ADMIN`] requests.
+pub mod admin_op {
+    pub const ADD_NODE: u8 = 1;
+    pub const REMOVE_NODE: u8 = 2;
+    pub const TRANSFER_LEADER: u8 = 3;
+    pub const TRIM: u8 = 4;
+}
+
+/// Longest node address in admin requests and cluster status (bytes).
+pub const MAX_NODE_ADDRESS_LEN: usize = 255;
 
 /// Append flag: answer once the entry has an offset, without waiting for commit.
 pub const APPEND_NO_WAIT: u8 = 1;
@@ -139,6 +155,133 @@ pub enum Request<'a> {
         linearizable: bool,
     },
     Status,
+    ClusterStatus,
+    Admin(AdminRequest<'a>),
+}
+
+/// An administrative request (opcode 5), answered by the leader (a
+/// follower answers `NotLeader`). Body: sub-op u8, then
+///
+/// ```text
+/// 1 add-node         id u64, peer address len u8 + bytes, client address len u8 + bytes
+/// 2 remove-node      id u64
+/// 3 transfer-leader  id u64
+/// 4 trim             offset u64
+/// ```
+///
+/// Addresses are UTF-8 `host:port`, 1 to 255 bytes. The ok answer is a
+/// u64: for add-node and remove-node the answering leader's commit offset
+/// (past the config entry that made the change), for transfer-leader the
+/// new leader's id, for trim the log's new start offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminRequest<'a> {
+    /// Add a node: it joins as a learner, catches up, and is promoted to
+    /// voter by the leader; answered once it is a voter.
+    AddNode {
+        id: u64,
+        peer_addr: &'a str,
+        client_addr: &'a str,
+    },
+    /// Remove a voter or learner; answered once the change is committed.
+    RemoveNode { id: u64 },
+    /// Hand leadership to a voter; answered once it leads.
+    TransferLeader { id: u64 },
+    /// Drop whole segments below the offset.
+    Trim { offset: u64 },
+}
+
+impl<'a> AdminRequest<'a> {
+    fn parse(body: &'a [u8]) -> Result<AdminRequest<'a>, String> {
+        let (&sub_op, rest) = body.split_first().ok_or("admin body is empty")?;
+        let (number, rest) = rest
+            .split_first_chunk::<8>()
+            .ok_or("admin body is too short")?;
+        let number = u64::from_le_bytes(*number);
+        let no_more = |rest: &[u8]| {
+            if rest.is_empty() {
+                Ok(())
+            } else {
+                Err("admin body is too long".to_string())
+            }
+        };
+        match sub_op {
+            admin_op::ADD_NODE => {
+                let mut rest = rest;
+                let mut address = || -> Result<&'a str, String> {
+                    let (&len, tail) = rest.split_first().ok_or("add-node body is too short")?;
+                    let bytes = tail
+                        .get(..usize::from(len))
+                        .ok_or("add-node body is too short")?;
+                    rest = &tail[usize::from(len)..];
+                    let text = std::str::from_utf8(bytes)
+                        .map_err(|_| "a node address is not UTF-8".to_string())?;
+                    if text.is_empty() {
+                        return Err("a node address is empty".to_string());
+                    }
+                    Ok(text)
+                };
+                let peer_addr = address()?;
+                let client_addr = address()?;
+                no_more(rest)?;
+                Ok(AdminRequest::AddNode {
+                    id: number,
+                    peer_addr,
+                    client_addr,
+                })
+            }
+            admin_op::REMOVE_NODE => {
+                no_more(rest).map(|()| AdminRequest::RemoveNode { id: number })
+            }
+            admin_op::TRANSFER_LEADER => {
+                no_more(rest).map(|()| AdminRequest::TransferLeader { id: number })
+            }
+            admin_op::TRIM => no_more(rest).map(|()| AdminRequest::Trim { offset: number }),
+            other => Err(format!("unknown admin sub-op {other}")),
+        }
+    }
+
+    fn sub_op(&self) -> u8 {
+        match self {
+            AdminRequest::AddNode { .. } => admin_op::ADD_NODE,
+            AdminRequest::RemoveNode { .. } => admin_op::REMOVE_NODE,
+            AdminRequest::TransferLeader { .. } => admin_op::TRANSFER_LEADER,
+            AdminRequest::Trim { .. } => admin_op::TRIM,
+        }
+    }
+
+    fn encode_body(&self, out: &mut Vec<u8>) {
+        out.push(self.sub_op());
+        match *self {
+            AdminRequest::AddNode {
+                id,
+                peer_addr,
+                client_addr,
+            } => {
+                out.extend_from_slice(&id.to_le_bytes());
+                for address in [peer_addr, client_addr] {
+                    let len = u8::try_from(address.len())
+                        .expect("addresses are checked to be at most 255 bytes");
+                    out.push(len);
+                    out.extend_from_slice(address.as_bytes());
+                }
+            }
+            AdminRequest::RemoveNode { id } | AdminRequest::TransferLeader { id } => {
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+            AdminRequest::Trim { offset } => out.extend_from_slice(&offset.to_le_bytes()),
+        }
+    }
+
+    fn body_len(&self) -> usize {
+        match self {
+            AdminRequest::AddNode {
+                peer_addr,
+                client_addr,
+                ..
+            } => 1 + 8 + 2 + peer_addr.len() + client_addr.len(),
+            _ => 9,
+        }
+    }
 }
 
 /// Length of a read request's body.
@@ -201,6 +344,18 @@ impl<'a> Request<'a> {
                 }
                 Ok(Request::Status)
             }
+            opcode::CLUSTER_STATUS => {
+                if !body.is_empty() || header.aux != 0 {
+                    return bad("cluster status takes no body and no flags".to_string());
+                }
+                Ok(Request::ClusterStatus)
+            }
+            opcode::ADMIN => {
+                if header.aux != 0 {
+                    return bad(format!("unknown admin flags {:#04x}", header.aux));
+                }
+                AdminRequest::parse(body).map(Request::Admin).or_else(bad)
+            }
             other => bad(format!("unknown opcode {other}")),
         }
     }
@@ -210,6 +365,8 @@ impl<'a> Request<'a> {
             Request::Append { .. } | Request::AppendOnce { .. } => opcode::APPEND,
             Request::Read { .. } => opcode::READ,
             Request::Status => opcode::STATUS,
+            Request::ClusterStatus => opcode::CLUSTER_STATUS,
+            Request::Admin(_) => opcode::ADMIN,
         }
     }
 
@@ -232,7 +389,8 @@ impl<'a> Request<'a> {
                 if linearizable { READ_LINEARIZABLE } else { 0 },
                 READ_BODY_LEN,
             ),
-            Request::Status => (0, 0),
+            Request::Status | Request::ClusterStatus => (0, 0),
+            Request::Admin(admin) => (0, admin.body_len()),
         };
         let header = FrameHeader {
             body_len: u32::try_from(body_len).expect("request body fits a frame"),
@@ -259,7 +417,8 @@ impl<'a> Request<'a> {
                 out.extend_from_slice(&max_bytes.to_le_bytes());
                 out.extend_from_slice(&wait_ms.to_le_bytes());
             }
-            Request::Status => {}
+            Request::Status | Request::ClusterStatus => {}
+            Request::Admin(admin) => admin.encode_body(out),
         }
     }
 }
@@ -375,6 +534,115 @@ impl NodeStatus {
     }
 }
 
+/// Body of a successful cluster status response: the answering node's
+/// [`NodeStatus`], its peer traffic, and every member it knows with its
+/// view of that member. Later versions may append fields; decoders ignore
+/// bytes after the last record.
+///
+/// ```text
+/// 0..56   NodeStatus (as for opcode 3)
+/// 56..64  peer bytes sent u64: bytes written to peer connections since start
+/// 64..66  member count M u16 (0: a single node, or a joining one)
+/// 66..    M records: id u64, flags u8 (bit 0 voter, bit 1 progress known:
+///         the answering node leads), match offset u64 (the leader's view:
+///         durable and matching up to here), last heard ms u64 (since this
+///         node last received from it; u64::MAX: never, or itself), peer
+///         address len u8 + bytes, client address len u8 + bytes (UTF-8,
+///         empty: unknown)
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub node: NodeStatus,
+    pub peer_bytes_sent: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member as seen by the node answering a cluster status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub voter: bool,
+    /// The leader's view of its log (`None` unless the answering node leads).
+    pub match_offset: Option<u64>,
+    /// Milliseconds since the answering node last heard from it.
+    pub last_heard_ms: Option<u64>,
+    pub peer_addr: String,
+    pub client_addr: String,
+}
+
+const MEMBER_VOTER: u8 = 1;
+const MEMBER_PROGRESS: u8 = 2;
+
+impl ClusterStatus {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(66 + 40 * self.members.len());
+        out.extend_from_slice(&self.node.encode());
+        out.extend_from_slice(&self.peer_bytes_sent.to_le_bytes());
+        let count = u16::try_from(self.members.len()).expect("at most 510 members");
+        out.extend_from_slice(&count.to_le_bytes());
+        for member in &self.members {
+            out.extend_from_slice(&member.id.to_le_bytes());
+            let mut flags = 0;
+            if member.voter {
+                flags |= MEMBER_VOTER;
+            }
+            if member.match_offset.is_some() {
+                flags |= MEMBER_PROGRESS;
+            }
+            out.push(flags);
+            out.extend_from_slice(&member.match_offset.unwrap_or(0).to_le_bytes());
+            out.extend_from_slice(&member.last_heard_ms.unwrap_or(u64::MAX).to_le_bytes());
+            for address in [&member.peer_addr, &member.client_addr] {
+                // Longer addresses are never stored (MAX_NODE_ADDRESS_LEN).
+                let bytes = &address.as_bytes()[..address.len().min(MAX_NODE_ADDRESS_LEN)];
+                out.push(bytes.len() as u8);
+                out.extend_from_slice(bytes);
+            }
+        }
+        out
+    }
+
+    /// Decodes untrusted bytes: `None` when they do not hold a whole status.
+    pub fn decode(body: &[u8]) -> Option<ClusterStatus> {
+        let node = NodeStatus::decode(body)?;
+        let mut rest = body.get(NodeStatus::ENCODED_LEN..)?;
+        let mut take = |len: usize| -> Option<&[u8]> {
+            let taken = rest.get(..len)?;
+            rest = &rest[len..];
+            Some(taken)
+        };
+        let u64_of = |bytes: &[u8]| u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        let peer_bytes_sent = u64_of(take(8)?);
+        let count = u16::from_le_bytes(take(2)?.try_into().expect("2 bytes"));
+        let mut members = Vec::with_capacity(usize::from(count).min(512));
+        for _ in 0..count {
+            let id = u64_of(take(8)?);
+            let flags = take(1)?[0];
+            let match_offset = u64_of(take(8)?);
+            let last_heard = u64_of(take(8)?);
+            let mut address = || -> Option<String> {
+                let len = usize::from(take(1)?[0]);
+                Some(String::from_utf8_lossy(take(len)?).into_owned())
+            };
+            let peer_addr = address()?;
+            let client_addr = address()?;
+            members.push(MemberStatus {
+                id,
+                voter: flags & MEMBER_VOTER != 0,
+                match_offset: (flags & MEMBER_PROGRESS != 0).then_some(match_offset),
+                last_heard_ms: (last_heard != u64::MAX).then_some(last_heard),
+                peer_addr,
+                client_addr,
+            });
+        }
+        Some(ClusterStatus {
+            node,
+            peer_bytes_sent,
+            members,
+        })
+    }
+}
+
 /// Length of the prefix of a successful read response's body.
 pub const READ_RESPONSE_PREFIX_LEN: usize = 8;
 
@@ -413,6 +681,10 @@ pub enum ServerError {
     /// the earlier attempt was is unknown.
     #[error("outcome of the retried append unknown: its producer sequence is outside the node's dedup window; nothing was appended now")]
     SequenceUnknown,
+    /// Body: a UTF-8 message. An admin request did not finish in time
+    /// (e.g. the added node did not catch up); it may still finish later.
+    #[error("timed out: {message}")]
+    TimedOut { message: String },
     /// A status byte this version does not know.
     #[error("unknown error code {code}")]
     Unknown { code: u8 },
@@ -431,6 +703,7 @@ impl ServerError {
             ServerError::OutOfRange { .. } => "out_of_range",
             ServerError::Unavailable { .. } => "unavailable",
             ServerError::SequenceUnknown => "sequence_unknown",
+            ServerError::TimedOut { .. } => "timed_out",
             ServerError::Unknown { .. } => "unknown",
         }
     }
@@ -446,6 +719,7 @@ impl ServerError {
             ServerError::OutOfRange { .. } => 7,
             ServerError::Unavailable { .. } => 8,
             ServerError::SequenceUnknown => 9,
+            ServerError::TimedOut { .. } => 10,
             ServerError::Unknown { code } => *code,
         }
     }
@@ -456,9 +730,9 @@ impl ServerError {
             ServerError::NotLeader { leader } => leader.clone().unwrap_or_default().into_bytes(),
             ServerError::Trimmed { start } => start.to_le_bytes().to_vec(),
             ServerError::TooLarge { max } => max.to_le_bytes().to_vec(),
-            ServerError::BadRequest { message } | ServerError::Unavailable { message } => {
-                message.clone().into_bytes()
-            }
+            ServerError::BadRequest { message }
+            | ServerError::Unavailable { message }
+            | ServerError::TimedOut { message } => message.clone().into_bytes(),
             ServerError::OutOfRange { end } => end.to_le_bytes().to_vec(),
             ServerError::Busy
             | ServerError::ShuttingDown
@@ -493,6 +767,7 @@ impl ServerError {
             7 => ServerError::OutOfRange { end: u64_body() },
             8 => ServerError::Unavailable { message: text() },
             9 => ServerError::SequenceUnknown,
+            10 => ServerError::TimedOut { message: text() },
             code => ServerError::Unknown { code },
         }
     }
@@ -575,6 +850,15 @@ mod tests {
             payload: b"",
             no_wait: true,
         });
+        round_trip(Request::ClusterStatus);
+        round_trip(Request::Admin(AdminRequest::AddNode {
+            id: 4,
+            peer_addr: "10.0.0.4:19195",
+            client_addr: "10.0.0.4:19194",
+        }));
+        round_trip(Request::Admin(AdminRequest::RemoveNode { id: 2 }));
+        round_trip(Request::Admin(AdminRequest::TransferLeader { id: 3 }));
+        round_trip(Request::Admin(AdminRequest::Trim { offset: 1 << 30 }));
     }
 
     #[test]
@@ -595,6 +879,74 @@ mod tests {
                 Request::parse(&header(aux, body.len() as u32), body),
                 Err(ServerError::BadRequest { .. })
             ));
+        }
+    }
+
+    #[test]
+    fn admin_bodies_are_checked() {
+        let header = |len: usize| FrameHeader {
+            body_len: len as u32,
+            opcode: opcode::ADMIN,
+            aux: 0,
+            request_id: 1,
+        };
+        for body in [
+            &[][..],
+            &[9, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            &[2, 0, 0, 0, 0][..],
+            &[2, 0, 0, 0, 0, 0, 0, 0, 0, 7][..],
+            &[1, 4, 0, 0, 0, 0, 0, 0, 0, 0, 1, b'x'][..],
+            &[1, 4, 0, 0, 0, 0, 0, 0, 0, 3, b'a'][..],
+        ] {
+            assert!(
+                matches!(
+                    Request::parse(&header(body.len()), body),
+                    Err(ServerError::BadRequest { .. })
+                ),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cluster_status_round_trips() {
+        let status = ClusterStatus {
+            node: NodeStatus {
+                node_id: 2,
+                term: 3,
+                role: Role::Leader,
+                segment_count: 1,
+                start_offset: 0,
+                commit_offset: 64,
+                end_offset: 80,
+                leader_id: 2,
+            },
+            peer_bytes_sent: 12345,
+            members: vec![
+                MemberStatus {
+                    id: 1,
+                    voter: true,
+                    match_offset: Some(64),
+                    last_heard_ms: Some(12),
+                    peer_addr: "h1:2".into(),
+                    client_addr: "h1:1".into(),
+                },
+                MemberStatus {
+                    id: 4,
+                    voter: false,
+                    match_offset: None,
+                    last_heard_ms: None,
+                    peer_addr: String::new(),
+                    client_addr: String::new(),
+                },
+            ],
+        };
+        let bytes = status.encode();
+        assert_eq!(ClusterStatus::decode(&bytes), Some(status));
+        for len in [0, 60, 66, bytes.len() - 1] {
+            if len < bytes.len() && len != 66 {
+                assert_eq!(ClusterStatus::decode(&bytes[..len]), None, "{len}");
+            }
         }
     }
 
@@ -656,6 +1008,9 @@ mod tests {
                 message: "disk full".into(),
             },
             ServerError::SequenceUnknown,
+            ServerError::TimedOut {
+                message: "slow".into(),
+            },
         ];
         for error in errors {
             assert_eq!(
@@ -690,6 +1045,7 @@ mod tests {
                 let _ = Request::parse(&header, body);
                 let _ = ServerError::decode(header.aux, body);
                 let _ = NodeStatus::decode(body);
+                let _ = ClusterStatus::decode(body);
             }
         }
     }

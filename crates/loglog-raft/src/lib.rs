@@ -53,7 +53,8 @@
 //! `Checkpoint::bootstrap(initial voters)` (the same on every founding
 //! node); a node joining an existing cluster uses
 //! `Checkpoint::bootstrap(Membership::default())` and learns the
-//! configuration from the log. The node never reports a commit offset below
+//! configuration from the log. A log whose first segments were trimmed is
+//! reported with [`RecoveredLog::set_log_start`]. The node never reports a commit offset below
 //! the checkpoint's. If recovery cut entries the node had synced (a bad CRC
 //! in the middle of durable data), the driver marks it with
 //! [`RecoveredLog::set_lost_tail`] (see [`LostTail`]) and keeps that mark
@@ -98,7 +99,11 @@
 //!    appends waiting; until the commit offset passes `o` they are in
 //!    doubt, which a client sees as a timeout (indeterminate).
 //!    Persist [`RaftNode::checkpoint`] from time to time.
-//! 5. [`Action::ReadReady`] / [`Action::ReadFailed`]: answer read-index
+//! 5. [`Action::TrimPrefix`]: drop whole segments below the offset, after
+//!    persisting [`RaftNode::checkpoint`]. [`Action::ResetLog`]: wipe the
+//!    log to begin at the checkpoint's offset and persist that checkpoint,
+//!    durably, before any later action (see the variants' docs).
+//! 6. [`Action::ReadReady`] / [`Action::ReadFailed`]: answer read-index
 //!    requests. [`Action::RoleChanged`] is informational.
 //!    [`Action::ConflictBelowCommit`] means a leader contradicted bytes this
 //!    node knows are committed (a safety bug or lost durable data): the node
@@ -156,18 +161,33 @@
 //! assert_eq!(hard_state.term, node.term());
 //! ```
 //!
+//! # Trimming and catching up from the log start
+//!
+//! The log is the state, so a snapshot is just a log start.
+//! [`RaftNode::propose_trim`] appends a trim entry (kind 3, the offset as
+//! payload); once it commits every node gets [`Action::TrimPrefix`] and
+//! drops its whole segments below the offset (never at or above its commit
+//! offset). A node that was down replicates the entry and trims when it
+//! catches up. The driver tells the node where its stored log starts at
+//! startup ([`RecoveredLog::set_log_start`]) and, when a read finds the
+//! range gone, through [`LogReadError::Trimmed`].
+//!
+//! A follower that needs bytes below the leader's log start (a new or
+//! wiped node, or one far behind) gets [`Message::InstallSnapshot`] instead
+//! of entries: the checkpoint of the leader's log start. Unless its log
+//! already holds that prefix, it answers with [`Action::ResetLog`]: its log
+//! is replaced, durably, by an empty one beginning at the leader's start,
+//! its commit offset jumps there, and replication goes on from there.
+//!
 //! # Limits
 //!
-//! * No snapshots: the log is the state, and a follower catches up from
-//!   the leader's log. If the leader trimmed the bytes a follower needs
-//!   ([`LogReadError::Trimmed`]; [`RaftNode::followers`] shows its
-//!   `next_offset` stuck below the leader's log start), that follower cannot
-//!   catch up through the protocol. It is re-seeded instead: wipe it, and
-//!   start it from the leader's [`RaftNode::checkpoint`] with an empty log
-//!   beginning at the checkpoint's commit offset (`LogScan::new(checkpoint)
-//!   .finish_at(checkpoint.commit_offset)`) and a hard state of
-//!   `{ term: checkpoint.terms.last_term(), voted_for: None }`. Reads below
-//!   its start then get `Trimmed` from that node.
+//! * A wiped node (log, checkpoint and hard state lost) is re-seeded from
+//!   the leader's log start, but it forgot its vote and what it had
+//!   acknowledged: it may vote twice in one term, or help elect a leader
+//!   lacking an entry it helped commit (as in any Raft that loses persisted
+//!   state). Wipe a node only while the cluster is healthy (a stable leader
+//!   whose log holds everything committed), keep its hard state, or mark it
+//!   with a [`LostTail`] as the simulator does.
 //! * Terms are `u32` (the entry header's field); a node at term `u32::MAX`
 //!   stops campaigning rather than wrap.
 //!
@@ -190,11 +210,12 @@ pub use log::{
     TermRun,
 };
 pub use membership::{
-    Membership, MembershipChange, MembershipError, CONFIG_PAYLOAD_VERSION, MAX_MEMBERS,
+    MemberAddress, Membership, MembershipChange, MembershipError, CONFIG_PAYLOAD_VERSION,
+    CONFIG_PAYLOAD_VERSION_ADDRESSES, MAX_ADDRESS_LEN, MAX_MEMBERS,
 };
 pub use message::{
     AppendEntries, AppendOutcome, AppendResponse, ConflictHint, DecodeError, Envelope, Heartbeat,
-    HeartbeatResponse, Message, RequestVote, RequestVoteResponse, TimeoutNow,
+    HeartbeatResponse, InstallSnapshot, Message, RequestVote, RequestVoteResponse, TimeoutNow,
 };
 pub use node::{Action, FollowerProgress, RaftNode, Role, Status};
 #[cfg(feature = "bug-injection")]

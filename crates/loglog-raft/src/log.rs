@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use loglog_proto::entry::{EntryKind, EntryRef};
+use loglog_proto::entry::{decode_trim_payload, EntryKind, EntryRef};
 
 use crate::membership::{Membership, MembershipError};
 use crate::types::{Term, WriteId};
@@ -44,6 +44,10 @@ pub enum LogStateError {
     NotContiguous { expected: u64, found: u64 },
     #[error("config entry at offset {offset}: {error}")]
     BadConfigEntry { offset: u64, error: MembershipError },
+    #[error("trim entry at offset {offset}: bad payload or a trim offset above the entry")]
+    BadTrimEntry { offset: u64 },
+    #[error("the log starts at {start}, above the checkpoint's commit offset {commit_offset}")]
+    StartAboveCommit { start: u64, commit_offset: u64 },
     #[error("the scan reached offset {scanned} but the log ends at {log_end}")]
     EndMismatch { scanned: u64, log_end: u64 },
     #[error("checkpoint: {0}")]
@@ -193,6 +197,10 @@ pub struct RecoveredLog {
     pub(crate) committed_membership: Membership,
     /// Config entries at or above `commit_floor`, in log order.
     pub(crate) pending_configs: Vec<(u64, Membership)>,
+    /// Trim entries at or above `commit_floor`: `(entry offset, trim offset)`.
+    pub(crate) pending_trims: Vec<(u64, u64)>,
+    /// First offset still in the log (bytes below were trimmed).
+    pub(crate) start: u64,
     pub(crate) lost_tail: Option<LostTail>,
 }
 
@@ -221,6 +229,24 @@ impl RecoveredLog {
     /// Records synced entries lost to damage (see [`LostTail`]).
     pub fn set_lost_tail(&mut self, lost_tail: LostTail) {
         self.lost_tail = Some(lost_tail);
+    }
+
+    /// Records where the stored log begins (its first segment's start):
+    /// bytes below were trimmed. At most the commit floor, and an entry
+    /// boundary (segments start at entry boundaries). Default 0.
+    pub fn set_log_start(&mut self, start: u64) -> Result<(), LogStateError> {
+        if start > self.commit_floor {
+            return Err(LogStateError::StartAboveCommit {
+                start,
+                commit_offset: self.commit_floor,
+            });
+        }
+        self.start = start;
+        Ok(())
+    }
+
+    pub fn log_start(&self) -> u64 {
+        self.start
     }
 
     pub fn end_offset(&self) -> u64 {
@@ -368,6 +394,8 @@ impl LogScan {
                 boundaries: VecDeque::new(),
                 committed_membership: checkpoint.membership,
                 pending_configs: Vec::new(),
+                pending_trims: Vec::new(),
+                start: 0,
                 lost_tail: None,
             },
         }
@@ -396,6 +424,14 @@ impl LogScan {
                 }
             })?;
             recovered.pending_configs.push((entry.offset, membership));
+        }
+        if entry.header.kind == EntryKind::Trim {
+            let trim_to = decode_trim_payload(entry.payload)
+                .filter(|&trim_to| trim_to <= entry.offset)
+                .ok_or(LogStateError::BadTrimEntry {
+                    offset: entry.offset,
+                })?;
+            recovered.pending_trims.push((entry.offset, trim_to));
         }
         recovered.boundaries.push_back(entry.offset);
         recovered.end = entry.next_offset();
@@ -427,6 +463,11 @@ impl LogScan {
 #[derive(Clone, Debug)]
 pub(crate) struct LogState {
     pub(crate) terms: TermMap,
+    /// First offset of the stored log, as last learned from the driver
+    /// (startup, or a read answering `Trimmed`); never above the commit
+    /// offset. A follower whose next byte is below it gets the leader's
+    /// checkpoint at it instead of entries.
+    pub(crate) start: u64,
     /// End offset: where the next entry goes.
     pub(crate) end: u64,
     /// Entry starts at or above `boundary_floor` (at most the commit offset),
@@ -446,6 +487,7 @@ impl LogState {
     pub(crate) fn from_recovered(recovered: &RecoveredLog) -> LogState {
         LogState {
             terms: recovered.terms.clone(),
+            start: recovered.start,
             end: recovered.end,
             boundaries: recovered.boundaries.clone(),
             boundary_floor: recovered.commit_floor,
@@ -501,6 +543,22 @@ impl LogState {
             *end_after = (*end_after).min(offset);
         }
         self.record_write(offset)
+    }
+
+    /// Replaces the whole log by an empty one beginning at `start` whose
+    /// prefix has the term map `terms` (runs below `start`). The driver makes
+    /// it durable before any later action, so the log is durable up to
+    /// `start` at once; writes handed out earlier can leave no more.
+    pub(crate) fn reset(&mut self, start: u64, terms: TermMap) {
+        self.terms = terms;
+        self.start = start;
+        self.end = start;
+        self.boundaries.clear();
+        self.boundary_floor = start;
+        self.synced = start;
+        for (_, end_after) in self.unsynced_writes.iter_mut() {
+            *end_after = start;
+        }
     }
 
     /// The driver reports every write up to `write_id` durable.

@@ -20,6 +20,8 @@
 //! 5 Heartbeat            term u32, commit u64, read_seq u64
 //! 6 HeartbeatResponse    term u32, read_seq u64, log_end u64
 //! 7 TimeoutNow           term u32
+//! 8 InstallSnapshot      term u32, leader_commit u64, checkpoint_len u32,
+//!                        checkpoint bytes (`Checkpoint::encode`)
 //! ```
 //!
 //! Decoding takes untrusted bytes: every length is checked, the entry bytes
@@ -27,6 +29,7 @@
 //! bytes are errors. Decoding never panics. (Entry headers and CRCs inside
 //! `entries` are checked by the receiving node, not here.)
 
+use crate::log::{Checkpoint, LogStateError};
 use crate::types::{NodeId, Term};
 
 /// A message and its addressing, as sent between nodes.
@@ -47,6 +50,7 @@ pub enum Message {
     Heartbeat(Heartbeat),
     HeartbeatResponse(HeartbeatResponse),
     TimeoutNow(TimeoutNow),
+    InstallSnapshot(InstallSnapshot),
 }
 
 /// A candidate asks for a vote (or, with `pre_vote`, asks whether it would
@@ -150,6 +154,24 @@ pub struct TimeoutNow {
     pub term: Term,
 }
 
+/// Raft's InstallSnapshot with an empty state machine: the leader no longer
+/// holds the bytes a follower needs (they were trimmed), so it sends the
+/// checkpoint of its log start instead. The follower makes its log begin
+/// at `checkpoint.commit_offset` (keeping its entries if it already holds
+/// that prefix, else discarding its whole log) and then takes entries from
+/// there as usual.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallSnapshot {
+    pub term: Term,
+    /// The leader's commit offset (at least the checkpoint's).
+    pub leader_commit: u64,
+    /// `commit_offset`: the leader's log start, an entry boundary below its
+    /// commit offset; `terms`: the leader's term runs below it; `membership`:
+    /// the leader's committed configuration (the entries from the start on
+    /// replay any change made since, so the follower ends with the same).
+    pub checkpoint: Checkpoint,
+}
+
 impl Message {
     /// The sender's term.
     pub fn term(&self) -> Term {
@@ -161,6 +183,7 @@ impl Message {
             Message::Heartbeat(m) => m.term,
             Message::HeartbeatResponse(m) => m.term,
             Message::TimeoutNow(m) => m.term,
+            Message::InstallSnapshot(m) => m.term,
         }
     }
 }
@@ -178,6 +201,8 @@ pub enum DecodeError {
     UnknownOutcome(u8),
     #[error("entries of {len} bytes exceed the limit of {max}")]
     TooLarge { len: u64, max: u64 },
+    #[error("bad snapshot checkpoint: {0}")]
+    BadCheckpoint(LogStateError),
     #[error("{0} trailing bytes after the message")]
     TrailingBytes(usize),
 }
@@ -189,6 +214,7 @@ const KIND_APPEND_RESPONSE: u8 = 4;
 const KIND_HEARTBEAT: u8 = 5;
 const KIND_HEARTBEAT_RESPONSE: u8 = 6;
 const KIND_TIMEOUT_NOW: u8 = 7;
+const KIND_INSTALL_SNAPSHOT: u8 = 8;
 
 const FLAG_PRE_VOTE: u8 = 1;
 const FLAG_SECOND: u8 = 2;
@@ -281,6 +307,16 @@ impl Message {
                 out.push(KIND_TIMEOUT_NOW);
                 out.extend_from_slice(&m.term.to_le_bytes());
             }
+            Message::InstallSnapshot(m) => {
+                let checkpoint = m.checkpoint.encode();
+                let len = u32::try_from(checkpoint.len())
+                    .expect("a checkpoint (term runs and one membership) is far below 4 GiB");
+                out.push(KIND_INSTALL_SNAPSHOT);
+                out.extend_from_slice(&m.term.to_le_bytes());
+                out.extend_from_slice(&m.leader_commit.to_le_bytes());
+                out.extend_from_slice(&len.to_le_bytes());
+                out.extend_from_slice(&checkpoint);
+            }
         }
     }
 
@@ -362,6 +398,24 @@ impl Message {
             KIND_TIMEOUT_NOW => Message::TimeoutNow(TimeoutNow {
                 term: reader.u32()?,
             }),
+            KIND_INSTALL_SNAPSHOT => {
+                let term = reader.u32()?;
+                let leader_commit = reader.u64()?;
+                let len = u64::from(reader.u32()?);
+                if len > max_entries_bytes {
+                    return Err(DecodeError::TooLarge {
+                        len,
+                        max: max_entries_bytes,
+                    });
+                }
+                let checkpoint = Checkpoint::decode(reader.take(len as usize)?)
+                    .map_err(DecodeError::BadCheckpoint)?;
+                Message::InstallSnapshot(InstallSnapshot {
+                    term,
+                    leader_commit,
+                    checkpoint,
+                })
+            }
             other => return Err(DecodeError::UnknownKind(other)),
         };
         if !reader.bytes.is_empty() {
@@ -501,6 +555,29 @@ mod tests {
                 })
             }),
             any::<u32>().prop_map(|term| Message::TimeoutNow(TimeoutNow { term })),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                1u64..1 << 40,
+                1u32..100,
+                proptest::collection::btree_set(1u64..50, 1..6)
+            )
+                .prop_map(|(term, leader_commit, start, run_term, voters)| {
+                    let terms = crate::log::TermMap::from_runs(vec![crate::log::TermRun {
+                        term: run_term,
+                        start: start - 1,
+                    }])
+                    .expect("one run");
+                    Message::InstallSnapshot(InstallSnapshot {
+                        term,
+                        leader_commit,
+                        checkpoint: Checkpoint {
+                            commit_offset: start,
+                            terms,
+                            membership: crate::membership::Membership::with_voters(voters),
+                        },
+                    })
+                }),
         ]
     }
 

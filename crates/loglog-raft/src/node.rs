@@ -3,15 +3,18 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use loglog_proto::entry::{encode_entry_with_flags, EntryHeader, EntryIter, EntryKind};
+use loglog_proto::entry::{
+    decode_trim_payload, encode_entry_with_flags, encode_trim_payload, EntryHeader, EntryIter,
+    EntryKind, TRIM_PAYLOAD_LEN,
+};
 use loglog_proto::producer::ENTRY_FLAG_PRODUCER;
 use loglog_proto::ENTRY_HEADER_LEN;
 
-use crate::log::{Checkpoint, LogRead, LogState, LostTail, RecoveredLog, TermMap};
-use crate::membership::{Membership, MembershipChange};
+use crate::log::{Checkpoint, LogRead, LogReadError, LogState, LostTail, RecoveredLog, TermMap};
+use crate::membership::{MemberAddress, Membership, MembershipChange};
 use crate::message::{
     AppendEntries, AppendOutcome, AppendResponse, ConflictHint, Envelope, Heartbeat,
-    HeartbeatResponse, Message, RequestVote, RequestVoteResponse, TimeoutNow,
+    HeartbeatResponse, InstallSnapshot, Message, RequestVote, RequestVoteResponse, TimeoutNow,
 };
 use crate::rng::SplitMix64;
 use crate::types::{
@@ -70,6 +73,23 @@ pub enum Action {
         offset: u64,
         commit_offset: u64,
     },
+    /// A trim entry committed: drop the whole segments of the log that lie
+    /// below `offset` (at most the commit offset; every node holds those
+    /// bytes identically). The log's new start is the first remaining
+    /// segment's, at most `offset`. Idempotent; may be emitted again after
+    /// a restart. Before performing it, persist [`RaftNode::checkpoint`]
+    /// (its commit offset is past `offset`), so a restart never scans from
+    /// a trimmed offset.
+    TrimPrefix { offset: u64 },
+    /// The leader's log starts above this node's commit offset (it trimmed
+    /// what this node lacks): replace the whole local log, durably, by an
+    /// empty one beginning at `checkpoint.commit_offset`, and persist
+    /// `checkpoint` as this node's checkpoint, both before performing any
+    /// later action (like [`Action::PersistHardState`]). The node's commit
+    /// offset is then the new start, and reads below it answer `Trimmed`.
+    /// Earlier `Append`/`Truncate` writes are superseded: reporting them
+    /// synced later is harmless.
+    ResetLog { checkpoint: Checkpoint },
     /// Role, term or known leader changed (informational).
     RoleChanged {
         role: Role,
@@ -208,6 +228,8 @@ pub struct RaftNode {
     committed_membership: Membership,
     /// Config entries at or above the commit offset: `(offset, config)`.
     pending_configs: Vec<(u64, Membership)>,
+    /// Trim entries at or above the commit offset: `(entry offset, trim offset)`.
+    pending_trims: Vec<(u64, u64)>,
     /// Synced entries lost to disk damage, until caught up again.
     lost_tail: Option<LostTail>,
     election_elapsed: u32,
@@ -237,6 +259,11 @@ impl RaftNode {
                 "a non-empty committed prefix without a term map",
             ));
         }
+        if recovered.start > recovered.commit_floor {
+            return Err(StartError::Inconsistent(
+                "the log starts above the commit floor",
+            ));
+        }
         if recovered.terms.last_term() > hard_state.term {
             return Err(StartError::Inconsistent(
                 "the log holds an entry of a term above the persisted term",
@@ -256,6 +283,7 @@ impl RaftNode {
             reported_durable: 0,
             committed_membership: recovered.committed_membership,
             pending_configs: recovered.pending_configs,
+            pending_trims: recovered.pending_trims,
             lost_tail: recovered.lost_tail,
             election_elapsed: 0,
             randomized_timeout,
@@ -302,6 +330,12 @@ impl RaftNode {
         self.log.end
     }
 
+    /// First offset of the local log as the node last learned it (startup,
+    /// a re-seed, or a read answering `Trimmed`); bytes below were trimmed.
+    pub fn log_start(&self) -> u64 {
+        self.log.start
+    }
+
     /// Bytes below this offset are fsynced (as reported by the driver).
     pub fn durable_offset(&self) -> u64 {
         self.log.synced
@@ -316,6 +350,13 @@ impl RaftNode {
         self.pending_configs
             .last()
             .map_or(&self.committed_membership, |(_, membership)| membership)
+    }
+
+    /// The configuration of the latest committed config entry (or the
+    /// checkpoint's): equal to [`RaftNode::membership`] once no change is
+    /// pending.
+    pub fn committed_membership(&self) -> &Membership {
+        &self.committed_membership
     }
 
     /// As leader, every follower's replication state (empty otherwise).
@@ -440,11 +481,28 @@ impl RaftNode {
     /// Proposes a single-server membership change (leader only), as a
     /// config entry. It takes effect as soon as it is appended.
     pub fn propose_membership(&mut self, change: MembershipChange) -> Result<u64, ProposeError> {
+        self.propose_membership_with_addresses(change, &BTreeMap::new())
+    }
+
+    /// [`RaftNode::propose_membership`] that also records member addresses
+    /// in the new configuration (e.g. the added learner's): `addresses` of
+    /// members of the new configuration replace theirs, others are ignored.
+    pub fn propose_membership_with_addresses(
+        &mut self,
+        change: MembershipChange,
+        addresses: &BTreeMap<NodeId, MemberAddress>,
+    ) -> Result<u64, ProposeError> {
         self.check_can_propose(0)?;
         let current = self.membership().clone();
-        let next = current
+        let mut next = current
             .apply(change)
             .map_err(ProposeError::BadMembershipChange)?;
+        for (&id, address) in addresses {
+            if next.is_member(id) {
+                next.set_address(id, address.clone())
+                    .map_err(ProposeError::BadMembershipChange)?;
+            }
+        }
         let payload = next.encode();
         self.check_can_propose(payload.len() as u64)?;
         if !self.pending_configs.is_empty() {
@@ -471,6 +529,25 @@ impl RaftNode {
         let offset = self.append_local(EntryKind::Config, &payload);
         self.check_invariants();
         Ok(offset)
+    }
+
+    /// Proposes a replicated trim (leader only): a trim entry carrying
+    /// `offset`. Once it commits, every node (including one that was down,
+    /// when it catches up) gets [`Action::TrimPrefix`] and drops its whole
+    /// segments below `offset`. `offset` must be below the commit offset.
+    /// Returns the trim entry's offset; like an append, the trim took effect
+    /// once the commit offset passes it with an entry of the proposing term.
+    pub fn propose_trim(&mut self, offset: u64) -> Result<u64, ProposeError> {
+        self.check_can_propose(TRIM_PAYLOAD_LEN as u64)?;
+        if offset >= self.commit {
+            return Err(ProposeError::TrimNotBelowCommit {
+                offset,
+                commit_offset: self.commit,
+            });
+        }
+        let entry_offset = self.append_local(EntryKind::Trim, &encode_trim_payload(offset));
+        self.check_invariants();
+        Ok(entry_offset)
     }
 
     /// Starts a linearizable read (leader only): once leadership is
@@ -808,14 +885,17 @@ impl RaftNode {
                 Message::RequestVoteResponse(response) if response.pre_vote && response.granted => {
                     // Granted pre-votes carry the term we would campaign in.
                 }
-                Message::AppendEntries(_) | Message::Heartbeat(_) | Message::TimeoutNow(_) => {
+                Message::AppendEntries(_)
+                | Message::Heartbeat(_)
+                | Message::TimeoutNow(_)
+                | Message::InstallSnapshot(_) => {
                     self.become_follower(term, Some(from));
                 }
                 _ => self.become_follower(term, None),
             }
         } else if term < self.hard.term {
             match message {
-                Message::AppendEntries(_) | Message::Heartbeat(_) => {
+                Message::AppendEntries(_) | Message::Heartbeat(_) | Message::InstallSnapshot(_) => {
                     // A stale leader: tell it about the newer term so it steps down.
                     self.send(
                         from,
@@ -852,6 +932,11 @@ impl RaftNode {
             Message::Heartbeat(heartbeat) => {
                 if self.accept_leader(from) {
                     self.handle_heartbeat(from, heartbeat);
+                }
+            }
+            Message::InstallSnapshot(snapshot) => {
+                if self.accept_leader(from) {
+                    self.handle_install_snapshot(from, snapshot);
                 }
             }
             Message::AppendResponse(response) => self.handle_append_response(from, response),
@@ -992,6 +1077,8 @@ impl RaftNode {
                 let write_id = self.log.truncate(first.offset);
                 self.pending_configs
                     .retain(|(offset, _)| *offset < first.offset);
+                self.pending_trims
+                    .retain(|(offset, _)| *offset < first.offset);
                 self.verified_end = self.verified_end.min(first.offset);
                 self.actions.push(Action::Truncate {
                     write_id,
@@ -1006,6 +1093,9 @@ impl RaftNode {
                 if let Some(membership) = &entry.config {
                     self.pending_configs
                         .push((entry.offset, membership.clone()));
+                }
+                if let Some(trim_to) = entry.trim {
+                    self.pending_trims.push((entry.offset, trim_to));
                 }
             }
             let write_id = self.log.record_write(self.log.end);
@@ -1041,6 +1131,66 @@ impl RaftNode {
             // pipelined batches cost one reply each, not two.
             return;
         }
+        self.send(
+            from,
+            Message::AppendResponse(AppendResponse {
+                term: self.hard.term,
+                outcome: AppendOutcome::Accepted {
+                    verified_end: self.verified_end,
+                    durable_end,
+                },
+            }),
+        );
+    }
+
+    /// The follower side of InstallSnapshot: the leader's log starts at
+    /// `start = checkpoint.commit_offset` (committed). If our log already
+    /// holds that prefix, keep it; otherwise discard the whole log and begin
+    /// an empty one at `start` (the bytes below are committed, so nothing a
+    /// client was promised is lost: the cluster holds them, or trimmed them).
+    fn handle_install_snapshot(&mut self, from: NodeId, snapshot: InstallSnapshot) {
+        let checkpoint = snapshot.checkpoint;
+        let start = checkpoint.commit_offset;
+        let start_term = checkpoint.terms.last_term();
+        if start == 0
+            || start > snapshot.leader_commit
+            || start_term == 0
+            || start_term > snapshot.term
+            || checkpoint.membership.voters.is_empty()
+        {
+            return; // Not a checkpoint an honest leader sends.
+        }
+        let holds_prefix = start <= self.log.end
+            && self.log.is_boundary(start)
+            && self.log.terms.term_before(start) == start_term;
+        if holds_prefix {
+            self.known_commit = self.known_commit.max(start);
+            self.verified_end = self.verified_end.max(start);
+            self.advance_commit();
+        } else if start <= self.commit {
+            // Our committed bytes disagree with the leader's: never discard them.
+            self.actions.push(Action::ConflictBelowCommit {
+                leader: from,
+                offset: start,
+                commit_offset: self.commit,
+            });
+            return;
+        } else {
+            self.log.reset(start, checkpoint.terms.clone());
+            self.committed_membership = checkpoint.membership.clone();
+            self.pending_configs.clear();
+            self.pending_trims.clear();
+            self.known_commit = start;
+            self.commit = start;
+            self.verified_end = start;
+            self.actions.push(Action::ResetLog { checkpoint });
+            self.actions.push(Action::CommitAdvanced {
+                commit_offset: start,
+            });
+        }
+        let durable_end = self.durable_end().min(self.verified_end);
+        self.reported_durable = self.reported_durable.max(durable_end);
+        self.maybe_clear_lost_tail();
         self.send(
             from,
             Message::AppendResponse(AppendResponse {
@@ -1116,11 +1266,18 @@ impl RaftNode {
             } else {
                 None
             };
+            let trim = if entry.header.kind == EntryKind::Trim {
+                // A trim only ever reaches below its own entry.
+                Some(decode_trim_payload(entry.payload).filter(|&to| to <= entry.offset)?)
+            } else {
+                None
+            };
             entries.push(ReceivedEntry {
                 offset: entry.offset,
                 term,
                 len: entry.header.entry_len(),
                 config,
+                trim,
             });
         }
         (iter.offset() == append.prev_offset + append.entries.len() as u64).then_some(entries)
@@ -1295,6 +1452,10 @@ impl RaftNode {
             }
             self.pending_configs.push((offset, membership));
         }
+        if kind == EntryKind::Trim {
+            let trim_to = decode_trim_payload(payload).expect("encoded by propose_trim");
+            self.pending_trims.push((offset, trim_to));
+        }
         self.actions.push(Action::Append {
             write_id,
             offset,
@@ -1379,6 +1540,21 @@ impl RaftNode {
         if committed > 0 {
             let mut drained: Vec<_> = self.pending_configs.drain(..committed).collect();
             self.committed_membership = drained.pop().expect("at least one").1;
+        }
+        let trims = self
+            .pending_trims
+            .partition_point(|(offset, _)| *offset < commit);
+        if trims > 0 {
+            // Trims only move the start up: the last committed one says it all.
+            let trim_to = self
+                .pending_trims
+                .drain(..trims)
+                .map(|(_, trim_to)| trim_to)
+                .max()
+                .expect("at least one");
+            self.actions.push(Action::TrimPrefix {
+                offset: trim_to.min(commit),
+            });
         }
         self.actions.push(Action::CommitAdvanced {
             commit_offset: commit,
@@ -1530,10 +1706,21 @@ impl RaftNode {
                 }
                 self.config.max_batch_bytes
             };
+            if from < self.log.start {
+                // Trimmed here: the follower starts over from our log start.
+                self.send_snapshot(peer);
+                return;
+            }
             let entries = if from < self.log.end {
                 match self.read_entries(from, budget, log) {
-                    Some(entries) => entries,
-                    None => return, // Retried on the next call.
+                    Ok(entries) => entries,
+                    Err(Some(start)) if start > from && start <= self.commit => {
+                        // Our log was trimmed past `from` since we last
+                        // looked: a segment start, so an entry boundary.
+                        self.log.start = self.log.start.max(start);
+                        continue;
+                    }
+                    Err(_) => return, // Retried on the next call.
                 }
             } else {
                 Vec::new()
@@ -1563,10 +1750,51 @@ impl RaftNode {
         }
     }
 
+    /// Sends the checkpoint of our log start to a follower that needs bytes
+    /// below it (Raft's InstallSnapshot; the state machine is empty). One
+    /// at a time, like a probe: its answer (an accept at the start) puts the
+    /// follower back into replication from there.
+    fn send_snapshot(&mut self, peer: NodeId) {
+        let start = self.log.start;
+        let mut terms = self.log.terms.clone();
+        terms.truncate(start);
+        let checkpoint = Checkpoint {
+            commit_offset: start,
+            terms,
+            membership: self.committed_membership.clone(),
+        };
+        let known_commit = self.known_commit;
+        let term = self.hard.term;
+        let leader = self.leader.as_mut().expect("role is leader");
+        let progress = leader.progress.get_mut(&peer).expect("peer listed");
+        if progress.replicating || progress.probe_sent {
+            progress.replicating = false;
+            if progress.probe_sent {
+                return;
+            }
+        }
+        progress.probe_sent = true;
+        progress.commit_sent = progress.commit_sent.max(start);
+        self.send(
+            peer,
+            Message::InstallSnapshot(InstallSnapshot {
+                term,
+                leader_commit: known_commit,
+                checkpoint,
+            }),
+        );
+    }
+
     /// Whole entries from `from` (a boundary below our end), up to `budget`
     /// bytes but at least one entry: from memory when fresh, else from the
-    /// driver's log. `None` if they cannot be read now.
-    fn read_entries(&self, from: u64, budget: u64, log: &dyn LogRead) -> Option<Vec<u8>> {
+    /// driver's log. `Err(Some(start))` if the log is trimmed at `start`
+    /// past `from`, `Err(None)` if they cannot be read now.
+    fn read_entries(
+        &self,
+        from: u64,
+        budget: u64,
+        log: &dyn LogRead,
+    ) -> Result<Vec<u8>, Option<u64>> {
         let leader = self.leader.as_ref().expect("role is leader");
         if from >= leader.fresh_start {
             let limit = from.saturating_add(budget);
@@ -1594,16 +1822,20 @@ impl RaftNode {
                 let to_index = end_index.clamp(base, base + slice.len()) - base;
                 bytes.extend_from_slice(&slice[from_index..to_index]);
             }
-            return Some(bytes);
+            return Ok(bytes);
         }
-        let bytes = log.read(from, budget).ok()?;
+        let bytes = match log.read(from, budget) {
+            Ok(bytes) => bytes,
+            Err(LogReadError::Trimmed { start }) => return Err(Some(start)),
+            Err(LogReadError::Storage(_)) => return Err(None),
+        };
         // Keep only whole entries inside our log (a header walk; the
         // follower checks the CRCs).
         let limit = self.log.end - from;
         let mut taken: u64 = 0;
         while taken < bytes.len() as u64 {
-            let header =
-                EntryHeader::decode(&bytes[taken as usize..], self.config.max_payload).ok()?;
+            let header = EntryHeader::decode(&bytes[taken as usize..], self.config.max_payload)
+                .map_err(|_| None)?;
             let next = taken + header.entry_len();
             if next > bytes.len() as u64 || next > limit {
                 break;
@@ -1611,11 +1843,11 @@ impl RaftNode {
             taken = next;
         }
         if taken == 0 {
-            return None;
+            return Err(None);
         }
         let mut bytes = bytes;
         bytes.truncate(taken as usize);
-        Some(bytes)
+        Ok(bytes)
     }
 
     // ----- follower: acknowledgements -----
@@ -1676,6 +1908,10 @@ impl RaftNode {
             "durable offset beyond the log"
         );
         assert!(
+            self.log.start <= self.commit,
+            "the log starts above the commit offset"
+        );
+        assert!(
             self.log.last_term() <= self.hard.term,
             "an entry from a future term"
         );
@@ -1726,4 +1962,5 @@ struct ReceivedEntry {
     term: Term,
     len: u64,
     config: Option<Membership>,
+    trim: Option<u64>,
 }

@@ -188,6 +188,10 @@ pub enum ProposeError {
     /// configuration (unknown node, already a member, learner behind...).
     #[error("invalid membership change: {0}")]
     BadMembershipChange(&'static str),
+    /// A trim must stay below the commit offset: only committed bytes,
+    /// which every node holds identically, may be dropped.
+    #[error("trim offset {offset} is not below the commit offset {commit_offset}")]
+    TrimNotBelowCommit { offset: u64, commit_offset: u64 },
 }
 
 /// Why a read-index or leadership-transfer request was refused.

@@ -833,7 +833,8 @@ fn a_node_seeded_from_a_checkpoint_catches_up_from_there() {
     cluster.ticks(3);
     assert!(cluster.node(2).commit_offset() > offset);
 
-    // A node that needs bytes below node 4's start cannot get them from it.
+    // A node that needs bytes below node 4's start gets its checkpoint
+    // instead (InstallSnapshot) and catches up from there.
     cluster.add_node(5, Membership::default());
     cluster
         .node_mut(4)
@@ -841,8 +842,135 @@ fn a_node_seeded_from_a_checkpoint_catches_up_from_there() {
         .unwrap();
     cluster.run(4);
     cluster.ticks(10);
-    assert_eq!(cluster.node(5).end_offset(), 0);
-    let progress = cluster.node(4).followers();
-    let five = progress.iter().find(|f| f.id == 5).unwrap();
-    assert!(five.next_offset < start && five.match_offset == 0);
+    assert_eq!(cluster.nodes[&5].resets, vec![start]);
+    assert_eq!(cluster.node(5).log_start(), start);
+    let end = cluster.node(4).end_offset();
+    assert_eq!(cluster.node(5).commit_offset(), end);
+    assert_eq!(
+        &cluster.log(5)[start as usize..],
+        &cluster.log(4)[start as usize..]
+    );
+}
+
+/// A replicated trim: committed like any entry, applied by every node
+/// (also one that was down, once it catches up), never at or above the
+/// commit offset; a wiped node is re-seeded from the leader's log start.
+#[test]
+fn trims_replicate_and_a_wiped_node_reseeds_from_the_log_start() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    for i in 0..20u8 {
+        cluster.propose(1, &[i; 30]);
+    }
+    cluster.ticks(3);
+    let commit = cluster.node(1).commit_offset();
+    assert_eq!(
+        cluster.node_mut(1).propose_trim(commit),
+        Err(ProposeError::TrimNotBelowCommit {
+            offset: commit,
+            commit_offset: commit
+        })
+    );
+    assert!(matches!(
+        cluster.node_mut(2).propose_trim(10),
+        Err(ProposeError::NotLeader { .. })
+    ));
+
+    cluster.crash(3);
+    let trim_to = commit / 2;
+    let entry = cluster.node_mut(1).propose_trim(trim_to).unwrap();
+    cluster.run(1);
+    cluster.ticks(3);
+    assert!(cluster.node(1).commit_offset() > entry);
+    for id in [1, 2] {
+        assert_eq!(cluster.nodes[&id].trims, vec![trim_to], "node {id}");
+        assert!(cluster.nodes[&id].log.1 > 0 && cluster.nodes[&id].log.1 <= trim_to);
+    }
+    cluster.restart(3);
+    cluster.ticks(5);
+    assert_eq!(cluster.nodes[&3].trims, vec![trim_to], "node 3 caught up");
+    assert!(cluster.nodes[&3].resets.is_empty(), "it had the prefix");
+
+    // Wipe node 2: it comes back empty and gets the leader's log start.
+    let leader_start = cluster.nodes[&1].log.1;
+    cluster.wipe(2);
+    for i in 0..5u8 {
+        cluster.propose(1, &[i; 10]);
+    }
+    cluster.ticks(10);
+    assert_eq!(cluster.nodes[&2].resets, vec![leader_start]);
+    assert_eq!(cluster.node(2).log_start(), leader_start);
+    let end = cluster.node(1).end_offset();
+    assert_eq!(cluster.node(2).commit_offset(), end);
+    assert_eq!(
+        &cluster.log(2)[leader_start as usize..],
+        &cluster.log(1)[leader_start as usize..]
+    );
+    assert_eq!(cluster.node(2).membership(), cluster.node(1).membership());
+    let snapshots = cluster.count_delivered(|m| matches!(m, Message::InstallSnapshot(_)));
+    assert!(snapshots >= 1);
+
+    // The re-seeded node can lead, and serves others from its own start.
+    cluster.elect_among(2);
+    assert_eq!(cluster.leader(), Some(2));
+    let offset = cluster.propose(2, b"led by the re-seeded node");
+    cluster.ticks(3);
+    assert!(cluster.node(1).commit_offset() > offset);
+    assert!(cluster.node(3).commit_offset() > offset);
+}
+
+#[test]
+fn member_addresses_travel_in_config_entries() {
+    use loglog_raft::MemberAddress;
+    use std::collections::BTreeMap;
+
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.deliver_all();
+    cluster.add_node(4, Membership::default());
+    let mut addresses = BTreeMap::new();
+    addresses.insert(4, MemberAddress::new("h4:7104", "h4:7004"));
+    addresses.insert(1, MemberAddress::new("h1:7101", "h1:7001"));
+    // Addresses of non-members are ignored; too long ones refused.
+    addresses.insert(9, MemberAddress::new("h9:1", "h9:2"));
+    let mut too_long = addresses.clone();
+    too_long.insert(4, MemberAddress::new(vec![b'x'; 300], "h4:7004"));
+    assert!(matches!(
+        cluster
+            .node_mut(1)
+            .propose_membership_with_addresses(MembershipChange::AddLearner(4), &too_long),
+        Err(ProposeError::BadMembershipChange(_))
+    ));
+    cluster
+        .node_mut(1)
+        .propose_membership_with_addresses(MembershipChange::AddLearner(4), &addresses)
+        .unwrap();
+    cluster.run(1);
+    cluster.ticks(10);
+    for id in [1, 2, 3, 4] {
+        let membership = cluster.node(id).membership();
+        assert_eq!(
+            membership.address(4),
+            Some(&MemberAddress::new("h4:7104", "h4:7004")),
+            "node {id}"
+        );
+        assert_eq!(membership.address(1).unwrap().client, b"h1:7001");
+        assert_eq!(membership.address(2), None);
+        assert_eq!(membership.address(9), None);
+    }
+    // A later change without addresses keeps them; the checkpoint has them.
+    cluster
+        .node_mut(1)
+        .propose_membership(MembershipChange::PromoteLearner(4))
+        .unwrap();
+    cluster.run(1);
+    cluster.ticks(5);
+    let checkpoint = cluster.node(4).checkpoint();
+    assert!(checkpoint.membership.voters.contains(&4));
+    assert_eq!(
+        checkpoint.membership.address(4).unwrap().peer,
+        b"h4:7104".to_vec()
+    );
+    let decoded = loglog_raft::Checkpoint::decode(&checkpoint.encode()).unwrap();
+    assert_eq!(decoded, checkpoint);
 }

@@ -7,7 +7,7 @@ use harness::{Cluster, MemLog};
 use loglog_proto::entry::{encode_entry, EntryKind};
 use loglog_raft::{
     Action, AppendEntries, AppendOutcome, Checkpoint, Config, ConflictHint, HardState, Heartbeat,
-    LogScan, Membership, Message, RaftNode, RequestVote, Role,
+    InstallSnapshot, LogScan, Membership, Message, RaftNode, RequestVote, Role, TermMap, TermRun,
 };
 use proptest::prelude::*;
 
@@ -336,6 +336,31 @@ fn any_message() -> impl Strategy<Value = Message> {
         term.clone()
             .prop_map(|term| Message::TimeoutNow(loglog_raft::TimeoutNow { term })),
         (
+            term.clone(),
+            1u64..300,
+            0u64..300,
+            1u32..8,
+            0u64..300,
+            1u64..5
+        )
+            .prop_map(
+                |(term, start, leader_commit, run_term, run_start, voters)| {
+                    let run = TermRun {
+                        term: run_term,
+                        start: run_start.min(start - 1),
+                    };
+                    Message::InstallSnapshot(InstallSnapshot {
+                        term,
+                        leader_commit,
+                        checkpoint: Checkpoint {
+                            commit_offset: start,
+                            terms: TermMap::from_runs(vec![run]).unwrap(),
+                            membership: Membership::with_voters(1..=voters),
+                        },
+                    })
+                }
+            ),
+        (
             term,
             offset.clone(),
             offset.clone(),
@@ -364,6 +389,78 @@ fn any_message() -> impl Strategy<Value = Message> {
                 })
             }),
     ]
+}
+
+fn snapshot(term: u32, leader_commit: u64, start: u64, start_term: u32) -> Message {
+    Message::InstallSnapshot(InstallSnapshot {
+        term,
+        leader_commit,
+        checkpoint: Checkpoint {
+            commit_offset: start,
+            terms: TermMap::from_runs(vec![TermRun {
+                term: start_term,
+                start: 0,
+            }])
+            .unwrap(),
+            membership: Membership::with_voters([1, 2, 3]),
+        },
+    })
+}
+
+/// InstallSnapshot: a follower that holds the prefix keeps its log; one
+/// that does not resets to the leader's start; nonsense is ignored.
+#[test]
+fn a_snapshot_keeps_a_matching_log_and_resets_another() {
+    let (mut node, mut log) = follower();
+    let bytes = entries(1, &[b"a", b"bb", b"ccc"]);
+    deliver(&mut node, &mut log, append(1, 0, 0, bytes.clone()));
+    node.storage_synced(1);
+    let start = 17 + 18; // after the first two entries
+    let actions = deliver(&mut node, &mut log, snapshot(1, 60, start, 1));
+    assert!(!actions.iter().any(|a| matches!(a, Action::ResetLog { .. })));
+    assert_eq!(log.0, bytes, "the log holds the prefix: kept");
+    assert_eq!(node.commit_offset(), start);
+    // It already matched this leader past the start.
+    let end = bytes.len() as u64;
+    assert_eq!(
+        response(&actions),
+        AppendOutcome::Accepted {
+            verified_end: end,
+            durable_end: end
+        }
+    );
+
+    // Start above the leader's commit, or of a term above the leader's:
+    // not a checkpoint an honest leader sends.
+    for bogus in [snapshot(2, 10, 100, 2), snapshot(2, 200, 100, 3)] {
+        let actions = deliver(&mut node, &mut log, bogus);
+        assert!(!actions.iter().any(|a| matches!(a, Action::ResetLog { .. })));
+    }
+
+    // A start past our log, from a leader of term 2: reset.
+    let actions = deliver(&mut node, &mut log, snapshot(2, 500, 400, 2));
+    let reset = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::ResetLog { checkpoint } => Some(checkpoint.clone()),
+            _ => None,
+        })
+        .expect("a reset");
+    assert_eq!(reset.commit_offset, 400);
+    assert!(actions.contains(&Action::CommitAdvanced { commit_offset: 400 }));
+    assert_eq!(node.commit_offset(), 400);
+    assert_eq!(node.end_offset(), 400);
+    assert_eq!(node.log_start(), 400);
+    assert_eq!(node.durable_offset(), 400);
+    // Entries from there on are appended as usual.
+    let more = entries(2, &[b"after"]);
+    let actions = deliver(
+        &mut node,
+        &mut MemLog(vec![0; 400], 400),
+        append(2, 400, 2, more),
+    );
+    assert!(!actions.iter().any(|a| matches!(a, Action::Send(_))));
+    assert_eq!(node.end_offset(), 400 + 21);
 }
 
 proptest! {
@@ -400,6 +497,10 @@ proptest! {
                     Action::Truncate { offset, write_id } => {
                         node.log.0.truncate(offset as usize);
                         node.last_write = write_id;
+                    }
+                    Action::ResetLog { checkpoint } => {
+                        let start = checkpoint.commit_offset;
+                        node.log = MemLog(vec![0; start as usize], start);
                     }
                     _ => {}
                 }

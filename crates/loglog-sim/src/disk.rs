@@ -12,6 +12,10 @@
 //! that is torn or corrupt: the same rule as the real storage, which scans
 //! its tail and truncates at the first bad CRC.
 //!
+//! Trims and resets model the real storage's segment deletions, which are
+//! durable when they return (files deleted, directory fsynced): the log
+//! then starts at `start`, and the bytes below it read as zeros (gone).
+//!
 //! Small state files (term and vote, the commit checkpoint) are replaced
 //! atomically and synchronously (write temp, fsync, rename): a write is
 //! entirely durable once it returns, and a crash never leaves half of one.
@@ -66,6 +70,8 @@ pub struct Disk {
     /// Operations ever issued.
     issued_ops: u64,
     state_files: BTreeMap<&'static str, Vec<u8>>,
+    /// First offset still in the log; both images hold zeros below it.
+    start: u64,
 }
 
 /// A point in the stream of log operations, returned by [`Disk::sync_point`]:
@@ -82,6 +88,48 @@ impl Disk {
     /// The log file as the running node sees it.
     pub fn log(&self) -> &[u8] {
         &self.visible
+    }
+
+    /// First offset still in the log (bytes below were trimmed).
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Drops the entries wholly below `offset` (each entry stands for a
+    /// segment: the new start is the last entry boundary at or below
+    /// `offset`), durably. `offset` is at most the commit offset, so those
+    /// bytes are synced. Returns the new start.
+    pub fn trim_prefix(&mut self, offset: u64, max_payload: u32) -> u64 {
+        let mut start = self.start;
+        for entry in EntryIter::new(&self.visible[start as usize..], start, max_payload) {
+            let Ok(entry) = entry else { break };
+            if entry.next_offset() > offset {
+                break;
+            }
+            start = entry.next_offset();
+        }
+        let durable_cut = (start as usize).min(self.durable.len());
+        self.durable[..durable_cut].fill(0);
+        let visible_cut = (start as usize).min(self.visible.len());
+        self.visible[..visible_cut].fill(0);
+        self.start = start;
+        start
+    }
+
+    /// Replaces the whole log, durably, by an empty one beginning at
+    /// `start` (a re-seed from the leader's log start). Unsynced operations
+    /// are dropped: syncs already in flight complete nothing more.
+    pub fn reset_to(&mut self, start: u64) {
+        self.durable = vec![0; start as usize];
+        self.visible = self.durable.clone();
+        self.pending.clear();
+        self.synced_ops = self.issued_ops;
+        self.start = start;
+    }
+
+    /// Loses everything: log and state files (a wiped data directory).
+    pub fn wipe(&mut self) {
+        *self = Disk::default();
     }
 
     /// The log's length as the running node sees it.
@@ -134,7 +182,7 @@ impl Disk {
     pub fn complete_sync(&mut self, point: SyncPoint) {
         while self.synced_ops < point.0 {
             let op = self.pending.remove(0);
-            apply(&mut self.durable, &op, None);
+            apply(&mut self.durable, &op, None, self.start);
             self.synced_ops += 1;
         }
     }
@@ -174,7 +222,7 @@ impl Disk {
                 }
                 _ => None,
             };
-            apply(&mut self.durable, &op, tear);
+            apply(&mut self.durable, &op, tear, self.start);
         }
         self.pending.clear();
         self.synced_ops = 0;
@@ -191,6 +239,7 @@ impl Disk {
     /// Flips one random bit of the durable log image in `[from, len)`.
     /// Returns the bit's byte offset, or `None` when that range is empty.
     pub fn flip_bit(&mut self, from: u64, rng: &mut impl Rng) -> Option<u64> {
+        let from = from.max(self.start);
         let len = self.durable.len() as u64;
         if from >= len {
             return None;
@@ -215,7 +264,12 @@ impl Disk {
             self.pending.is_empty(),
             "recovery runs on a crashed disk, which has no unsynced operations"
         );
-        let mut iter = EntryIter::new(&self.durable, 0, max_payload);
+        let start = self.start as usize;
+        if self.durable.len() < start {
+            // Only a reset's zeros were lost (they stand for no bytes).
+            self.durable.resize(start, 0);
+        }
+        let mut iter = EntryIter::new(&self.durable[start..], self.start, max_payload);
         let mut stopped_by = None;
         for entry in iter.by_ref() {
             if let Err(error) = entry {
@@ -236,7 +290,8 @@ impl Disk {
 }
 
 /// Applies `op` to `image`; a torn write keeps only its first `tear` bytes.
-fn apply(image: &mut Vec<u8>, op: &PendingOp, tear: Option<usize>) {
+/// Bytes below `start` stay zero (trimmed; only written before the trim).
+fn apply(image: &mut Vec<u8>, op: &PendingOp, tear: Option<usize>, start: u64) {
     match op {
         PendingOp::Write { offset, bytes } => {
             let bytes = &bytes[..tear.unwrap_or(bytes.len())];
@@ -249,6 +304,10 @@ fn apply(image: &mut Vec<u8>, op: &PendingOp, tear: Option<usize>) {
             let overlap = (image.len() - offset).min(bytes.len());
             image[offset..offset + overlap].copy_from_slice(&bytes[..overlap]);
             image.extend_from_slice(&bytes[overlap..]);
+            let trimmed = (start as usize).min(offset + bytes.len());
+            if offset < trimmed {
+                image[offset..trimmed].fill(0);
+            }
         }
         PendingOp::Truncate { len } => image.truncate(*len as usize),
     }
@@ -338,6 +397,35 @@ mod tests {
             assert!(tail.is_empty() || tail == entry(1, b"old!") || tail == entry(2, b"new!"));
         }
         assert!(seen_old && seen_new);
+    }
+
+    #[test]
+    fn trims_and_resets_are_durable_and_recovery_scans_from_the_start() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut disk = Disk::new();
+        disk.append(&entry(1, b"one"));
+        disk.append(&entry(1, b"two"));
+        disk.append(&entry(1, b"three"));
+        let point = disk.sync_point();
+        disk.complete_sync(point);
+        // Entry boundaries 0, 19, 38, 59: a trim at 30 keeps the entry at 19.
+        assert_eq!(disk.trim_prefix(30, 1 << 20), 19);
+        disk.append(&entry(1, b"four"));
+        disk.crash(&mut rng);
+        let recovery = disk.recover(1 << 20);
+        assert!(recovery.log_end >= 59, "{recovery:?}");
+        assert_eq!(disk.start(), 19);
+        assert!(disk.log()[..19].iter().all(|&byte| byte == 0));
+
+        disk.append(&entry(1, b"unsynced"));
+        disk.reset_to(500);
+        assert_eq!((disk.start(), disk.log_len()), (500, 500));
+        assert!(!disk.has_unsynced());
+        disk.append(&entry(2, b"after"));
+        let point = disk.sync_point();
+        disk.complete_sync(point);
+        disk.crash(&mut rng);
+        assert_eq!(disk.recover(1 << 20).log_end, 500 + 21);
     }
 
     #[test]

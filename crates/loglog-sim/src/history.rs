@@ -151,6 +151,11 @@ pub enum ReadOutcome {
     Ok(ReadResult),
     /// Failed or timed out: a failed read asserts nothing.
     Failed,
+    /// The offset was below the answering node's log start (trimmed): it
+    /// asserts only that the log held committed bytes up to `start`.
+    Trimmed {
+        start: u64,
+    },
 }
 
 /// One read operation.
@@ -276,6 +281,13 @@ pub enum Violation {
     },
     /// A read returned something other than the final log's slice.
     ReadNotASlice { read: usize, reason: String },
+    /// A read was answered `Trimmed` at a start past the final log: a node
+    /// trimmed bytes that never committed.
+    TrimmedBeyondFinalLog {
+        read: usize,
+        start: u64,
+        final_end: u64,
+    },
     /// A read went past the end of the final log.
     ReadBeyondFinalLog {
         read: usize,
@@ -351,6 +363,15 @@ impl fmt::Display for Violation {
             Violation::ReadNotASlice { read, reason } => {
                 write!(f, "read #{read} is not a slice of the final log: {reason}")
             }
+            Violation::TrimmedBeyondFinalLog {
+                read,
+                start,
+                final_end,
+            } => write!(
+                f,
+                "read #{read} was answered Trimmed at {start}, past the final log's end \
+                 {final_end}"
+            ),
             Violation::ReadBeyondFinalLog {
                 read,
                 end,
@@ -534,6 +555,15 @@ pub fn check(history: &History, final_log: &FinalLog) -> Vec<Violation> {
     let final_offsets: Vec<u64> = final_log.entries.iter().map(|e| e.offset).collect();
     let mut linearizable_done: Vec<(Timestamp, u64, usize)> = Vec::new();
     for (read_index, read) in history.reads.iter().enumerate() {
+        if let ReadOutcome::Trimmed { start } = read.outcome {
+            if start > final_log.end {
+                report(Violation::TrimmedBeyondFinalLog {
+                    read: read_index,
+                    start,
+                    final_end: final_log.end,
+                });
+            }
+        }
         let ReadOutcome::Ok(result) = &read.outcome else {
             continue;
         };
@@ -764,6 +794,19 @@ mod tests {
         assert!(violations
             .iter()
             .any(|v| matches!(v, Violation::FailedAppendVisible { value, .. } if value == b"y")));
+    }
+
+    #[test]
+    fn trimmed_reads_are_fine_unless_past_the_final_log() {
+        let (mut history, log) = good();
+        let inside = history.invoke_read(5, ReadKind::Plain, 80);
+        history.complete_read(inside, ReadOutcome::Trimmed { start: log.end }, 81);
+        assert_eq!(check(&history, &log), Vec::new());
+        let past = history.invoke_read(5, ReadKind::Linearizable, 82);
+        history.complete_read(past, ReadOutcome::Trimmed { start: log.end + 1 }, 83);
+        assert!(check(&history, &log)
+            .iter()
+            .any(|v| matches!(v, Violation::TrimmedBeyondFinalLog { .. })));
     }
 
     #[test]

@@ -205,6 +205,14 @@ fn main() -> ExitCode {
         millis(0.99),
         millis(1.0)
     );
+    let sum = |field: fn(&SimReport) -> u64| reports.iter().map(field).sum::<u64>();
+    let reseeded = reports.iter().filter(|report| report.resets > 0).count();
+    eprintln!(
+        "trims_applied={} log_resets={} (in {reseeded} seeds) reads_trimmed={}",
+        sum(|report| report.trims),
+        sum(|report| report.resets),
+        sum(|report| report.reads_trimmed)
+    );
     if broken == 0 {
         ExitCode::SUCCESS
     } else {

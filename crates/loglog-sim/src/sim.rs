@@ -14,6 +14,18 @@
 //! network model. The node persists its checkpoint lazily (on a random
 //! subset of commit advances), so restarts see stale checkpoints too.
 //!
+//! # Trims and re-seeds
+//!
+//! Leaders propose trims below their commit offset (a fault like any
+//! other); every node drops the entries below the trim once it commits
+//! (each entry stands for a segment), after persisting its checkpoint. A
+//! node that needs bytes below its leader's log start (behind after a long
+//! downtime, or wiped) gets the leader's checkpoint and resets its log to
+//! begin there. A wiped node loses its log and checkpoint but keeps its
+//! term and vote (Raft needs those; see `loglog-raft`'s Limits) and is
+//! marked like a corrupted node (it may have acknowledged what it lost).
+//! Reads below a node's start are answered `Trimmed`: not a violation.
+//!
 //! # Corruption
 //!
 //! A bit flip hits the durable log of a crashed node; recovery truncates at
@@ -148,6 +160,11 @@ pub struct SimReport {
     pub recovery_nanos: Option<Nanos>,
     /// Commits by a leader ending on an older term's entry.
     pub old_term_commits: u64,
+    /// Trims performed by nodes (`TrimPrefix`), logs reset to a leader's
+    /// start (`ResetLog`), and reads answered `Trimmed`.
+    pub trims: u64,
+    pub resets: u64,
+    pub reads_trimmed: u64,
     /// FNV-1a of the trace lines (0 with [`TraceMode::Off`]).
     pub trace_hash: u64,
     /// The trace text (empty unless [`TraceMode::Full`]).
@@ -205,6 +222,10 @@ enum Reply {
     Busy,
     ReadOk(ReadResult),
     ReadFailed,
+    /// The read offset is below the node's log start.
+    ReadTrimmed {
+        start: u64,
+    },
     /// A broken core promise, turned into a violation by the node.
     ReadIndexPastCommit {
         read_index: u64,
@@ -445,6 +466,9 @@ struct Sim {
     /// broken core does that): a measure of how close runs come to
     /// Figure 8.
     old_term_commits: u64,
+    trims: u64,
+    resets: u64,
+    reads_trimmed: u64,
     /// Until this time, AppendEntries starting with a no-op to these nodes
     /// are lost.
     no_op_loss_until: Nanos,
@@ -561,6 +585,9 @@ impl Sim {
             disk_stalls,
             amnesia_stall: false,
             old_term_commits: 0,
+            trims: 0,
+            resets: 0,
+            reads_trimmed: 0,
             no_op_loss_until: 0,
             no_op_loss_to: Vec::new(),
             client_links_cut: vec![false; client_count * node_count],
@@ -778,15 +805,27 @@ impl Sim {
         } else {
             Membership::default()
         };
-        let log_end = node.disk.log_len();
+        let mut log_end = node.disk.log_len();
         // A checkpoint past the end of the recovered log (corruption cut
         // committed entries) is no longer true: scan from the start.
         let checkpoint = node
             .disk
             .state(CHECKPOINT_FILE)
             .map(|bytes| Checkpoint::decode(bytes).expect("the simulator wrote a valid checkpoint"))
-            .filter(|checkpoint| checkpoint.commit_offset <= log_end)
-            .unwrap_or_else(|| Checkpoint::bootstrap(bootstrap_membership));
+            .filter(|checkpoint| checkpoint.commit_offset <= log_end);
+        if checkpoint.is_none() && node.disk.start() > 0 {
+            // Trimmed, and the bytes the checkpoint covered are damaged:
+            // nothing to scan from. Re-seed it (as an operator would): an
+            // empty log, caught up from a leader's log start.
+            node.disk.reset_to(0);
+            log_end = 0;
+            let id = node.id;
+            self.trace_line(|| {
+                format!("node {id}: trimmed log damaged below its checkpoint; re-seeded")
+            });
+        }
+        let node = &mut self.nodes[index];
+        let checkpoint = checkpoint.unwrap_or_else(|| Checkpoint::bootstrap(bootstrap_membership));
         node.amnesia = node
             .disk
             .state(AMNESIA_FILE)
@@ -844,6 +883,10 @@ impl Sim {
                 return;
             }
         };
+        if let Err(error) = recovered.set_log_start(self.nodes[index].disk.start()) {
+            self.violation(format!("node {id}: log start: {error}"));
+            return;
+        }
         if let Some(mark) = self.nodes[index].amnesia {
             recovered.set_lost_tail(LostTail {
                 end_offset: mark.end,
@@ -1067,6 +1110,47 @@ impl Sim {
                     );
                 }
             }
+            Action::TrimPrefix { offset } => {
+                let node = &mut self.nodes[index];
+                let commit = node.commit;
+                // The driver contract: checkpoint first (past the trim).
+                let checkpoint = node
+                    .core
+                    .as_ref()
+                    .expect("performing its actions")
+                    .checkpoint();
+                if checkpoint.commit_offset < offset {
+                    let at = checkpoint.commit_offset;
+                    self.violation(format!(
+                        "node {id}: trim at {offset} above its checkpoint's commit {at}"
+                    ));
+                    return;
+                }
+                node.disk.write_state(CHECKPOINT_FILE, checkpoint.encode());
+                let start = node.disk.trim_prefix(offset, MAX_PAYLOAD);
+                self.trims += 1;
+                self.trace_line(|| {
+                    format!("node {id} (commit {commit}) trims below {offset}: starts at {start}")
+                });
+                self.maybe_trigger_crash(index, 0.5, 0.0);
+            }
+            Action::ResetLog { checkpoint } => {
+                let node = &mut self.nodes[index];
+                let start = checkpoint.commit_offset;
+                if start <= node.commit {
+                    let commit = node.commit;
+                    self.violation(format!(
+                        "node {id}: log reset to {start}, not above its commit offset {commit}"
+                    ));
+                    return;
+                }
+                node.disk.reset_to(start);
+                node.disk.write_state(CHECKPOINT_FILE, checkpoint.encode());
+                node.checked_commit = node.checked_commit.max(start);
+                self.resets += 1;
+                self.trace_line(|| format!("node {id} resets its log to begin at {start}"));
+                self.maybe_trigger_crash(index, 0.5, 0.0);
+            }
             Action::ConflictBelowCommit {
                 leader,
                 offset,
@@ -1219,8 +1303,10 @@ impl Sim {
     fn check_commit(&mut self, index: usize) {
         let node = &mut self.nodes[index];
         let id = node.id;
-        let (from, to) = (node.checked_commit, node.commit);
+        // Below its log start a node holds nothing (trimmed or re-seeded).
+        let (from, to) = (node.checked_commit.max(node.disk.start()), node.commit);
         if to <= from {
+            node.checked_commit = node.checked_commit.max(to);
             return;
         }
         node.checked_commit = to;
@@ -1272,6 +1358,13 @@ impl Sim {
             ));
             return;
         }
+        if from > self.committed.len() as u64 {
+            let known = self.committed.len();
+            self.violation(format!(
+                "node {id}: its log starts at {from}, past the committed log's end {known}"
+            ));
+            return;
+        }
         if to > self.committed.len() as u64 {
             // The reporting node's term bounds the term of the leader that
             // committed these bytes from above.
@@ -1305,8 +1398,12 @@ impl Sim {
             .max()
             .unwrap_or(0) as usize;
         let log = self.nodes[index].disk.log();
-        if !log.starts_with(&self.committed[..required]) {
-            let at = first_difference(&self.committed[..required], log);
+        let start = (self.nodes[index].disk.start() as usize).min(required);
+        if !log[start.min(log.len())..].starts_with(&self.committed[start..required]) {
+            let at = first_difference(
+                &self.committed[start..required],
+                &log[start.min(log.len())..],
+            ) + start as u64;
             let committed_len = required;
             self.violation(format!(
                 "leader completeness: node {id}, leader of term {term}, lacks committed bytes \
@@ -1322,7 +1419,10 @@ impl Sim {
         let runs: Vec<Option<Vec<(u64, u64, Term)>>> = self
             .nodes
             .iter()
-            .map(|node| node.is_up().then(|| entry_boundaries(node.disk.log())))
+            .map(|node| {
+                node.is_up()
+                    .then(|| entry_boundaries(node.disk.log(), node.disk.start()))
+            })
             .collect();
         for a in 0..self.nodes.len() {
             for b in a + 1..self.nodes.len() {
@@ -1348,10 +1448,12 @@ impl Sim {
                     }
                 }
                 if let Some(end) = matched_end {
-                    let log_a = &self.nodes[a].disk.log()[..end as usize];
+                    // Compared from where both logs still hold bytes.
+                    let start = self.nodes[a].disk.start().max(self.nodes[b].disk.start()) as usize;
+                    let log_a = &self.nodes[a].disk.log()[start..end as usize];
                     let log_b = self.nodes[b].disk.log();
-                    if log_b.len() < end as usize || log_a != &log_b[..end as usize] {
-                        let at = first_difference(log_a, log_b);
+                    if log_b.len() < end as usize || log_a != &log_b[start..end as usize] {
+                        let at = first_difference(log_a, &log_b[start..]) + start as u64;
                         let (id_a, id_b) = (self.nodes[a].id, self.nodes[b].id);
                         self.violation(format!(
                             "log matching: nodes {id_a} and {id_b} share an entry ending at \
@@ -1435,6 +1537,11 @@ impl Sim {
         if start > commit {
             return Reply::ReadFailed;
         }
+        if start < node.disk.start() {
+            return Reply::ReadTrimmed {
+                start: node.disk.start(),
+            };
+        }
         let log = &node.disk.log()[start as usize..commit as usize];
         let mut end = 0usize;
         for entry in EntryIter::new(log, start, MAX_PAYLOAD) {
@@ -1471,6 +1578,11 @@ impl Sim {
                 commit: node.commit,
             };
         }
+        if start < node.disk.start() {
+            return Reply::ReadTrimmed {
+                start: node.disk.start(),
+            };
+        }
         match ReadResult::from_raw_bytes(
             start,
             &node.disk.log()[start as usize..read_index as usize],
@@ -1493,15 +1605,23 @@ impl Sim {
         for (offset, waiting) in done {
             let node = &self.nodes[index];
             // Ours if the committed entry at that offset is of the term we
-            // proposed it in and holds our bytes.
-            let ours = EntryIter::new(&node.disk.log()[offset as usize..], offset, MAX_PAYLOAD)
-                .next()
-                .and_then(Result::ok)
-                .is_some_and(|entry| {
-                    entry.header.term == waiting.term
-                        && entry.header.kind == EntryKind::Data
-                        && entry.payload == waiting.value
-                });
+            // proposed it in and holds our bytes. Below the log start (a
+            // trim or re-seed took it) only the term map remains, which
+            // settles it as the driver contract says.
+            let ours = if offset < node.disk.start() {
+                node.core
+                    .as_ref()
+                    .is_some_and(|core| core.term_map().term_at(offset) == waiting.term)
+            } else {
+                EntryIter::new(&node.disk.log()[offset as usize..], offset, MAX_PAYLOAD)
+                    .next()
+                    .and_then(Result::ok)
+                    .is_some_and(|entry| {
+                        entry.header.term == waiting.term
+                            && entry.header.kind == EntryKind::Data
+                            && entry.payload == waiting.value
+                    })
+            };
             let reply = if ours {
                 Reply::AppendOk { offset }
             } else {
@@ -1671,6 +1791,12 @@ impl Sim {
                 self.history.complete_read(id, ReadOutcome::Failed, now);
                 self.client_done(index);
             }
+            (ClientOp::Read { id, .. }, Reply::ReadTrimmed { start }) => {
+                self.reads_trimmed += 1;
+                self.history
+                    .complete_read(id, ReadOutcome::Trimmed { start }, now);
+                self.client_done(index);
+            }
             (op, reply) => {
                 // A definite rejection (not the leader, busy, or a reply
                 // that does not fit the operation): retry elsewhere until
@@ -1765,7 +1891,8 @@ impl Sim {
                 if !self.nodes[index].is_up() {
                     return;
                 }
-                let synced = last_valid_entry(self.nodes[index].disk.durable_log());
+                let disk = &self.nodes[index].disk;
+                let synced = last_valid_entry(disk.durable_log(), disk.start());
                 self.crash_node(index);
                 let any_amnesia = self.nodes.iter().any(|node| {
                     node.disk
@@ -1788,6 +1915,10 @@ impl Sim {
                 let downtime = self.rng.gen_range(MILLIS..=self.max_downtime);
                 self.queue
                     .schedule_in(downtime, Event::Restart { node: index });
+                if self.rng.gen_bool(0.3) {
+                    // It comes back behind the leader's start: re-seeded.
+                    self.trim();
+                }
             }
             25..=29 => {
                 // Power failure: a quorum or everyone at once.
@@ -1879,6 +2010,8 @@ impl Sim {
                     .collect();
                 self.trace_line(|| format!("no-ops to {ids:?} lost for {}ms", duration / MILLIS));
             }
+            92..=96 => self.trim(),
+            97..=99 => self.wipe(),
             _ => {
                 // Leadership transfer to a random voter.
                 let Some(leader) = self.current_leader() else {
@@ -1900,6 +2033,62 @@ impl Sim {
                 self.drive(leader);
             }
         }
+    }
+
+    /// The leader trims at a random offset below its commit offset.
+    fn trim(&mut self) {
+        let Some(leader) = self.current_leader() else {
+            return;
+        };
+        let commit = self.core(leader).commit_offset();
+        if commit == 0 {
+            return;
+        }
+        let offset = self.rng.gen_range(0..commit);
+        let result = self.core(leader).propose_trim(offset);
+        let id = self.nodes[leader].id;
+        self.trace_line(|| format!("trim below {offset} via leader {id}: {result:?}"));
+        match result {
+            Ok(_) | Err(ProposeError::Busy(_)) => {}
+            Err(error) => self.violation(format!("a valid trim was refused: {error}")),
+        }
+        self.drive(leader);
+    }
+
+    /// Wipes a node's log and checkpoint (its term and vote survive, see
+    /// the module docs) and brings it back after a while: it is re-seeded
+    /// from its leader's log start once that is past 0. Marked like a
+    /// corrupted node, so at most one node is marked at a time.
+    fn wipe(&mut self) {
+        let any_amnesia = self.nodes.iter().any(|node| {
+            node.disk
+                .state(AMNESIA_FILE)
+                .and_then(AmnesiaMark::decode)
+                .is_some()
+        });
+        let index = self.rng.gen_range(0..self.nodes.len());
+        if any_amnesia || !self.nodes[index].is_up() {
+            return;
+        }
+        let disk = &self.nodes[index].disk;
+        let (end, last_term) = last_valid_entry(disk.durable_log(), disk.start());
+        let hard_state = disk.state(HARD_STATE_FILE).map(<[u8]>::to_vec);
+        self.crash_node(index);
+        let node = &mut self.nodes[index];
+        node.disk.wipe();
+        if let Some(hard_state) = hard_state {
+            node.disk.write_state(HARD_STATE_FILE, hard_state);
+        }
+        if end > 0 {
+            node.disk
+                .write_state(AMNESIA_FILE, AmnesiaMark { end, last_term }.encode());
+        }
+        let id = node.id;
+        self.trace_line(|| format!("node {id} wiped (log and checkpoint)"));
+        let downtime = self.rng.gen_range(MILLIS..=self.max_downtime.max(SECONDS));
+        self.queue
+            .schedule_in(downtime, Event::Restart { node: index });
+        self.trim();
     }
 
     /// The up node that is leader in the highest term, if any.
@@ -2032,6 +2221,9 @@ impl Sim {
                 .zip(self.healed_at)
                 .map(|(live, healed)| live - healed),
             old_term_commits: self.old_term_commits,
+            trims: self.trims,
+            resets: self.resets,
+            reads_trimmed: self.reads_trimmed,
             trace_hash: if self.trace_mode == TraceMode::Off {
                 0
             } else {
@@ -2063,19 +2255,22 @@ fn first_difference(a: &[u8], b: &[u8]) -> u64 {
 }
 
 /// End and term of the last entry of the valid (CRC-checked) prefix of `log`.
-fn last_valid_entry(log: &[u8]) -> (u64, Term) {
+/// The log holds bytes from `start` on (zeros below: trimmed).
+fn last_valid_entry(log: &[u8], start: u64) -> (u64, Term) {
     let mut last = (0, 0);
-    for entry in EntryIter::new(log, 0, MAX_PAYLOAD) {
+    let rest = log.get(start as usize..).unwrap_or_default();
+    for entry in EntryIter::new(rest, start, MAX_PAYLOAD) {
         let Ok(entry) = entry else { break };
         last = (entry.next_offset(), entry.header.term);
     }
     last
 }
 
-/// `(offset, end, term)` of every entry in `log` (headers only).
-fn entry_boundaries(log: &[u8]) -> Vec<(u64, u64, Term)> {
+/// `(offset, end, term)` of every entry in `log` from `start` (its log
+/// start: zeros below) on (headers only).
+fn entry_boundaries(log: &[u8], start: u64) -> Vec<(u64, u64, Term)> {
     let mut entries = Vec::new();
-    let mut at = 0usize;
+    let mut at = start as usize;
     while let Some(rest) = log.get(at..).filter(|rest| rest.len() >= ENTRY_HEADER_LEN) {
         let Ok(header) = EntryHeader::decode(rest, MAX_PAYLOAD) else {
             break;

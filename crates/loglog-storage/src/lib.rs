@@ -1,4 +1,5 @@
-//! LogLog's segment files: append, group commit, recovery, truncate, trim.
+//! LogLog's segment files: append, group commit, recovery, truncate, trim,
+//! reset.
 //!
 //! [`open`] recovers a log directory and returns three handles: the single
 //! [`LogWriter`], a [`LogSyncer`] for a dedicated sync thread and any number
@@ -46,6 +47,12 @@
 //! crash, and the durable offset never claims them. A failed fsync poisons
 //! the log (the kernel may have dropped the dirty pages): every later call
 //! fails with [`StorageError::Poisoned`] until the process reopens the log.
+//!
+//! [`LogWriter::reset_to`] (a re-seed from a leader's log start) deletes
+//! every segment, oldest first, then creates one empty segment named by the
+//! new start (fsynced, renamed, directory fsynced). A crash part-way leaves
+//! a valid log (a suffix of the old segments, an empty log at 0, or the new
+//! one); the caller saves its intent first and redoes the reset at start.
 //!
 //! # Preallocation
 //!

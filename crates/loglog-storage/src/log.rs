@@ -628,6 +628,58 @@ impl LogWriter {
         Ok(self.start_offset())
     }
 
+    /// Replaces the whole log, durably, by an empty one that begins at
+    /// `offset`: every segment is deleted and one empty segment named by
+    /// `offset` is created; start, end and durable offsets all become
+    /// `offset`. Raft's InstallSnapshot with an empty state: a node whose
+    /// leader trimmed the bytes it lacks starts over at the leader's start.
+    ///
+    /// Segments are deleted oldest first, then the new one is created, so a
+    /// crash part-way leaves a valid log (a suffix of the old segments, or
+    /// an empty log at 0, or the new one). The caller records its intent
+    /// durably first and redoes the reset after such a crash.
+    pub fn reset_to(&mut self, offset: u64) -> Result<(), StorageError> {
+        self.shared.check_poisoned()?;
+        let shared = self.shared.clone();
+        let _sync = lock(&shared.sync_lock);
+        // Durable names first, so no pending roll refers to a deleted file.
+        self.shared.complete_rolls_locked()?;
+        let result = self.reset_locked(offset);
+        result.map_err(|error| self.shared.poison(error))
+    }
+
+    fn reset_locked(&mut self, offset: u64) -> Result<(), StorageError> {
+        let old: Vec<Arc<Segment>> = read_lock(&self.shared.segments).clone();
+        self.tail.zero.retire();
+        for segment in &old {
+            let path = segment.path();
+            fs::remove_file(&path).map_err(StorageError::io("remove", &path))?;
+        }
+        self.shared.fsync_dir()?;
+        let new = create_segment(&self.shared.dir, self.shared.fsync, offset)?;
+        if self.shared.fsync == FsyncPolicy::Always {
+            new.file
+                .sync_data()
+                .map_err(StorageError::io("fdatasync", &new.path()))?;
+        }
+        new.rename_to_final()?;
+        self.shared.fsync_dir()?;
+        {
+            // Readers holding an old segment keep reading its (unlinked)
+            // file; new reads see only the new log.
+            let mut segments = write_lock(&self.shared.segments);
+            self.shared.start.store(offset, Ordering::Release);
+            self.shared.end.store(offset, Ordering::Release);
+            self.shared.durable.store(offset, Ordering::Release);
+            *segments = vec![new.clone()];
+        }
+        self.tail = new;
+        self.end = offset;
+        self.dirty_past_end = false;
+        tracing::info!(start = offset, "log reset to begin at a new start offset");
+        Ok(())
+    }
+
     /// A syncer for this log (the same one `open` returned).
     pub fn syncer(&self) -> LogSyncer {
         LogSyncer {

@@ -79,6 +79,20 @@ pub fn save(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Deletes the state saved at `path`, durably (the directory is fsynced);
+/// nothing to delete is fine.
+pub fn remove(path: &Path) -> Result<(), StorageError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(StorageError::io("remove", path)(error)),
+    }
+    let dir = parent_dir(path);
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(StorageError::io("fsync directory", dir))
+}
+
 /// Reads the state saved at `path`: `None` when there is none yet, a typed
 /// error when the file is damaged or of an unknown version.
 pub fn load(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {

@@ -169,6 +169,49 @@ fn trim_prefix_deletes_whole_segments() {
     assert_eq!((writer.start_offset(), writer.end_offset()), (270, 300));
 }
 
+/// Re-seeding: the whole log is replaced by an empty one beginning at a
+/// given offset (above, inside or below the old log), durably.
+#[test]
+fn reset_to_begins_an_empty_log_at_the_offset() {
+    for reset_at in [1_000u64, 120, 90, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, syncer, reader) = open(small_config(dir.path())).unwrap();
+        let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 14]).collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+        writer.append(&entries(&refs)).unwrap();
+        syncer.sync().unwrap();
+        writer.reset_to(reset_at).unwrap();
+        assert_eq!(
+            (writer.start_offset(), writer.end_offset()),
+            (reset_at, reset_at)
+        );
+        assert_eq!(reader.segment_count(), 1);
+        assert_eq!(syncer.durable_offset(), reset_at);
+        if reset_at > 0 {
+            assert!(matches!(
+                reader.read(0, 10, reset_at),
+                Err(StorageError::Trimmed { start }) if start == reset_at
+            ));
+        }
+        writer.append(&entries(&[b"after the reset"])).unwrap();
+        let end = syncer.sync().unwrap();
+        let chunk = reader.read(reset_at, 1000, end).unwrap();
+        assert_eq!(payloads_of(&chunk.bytes), vec![b"after the reset".to_vec()]);
+        drop((writer, syncer, reader));
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(".seg"))
+            .collect();
+        assert_eq!(names, vec![format!("{reset_at:020}.seg")]);
+        let (writer, _, _) = open(small_config(dir.path())).unwrap();
+        assert_eq!(
+            (writer.start_offset(), writer.end_offset()),
+            (reset_at, end)
+        );
+    }
+}
+
 #[test]
 fn fsync_never_still_works() {
     let dir = tempfile::tempdir().unwrap();

@@ -96,6 +96,16 @@ impl Client {
         self.runtime.block_on(self.client.status())
     }
 
+    /// See [`crate::Client::cluster_status`].
+    pub fn cluster_status(&self) -> Result<crate::ClusterStatus, Error> {
+        self.runtime.block_on(self.client.cluster_status())
+    }
+
+    /// See [`crate::Client::admin`].
+    pub fn admin(&self, request: crate::AdminRequest<'_>) -> Result<u64, Error> {
+        self.runtime.block_on(self.client.admin(request))
+    }
+
     /// See [`crate::Client::end_offset`].
     pub fn end_offset(&self) -> Result<u64, Error> {
         self.runtime.block_on(self.client.end_offset())

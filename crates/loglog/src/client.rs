@@ -23,8 +23,8 @@ use bytes::Bytes;
 use loglog_proto::entry::MAX_PAYLOAD_LIMIT;
 use loglog_proto::producer::{ProducerTag, PRODUCER_ENVELOPE_LEN};
 use loglog_proto::wire::{
-    append_once_flags, opcode, NodeStatus, Request, ServerError, FRAME_HEADER_LEN,
-    READ_LINEARIZABLE,
+    append_once_flags, opcode, AdminRequest, ClusterStatus, NodeStatus, Request, ServerError,
+    FRAME_HEADER_LEN, READ_LINEARIZABLE,
 };
 use tokio::sync::oneshot;
 
@@ -341,6 +341,52 @@ impl Client {
             addr,
             message: format!("status answer of {} bytes is too short", body.len()),
         })
+    }
+
+    /// The connected node's status with every cluster member it knows
+    /// (replication progress when it leads, when it last heard from each,
+    /// its peer traffic). A single node lists no member.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, Error> {
+        let (addr, body) = self.call(opcode::CLUSTER_STATUS, 0, Bytes::new()).await?;
+        ClusterStatus::decode(&body).ok_or_else(|| Error::Protocol {
+            addr,
+            message: format!("cluster status answer of {} bytes is malformed", body.len()),
+        })
+    }
+
+    /// Sends an admin request; followers redirect it to the leader. Answers
+    /// once the change is done, with the value [`AdminRequest`] describes.
+    /// Add-node and remove-node are safe to retry (a node already added or
+    /// removed answers at once).
+    pub async fn admin(&self, request: AdminRequest<'_>) -> Result<u64, Error> {
+        if let AdminRequest::AddNode {
+            peer_addr,
+            client_addr,
+            ..
+        } = request
+        {
+            let max = loglog_proto::wire::MAX_NODE_ADDRESS_LEN;
+            if peer_addr.is_empty()
+                || client_addr.is_empty()
+                || peer_addr.len() > max
+                || client_addr.len() > max
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "node addresses must be 1 to {max} bytes"
+                )));
+            }
+        }
+        let mut frame = Vec::new();
+        Request::Admin(request).encode(0, &mut frame);
+        let body = Bytes::from(frame).slice(FRAME_HEADER_LEN..);
+        let (addr, answer) = self.call(opcode::ADMIN, 0, body).await?;
+        answer
+            .get(..8)
+            .map(|value| u64::from_le_bytes(value.try_into().expect("8 bytes")))
+            .ok_or_else(|| Error::Protocol {
+                addr,
+                message: format!("admin answer of {} bytes is too short", answer.len()),
+            })
     }
 
     /// The end of the readable log: the connected node's commit offset,

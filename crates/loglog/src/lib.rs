@@ -54,4 +54,6 @@ pub use stream::{EntryStream, DEFAULT_LONG_POLL, DEFAULT_PAGE_BYTES};
 
 pub use loglog_proto::entry::EntryKind;
 pub use loglog_proto::producer::ProducerTag;
-pub use loglog_proto::wire::{NodeStatus, Role, ServerError};
+pub use loglog_proto::wire::{
+    AdminRequest, ClusterStatus, MemberStatus, NodeStatus, Role, ServerError,
+};

@@ -29,6 +29,15 @@ use loglogd::{parse_byte_size, parse_duration, Config, Fsync, Limits, Node};
     The cluster id (--cluster-id, default derived from the ids and peer addresses) is\n  \
     written into the data directory at bootstrap: a data directory of another cluster or\n  \
     node id refuses to start, and peers of another cluster are refused at the handshake.\n\n\
+ADDING A NODE\n  \
+    Start it with --join, an empty data directory, and --peers listing the current members\n  \
+    (the founders' exact list gives the same derived cluster id; else pass --cluster-id):\n\n    \
+    loglogd --id 4 --join --data-dir d4 --listen 127.0.0.1:7004 --peer-listen 127.0.0.1:7104 \\\n      \
+    --peers 1=127.0.0.1:7101@127.0.0.1:7001,2=127.0.0.1:7102@127.0.0.1:7002,3=...\n\n  \
+    then ask the leader to add it: loglog admin add-node 4 127.0.0.1:7104 127.0.0.1:7004\n  \
+    (it becomes a learner, catches up from the log, and is promoted to voter). Members'\n  \
+    addresses are kept in the log: every member finds it, and it restarts with --join\n  \
+    --cluster-id ID and no --peers (the id is logged at startup as \"cluster\").\n\n\
 CONFIG FILE\n  \
     --config FILE reads every setting from TOML, named like the flags with underscores\n  \
     (id = 1, data_dir = \"d1\", listen = \"127.0.0.1:7001\", peers = \"1=...\", segment_size = \"64MiB\",\n  \
@@ -61,7 +70,8 @@ struct Args {
     #[arg(long, env = "LOGLOG_ID", default_value_t = 1)]
     id: u64,
     /// Cluster members: ID=HOST:PEERPORT@HOST:CLIENTPORT,... (every founding
-    /// voter, this node included). Without it the node runs alone.
+    /// voter, this node included; with --join, the current members). Without
+    /// it (and without --join) the node runs alone.
     #[arg(long, env = "LOGLOG_PEERS", value_parser = parse_peer_list)]
     peers: Option<PeerList>,
     /// Address to listen on for peers (with --peers; port 0 picks one).
@@ -70,6 +80,11 @@ struct Args {
     /// Cluster id fixed at bootstrap (default: derived from --peers).
     #[arg(long, env = "LOGLOG_CLUSTER_ID")]
     cluster_id: Option<String>,
+    /// Join an existing cluster instead of founding one: an empty data
+    /// directory starts with no configuration and waits for a leader to
+    /// add it (`loglog admin add-node`); --peers lists current members.
+    #[arg(long)]
+    join: bool,
     /// A TOML file with any of these settings under the same names with
     /// underscores (limits in a [limits] table); flags and LOGLOG_*
     /// environment variables win over it. `--print-config` shows one.
@@ -116,6 +131,8 @@ struct FileConfig {
     peer_listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    join: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<FileLimits>,
 }
@@ -304,10 +321,10 @@ fn apply_config_file(args: &mut Args, matches: &clap::ArgMatches) -> Result<(), 
     if let Some(path) = args.config.clone() {
         read_config_file(args, &path, &unset)?;
     }
-    if args.peers.is_none() && (args.cluster_id.is_some() || !unset("peer_listen")) {
-        return Err("--peer-listen and --cluster-id need --peers".to_string());
+    if args.peers.is_none() && !args.join && (args.cluster_id.is_some() || !unset("peer_listen")) {
+        return Err("--peer-listen and --cluster-id need --peers or --join".to_string());
     }
-    if args.peers.is_none() && args.test_unsynced_lost_on_kill {
+    if args.peers.is_none() && !args.join && args.test_unsynced_lost_on_kill {
         return Err("--test-unsynced-lost-on-kill needs --peers".to_string());
     }
     Ok(())
@@ -355,6 +372,9 @@ fn read_config_file(
     }
     if let (true, Some(value)) = (unset("cluster_id"), file.cluster_id) {
         args.cluster_id = Some(value);
+    }
+    if let (true, Some(value)) = (unset("join"), file.join) {
+        args.join = value;
     }
     if let Some(limits) = file.limits {
         args.limits
@@ -413,16 +433,20 @@ fn printed_config(config: &Config) -> String {
             .to_string(),
         ),
         id: Some(config.node_id),
-        peers: cluster.map(|cluster| {
-            cluster
-                .peers
-                .iter()
-                .map(|peer| format!("{}={}@{}", peer.id, peer.peer_addr, peer.client_addr))
-                .collect::<Vec<_>>()
-                .join(",")
-        }),
+        // A joining node may have no --peers (it learns them from its log).
+        peers: cluster
+            .filter(|cluster| !cluster.peers.is_empty())
+            .map(|cluster| {
+                cluster
+                    .peers
+                    .iter()
+                    .map(|peer| format!("{}={}@{}", peer.id, peer.peer_addr, peer.client_addr))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
         peer_listen: cluster.map(|cluster| cluster.peer_listen),
         cluster_id: cluster.map(|cluster| cluster.cluster_id()),
+        join: cluster.filter(|cluster| cluster.join).map(|_| true),
         limits: Some(FileLimits {
             max_connections: Some(limits.max_connections),
             max_in_flight_requests: Some(limits.max_in_flight_requests),
@@ -484,10 +508,12 @@ fn config_from(args: Args) -> Config {
     config.fsync = args.fsync;
     config.node_id = args.id;
     config.limits = args.limits.limits();
-    if let Some(PeerList(peers)) = args.peers {
+    if args.peers.is_some() || args.join {
+        let peers = args.peers.map(|PeerList(peers)| peers).unwrap_or_default();
         let mut cluster = loglogd::cluster::ClusterConfig::new(peers);
         cluster.peer_listen = args.peer_listen;
         cluster.cluster_id = args.cluster_id;
+        cluster.join = args.join;
         cluster.test_switches.unsynced_lost_on_kill = args.test_unsynced_lost_on_kill;
         #[cfg(feature = "bug-injection")]
         {
@@ -726,5 +752,12 @@ cluster_id = "file-cluster"
         // Cluster-only flags need --peers.
         assert!(parse_args(["loglogd", "--cluster-id", "x"]).is_err());
         assert!(parse_args(["loglogd", "--peer-listen", "127.0.0.1:1"]).is_err());
+        // A joining node: no --peers needed (on a restart), not listed itself.
+        let config = config_from(
+            parse_args(["loglogd", "--id", "4", "--join", "--cluster-id", "prod"]).unwrap(),
+        );
+        let cluster = config.cluster.expect("--join gives a cluster config");
+        assert!(cluster.join && cluster.peers.is_empty());
+        assert!(cluster.validate(4).is_ok());
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use loglog_proto::entry::{encode_entry, EntryIter, EntryKind};
 use loglog_proto::segment::parse_segment_file_name;
-use loglog_proto::wire::{NodeStatus, Role, ServerError};
+use loglog_proto::wire::{AdminRequest, ClusterStatus, NodeStatus, Role, ServerError};
 use loglog_storage::{state_file, FsyncPolicy, LogReader, StorageConfig, StorageError};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -480,6 +480,13 @@ impl Node {
 
     /// Deletes whole segments below `offset` (at most the commit offset);
     /// returns the log's new start offset. Reads below it answer `Trimmed`.
+    ///
+    /// On a cluster member this is a replicated trim: only the leader takes
+    /// it (followers answer `NotLeader`), `offset` must be below the commit
+    /// offset (else `OutOfRange` with the commit offset), and it answers
+    /// once the trim entry committed and this node applied it; every other
+    /// node applies it too, a node that was down when it catches up. This
+    /// is the one trim mechanism; retention policies call it.
     pub async fn trim_prefix(&self, offset: u64) -> Result<u64, ServerError> {
         let (reply, answer) = oneshot::channel();
         if !self.inner.shared.accepting.load(Ordering::Acquire) {
@@ -491,6 +498,48 @@ impl Node {
             .await
             .map_err(|_| ServerError::ShuttingDown)?;
         answer.await.unwrap_or(Err(ServerError::ShuttingDown))
+    }
+
+    /// This node's status with every member it knows (a single node lists
+    /// none): `loglog status` asks every node for it.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ServerError> {
+        let (members, peer_bytes_sent) = match &self.inner.cluster {
+            Some(cluster) => (cluster.members().await?, cluster.peer_bytes_sent()),
+            None => (Vec::new(), 0),
+        };
+        Ok(ClusterStatus {
+            node: self.status(),
+            peer_bytes_sent,
+            members,
+        })
+    }
+
+    /// Performs an admin request: membership and leadership changes on a
+    /// cluster's leader (a follower answers `NotLeader`; a single node has
+    /// no members to change), and trim (see [`Node::trim_prefix`]). Answers
+    /// once the change is done (see [`AdminRequest`] for the value).
+    pub async fn admin(&self, request: AdminRequest<'_>) -> Result<u64, ServerError> {
+        use crate::cluster::driver::AdminCommand;
+        let command = match request {
+            AdminRequest::Trim { offset } => return self.trim_prefix(offset).await,
+            AdminRequest::AddNode {
+                id,
+                peer_addr,
+                client_addr,
+            } => AdminCommand::AddNode {
+                id,
+                peer_addr: peer_addr.to_string(),
+                client_addr: client_addr.to_string(),
+            },
+            AdminRequest::RemoveNode { id } => AdminCommand::RemoveNode(id),
+            AdminRequest::TransferLeader { id } => AdminCommand::TransferLeader(id),
+        };
+        match &self.inner.cluster {
+            Some(cluster) => cluster.admin(command).await,
+            None => Err(ServerError::BadRequest {
+                message: "this node is not a cluster member (started without --peers)".to_string(),
+            }),
+        }
     }
 
     /// This node's status (a single node is always its own leader; a

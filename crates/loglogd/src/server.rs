@@ -97,8 +97,14 @@ struct Response {
 
 enum Body {
     Offset(u64),
-    Read { commit: u64, bytes: Vec<u8> },
+    Read {
+        commit: u64,
+        bytes: Vec<u8>,
+    },
     Status(NodeStatus),
+    ClusterStatus(Vec<u8>),
+    /// An admin request's u64 answer.
+    Admin(u64),
     Error(ServerError),
 }
 
@@ -314,6 +320,8 @@ enum Parsed {
         linearizable: bool,
     },
     Status,
+    ClusterStatus,
+    Admin,
 }
 
 async fn read_requests(
@@ -592,6 +600,8 @@ async fn dispatch(
             linearizable,
         },
         Request::Status => Parsed::Status,
+        Request::ClusterStatus => Parsed::ClusterStatus,
+        Request::Admin(_) => Parsed::Admin,
     });
     match parsed {
         Err(error) => respond(
@@ -608,6 +618,48 @@ async fn dispatch(
             Body::Status(node.status()),
             Some(permit),
         ),
+        Ok(Parsed::ClusterStatus) => {
+            let node = node.clone();
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let body = match node.cluster_status().await {
+                    Ok(status) => Body::ClusterStatus(status.encode()),
+                    Err(error) => Body::Error(error),
+                };
+                respond(
+                    &sink,
+                    opcode::CLUSTER_STATUS,
+                    request_id,
+                    body,
+                    Some(permit),
+                );
+            });
+        }
+        Ok(Parsed::Admin) => {
+            let node = node.clone();
+            let sink = sink.clone();
+            // An add-node may wait long (the new node catches up): its own
+            // task, holding its in-flight permit like any request.
+            tokio::spawn(async move {
+                let result = match Request::parse(&header, &body) {
+                    Ok(Request::Admin(admin)) => {
+                        tokio::select! {
+                            result = node.admin(admin) => result,
+                            _ = sink.closed() => return,
+                        }
+                    }
+                    // The same bytes parsed as an admin request above.
+                    _ => Err(ServerError::BadRequest {
+                        message: "malformed admin request".to_string(),
+                    }),
+                };
+                let body = match result {
+                    Ok(value) => Body::Admin(value),
+                    Err(error) => Body::Error(error),
+                };
+                respond(&sink, opcode::ADMIN, request_id, body, Some(permit));
+            });
+        }
         Ok(Parsed::Append { no_wait, producer }) => {
             let reply = Reply::Connection(PendingResponse {
                 sink: sink.clone(),
@@ -782,7 +834,7 @@ fn count_response(metrics: &NodeMetrics, response: &Response) {
             metrics.read_bytes.inc_by(bytes.len() as u64);
         }
         Body::Error(error) => metrics.error(error),
-        Body::Status(_) => {}
+        Body::Status(_) | Body::ClusterStatus(_) | Body::Admin(_) => {}
     }
 }
 
@@ -791,7 +843,7 @@ fn count_response(metrics: &NodeMetrics, response: &Response) {
 fn encode_response(response: Response, out: &mut Vec<u8>) -> Option<Vec<u8>> {
     let (opcode, request_id) = (response.opcode, response.request_id);
     match response.body {
-        Body::Offset(offset) => {
+        Body::Offset(offset) | Body::Admin(offset) => {
             out.extend_from_slice(&ok_response_header(opcode, request_id, 8));
             out.extend_from_slice(&offset.to_le_bytes());
             None
@@ -803,6 +855,13 @@ fn encode_response(response: Response, out: &mut Vec<u8>) -> Option<Vec<u8>> {
                 request_id,
                 encoded.len() as u32,
             ));
+            out.extend_from_slice(&encoded);
+            None
+        }
+        Body::ClusterStatus(encoded) => {
+            // Bounded by the member count (at most 510 records of < 560 bytes).
+            let body_len = u32::try_from(encoded.len()).expect("a cluster status fits a frame");
+            out.extend_from_slice(&ok_response_header(opcode, request_id, body_len));
             out.extend_from_slice(&encoded);
             None
         }

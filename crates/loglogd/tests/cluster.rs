@@ -2,26 +2,30 @@
 //! picked free), driven through the client library and raw frames.
 //! Elects a leader, follows `NotLeader` redirects, serves identical
 //! committed bytes on every node, survives a SIGKILL of the leader (the
-//! failover time is printed), and a restarted node catches up.
+//! failover time is printed), and a restarted node catches up. A
+//! replicated trim reaches every node, and a wiped node is re-seeded from
+//! the leader's log start. Membership changes under load (a fourth node
+//! added, the leader removed), leadership transfer, and `loglog status
+//! --json` over a cluster.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use loglog::blocking::Client;
+use loglog::AdminRequest;
 use loglog_proto::producer::{entry_producer, ProducerTag};
+
+mod common;
 use loglog_proto::wire::{
     FrameHeader, NodeStatus, Request, Role, ServerError, FRAME_HEADER_LEN, STATUS_OK,
 };
 
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
+use common::free_addr;
 
 struct Member {
     id: u64,
@@ -30,11 +34,17 @@ struct Member {
     dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// `None`: a founding voter (started with the cluster's --peers).
+    /// `Some(args)`: a node added later, started with `--join` and these
+    /// cluster flags.
+    join_args: Option<Vec<String>>,
 }
 
 struct Cluster {
     members: Vec<Member>,
     peers_flag: String,
+    /// More flags for every process (e.g. a small `--segment-size`).
+    extra_args: Vec<String>,
 }
 
 impl Cluster {
@@ -47,6 +57,7 @@ impl Cluster {
                 dir: root.join(format!("node{id}")),
                 log: root.join(format!("node{id}.log")),
                 child: None,
+                join_args: None,
             })
             .collect();
         let peers_flag = members
@@ -57,7 +68,45 @@ impl Cluster {
         Cluster {
             members,
             peers_flag,
+            extra_args: Vec::new(),
         }
+    }
+
+    /// A node that is not a founding voter (`--join`), for `add-node`;
+    /// `start` starts it with `join_args`. Returns its index.
+    fn add_joining_member(&mut self, root: &Path, join_args: Vec<String>) -> usize {
+        let id = self
+            .members
+            .iter()
+            .map(|member| member.id)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        self.members.push(Member {
+            id,
+            client: free_addr(),
+            peer: free_addr(),
+            dir: root.join(format!("node{id}")),
+            log: root.join(format!("node{id}.log")),
+            child: None,
+            join_args: Some(join_args),
+        });
+        self.members.len() - 1
+    }
+
+    /// The cluster id the founders derived, from a founder's data dir
+    /// (`cluster.id`: a 4-byte version, then the id).
+    fn cluster_id(&self) -> String {
+        let bytes = std::fs::read(self.members[0].dir.join("cluster.id")).unwrap();
+        // A state file: 16-byte prefix, payload, 4-byte CRC (docs/FORMAT.md).
+        String::from_utf8(bytes[16 + 4..bytes.len() - 4].to_vec()).unwrap()
+    }
+
+    fn client_addrs(&self, indexes: &[usize]) -> Vec<String> {
+        indexes
+            .iter()
+            .map(|&index| self.members[index].client.to_string())
+            .collect()
     }
 
     fn start(&mut self, index: usize) {
@@ -67,6 +116,14 @@ impl Cluster {
             .append(true)
             .open(&member.log)
             .unwrap();
+        let cluster_args = match &member.join_args {
+            Some(args) => {
+                let mut join = vec!["--join".to_string()];
+                join.extend(args.iter().cloned());
+                join
+            }
+            None => vec!["--peers".to_string(), self.peers_flag.clone()],
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_loglogd"))
             .args([
                 "--id",
@@ -77,9 +134,9 @@ impl Cluster {
                 &member.client.to_string(),
                 "--peer-listen",
                 &member.peer.to_string(),
-                "--peers",
-                &self.peers_flag,
             ])
+            .args(&cluster_args)
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -1019,4 +1076,599 @@ fn one_append_call_rides_out_the_leaders_death() {
     let entries = data_entries(&log);
     assert_eq!(entries[&b"before"[..]], vec![before]);
     assert_eq!(entries[&b"after"[..]], vec![after]);
+}
+
+/// Segment file starts in a member's log directory.
+fn segment_starts(member: &Member) -> Vec<u64> {
+    let mut starts: Vec<u64> = std::fs::read_dir(member.dir.join(loglogd::LOG_DIR))
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".seg")?.parse().ok()
+        })
+        .collect();
+    starts.sort_unstable();
+    starts
+}
+
+/// Waits until a member's log starts past 0 (it applied a trim or was
+/// re-seeded) and returns its start.
+fn wait_for_start(cluster: &Cluster, index: usize) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = cluster.status(index) {
+            if status.start_offset > 0 {
+                return status.start_offset;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {} never trimmed\n{}",
+            cluster.members[index].id,
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A member's committed bytes from `from` up to `to`.
+fn committed_range(addr: SocketAddr, from: u64, to: u64) -> Vec<u8> {
+    let client = Client::connect(&[addr.to_string()]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut bytes = Vec::new();
+    while from + (bytes.len() as u64) < to {
+        let page = client
+            .read(
+                from + bytes.len() as u64,
+                1 << 20,
+                Duration::from_millis(200),
+            )
+            .unwrap();
+        bytes.extend_from_slice(page.raw());
+        assert!(Instant::now() < deadline, "{addr} stuck below {to}");
+    }
+    bytes.truncate((to - from) as usize);
+    bytes
+}
+
+/// A replicated trim with `loglogd` processes as followers, under load:
+/// every node drops its segments below the trim (files gone, start offset
+/// in status, reads below answer `Trimmed`); a node down during the trim
+/// trims once it catches up; a wiped node (empty data directory, same id)
+/// is re-seeded from the leader's log start and then holds the same bytes.
+/// Member 1 runs embedded in this process, because the test asks it for
+/// the trim (`Node::trim_prefix`; the admin request comes separately), so
+/// it must be the leader: the processes are killed until it is.
+#[test]
+fn a_replicated_trim_reaches_every_process_and_a_wiped_one_reseeds() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3);
+    cluster.extra_args = vec!["--segment-size".to_string(), "4096".to_string()];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let peers: Vec<loglogd::cluster::PeerSpec> = cluster
+        .members
+        .iter()
+        .map(|m| loglogd::cluster::PeerSpec {
+            id: m.id,
+            peer_addr: m.peer.to_string(),
+            client_addr: m.client.to_string(),
+        })
+        .collect();
+    let mut config = loglogd::Config::new(cluster.members[0].dir.clone());
+    config.node_id = 1;
+    config.listen = Some(cluster.members[0].client);
+    config.segment_size = 4096;
+    let mut cluster_config = loglogd::cluster::ClusterConfig::new(peers);
+    cluster_config.peer_listen = cluster.members[0].peer;
+    config.cluster = Some(cluster_config);
+    let embedded = runtime.block_on(loglogd::Node::start(config)).unwrap();
+    cluster.start(1);
+    cluster.start(2);
+    for attempt in 0.. {
+        let leader = cluster.wait_for_leader(&[0, 1, 2]);
+        if leader == 0 {
+            break;
+        }
+        assert!(attempt < 30, "member 1 never became leader");
+        cluster.kill(leader);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while embedded.status().role != Role::Leader && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cluster.start(leader);
+    }
+
+    let leader_addr = cluster.members[0].client.to_string();
+    let client = Client::connect(std::slice::from_ref(&leader_addr)).unwrap();
+    for i in 0..300 {
+        client.append(vec![i as u8; 200]).unwrap();
+    }
+    // Load: appends keep coming through the trim and the catch-ups.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let addr = leader_addr.clone();
+        std::thread::spawn(move || {
+            let client = Client::connect(&[addr]).unwrap();
+            let mut acknowledged = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client.append(vec![0xab; 300]).unwrap();
+                acknowledged += 1;
+            }
+            acknowledged
+        })
+    };
+
+    let (down, up) = (2, 1);
+    cluster.kill(down);
+    let commit = embedded.commit_offset();
+    assert!(matches!(
+        runtime.block_on(embedded.trim_prefix(u64::MAX / 2)),
+        Err(ServerError::OutOfRange { .. })
+    ));
+    let trim_to = commit / 2;
+    let start = runtime.block_on(embedded.trim_prefix(trim_to)).unwrap();
+    assert!(
+        start > 0 && start <= trim_to,
+        "start {start}, trim {trim_to}"
+    );
+    let up_start = wait_for_start(&cluster, up);
+    assert!(up_start <= trim_to);
+    cluster.start(down);
+    let down_start = wait_for_start(&cluster, down);
+    assert!(down_start <= trim_to);
+
+    for index in 0..3 {
+        let status = cluster.status(index).unwrap();
+        assert_eq!(
+            segment_starts(&cluster.members[index])[0],
+            status.start_offset,
+            "node {}: files below the start are gone",
+            index + 1
+        );
+        let mut stream = TcpStream::connect(cluster.members[index].client).unwrap();
+        let read = Request::Read {
+            offset: 0,
+            max_bytes: 1 << 20,
+            wait_ms: 0,
+            linearizable: false,
+        };
+        assert_eq!(
+            call(&mut stream, read),
+            Err(ServerError::Trimmed {
+                start: status.start_offset
+            })
+        );
+    }
+
+    // Wipe a follower process: same id, empty data directory.
+    let wiped = up;
+    cluster.kill(wiped);
+    std::fs::remove_dir_all(&cluster.members[wiped].dir).unwrap();
+    let leader_start = embedded.status().start_offset;
+    cluster.start(wiped);
+    assert_eq!(wait_for_start(&cluster, wiped), leader_start);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(load.join().unwrap() > 0);
+    let end = embedded.commit_offset();
+    let expected = committed_range(cluster.members[0].client, leader_start, end);
+    for index in 1..3 {
+        let from = cluster
+            .status(index)
+            .unwrap()
+            .start_offset
+            .max(leader_start);
+        let bytes = committed_range(cluster.members[index].client, from, end);
+        assert_eq!(
+            bytes[..],
+            expected[(from - leader_start) as usize..],
+            "node {}: same bytes from the start on",
+            index + 1
+        );
+    }
+    assert_eq!(segment_starts(&cluster.members[wiped])[0], leader_start);
+    runtime.block_on(embedded.shutdown());
+}
+
+/// Acknowledged appends: payload and offset.
+type Acknowledged = std::sync::Arc<std::sync::Mutex<Vec<(Vec<u8>, u64)>>>;
+
+/// Appender threads: each appends its own numbered payloads through a
+/// client of `addrs` until `stop`, recording every acknowledged append
+/// (payload, offset). A failed try is not retried with the same payload,
+/// so nothing acknowledged can be duplicated by a retry.
+struct Appenders {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acknowledged: Acknowledged,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl Appenders {
+    fn start(addrs: &[String], count: usize, tag: &str) -> Appenders {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(AtomicBool::new(false));
+        let acknowledged: Acknowledged = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..count)
+            .map(|c| {
+                let (addrs, stop, acknowledged) =
+                    (addrs.to_vec(), stop.clone(), acknowledged.clone());
+                let tag = tag.to_string();
+                std::thread::spawn(move || {
+                    let mut failed = 0u64;
+                    let mut client = None;
+                    for n in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        if client.is_none() {
+                            client = Client::connect(&addrs).ok();
+                        }
+                        let Some(connected) = &client else {
+                            std::thread::sleep(Duration::from_millis(10));
+                            continue;
+                        };
+                        let payload = format!("{tag}-c{c}-{n}").into_bytes();
+                        match connected.append(payload.clone()) {
+                            Ok(offset) => acknowledged.lock().unwrap().push((payload, offset)),
+                            Err(_) => {
+                                failed += 1;
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        Appenders {
+            stop,
+            acknowledged,
+            threads,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.acknowledged.lock().unwrap().len()
+    }
+
+    /// Stops the threads; returns the acknowledged appends and the failed tries.
+    fn finish(self) -> (Vec<(Vec<u8>, u64)>, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let failed = self.threads.into_iter().map(|t| t.join().unwrap()).sum();
+        let acknowledged = std::mem::take(&mut *self.acknowledged.lock().unwrap());
+        (acknowledged, failed)
+    }
+}
+
+/// The committed logs of `indexes` are byte-identical and hold every
+/// acknowledged entry exactly once, at its acknowledged offset.
+fn assert_identical_logs_with(
+    cluster: &Cluster,
+    indexes: &[usize],
+    commit: u64,
+    acknowledged: &[(Vec<u8>, u64)],
+) {
+    let logs: Vec<Vec<u8>> = indexes
+        .iter()
+        .map(|&index| committed_bytes(cluster.members[index].client, commit))
+        .collect();
+    let shortest = logs.iter().map(Vec::len).min().unwrap();
+    assert!(shortest as u64 >= commit);
+    for (log, &index) in logs.iter().zip(indexes).skip(1) {
+        assert!(
+            log[..shortest] == logs[0][..shortest],
+            "committed logs of node {} and node {} differ",
+            cluster.members[indexes[0]].id,
+            cluster.members[index].id
+        );
+    }
+    let entries = data_entries(&logs[0][..shortest]);
+    for (payload, offset) in acknowledged {
+        assert_eq!(
+            entries.get(payload),
+            Some(&vec![*offset]),
+            "acknowledged entry {:?}",
+            String::from_utf8_lossy(payload)
+        );
+    }
+    assert!(
+        entries.values().all(|offsets| offsets.len() == 1),
+        "no entry appears twice"
+    );
+}
+
+/// Runs the `loglog` command line; returns its stdout (asserts success).
+fn loglog_cli(cluster: &[String], args: &[&str]) -> String {
+    let output = Command::new(common::loglog_binary())
+        .arg("--cluster")
+        .arg(cluster.join(","))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "loglog {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The cluster status of one node (through the client library).
+fn cluster_status(addr: SocketAddr) -> Option<loglog::ClusterStatus> {
+    Client::connect(&[addr.to_string()])
+        .ok()?
+        .cluster_status()
+        .ok()
+}
+
+/// A fourth node joins a loaded 3-node cluster (8 appenders all along),
+/// becomes a voter, the leader is removed, appends go on; every remaining
+/// node has the same committed bytes with every acknowledged entry exactly
+/// once. Then the added node restarts without --peers (its peers'
+/// addresses come from its log) and keeps replicating.
+#[test]
+fn a_node_added_under_load_becomes_a_voter_and_the_old_leader_is_removed() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3);
+    for index in 0..3 {
+        cluster.start(index);
+    }
+    let first_leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let founders = cluster.client_addrs(&[0, 1, 2]);
+    let appenders = Appenders::start(&founders, 8, "load");
+    // Enough log for the new node to catch up with while appends go on.
+    while appenders.count() < 2000 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // Node 4 starts empty, knowing only the founders, and waits.
+    let cluster_id = cluster.cluster_id();
+    let joiner = cluster.add_joining_member(
+        root.path(),
+        vec![
+            "--cluster-id".to_string(),
+            cluster_id.clone(),
+            "--peers".to_string(),
+            cluster.peers_flag.clone(),
+        ],
+    );
+    cluster.start(joiner);
+    let (joiner_id, joiner_peer, joiner_client) = (
+        cluster.members[joiner].id,
+        cluster.members[joiner].peer.to_string(),
+        cluster.members[joiner].client.to_string(),
+    );
+    // Through a follower: the request follows NotLeader to the leader.
+    let follower = (first_leader + 1) % 3;
+    let added = loglog_cli(
+        &cluster.client_addrs(&[follower]),
+        &[
+            "admin",
+            "add-node",
+            &joiner_id.to_string(),
+            &joiner_peer,
+            &joiner_client,
+        ],
+    );
+    assert!(
+        added.starts_with(&format!("added node {joiner_id} (commit offset ")),
+        "{added}"
+    );
+    let leader = cluster.wait_for_leader(&[0, 1, 2, joiner]);
+    let status = cluster_status(cluster.members[leader].client).unwrap();
+    let member = status
+        .members
+        .iter()
+        .find(|member| member.id == joiner_id)
+        .expect("node 4 is a member");
+    assert!(member.voter, "node 4 is a voter: {status:?}");
+    assert_eq!(member.client_addr, joiner_client);
+    assert_eq!(member.peer_addr, joiner_peer);
+    // Retried, the request answers at once.
+    let again = Client::connect(&founders)
+        .unwrap()
+        .admin(AdminRequest::AddNode {
+            id: joiner_id,
+            peer_addr: &joiner_peer,
+            client_addr: &joiner_client,
+        });
+    assert!(again.is_ok(), "{again:?}");
+
+    // Remove the leader itself; the other three go on.
+    let before_removal = appenders.count();
+    let removed_id = cluster.members[leader].id;
+    let removed = Client::connect(&founders)
+        .unwrap()
+        .admin(AdminRequest::RemoveNode { id: removed_id });
+    assert!(removed.is_ok(), "{removed:?}\n{}", cluster.logs());
+    let removed = loglog_cli(
+        &founders,
+        &["admin", "remove-node", &removed_id.to_string()],
+    );
+    assert!(
+        removed.starts_with(&format!("removed node {removed_id}")),
+        "{removed}"
+    );
+    let remaining: Vec<usize> = (0..4).filter(|&index| index != leader).collect();
+    let new_leader = cluster.wait_for_leader(&remaining);
+    assert_ne!(new_leader, leader);
+    let status = cluster_status(cluster.members[new_leader].client).unwrap();
+    assert!(
+        status.members.iter().all(|member| member.id != removed_id),
+        "the removed node is gone from the configuration: {status:?}"
+    );
+    assert_eq!(status.members.len(), 3);
+    // The old leader committed its own removal before stepping down: it
+    // knows it is no voter, and never campaigns.
+    let removed_status = cluster.status(leader).unwrap();
+    assert_eq!(removed_status.role, Role::Learner, "{removed_status:?}");
+    cluster.kill(leader);
+    // Appends go on without it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while appenders.count() < before_removal + 300 {
+        assert!(
+            Instant::now() < deadline,
+            "appends stalled after the removal\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (mut acknowledged, failed) = appenders.finish();
+    println!(
+        "membership change under load: {} appends acknowledged, {failed} failed tries",
+        acknowledged.len()
+    );
+
+    // The added node restarts with its own flags only: no --peers.
+    cluster.kill(joiner);
+    cluster.members[joiner].join_args = Some(vec!["--cluster-id".to_string(), cluster_id]);
+    cluster.start(joiner);
+    let survivors = cluster.client_addrs(&remaining);
+    for i in 0..100 {
+        acknowledged.push(append_until_acknowledged(
+            &survivors,
+            &format!("after-restart-{i}"),
+        ));
+    }
+    let leader = cluster.wait_for_leader(&remaining);
+    let commit = cluster.status(leader).unwrap().commit_offset;
+    assert_identical_logs_with(&cluster, &remaining, commit, &acknowledged);
+}
+
+/// `loglog admin transfer-leader` hands the leadership to the named voter.
+#[test]
+fn leadership_moves_to_the_named_voter() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3);
+    for index in 0..3 {
+        cluster.start(index);
+    }
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let addrs = cluster.client_addrs(&[0, 1, 2]);
+    let appenders = Appenders::start(&addrs, 4, "transfer");
+    for _ in 0..2 {
+        let current = cluster.wait_for_leader(&[0, 1, 2]);
+        let target = (current + 1) % 3;
+        let target_id = cluster.members[target].id;
+        let answer = loglog_cli(
+            &addrs,
+            &["admin", "transfer-leader", &target_id.to_string()],
+        );
+        assert_eq!(answer.trim(), format!("leader is node {target_id}"));
+        assert_eq!(cluster.wait_for_leader(&[0, 1, 2]), target);
+    }
+    // A node that is not a voter is refused with a typed error.
+    let refused = Client::connect(&addrs)
+        .unwrap()
+        .admin(AdminRequest::TransferLeader { id: 99 });
+    assert!(
+        matches!(
+            refused,
+            Err(loglog::Error::Server {
+                source: ServerError::BadRequest { .. },
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let (acknowledged, _) = appenders.finish();
+    assert!(!acknowledged.is_empty());
+    let leader_now = cluster.wait_for_leader(&[0, 1, 2]);
+    assert_ne!(leader_now, leader);
+    let commit = cluster.status(leader_now).unwrap().commit_offset;
+    assert_identical_logs_with(&cluster, &[0, 1, 2], commit, &acknowledged);
+}
+
+/// `loglog status --json` over a 3-node cluster lists every node (also
+/// those not named in --cluster) with one leader, replication lag and the
+/// bytes each sent to peers, growing with appends; a dead node is listed as
+/// unreachable without failing the command.
+#[test]
+fn status_json_lists_every_node_with_lag_and_peer_traffic() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3);
+    for index in 0..3 {
+        cluster.start(index);
+    }
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let status = |cluster: &Cluster| -> Vec<serde_json::Value> {
+        let text = loglog_cli(&cluster.client_addrs(&[0]), &["status", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&text)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let before = status(&cluster);
+    assert_eq!(before.len(), 3, "every member is listed: {before:?}");
+    let leaders: Vec<&serde_json::Value> = before
+        .iter()
+        .filter(|node| node["role"] == "leader")
+        .collect();
+    assert_eq!(leaders.len(), 1, "{before:?}");
+    assert_eq!(leaders[0]["node_id"], cluster.members[leader].id);
+    for node in &before {
+        assert!(node["peer_address"].is_string(), "{node}");
+        assert_eq!(node["voter"], true);
+        assert!(node["peer_bytes_sent"].is_u64(), "{node}");
+        assert!(node["replication_lag_bytes"].is_u64(), "{node}");
+        assert!(node["end_offset"].as_u64() >= node["commit_offset"].as_u64());
+        if node["role"] != "leader" {
+            assert!(node["last_contact_ms"].as_u64().unwrap() < 5_000, "{node}");
+        }
+    }
+    let total_sent = |nodes: &[serde_json::Value]| -> u64 {
+        nodes
+            .iter()
+            .map(|node| node["peer_bytes_sent"].as_u64().unwrap())
+            .sum()
+    };
+    let sent_before = total_sent(&before);
+
+    let client = Client::connect(&cluster.client_addrs(&[leader])).unwrap();
+    let payload = vec![7u8; 1000];
+    for _ in 0..1000 {
+        client.append(payload.clone()).unwrap();
+    }
+    // Once the followers caught up, their lag is small.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let nodes = status(&cluster);
+        let lags: Vec<u64> = nodes
+            .iter()
+            .map(|node| node["replication_lag_bytes"].as_u64().unwrap())
+            .collect();
+        if lags.iter().all(|&lag| lag < 100_000) {
+            break nodes;
+        }
+        assert!(Instant::now() < deadline, "lags stay high: {lags:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Each follower received every entry (from whichever node led), so the
+    // nodes together sent at least that much to their peers.
+    let sent_after = total_sent(&after);
+    assert!(
+        sent_after >= sent_before + 2 * (1000 * 1000 - 100_000),
+        "peer traffic grows with appends: {sent_before} -> {sent_after}"
+    );
+
+    // A dead follower is listed as unreachable; the command succeeds.
+    // Not node 0: the status is asked through it alone.
+    let dead = (1..3).find(|&index| index != leader).unwrap();
+    cluster.kill(dead);
+    let with_dead = status(&cluster);
+    assert_eq!(with_dead.len(), 3, "{with_dead:?}");
+    let unreachable: Vec<&serde_json::Value> = with_dead
+        .iter()
+        .filter(|node| node["error"].is_string())
+        .collect();
+    assert_eq!(unreachable.len(), 1, "{with_dead:?}");
+    assert_eq!(
+        unreachable[0]["address"],
+        cluster.members[dead].client.to_string()
+    );
+    let text = loglog_cli(&cluster.client_addrs(&[0, 1, 2]), &["status"]);
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(text.contains(" peer_bytes_sent="), "{text}");
 }

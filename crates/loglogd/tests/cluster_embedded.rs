@@ -134,3 +134,93 @@ async fn a_burst_beyond_the_uncommitted_bound_waits_instead_of_failing() {
     assert_eq!(offsets.len(), 96);
     node.shutdown().await;
 }
+
+/// One member's configuration: small segments, so a trim drops real files.
+fn trim_member_config(root: &std::path::Path, peers: &[PeerSpec], id: u64) -> Config {
+    let mut config = Config::new(root.join(format!("node{id}")));
+    config.node_id = id;
+    config.listen = None;
+    config.segment_size = 4096;
+    let mut cluster = ClusterConfig::new(peers.to_vec());
+    cluster.peer_listen = peers[id as usize - 1].peer_addr.parse().unwrap();
+    config.cluster = Some(cluster);
+    config
+}
+
+async fn wait_for_leader(nodes: &[Option<Node>]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let leaders: Vec<usize> = (0..nodes.len())
+            .filter(|&i| {
+                nodes[i]
+                    .as_ref()
+                    .is_some_and(|n| n.status().role == Role::Leader)
+            })
+            .collect();
+        if let [leader] = leaders[..] {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Segment file starts in a node's log directory.
+fn segment_starts(config: &Config) -> Vec<u64> {
+    let mut starts: Vec<u64> = std::fs::read_dir(config.data_dir.join(loglogd::LOG_DIR))
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".seg")?.parse().ok()
+        })
+        .collect();
+    starts.sort_unstable();
+    starts
+}
+
+/// A crash in the middle of a log reset (the intent saved, the log not yet
+/// reset) is completed at the next start: the log then begins at the
+/// intent's offset, with that checkpoint, and reads below it answer
+/// `Trimmed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_log_reset_is_completed_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let peers = vec![PeerSpec {
+        id: 1,
+        peer_addr: free_addr().to_string(),
+        client_addr: "127.0.0.1:1".to_string(),
+    }];
+    let config = trim_member_config(root.path(), &peers, 1);
+    let node = Node::start(config.clone()).await.unwrap();
+    wait_for_leader(&[Some(node.clone())]).await;
+    for i in 0..50u8 {
+        node.append(vec![i; 100]).await.unwrap();
+    }
+    let commit = node.commit_offset();
+    let term = node.status().term as u32;
+    node.shutdown().await;
+
+    // What `Action::ResetLog` saves first: the checkpoint to reset to.
+    let start = commit + 10_000;
+    let checkpoint = loglog_raft::Checkpoint {
+        commit_offset: start,
+        terms: loglog_raft::TermMap::from_runs(vec![loglog_raft::TermRun { term, start: 0 }])
+            .unwrap(),
+        membership: loglog_raft::Membership::with_voters([1]),
+    };
+    let reset_path = config.data_dir.join(loglogd::cluster::RESET_FILE);
+    loglog_storage::state_file::save(&reset_path, &checkpoint.encode()).unwrap();
+
+    let node = Node::start(config.clone()).await.unwrap();
+    assert!(!reset_path.exists(), "the intent is dropped once done");
+    assert_eq!(node.status().start_offset, start);
+    assert_eq!(segment_starts(&config), vec![start]);
+    wait_for_leader(&[Some(node.clone())]).await;
+    let offset = node.append(&b"after the reset"[..]).await.unwrap();
+    assert!(offset >= start);
+    assert_eq!(
+        node.read(0, 1 << 20, Duration::ZERO).await,
+        Err(ServerError::Trimmed { start })
+    );
+    node.shutdown().await;
+}

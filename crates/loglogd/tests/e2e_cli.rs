@@ -10,44 +10,14 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use loglog_proto::entry::{EntryIter, EntryKind, DEFAULT_MAX_PAYLOAD};
 use loglog_proto::producer::{ProducerTag, ENTRY_FLAG_PRODUCER};
 
-/// Path of the `loglog` binary, built once per test process.
-fn loglog_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let loglogd = Path::new(env!("CARGO_BIN_EXE_loglogd"));
-        let profile_dir = loglogd.parent().expect("loglogd lives in a directory");
-        let target_dir = profile_dir
-            .parent()
-            .expect("the profile directory has a parent");
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .args(["build", "--quiet", "-p", "loglog-cli", "--bin", "loglog"])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir
-            .file_name()
-            .is_some_and(|name| name == "release")
-        {
-            build.arg("--release");
-        }
-        let status = build.status().expect("cannot run cargo to build loglog");
-        assert!(
-            status.success(),
-            "cargo build -p loglog-cli failed: {status}"
-        );
-        let binary = profile_dir.join(format!("loglog{}", std::env::consts::EXE_SUFFIX));
-        assert!(binary.exists(), "{} was not built", binary.display());
-        binary
-    })
-}
+mod common;
+use common::loglog_binary;
 
 fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -336,4 +306,37 @@ fn bench_reports_json() {
         !status.contains(r#""commit_offset":16,"#),
         "the bench appended nothing: {status}"
     );
+}
+
+/// On a single node, `loglog admin trim` deletes whole segments below the
+/// offset and prints the new start; membership commands are refused with
+/// one error line; `status` keeps its single-node line.
+#[test]
+fn admin_trim_and_status_on_a_single_node() {
+    let server = Server::start(&["--segment-size", "4096"]);
+    let payload = "x".repeat(1000);
+    let mut offsets = Vec::new();
+    for _ in 0..20 {
+        offsets.push(
+            server
+                .ok(&["append", &payload])
+                .trim()
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    let cut = offsets[10];
+    let answer = server.ok(&["admin", "trim", &cut.to_string()]);
+    let start: u64 = answer
+        .trim()
+        .strip_prefix("log starts at ")
+        .unwrap_or_else(|| panic!("{answer}"))
+        .parse()
+        .unwrap();
+    assert!(start > 0 && start <= cut, "{answer}");
+    let status = server.ok(&["status"]);
+    assert!(status.contains(&format!(" start={start} ")), "{status}");
+    assert!(!status.contains("peer_addr="), "single-node line: {status}");
+    let refused = assert_one_line_error(&server.run(&["admin", "remove-node", "2"]));
+    assert!(refused.contains("not a cluster member"), "{refused}");
 }

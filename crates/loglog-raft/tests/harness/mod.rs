@@ -50,6 +50,9 @@ pub struct SimNode {
     pub reads_ready: Vec<(u64, u64)>,
     pub reads_failed: Vec<u64>,
     pub truncations: Vec<u64>,
+    /// Every `TrimPrefix` offset performed, and every `ResetLog` start.
+    pub trims: Vec<u64>,
+    pub resets: Vec<u64>,
 }
 
 /// Decides whether to drop a message in flight.
@@ -121,6 +124,8 @@ impl Cluster {
                 reads_ready: Vec::new(),
                 reads_failed: Vec::new(),
                 truncations: Vec::new(),
+                trims: Vec::new(),
+                resets: Vec::new(),
             },
         );
     }
@@ -205,6 +210,35 @@ impl Cluster {
                 node.reads_ready.push((ctx, read_index));
             }
             Action::ReadFailed { ctx, .. } => node.reads_failed.push(ctx),
+            Action::TrimPrefix { offset } => {
+                assert!(offset <= node.raft.commit_offset(), "trim above commit");
+                // Each entry stands for a segment: drop the entries wholly
+                // below `offset` (zeros stand for trimmed bytes).
+                let mut start = node.log.1;
+                for entry in EntryIter::new(&node.log.0[start as usize..], start, u32::MAX) {
+                    let entry = entry.expect("own log is intact");
+                    if entry.next_offset() > offset {
+                        break;
+                    }
+                    start = entry.next_offset();
+                }
+                node.log.0[..start as usize].fill(0);
+                let durable_len = node.durable_log.len();
+                node.durable_log[..(start as usize).min(durable_len)].fill(0);
+                node.log.1 = start;
+                node.trims.push(offset);
+            }
+            Action::ResetLog { checkpoint } => {
+                let start = checkpoint.commit_offset;
+                assert!(
+                    start > node.checkpoint.commit_offset,
+                    "reset below the checkpoint"
+                );
+                node.log = MemLog(vec![0; start as usize], start);
+                node.durable_log = node.log.0.clone();
+                node.checkpoint = checkpoint;
+                node.resets.push(start);
+            }
             Action::ConflictBelowCommit {
                 leader,
                 offset,
@@ -353,6 +387,13 @@ impl Cluster {
     }
 
     /// Crash: only the hard state, the durable log and the checkpoint survive.
+    /// Wipes a node: same id, empty data directory, booted as a node
+    /// joining an existing cluster (empty membership, learns from the log).
+    pub fn wipe(&mut self, id: NodeId) {
+        self.nodes.remove(&id);
+        self.add_node(id, Membership::default());
+    }
+
     pub fn crash(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
         node.up = false;
@@ -369,9 +410,12 @@ impl Cluster {
             scan.observe(&entry.expect("durable log is intact"))
                 .expect("scan");
         }
-        let recovered = scan
+        let mut recovered = scan
             .finish_at(node.durable_log.len() as u64)
             .expect("the scan reached the log's end");
+        recovered
+            .set_log_start(node.log.1)
+            .expect("trims stay below the checkpoint");
         node.raft = RaftNode::new(node.config.clone(), node.hard_state, recovered)
             .expect("restart from persisted state");
         node.log.0 = node.durable_log.clone();
@@ -437,9 +481,12 @@ impl Cluster {
         self.add_node(id, Membership::default());
         let start = checkpoint.commit_offset;
         let node = self.nodes.get_mut(&id).expect("just added");
-        let recovered = LogScan::new(checkpoint.clone())
+        let mut recovered = LogScan::new(checkpoint.clone())
             .finish_at(start)
             .expect("an empty log from the checkpoint on");
+        recovered
+            .set_log_start(start)
+            .expect("start at the checkpoint");
         // A node that never voted may start at the checkpoint's last term.
         node.hard_state = HardState {
             term: checkpoint.terms.last_term(),

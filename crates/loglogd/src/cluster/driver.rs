@@ -32,6 +32,16 @@
 //!   fsync stops the driver (the node answers `Unavailable`; reads go on up
 //!   to the commit offset): the core believes the bytes are in the log, so
 //!   it must not go on.
+//! * **Membership.** After every round the driver compares the core's
+//!   latest configuration with the one it acted on: it opens an outbound
+//!   connection to each new member (address from the configuration, else
+//!   `--peers`), closes the ones of members gone, and tells the peer
+//!   listener whom to accept. Admin requests (add-node, remove-node,
+//!   transfer-leader) arrive as events and wait in a bounded list, checked
+//!   after every round: an added node is proposed as a learner with its
+//!   addresses, and a leader promotes every learner to voter once the
+//!   core's progress shows it within `max_learner_lag_bytes` of the commit
+//!   offset.
 //! * **Checkpoint.** [`RaftNode::checkpoint`] is saved at most once per
 //!   [`CHECKPOINT_INTERVAL`] when the commit offset moved, and at shutdown;
 //!   a restart scans the log from the checkpoint's commit offset only.
@@ -44,7 +54,7 @@
 //!   file until the core clears it. Synced bytes lost within the last
 //!   interval before a crash go unnoticed (the bound lags).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -52,10 +62,11 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use loglog_proto::entry::{EntryIter, ENTRY_HEADER_LEN};
-use loglog_proto::wire::{Role as WireRole, ServerError};
+use loglog_proto::wire::{MemberStatus, Role as WireRole, ServerError};
 use loglog_raft::{
     Action, Checkpoint, Config as RaftConfig, Envelope, HardState, LogRead, LogReadError, LogScan,
-    LostTail, Membership, Message, NodeId, ProposeError, RaftNode, RequestError, Role, WriteId,
+    LostTail, MemberAddress, Membership, MembershipChange, Message, NodeId, ProposeError, RaftNode,
+    RequestError, Role, WriteId,
 };
 use loglog_storage::{
     state_file, FsyncPolicy, LogReader, LogSyncer, LogWriter, StorageConfig, StorageError,
@@ -66,7 +77,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::power_cut::{self, SyncedMark};
 use super::transport::{self, Identity, PeerQueue};
-use super::{ClusterConfig, CHECKPOINT_FILE, CLUSTER_ID_FILE, DURABLE_FILE};
+use super::{ClusterConfig, CHECKPOINT_FILE, CLUSTER_ID_FILE, DURABLE_FILE, RESET_FILE};
 use crate::config::{Config, Fsync};
 use crate::dedup::{Decision, Located, ProducerTable};
 use crate::node::{self, StartError, LOG_DIR, NODE_STATE_FILE};
@@ -81,6 +92,9 @@ const SYNC_JOB_QUEUE: usize = 1024;
 const MAX_PROPOSALS_PER_ROUND: usize = 4096;
 /// Most events handled in one round.
 const MAX_EVENTS_PER_ROUND: usize = 1024;
+/// Most trims proposed and not yet committed; more answer `Busy`.
+const MAX_PENDING_TRIMS: usize = 64;
+
 /// The checkpoint is saved at most this often.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest an append waits for room among the core's uncommitted bytes
@@ -89,6 +103,16 @@ pub const MAX_DEFER: Duration = Duration::from_secs(5);
 /// How long a shutting-down node keeps running the core so that appends
 /// already proposed can still commit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// Most a stopping leader waits for a voter to take over (a transfer
+/// normally takes one round trip and an election) before it stops anyway.
+const HANDOFF_LIMIT: Duration = Duration::from_secs(2);
+/// Most admin requests waiting at once (more are answered `Busy`).
+pub const MAX_PENDING_ADMIN: usize = 64;
+/// How long an added node may take to catch up and become a voter.
+pub const ADD_NODE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a removal may take to commit, and a leadership transfer to
+/// finish.
+pub const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Version of the cluster id file's payload.
 const CLUSTER_ID_VERSION: u32 = 1;
 /// Version of the durable-end file's payload.
@@ -163,6 +187,48 @@ pub(crate) enum Event {
     },
     /// Confirm leadership for a linearizable read (read-index).
     ReadIndex(oneshot::Sender<Result<(), ServerError>>),
+    /// Every member as this node sees it (cluster status).
+    Members(oneshot::Sender<Vec<MemberStatus>>),
+    /// A membership or leadership change (admin request).
+    Admin(AdminCommand, oneshot::Sender<Result<u64, ServerError>>),
+}
+
+/// The admin requests the driver performs (trim goes through the node's
+/// command queue instead).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum AdminCommand {
+    AddNode {
+        id: NodeId,
+        peer_addr: String,
+        client_addr: String,
+    },
+    RemoveNode(NodeId),
+    TransferLeader(NodeId),
+}
+
+/// An admin request waiting for its change to finish.
+struct PendingAdmin {
+    wait: AdminWait,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<u64, ServerError>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum AdminWait {
+    /// Until the node is a voter in the committed configuration.
+    Voter(NodeId),
+    /// Until the node is in neither the latest nor the committed one.
+    Removed(NodeId),
+    /// Until this node knows the node as leader.
+    Leader(NodeId),
+}
+
+/// The outbound connection to one member.
+struct PeerLink {
+    queue: Arc<PeerQueue>,
+    peer_addr: String,
+    /// Dropping it stops the dialer.
+    _stop: watch::Sender<bool>,
 }
 
 /// What the rest of the node sees of the consensus core.
@@ -170,6 +236,7 @@ pub(crate) struct ClusterHandle {
     events: mpsc::Sender<Event>,
     status: Arc<CoreStatus>,
     peer_addr: std::net::SocketAddr,
+    identity: Arc<Identity>,
 }
 
 /// Published by the driver after every round (relaxed: status only).
@@ -190,6 +257,33 @@ impl ClusterHandle {
             .await
             .map_err(|_| ServerError::ShuttingDown)?;
         answer.await.unwrap_or(Err(ServerError::ShuttingDown))
+    }
+
+    /// Every member of this node's latest configuration, with its view of
+    /// each (replication progress when it leads, when it last heard).
+    pub(crate) async fn members(&self) -> Result<Vec<MemberStatus>, ServerError> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(Event::Members(reply))
+            .await
+            .map_err(|_| ServerError::ShuttingDown)?;
+        answer.await.map_err(|_| ServerError::ShuttingDown)
+    }
+
+    /// Performs an admin request on the leader (a follower answers
+    /// `NotLeader`); answers once the change is done.
+    pub(crate) async fn admin(&self, command: AdminCommand) -> Result<u64, ServerError> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(Event::Admin(command, reply))
+            .await
+            .map_err(|_| ServerError::ShuttingDown)?;
+        answer.await.unwrap_or(Err(ServerError::ShuttingDown))
+    }
+
+    /// Bytes written to peer connections since start.
+    pub(crate) fn peer_bytes_sent(&self) -> u64 {
+        self.identity.bytes_sent.load(Ordering::Relaxed)
     }
 
     pub(crate) fn role(&self) -> WireRole {
@@ -262,27 +356,17 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
 
     let me = config.node_id;
     warn_on_address_mismatch(config, cluster, peer_addr);
+    // The driver sets the accepted members and dials them (sync_peers).
     let identity = Arc::new(Identity {
         node_id: me,
         cluster_id: cluster.cluster_id(),
-        members: cluster.peers.iter().map(|peer| peer.id).collect(),
+        members: std::sync::RwLock::new(BTreeSet::new()),
+        bytes_sent: AtomicU64::new(0),
     });
-    let mut peers = BTreeMap::new();
-    for peer in cluster.peers.iter().filter(|peer| peer.id != me) {
-        let queue = Arc::new(PeerQueue::new());
-        peers.insert(peer.id, queue.clone());
-        tokio::spawn(transport::dial_peer(
-            identity.clone(),
-            peer.id,
-            peer.peer_addr.clone(),
-            queue,
-            stopped_rx.clone(),
-        ));
-    }
     let max_entries_bytes = opened.raft.config().max_message_entries_bytes();
     tokio::spawn(transport::serve_peers(
         peer_listener,
-        identity,
+        identity.clone(),
         events_tx.clone(),
         max_entries_bytes,
         stopped_rx.clone(),
@@ -316,11 +400,6 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         .map_err(StartError::Threads)?;
 
     let reader = opened.writer.reader();
-    let client_addrs = cluster
-        .peers
-        .iter()
-        .map(|peer| (peer.id, peer.client_addr.clone()))
-        .collect();
     let now = Instant::now();
     let commit = opened.raft.commit_offset();
     let driver = Driver {
@@ -337,8 +416,12 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         sync_jobs: Some(sync_tx),
         synced,
         reported_synced: 0,
-        peers,
-        client_addrs,
+        identity: identity.clone(),
+        cluster: cluster.clone(),
+        links: BTreeMap::new(),
+        synced_membership: None,
+        last_heard: BTreeMap::new(),
+        admin: Vec::new(),
         waiters: VecDeque::new(),
         in_doubt: Vec::new(),
         deferred: VecDeque::new(),
@@ -346,11 +429,13 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         no_wait: Vec::new(),
         reads: BTreeMap::new(),
         next_read_ctx: 1,
+        trims: Vec::new(),
         batch: Vec::new(),
         batch_last_write: 0,
         node_id: me,
         state_path: config.data_dir.join(NODE_STATE_FILE),
         checkpoint_path: config.data_dir.join(CHECKPOINT_FILE),
+        reset_path: config.data_dir.join(RESET_FILE),
         checkpoint_saved: (now, commit),
         durable_path: config.data_dir.join(DURABLE_FILE),
         durable: opened.durable,
@@ -362,8 +447,11 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         next_tick: now + cluster.tick,
         max_catch_up_ticks: cluster.election_ticks,
         stopping: None,
+        handoff: None,
         failed: false,
     };
+    let mut driver = driver;
+    driver.sync_peers();
     std::thread::Builder::new()
         .name("loglog-raft".to_string())
         .spawn(move || {
@@ -386,6 +474,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
             events: events_tx,
             status,
             peer_addr,
+            identity,
         },
     })
 }
@@ -398,7 +487,7 @@ fn warn_on_address_mismatch(
     cluster: &ClusterConfig,
     peer_addr: std::net::SocketAddr,
 ) {
-    let Some(me) = cluster.peer(config.node_id) else {
+    let Some(me) = cluster.peer(config.node_id).filter(|_| !cluster.join) else {
         return;
     };
     let port = |address: &str| {
@@ -508,12 +597,20 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
                     cluster: cluster_id,
                 });
             }
+            if cluster.join && cluster.peers.is_empty() {
+                return Err(StartError::Config(
+                    "a node joining with an empty data directory needs --peers listing the \
+                     current members (it answers the leader before it has the configuration)"
+                        .to_string(),
+                ));
+            }
             // Bootstrap: the cluster id first, so a node state never exists
             // without it in a cluster's data directory.
             state_file::save(&id_path, &encode_cluster_id(&cluster_id))?;
             tracing::info!(cluster = %cluster_id, "bootstrapped a new cluster member");
         }
     }
+    tracing::info!(cluster = %cluster_id, node = config.node_id, join = cluster.join, "cluster member");
 
     let hard_state = match state_file::load(&state_path).map_err(state_error)? {
         Some(bytes) => {
@@ -570,27 +667,49 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
         Fsync::Always => FsyncPolicy::Always,
         Fsync::Never => FsyncPolicy::Never,
     };
-    let (writer, syncer, reader) = loglog_storage::open(storage_config)?;
+    let (mut writer, syncer, reader) = loglog_storage::open(storage_config)?;
     // After a process crash the files may hold written, unsynced bytes; the
     // core treats the whole recovered log as durable, so make it so.
     syncer.sync()?;
 
     let checkpoint_path = dir.join(CHECKPOINT_FILE);
+    let durable_path = dir.join(DURABLE_FILE);
+    let reset_path = dir.join(RESET_FILE);
+    if let Some(bytes) = state_file::load(&reset_path).map_err(state_error)? {
+        // A crash interrupted a log reset: redo it (it is idempotent).
+        let checkpoint = Checkpoint::decode(&bytes).map_err(|error| StartError::CorruptState {
+            path: reset_path.clone(),
+            reason: error.to_string(),
+        })?;
+        tracing::warn!(
+            start = checkpoint.commit_offset,
+            "completing a log reset a crash interrupted"
+        );
+        complete_reset(
+            &mut writer,
+            &checkpoint,
+            &checkpoint_path,
+            &durable_path,
+            &reset_path,
+        )?;
+    }
     let checkpoint = match state_file::load(&checkpoint_path).map_err(state_error)? {
         Some(bytes) => Checkpoint::decode(&bytes).map_err(|error| StartError::CorruptState {
             path: checkpoint_path.clone(),
             reason: error.to_string(),
         })?,
-        None => Checkpoint::bootstrap(Membership::with_voters(
-            cluster.peers.iter().map(|peer| peer.id),
-        )),
+        // A joining node learns its configuration from the log.
+        None if cluster.join => Checkpoint::bootstrap(Membership::default()),
+        None => Checkpoint::bootstrap(bootstrap_membership(cluster)?),
     };
     let end = writer.end_offset();
     let producers = node::scan_producers(&reader, dir, end)?;
     let mut recovered = scan_log(&reader, end, checkpoint)
         .map_err(|reason| StartError::Raft(format!("{}: {reason}", dir.display())))?;
+    recovered
+        .set_log_start(writer.start_offset())
+        .map_err(|error| StartError::Raft(format!("{}: {error}", dir.display())))?;
 
-    let durable_path = dir.join(DURABLE_FILE);
     let previous = match state_file::load(&durable_path).map_err(state_error)? {
         Some(bytes) => DurableRecord::decode(&durable_path, &bytes)?,
         None => DurableRecord::default(),
@@ -656,6 +775,49 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
         durable,
         synced_mark,
     })
+}
+
+/// The durable steps of a log reset after its intent (`RESET_FILE`) is
+/// saved: lower the synced-end record (the log shrinks; a restart must not
+/// take that for disk damage), reset the log to begin at the checkpoint's
+/// offset, save the checkpoint, drop the intent.
+fn complete_reset(
+    writer: &mut LogWriter,
+    checkpoint: &Checkpoint,
+    checkpoint_path: &Path,
+    durable_path: &Path,
+    reset_path: &Path,
+) -> Result<(), StorageError> {
+    let start = checkpoint.commit_offset;
+    let reset_durable = DurableRecord {
+        synced_end: start,
+        lost_tail: match state_file::load(durable_path)? {
+            Some(bytes) => DurableRecord::decode(durable_path, &bytes)
+                .map(|record| record.lost_tail)
+                .unwrap_or(None),
+            None => None,
+        },
+    };
+    state_file::save(durable_path, &reset_durable.encode())?;
+    writer.reset_to(start)?;
+    state_file::save(checkpoint_path, &checkpoint.encode())?;
+    state_file::remove(reset_path)
+}
+
+/// The founding voters of `--peers`, with their addresses (so that every
+/// config entry carries every member's address, see the module docs of
+/// `cluster`).
+fn bootstrap_membership(cluster: &ClusterConfig) -> Result<Membership, StartError> {
+    let mut membership = Membership::with_voters(cluster.peers.iter().map(|peer| peer.id));
+    for peer in &cluster.peers {
+        membership
+            .set_address(
+                peer.id,
+                MemberAddress::new(peer.peer_addr.as_bytes(), peer.client_addr.as_bytes()),
+            )
+            .map_err(|reason| StartError::Config(format!("--peers node {}: {reason}", peer.id)))?;
+    }
+    Ok(membership)
 }
 
 /// Per-process randomness for election timeouts: nodes started together
@@ -732,6 +894,14 @@ struct Waiter {
     reply: Reply,
 }
 
+/// A trim waiting for its entry to commit: answered with the log's new
+/// start once the commit offset passes it with the entry of its term.
+struct TrimWaiter {
+    entry_offset: u64,
+    term: u32,
+    reply: oneshot::Sender<Result<u64, ServerError>>,
+}
+
 enum Input {
     Command(WriterCommand),
     Event(Event),
@@ -756,8 +926,18 @@ struct Driver {
     /// Highest write id the syncer made durable.
     synced: Arc<AtomicU64>,
     reported_synced: WriteId,
-    peers: BTreeMap<NodeId, Arc<PeerQueue>>,
-    client_addrs: BTreeMap<NodeId, String>,
+    identity: Arc<Identity>,
+    /// `--peers`: addresses of members the configuration has none for.
+    cluster: ClusterConfig,
+    /// One outbound connection per member of the latest configuration.
+    links: BTreeMap<NodeId, PeerLink>,
+    /// The (latest, committed) configurations `links` and the accepted
+    /// members follow.
+    synced_membership: Option<(Membership, Membership)>,
+    /// When a message from each member last arrived.
+    last_heard: BTreeMap<NodeId, Instant>,
+    /// Admin requests waiting for their change (at most MAX_PENDING_ADMIN).
+    admin: Vec<PendingAdmin>,
     /// Waiting appends, in offset order.
     waiters: VecDeque<Waiter>,
     /// Appends whose entries a `Truncate` removed here: they may still
@@ -777,12 +957,15 @@ struct Driver {
     no_wait: Vec<(u64, Reply)>,
     reads: BTreeMap<u64, oneshot::Sender<Result<(), ServerError>>>,
     next_read_ctx: u64,
+    /// Trims proposed here, waiting to commit (at most `MAX_PENDING_TRIMS`).
+    trims: Vec<TrimWaiter>,
     /// Consecutive `Append` bytes not yet written, and the last write id.
     batch: Vec<u8>,
     batch_last_write: WriteId,
     node_id: NodeId,
     state_path: PathBuf,
     checkpoint_path: PathBuf,
+    reset_path: PathBuf,
     /// When the checkpoint was last saved, and its commit offset.
     checkpoint_saved: (Instant, u64),
     durable_path: PathBuf,
@@ -798,6 +981,10 @@ struct Driver {
     next_tick: Instant,
     max_catch_up_ticks: u32,
     stopping: Option<Instant>,
+    /// A stopping leader hands its leadership over first (since when), so
+    /// the cluster does not wait out an election timeout: a rolling restart
+    /// then costs clients a redirect, not a stall.
+    handoff: Option<Instant>,
     /// Storage failed: the core may not go on.
     failed: bool,
 }
@@ -812,9 +999,26 @@ impl Driver {
                 self.handle(input);
             }
             self.run_core();
+            if !self.failed {
+                self.sync_peers();
+                self.promote_caught_up_learners();
+                self.check_admin();
+            }
             if self.failed || self.shared.failure.get().is_some() {
                 self.failed = true;
                 break;
+            }
+            if let Some(began) = self.handoff {
+                if self.raft.role() != Role::Leader || began.elapsed() >= HANDOFF_LIMIT {
+                    tracing::info!(
+                        leader = ?self.raft.leader(),
+                        handed_over = self.raft.role() != Role::Leader,
+                        "leadership handoff over; stopping"
+                    );
+                    self.handoff = None;
+                    self.stopping = Some(Instant::now());
+                    self.refuse_queued_commands();
+                }
             }
             if let Some(since) = self.stopping {
                 if self.waiters.is_empty() || since.elapsed() >= SHUTDOWN_GRACE {
@@ -866,7 +1070,330 @@ impl Driver {
     }
 
     fn leader_address(&self, leader: Option<NodeId>) -> Option<String> {
-        leader.and_then(|id| self.client_addrs.get(&id).cloned())
+        let client_of = |id: NodeId| {
+            self.member_address(id)
+                .map(|(_, client)| client)
+                .filter(|client| !client.is_empty())
+        };
+        match leader {
+            Some(id) => client_of(id),
+            None => {
+                // A removed node never learns the next leader: it points
+                // clients at a voter of the cluster it left, which knows.
+                let latest = self.raft.membership();
+                if latest.is_member(self.node_id) {
+                    return None;
+                }
+                latest.voters.iter().find_map(|&id| client_of(id))
+            }
+        }
+    }
+
+    /// A member's (peer, client) address: from the latest configuration,
+    /// the committed one, or `--peers`, in that order.
+    fn member_address(&self, id: NodeId) -> Option<(String, String)> {
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        self.raft
+            .membership()
+            .address(id)
+            .or_else(|| self.raft.committed_membership().address(id))
+            .map(|address| (text(&address.peer), text(&address.client)))
+            .or_else(|| {
+                self.cluster
+                    .peer(id)
+                    .map(|peer| (peer.peer_addr.clone(), peer.client_addr.clone()))
+            })
+    }
+
+    /// Follows the configurations: dials new members, stops dialing members
+    /// gone, and updates whom the peer listener accepts. Members of the
+    /// latest and of the committed configuration are kept: a leader whose
+    /// own removal is appended but not committed still needs our acks.
+    fn sync_peers(&mut self) {
+        if self
+            .synced_membership
+            .as_ref()
+            .is_some_and(|(latest, committed)| {
+                latest == self.raft.membership() && committed == self.raft.committed_membership()
+            })
+        {
+            return;
+        }
+        let latest = self.raft.membership().clone();
+        let committed = self.raft.committed_membership().clone();
+        let mut wanted: BTreeSet<NodeId> = latest.members().chain(committed.members()).collect();
+        if wanted.is_empty() {
+            // Joining: the members to reach are the ones --peers lists.
+            wanted = self.cluster.peers.iter().map(|peer| peer.id).collect();
+        }
+        wanted.remove(&self.node_id);
+        self.links.retain(|id, _| wanted.contains(id));
+        self.last_heard.retain(|id, _| wanted.contains(id));
+        for &id in &wanted {
+            let Some((peer_addr, _)) = self.member_address(id).filter(|(peer, _)| !peer.is_empty())
+            else {
+                tracing::warn!(
+                    peer = id,
+                    "no peer address known for member; cannot reach it"
+                );
+                self.links.remove(&id);
+                continue;
+            };
+            if self
+                .links
+                .get(&id)
+                .is_some_and(|link| link.peer_addr == peer_addr)
+            {
+                continue;
+            }
+            let queue = Arc::new(PeerQueue::new());
+            let (stop, stopped) = watch::channel(false);
+            self.runtime.spawn(transport::dial_peer(
+                self.identity.clone(),
+                id,
+                peer_addr.clone(),
+                queue.clone(),
+                stopped,
+            ));
+            self.links.insert(
+                id,
+                PeerLink {
+                    queue,
+                    peer_addr,
+                    _stop: stop,
+                },
+            );
+        }
+        // Accept the latest and the committed members (a node removed by an
+        // uncommitted entry may still be needed to commit it).
+        // None yet (joining): any id of the cluster (see transport).
+        let mut accepted: BTreeSet<NodeId> = latest.members().chain(committed.members()).collect();
+        if !accepted.is_empty() {
+            accepted.extend(self.cluster.peers.iter().map(|peer| peer.id));
+        }
+        self.identity.set_members(accepted);
+        tracing::info!(
+            voters = ?latest.voters,
+            learners = ?latest.learners,
+            "membership in force"
+        );
+        self.synced_membership = Some((latest, committed));
+    }
+
+    /// Every member as this node sees it.
+    fn members_status(&self) -> Vec<MemberStatus> {
+        let latest = self.raft.membership();
+        let progress: BTreeMap<NodeId, u64> = self
+            .raft
+            .followers()
+            .into_iter()
+            .map(|follower| (follower.id, follower.match_offset))
+            .collect();
+        let leading = self.raft.role() == Role::Leader;
+        let now = Instant::now();
+        latest
+            .members()
+            .map(|id| {
+                let (peer_addr, client_addr) = self.member_address(id).unwrap_or_default();
+                let match_offset = if id == self.node_id {
+                    leading.then(|| self.raft.durable_offset())
+                } else {
+                    progress.get(&id).copied()
+                };
+                MemberStatus {
+                    id,
+                    voter: latest.is_voter(id),
+                    match_offset,
+                    last_heard_ms: self
+                        .last_heard
+                        .get(&id)
+                        .map(|at| now.duration_since(*at).as_millis() as u64),
+                    peer_addr,
+                    client_addr,
+                }
+            })
+            .collect()
+    }
+
+    /// Starts an admin request: proposes the change (leader only) and
+    /// queues the request until the change is done.
+    fn start_admin(
+        &mut self,
+        command: AdminCommand,
+        reply: oneshot::Sender<Result<u64, ServerError>>,
+    ) {
+        if self.raft.role() != Role::Leader {
+            drop(reply.send(Err(self.not_leader())));
+            return;
+        }
+        if self.admin.len() >= MAX_PENDING_ADMIN {
+            drop(reply.send(Err(ServerError::Busy)));
+            return;
+        }
+        let bad = |message: String| Err(ServerError::BadRequest { message });
+        let latest = self.raft.membership().clone();
+        let now = Instant::now();
+        let started: Result<(AdminWait, Duration), ServerError> = match command {
+            AdminCommand::AddNode {
+                id,
+                peer_addr,
+                client_addr,
+            } => {
+                let address = MemberAddress::new(peer_addr.as_bytes(), client_addr.as_bytes());
+                if id == 0 {
+                    bad("node id 0 is reserved".to_string())
+                } else if latest.is_member(id) {
+                    // A retried request: wait for the same change.
+                    match latest.address(id) {
+                        Some(known) if *known != address => bad(format!(
+                            "node {id} is already a member, with other addresses"
+                        )),
+                        _ => Ok((AdminWait::Voter(id), ADD_NODE_TIMEOUT)),
+                    }
+                } else {
+                    // Every member's address goes into the entry (also the
+                    // founders' of a cluster whose entries have none).
+                    let mut addresses: BTreeMap<NodeId, MemberAddress> = latest
+                        .members()
+                        .filter(|member| latest.address(*member).is_none())
+                        .filter_map(|member| {
+                            self.member_address(member)
+                                .map(|(peer, client)| (member, MemberAddress::new(peer, client)))
+                        })
+                        .collect();
+                    addresses.insert(id, address);
+                    self.raft
+                        .propose_membership_with_addresses(
+                            MembershipChange::AddLearner(id),
+                            &addresses,
+                        )
+                        .map_err(|error| self.propose_error(error))
+                        .map(|_| (AdminWait::Voter(id), ADD_NODE_TIMEOUT))
+                }
+            }
+            AdminCommand::RemoveNode(id) => {
+                if !latest.is_member(id) {
+                    Ok((AdminWait::Removed(id), MEMBERSHIP_CHANGE_TIMEOUT))
+                } else {
+                    self.raft
+                        .propose_membership(MembershipChange::Remove(id))
+                        .map_err(|error| self.propose_error(error))
+                        .map(|_| (AdminWait::Removed(id), MEMBERSHIP_CHANGE_TIMEOUT))
+                }
+            }
+            AdminCommand::TransferLeader(id) if id == self.node_id => {
+                Ok((AdminWait::Leader(id), MEMBERSHIP_CHANGE_TIMEOUT))
+            }
+            AdminCommand::TransferLeader(id) => match self.raft.transfer_leadership(id) {
+                Ok(()) => Ok((AdminWait::Leader(id), MEMBERSHIP_CHANGE_TIMEOUT)),
+                Err(RequestError::NotLeader { leader }) => Err(ServerError::NotLeader {
+                    leader: self.leader_address(leader),
+                }),
+                Err(RequestError::Busy(_)) => Err(ServerError::Busy),
+                Err(RequestError::Invalid(reason)) => bad(reason.to_string()),
+            },
+        };
+        match started {
+            Ok((wait, timeout)) => self.admin.push(PendingAdmin {
+                wait,
+                deadline: now + timeout,
+                reply,
+            }),
+            Err(error) => drop(reply.send(Err(error))),
+        }
+    }
+
+    fn propose_error(&self, error: ProposeError) -> ServerError {
+        match error {
+            ProposeError::NotLeader { leader } => ServerError::NotLeader {
+                leader: self.leader_address(leader),
+            },
+            ProposeError::Busy(_) => ServerError::Busy,
+            ProposeError::TooLarge { max, .. } => ServerError::TooLarge { max },
+            ProposeError::BadMembershipChange(reason) => ServerError::BadRequest {
+                message: reason.to_string(),
+            },
+            ProposeError::TrimNotBelowCommit { commit_offset, .. } => {
+                ServerError::OutOfRange { end: commit_offset }
+            }
+        }
+    }
+
+    /// Answers the admin requests whose change is done, promotes caught-up
+    /// learners that an add-node waits for, and times out the rest.
+    fn check_admin(&mut self) {
+        if self.admin.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let leading = self.raft.role() == Role::Leader;
+        let commit = self.raft.commit_offset();
+        for pending in std::mem::take(&mut self.admin) {
+            let latest = self.raft.membership();
+            let committed = self.raft.committed_membership();
+            let outcome = match pending.wait {
+                AdminWait::Voter(id) if committed.is_voter(id) => Some(Ok(commit)),
+                AdminWait::Voter(id) if !latest.is_member(id) => {
+                    Some(Err(ServerError::BadRequest {
+                        message: format!("node {id} was removed before it became a voter"),
+                    }))
+                }
+                AdminWait::Removed(id) if !latest.is_member(id) && !committed.is_member(id) => {
+                    Some(Ok(commit))
+                }
+                AdminWait::Leader(id) if self.raft.leader() == Some(id) => Some(Ok(id)),
+                AdminWait::Voter(_) | AdminWait::Removed(_) if !leading => {
+                    // The change may still commit under the next leader: the
+                    // client retries there (these requests are idempotent).
+                    Some(Err(self.not_leader()))
+                }
+                _ => None,
+            };
+            let outcome = outcome.or_else(|| {
+                (now >= pending.deadline).then(|| {
+                    Err(ServerError::TimedOut {
+                        message: format!("{:?} did not finish in time", pending.wait),
+                    })
+                })
+            });
+            match outcome {
+                Some(result) => drop(pending.reply.send(result)),
+                None => self.admin.push(pending),
+            }
+        }
+    }
+
+    /// As leader, proposes the promotion of a learner of the committed
+    /// configuration whose durable log is close enough to the commit offset
+    /// (the core checks the same bound and refuses otherwise). Learners
+    /// exist only on their way to voter (add-node), so every caught-up one
+    /// is promoted, also when the add-node request that added it was
+    /// answered elsewhere (a leader change) or abandoned.
+    fn promote_caught_up_learners(&mut self) {
+        let latest = self.raft.membership();
+        if self.raft.role() != Role::Leader
+            || latest.learners.is_empty()
+            || latest != self.raft.committed_membership()
+        {
+            return;
+        }
+        let lag_bound = self.raft.config().max_learner_lag_bytes;
+        let commit = self.raft.commit_offset();
+        let caught_up = self.raft.followers().into_iter().find(|follower| {
+            !follower.voter && follower.match_offset.saturating_add(lag_bound) >= commit
+        });
+        let Some(learner) = caught_up else {
+            return;
+        };
+        match self
+            .raft
+            .propose_membership(MembershipChange::PromoteLearner(learner.id))
+        {
+            Ok(offset) => {
+                tracing::info!(node = learner.id, offset, "learner caught up; promoting it")
+            }
+            Err(error) => tracing::debug!(node = learner.id, ?error, "promotion not possible yet"),
+        }
     }
 
     fn not_leader(&self) -> ServerError {
@@ -878,20 +1405,27 @@ impl Driver {
     fn handle(&mut self, input: Input) {
         match input {
             Input::Command(WriterCommand::Append(request)) => self.propose(request),
-            Input::Command(WriterCommand::TrimPrefix { reply, .. }) => {
-                drop(reply.send(Err(ServerError::BadRequest {
-                    message: "trim is not supported on a cluster member yet".to_string(),
-                })));
+            Input::Command(WriterCommand::TrimPrefix { offset, reply }) => {
+                self.propose_trim(offset, reply)
             }
             Input::Command(WriterCommand::Shutdown) => {
                 self.commands_open = false;
-                if self.stopping.is_none() {
-                    self.stopping = Some(Instant::now());
-                    self.refuse_queued_commands();
+                if self.stopping.is_none() && self.handoff.is_none() {
+                    if self.begin_handoff() {
+                        self.handoff = Some(Instant::now());
+                    } else {
+                        self.stopping = Some(Instant::now());
+                        self.refuse_queued_commands();
+                    }
                 }
             }
             Input::Event(Event::Wake) => {}
-            Input::Event(Event::Message { from, message, .. }) => self.raft.step(from, message),
+            Input::Event(Event::Message { from, message, .. }) => {
+                self.last_heard.insert(from, Instant::now());
+                self.raft.step(from, message);
+            }
+            Input::Event(Event::Members(reply)) => drop(reply.send(self.members_status())),
+            Input::Event(Event::Admin(command, reply)) => self.start_admin(command, reply),
             Input::Event(Event::ReadIndex(reply)) => {
                 let ctx = self.next_read_ctx;
                 self.next_read_ctx += 1;
@@ -911,6 +1445,75 @@ impl Driver {
                         })))
                     }
                 }
+            }
+        }
+    }
+
+    /// A replicated trim: the leader proposes a trim entry; every node
+    /// drops its segments below `offset` once it commits (`Action::TrimPrefix`).
+    fn propose_trim(&mut self, offset: u64, reply: oneshot::Sender<Result<u64, ServerError>>) {
+        if self.stopping.is_some() {
+            drop(reply.send(Err(ServerError::ShuttingDown)));
+            return;
+        }
+        if let Some(error) = self.shared.unavailable() {
+            drop(reply.send(Err(error)));
+            return;
+        }
+        if self.trims.len() >= MAX_PENDING_TRIMS {
+            drop(reply.send(Err(ServerError::Busy)));
+            return;
+        }
+        let answer = match self.raft.propose_trim(offset) {
+            Ok(entry_offset) => {
+                self.trims.push(TrimWaiter {
+                    entry_offset,
+                    term: self.raft.term(),
+                    reply,
+                });
+                return;
+            }
+            Err(ProposeError::NotLeader { leader }) => ServerError::NotLeader {
+                leader: self.leader_address(leader),
+            },
+            Err(ProposeError::TrimNotBelowCommit { commit_offset, .. }) => {
+                ServerError::OutOfRange { end: commit_offset }
+            }
+            Err(ProposeError::Busy(_)) => ServerError::Busy,
+            Err(error) => ServerError::BadRequest {
+                message: error.to_string(),
+            },
+        };
+        drop(reply.send(Err(answer)));
+    }
+
+    /// A leader with another voter asks the most caught-up one to take
+    /// over; true when the transfer began.
+    fn begin_handoff(&mut self) -> bool {
+        if self.raft.role() != Role::Leader {
+            return false;
+        }
+        let membership = self.raft.membership().clone();
+        let Some(target) = self
+            .raft
+            .followers()
+            .into_iter()
+            .filter(|follower| membership.is_voter(follower.id))
+            .max_by_key(|follower| follower.match_offset)
+        else {
+            return false;
+        };
+        match self.raft.transfer_leadership(target.id) {
+            Ok(()) => {
+                tracing::info!(
+                    to = target.id,
+                    "stopping: handing leadership over before shutdown"
+                );
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "stopping without a leadership handoff");
+                false
             }
         }
     }
@@ -998,9 +1601,12 @@ impl Driver {
                 self.deferred_again = true;
             }
             Err(ProposeError::Busy(_)) => request.reply.send(Err(ServerError::Busy)),
-            Err(ProposeError::BadMembershipChange(reason)) => {
+            Err(
+                error @ (ProposeError::BadMembershipChange(_)
+                | ProposeError::TrimNotBelowCommit { .. }),
+            ) => {
                 request.reply.send(Err(ServerError::BadRequest {
-                    message: reason.to_string(),
+                    message: error.to_string(),
                 }));
             }
         }
@@ -1100,9 +1706,11 @@ impl Driver {
     }
 
     fn publish_status(&self) {
-        self.status
-            .role
-            .store(wire_role(self.raft.role()).to_byte(), Ordering::Relaxed);
+        let role = match self.raft.role() {
+            Role::Follower if !self.raft.membership().is_voter(self.node_id) => WireRole::Learner,
+            role => wire_role(role),
+        };
+        self.status.role.store(role.to_byte(), Ordering::Relaxed);
         self.status
             .leader
             .store(self.raft.leader().unwrap_or(0), Ordering::Relaxed);
@@ -1204,6 +1812,8 @@ impl Driver {
                          refused (a safety bug or lost durable data)"
                     );
                 }
+                Action::TrimPrefix { offset } => self.trim_prefix(offset)?,
+                Action::ResetLog { checkpoint } => self.reset_log(&checkpoint)?,
                 Action::RoleChanged { role, term, leader } => {
                     tracing::info!(?role, term, ?leader, "role changed");
                     self.shared.term.store(u64::from(term), Ordering::Relaxed);
@@ -1215,6 +1825,58 @@ impl Driver {
         for (offset, reply) in self.no_wait.drain(..) {
             reply.send(Ok(offset));
         }
+        Ok(())
+    }
+
+    /// A committed trim: checkpoint first (its commit offset is past the
+    /// trim, so a restart never scans from a deleted segment), then drop
+    /// the whole segments below `offset`.
+    fn trim_prefix(&mut self, offset: u64) -> Result<(), (&'static str, StorageError)> {
+        let checkpoint = self.raft.checkpoint();
+        if let Err(error) = state_file::save(&self.checkpoint_path, &checkpoint.encode()) {
+            // Keep the segments: the older checkpoint may need them.
+            tracing::warn!(%error, offset, "saving the checkpoint failed; trim skipped");
+            return Ok(());
+        }
+        self.checkpoint_saved = (Instant::now(), checkpoint.commit_offset);
+        let start = self
+            .writer
+            .trim_prefix(offset)
+            .map_err(|error| ("trimming the log", error))?;
+        tracing::info!(offset, start, "log trimmed (replicated trim)");
+        Ok(())
+    }
+
+    /// The leader's log starts above our commit offset: begin our log at
+    /// its start, durably, before any later action. The intent is saved
+    /// first, so a crash part-way is completed at the next start.
+    fn reset_log(&mut self, checkpoint: &Checkpoint) -> Result<(), (&'static str, StorageError)> {
+        let start = checkpoint.commit_offset;
+        state_file::save(&self.reset_path, &checkpoint.encode())
+            .map_err(|error| ("saving the log reset intent", error))?;
+        complete_reset(
+            &mut self.writer,
+            checkpoint,
+            &self.checkpoint_path,
+            &self.durable_path,
+            &self.reset_path,
+        )
+        .map_err(|error| ("resetting the log", error))?;
+        self.durable = DurableRecord {
+            synced_end: start,
+            ..self.durable
+        };
+        self.checkpoint_saved = (Instant::now(), start);
+        // The log is empty from `start` on; what was below is unknown here.
+        self.producers = ProducerTable::starting_at(self.producers.limits(), start);
+        self.shared.written_end.store(start, Ordering::Release);
+        if let Some(mark) = &self.synced_mark {
+            mark.record();
+        }
+        tracing::warn!(
+            start,
+            "log reset to the leader's log start (it trimmed what this node lacked)"
+        );
         Ok(())
     }
 
@@ -1250,16 +1912,16 @@ impl Driver {
     }
 
     fn send(&mut self, envelope: &Envelope) {
-        let Some(queue) = self.peers.get(&envelope.to) else {
-            // A member not in --peers (added later): no address to send to.
-            tracing::debug!(to = envelope.to, "no address for peer; message dropped");
+        let Some(link) = self.links.get(&envelope.to) else {
+            // Not a member of the latest configuration, or no address known.
+            tracing::debug!(to = envelope.to, "no connection to peer; message dropped");
             return;
         };
         let mut frame = vec![0u8; 4];
         envelope.encode(&mut frame);
         let len = u32::try_from(frame.len() - 4).expect("messages are capped far below 4 GiB");
         frame[0..4].copy_from_slice(&len.to_le_bytes());
-        queue.push(frame);
+        link.queue.push(frame);
     }
 
     fn commit_advanced(&mut self, commit: u64) {
@@ -1282,6 +1944,21 @@ impl Driver {
             self.in_doubt = waiting;
             for waiter in settled {
                 self.settle(waiter);
+            }
+        }
+        if self.trims.iter().any(|trim| trim.entry_offset < commit) {
+            let (settled, waiting) = std::mem::take(&mut self.trims)
+                .into_iter()
+                .partition(|trim| trim.entry_offset < commit);
+            self.trims = waiting;
+            for trim in settled {
+                let answer = if self.raft.term_map().term_at(trim.entry_offset) == trim.term {
+                    // Performed: its TrimPrefix came before this commit.
+                    Ok(self.writer.start_offset())
+                } else {
+                    Err(self.not_leader())
+                };
+                drop(trim.reply.send(answer));
             }
         }
         let (saved_at, saved_commit) = self.checkpoint_saved;
@@ -1334,6 +2011,12 @@ impl Driver {
         }
         for (_, reply) in std::mem::take(&mut self.reads) {
             drop(reply.send(Err(error.clone())));
+        }
+        for trim in self.trims.drain(..) {
+            drop(trim.reply.send(Err(error.clone())));
+        }
+        for pending in self.admin.drain(..) {
+            drop(pending.reply.send(Err(error.clone())));
         }
         if self.commands_open {
             self.commands_open = false;

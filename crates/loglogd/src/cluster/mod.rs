@@ -33,6 +33,29 @@
 //! cluster id (`--cluster-id`, default derived from the ids and peer
 //! addresses of `--peers`) is written into the data directory at bootstrap
 //! and checked on every start and every peer handshake.
+//!
+//! # Membership changes and member addresses
+//!
+//! Every member's peer and client address lives in the membership config
+//! entries (payload version 2, see `loglog_raft::membership`): the founding
+//! voters' come from `--peers` (the bootstrap configuration), an added
+//! node's from the `add-node` admin request. A node resolves a member's
+//! address from its latest configuration first and from `--peers` second,
+//! so a node added later is reachable by everyone, also after restarts,
+//! without any flag naming it. The driver opens (and closes) one outbound
+//! connection per member of its latest configuration as it changes.
+//!
+//! A node that is not a founding voter starts with `--join`: with an empty
+//! data directory it bootstraps with an empty configuration (it never
+//! campaigns) and waits for a leader to add it; `--peers` then lists the
+//! current members (so it can answer the leader before it has learned the
+//! configuration from the log), and `--cluster-id` the cluster's id. The
+//! admin request `add-node ID PEERADDR CLIENTADDR` makes the leader propose
+//! it as a learner, stream it the log, and promote it to voter once its
+//! durable log is within the core's learner lag bound. After that, it
+//! restarts with its own flags only (`--id`, `--join`, `--cluster-id`,
+//! `--listen`, `--peer-listen`, `--data-dir`): everything else comes from
+//! its log.
 
 pub(crate) mod driver;
 pub(crate) mod power_cut;
@@ -52,6 +75,10 @@ pub const CHECKPOINT_FILE: &str = "raft.checkpoint";
 /// Name of the file holding a lower bound of the synced end (and the
 /// lost-tail mark) inside the data directory.
 pub const DURABLE_FILE: &str = "raft.durable";
+/// Name of the file that records a log reset in progress (the checkpoint
+/// the log is being reset to; see `Action::ResetLog`): present only
+/// between the intent and the reset's completion, redone at start.
+pub const RESET_FILE: &str = "raft.reset";
 /// Longest cluster id accepted (bytes).
 pub const MAX_CLUSTER_ID_LEN: usize = 128;
 
@@ -81,6 +108,10 @@ pub struct ClusterConfig {
     pub election_ticks: u32,
     /// Leader heartbeat interval in ticks.
     pub heartbeat_ticks: u32,
+    /// Not a founding voter (`--join`): a new data directory starts with an
+    /// empty configuration and waits to be added by a leader; `peers` lists
+    /// the current members to reach (this node need not be listed).
+    pub join: bool,
     /// Switches for fault-injection tests; all off by default.
     pub test_switches: TestSwitches,
 }
@@ -115,8 +146,18 @@ impl ClusterConfig {
             tick: Duration::from_millis(10),
             election_ticks: 15,
             heartbeat_ticks: 3,
+            join: false,
             test_switches: TestSwitches::default(),
         }
+    }
+
+    /// Settings of a node joining an existing cluster (see
+    /// [`ClusterConfig::join`]): `peers` are the members to reach.
+    pub fn joining(peers: Vec<PeerSpec>, cluster_id: String) -> ClusterConfig {
+        let mut config = ClusterConfig::new(peers);
+        config.join = true;
+        config.cluster_id = Some(cluster_id);
+        config
     }
 
     /// The cluster id: the explicit one, or `fnv-<16 hex digits>`, a hash
@@ -141,10 +182,14 @@ impl ClusterConfig {
 
     /// Checks the member list against this node's id and the core's limits.
     pub fn validate(&self, node_id: NodeId) -> Result<(), String> {
-        if self.peers.is_empty() {
+        if self.join {
+            if self.peers.is_empty() && self.cluster_id.is_none() {
+                return Err("--join without --peers needs --cluster-id".to_string());
+            }
+        } else if self.peers.is_empty() {
             return Err("--peers lists no member".to_string());
         }
-        if self.peer(node_id).is_none() {
+        if !self.join && self.peer(node_id).is_none() {
             return Err(format!(
                 "--peers must list this node (id {node_id}) too, with its own addresses"
             ));
@@ -154,8 +199,18 @@ impl ClusterConfig {
                 return Err(format!("--peers lists node {} twice", pair[0].id));
             }
         }
-        if self.peers.iter().any(|peer| peer.id == 0) {
+        if node_id == 0 || self.peers.iter().any(|peer| peer.id == 0) {
             return Err("node id 0 is reserved".to_string());
+        }
+        for peer in &self.peers {
+            if peer.peer_addr.len() > loglog_raft::MAX_ADDRESS_LEN
+                || peer.client_addr.len() > loglog_raft::MAX_ADDRESS_LEN
+            {
+                return Err(format!(
+                    "node {}: an address is longer than 255 bytes",
+                    peer.id
+                ));
+            }
         }
         if self.peers.len() > loglog_raft::MAX_MEMBERS {
             return Err(format!(
@@ -262,5 +317,22 @@ mod tests {
         assert!(a.validate(3).is_err(), "this node must be listed");
         explicit.cluster_id = Some("has space".to_string());
         assert!(explicit.validate(1).is_err());
+    }
+
+    #[test]
+    fn a_joining_node_need_not_be_listed() {
+        let joining = ClusterConfig::joining(
+            parse_peers("1=a:1@a:2,2=b:1@b:2").unwrap(),
+            "prod".to_string(),
+        );
+        assert!(joining.validate(4).is_ok());
+        let alone = ClusterConfig::joining(Vec::new(), "prod".to_string());
+        assert!(
+            alone.validate(4).is_ok(),
+            "a restart learns members from its log"
+        );
+        let mut no_id = alone.clone();
+        no_id.cluster_id = None;
+        assert!(no_id.validate(4).is_err());
     }
 }

@@ -19,7 +19,11 @@
 //! the node the dialer wanted, 3 an id that is not a member, 4 malformed.
 //! A refused handshake is logged on both sides and the connection closed;
 //! the dialer retries with backoff (a misconfigured node keeps being
-//! refused, loudly, and never mixes its messages in).
+//! refused, loudly, and never mixes its messages in). The members a node
+//! accepts follow its latest configuration (a node added later is accepted
+//! once the config entry adding it is in this node's log, so "not a member"
+//! is retried at the normal pace); a node with no configuration yet (one
+//! joining, before it has the log) accepts any id of its cluster.
 //!
 //! **Frames.** After the handshake the dialer sends frames of
 //! `length u32 LE, Envelope::encode bytes`. The receiver caps the length
@@ -39,9 +43,10 @@
 //! whatever the peers send. At most [`MAX_INBOUND_CONNECTIONS`] peer
 //! connections are served at once.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use loglog_raft::{Envelope, NodeId};
@@ -86,12 +91,32 @@ pub(crate) fn max_frame_len(max_message_entries_bytes: u64) -> u64 {
 }
 
 /// What identifies this node to its peers.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct Identity {
     pub node_id: NodeId,
     pub cluster_id: String,
-    /// Ids allowed to connect (the configured members).
-    pub members: Vec<NodeId>,
+    /// Ids allowed to connect (the members this node knows, kept current by
+    /// the driver); empty: any id of the cluster (a joining node).
+    pub members: RwLock<BTreeSet<NodeId>>,
+    /// Bytes written to outbound peer connections since start.
+    pub bytes_sent: AtomicU64,
+}
+
+impl Identity {
+    pub(crate) fn set_members(&self, members: BTreeSet<NodeId>) {
+        *self
+            .members
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = members;
+    }
+
+    fn accepts(&self, from: NodeId) -> bool {
+        let members = self
+            .members
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        from != self.node_id && (members.is_empty() || members.contains(&from))
+    }
 }
 
 pub(crate) fn encode_handshake(from: NodeId, to: NodeId, cluster_id: &str) -> Vec<u8> {
@@ -179,8 +204,9 @@ impl PeerQueue {
     }
 }
 
-/// Keeps one outbound connection to `peer` open until `stopped`, sending
-/// what the driver queues.
+/// Keeps one outbound connection to `peer` open until `stopped` is true or
+/// its sender is dropped (the peer left the configuration, or the driver
+/// stopped), sending what the driver queues.
 pub(crate) async fn dial_peer(
     identity: Arc<Identity>,
     peer: NodeId,
@@ -190,6 +216,9 @@ pub(crate) async fn dial_peer(
 ) {
     let mut backoff = BACKOFF_FIRST;
     let mut logged_down = false;
+    // Refused as "not a member": the peer's log may not have the entry
+    // adding us yet (retry soon), or we were removed (retry ever slower).
+    let mut not_member_backoff = BACKOFF_FIRST;
     loop {
         let attempt = async {
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&peer_addr))
@@ -209,15 +238,24 @@ pub(crate) async fn dial_peer(
                 tracing::info!(peer, addr = %peer_addr, "connected to peer");
                 logged_down = false;
                 backoff = BACKOFF_FIRST;
+                not_member_backoff = BACKOFF_FIRST;
                 queue.set_connected(true);
                 let result = tokio::select! {
-                    result = send_frames(stream, &queue) => result,
+                    result = send_frames(stream, &queue, &identity.bytes_sent) => result,
                     _ = until_true(&mut stopped) => return,
                 };
                 queue.set_connected(false);
                 if let Err(error) = result {
                     tracing::info!(peer, addr = %peer_addr, %error, "peer connection lost");
                 }
+            }
+            Err(DialError::NotYetMember) => {
+                if !logged_down {
+                    tracing::info!(peer, addr = %peer_addr, "peer does not know us as a member; retrying");
+                    logged_down = true;
+                }
+                backoff = not_member_backoff;
+                not_member_backoff = (not_member_backoff * 2).min(BACKOFF_REFUSED);
             }
             Err(DialError::Refused(reason)) => {
                 tracing::error!(peer, addr = %peer_addr, reason, "peer refused our handshake");
@@ -234,7 +272,7 @@ pub(crate) async fn dial_peer(
             _ = tokio::time::sleep(backoff) => {}
             _ = until_true(&mut stopped) => return,
         }
-        if backoff < BACKOFF_REFUSED {
+        if backoff < BACKOFF_MAX {
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
@@ -242,6 +280,7 @@ pub(crate) async fn dial_peer(
 
 enum DialError {
     Io(String),
+    NotYetMember,
     Refused(&'static str),
 }
 
@@ -266,24 +305,33 @@ async fn handshake(
         WRONG_NODE => Err(DialError::Refused(
             "the node at that address has another node id",
         )),
-        NOT_A_MEMBER => Err(DialError::Refused("it does not know our node id")),
+        NOT_A_MEMBER => Err(DialError::NotYetMember),
         _ => Err(DialError::Refused("malformed handshake")),
     }
 }
 
-async fn send_frames(mut stream: TcpStream, queue: &PeerQueue) -> std::io::Result<()> {
+async fn send_frames(
+    mut stream: TcpStream,
+    queue: &PeerQueue,
+    bytes_sent: &AtomicU64,
+) -> std::io::Result<()> {
     let mut frames = Vec::new();
     let mut buffer = Vec::with_capacity(WRITE_BUFFER);
+    let count = |bytes: usize| {
+        bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    };
     loop {
         queue.take_all(&mut frames).await;
         for frame in frames.drain(..) {
             if buffer.len() + frame.len() > WRITE_BUFFER {
                 if !buffer.is_empty() {
                     stream.write_all(&buffer).await?;
+                    count(buffer.len());
                     buffer.clear();
                 }
                 if frame.len() > WRITE_BUFFER {
                     stream.write_all(&frame).await?;
+                    count(frame.len());
                     continue;
                 }
             }
@@ -291,6 +339,7 @@ async fn send_frames(mut stream: TcpStream, queue: &PeerQueue) -> std::io::Resul
         }
         if !buffer.is_empty() {
             stream.write_all(&buffer).await?;
+            count(buffer.len());
             buffer.clear();
         }
     }
@@ -462,7 +511,7 @@ async fn accept_handshake(stream: &mut TcpStream, identity: &Identity) -> Result
                 identity.node_id
             ),
         ))
-    } else if from == identity.node_id || !identity.members.contains(&from) {
+    } else if !identity.accepts(from) {
         Err(refuse(
             NOT_A_MEMBER,
             format!("node id {from} is not a configured peer: refused"),
