@@ -1,5 +1,6 @@
 //! Feeds arbitrary bytes to the frame decoder the way a server connection
-//! does: decode a header, cut the body, parse the request, repeat.
+//! does: decode a header, cut the body, parse the request (appends with a
+//! producer envelope and the retry flag included), repeat.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

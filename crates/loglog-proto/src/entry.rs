@@ -5,7 +5,8 @@
 //! 4..8   len    payload length
 //! 8..12  term   Raft term of the leader that appended it
 //! 12     kind   0 data, 1 leader no-op, 2 membership config, 3 trim; others reserved
-//! 13     flags  0 for now
+//! 13     flags  bit 0: the payload starts with a producer envelope
+//!               (see [`crate::producer`]); other bits 0
 //! 14..16 reserved, 0
 //! ```
 //! All integers little endian. The next entry starts at `offset + 16 + len`.
@@ -88,6 +89,10 @@ pub enum EntryError {
     /// Reserved bytes are not zero (a format this version does not know, or garbage).
     #[error("entry header has non-zero reserved bytes")]
     ReservedNotZero,
+    /// A data entry flagged as carrying a producer envelope is shorter than
+    /// the envelope.
+    #[error("entry flagged with a producer envelope has only {len} payload bytes")]
+    ShortProducerEnvelope { len: u32 },
 }
 
 /// A decoded entry header.
@@ -103,13 +108,18 @@ pub struct EntryHeader {
 impl EntryHeader {
     /// Builds the header of `payload`, computing its CRC.
     pub fn new(term: u32, kind: EntryKind, payload: &[u8]) -> EntryHeader {
+        EntryHeader::with_flags(term, kind, 0, payload)
+    }
+
+    /// Builds the header of `payload` with header `flags`, computing its CRC.
+    pub fn with_flags(term: u32, kind: EntryKind, flags: u8, payload: &[u8]) -> EntryHeader {
         let len = u32::try_from(payload.len()).expect("payload length fits the entry format");
         let mut header = EntryHeader {
             crc: 0,
             len,
             term,
             kind,
-            flags: 0,
+            flags,
         };
         header.crc = header.compute_crc(payload);
         header
@@ -166,6 +176,12 @@ impl EntryHeader {
                 max: max_payload,
             });
         }
+        if decoded.kind == EntryKind::Data
+            && decoded.flags & crate::producer::ENTRY_FLAG_PRODUCER != 0
+            && (decoded.len as usize) < crate::producer::PRODUCER_ENVELOPE_LEN
+        {
+            return Err(EntryError::ShortProducerEnvelope { len: decoded.len });
+        }
         Ok(decoded)
     }
 
@@ -190,7 +206,18 @@ impl EntryHeader {
 
 /// Appends one encoded entry (header and payload) to `out`.
 pub fn encode_entry(term: u32, kind: EntryKind, payload: &[u8], out: &mut Vec<u8>) {
-    let header = EntryHeader::new(term, kind, payload);
+    encode_entry_with_flags(term, kind, 0, payload, out);
+}
+
+/// Appends one encoded entry with header `flags` to `out`.
+pub fn encode_entry_with_flags(
+    term: u32,
+    kind: EntryKind,
+    flags: u8,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let header = EntryHeader::with_flags(term, kind, flags, payload);
     out.reserve(ENTRY_HEADER_LEN + payload.len());
     out.extend_from_slice(&header.encode());
     out.extend_from_slice(payload);
@@ -310,6 +337,19 @@ mod tests {
         assert!(matches!(iter.next(), Some(Err(EntryError::BadCrc { .. }))));
         assert_eq!(iter.next(), None);
         assert_eq!(iter.offset(), 0);
+    }
+
+    #[test]
+    fn a_producer_flag_needs_room_for_the_envelope() {
+        let mut bytes = Vec::new();
+        encode_entry_with_flags(1, EntryKind::Data, 1, &[7; 15], &mut bytes);
+        assert_eq!(
+            EntryHeader::decode(&bytes, DEFAULT_MAX_PAYLOAD),
+            Err(EntryError::ShortProducerEnvelope { len: 15 })
+        );
+        bytes.clear();
+        encode_entry_with_flags(1, EntryKind::Data, 1, &[7; 16], &mut bytes);
+        assert!(EntryHeader::decode(&bytes, DEFAULT_MAX_PAYLOAD).is_ok());
     }
 
     #[test]

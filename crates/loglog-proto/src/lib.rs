@@ -4,12 +4,14 @@
 //!   log. The log on disk and on the wire is a dense sequence of entries.
 //! * [`segment`]: the header of each segment file (not part of the log).
 //! * [`wire`]: the client protocol's frames.
+//! * [`producer`]: the producer envelope that makes appends idempotent.
 //!
 //! Every decoder here takes untrusted bytes and returns a typed error; none
 //! of them panics on any input (they are fuzzed: see `fuzz/`).
 //! `docs/FORMAT.md` describes the same formats byte by byte.
 
 pub mod entry;
+pub mod producer;
 pub mod segment;
 pub mod wire;
 

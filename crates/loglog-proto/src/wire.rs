@@ -16,12 +16,17 @@
 
 use std::fmt;
 
+use crate::producer::{ProducerTag, PRODUCER_ENVELOPE_LEN};
+
 pub const FRAME_HEADER_LEN: usize = 16;
 
 /// Opcodes of requests.
 pub mod opcode {
-    /// Body: the payload. Flags: [`super::APPEND_NO_WAIT`].
-    /// Ok body: offset u64 of the new entry.
+    /// Body: the payload, after a producer envelope with
+    /// [`super::APPEND_PRODUCER`]. Flags: [`super::APPEND_NO_WAIT`],
+    /// [`super::APPEND_PRODUCER`], [`super::APPEND_RETRY`].
+    /// Ok body: offset u64 of the new entry (or of the producer's earlier
+    /// copy of it).
     pub const APPEND: u8 = 1;
     /// Body: offset u64, max bytes u32, wait ms u32. Flags: [`super::READ_LINEARIZABLE`].
     /// Ok body: commit offset u64, then whole entries starting at offset.
@@ -54,6 +59,15 @@ pub const MAX_NODE_ADDRESS_LEN: usize = 255;
 
 /// Append flag: answer once the entry has an offset, without waiting for commit.
 pub const APPEND_NO_WAIT: u8 = 1;
+/// Append flag: the body starts with a 16-byte producer envelope
+/// ([`crate::producer`]); the node stores it in front of the payload and
+/// appends each (producer id, sequence) at most once.
+pub const APPEND_PRODUCER: u8 = 2;
+/// Append flag (with [`APPEND_PRODUCER`] only): this (producer id,
+/// sequence) may have been sent before; the node answers with the earlier
+/// copy's offset, appends it if it can tell no copy exists, or answers
+/// `SequenceUnknown`.
+pub const APPEND_RETRY: u8 = 4;
 /// Read flag: confirm leadership (read-index) before answering.
 pub const READ_LINEARIZABLE: u8 = 1;
 
@@ -123,6 +137,14 @@ impl FrameHeader {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request<'a> {
     Append {
+        payload: &'a [u8],
+        no_wait: bool,
+    },
+    /// An append with a producer envelope (flag [`APPEND_PRODUCER`]):
+    /// `payload` is the user's payload after the envelope.
+    AppendOnce {
+        producer: ProducerTag,
+        retry: bool,
         payload: &'a [u8],
         no_wait: bool,
     },
@@ -272,12 +294,31 @@ impl<'a> Request<'a> {
         let bad = |message: String| Err(ServerError::BadRequest { message });
         match header.opcode {
             opcode::APPEND => {
-                if header.aux & !APPEND_NO_WAIT != 0 {
-                    return bad(format!("unknown append flags {:#04x}", header.aux));
+                let flags = header.aux;
+                if flags & !(APPEND_NO_WAIT | APPEND_PRODUCER | APPEND_RETRY) != 0
+                    || (flags & APPEND_RETRY != 0 && flags & APPEND_PRODUCER == 0)
+                {
+                    return bad(format!("unknown append flags {flags:#04x}"));
                 }
-                Ok(Request::Append {
-                    payload: body,
-                    no_wait: header.aux & APPEND_NO_WAIT != 0,
+                let no_wait = flags & APPEND_NO_WAIT != 0;
+                if flags & APPEND_PRODUCER == 0 {
+                    return Ok(Request::Append {
+                        payload: body,
+                        no_wait,
+                    });
+                }
+                let Some((producer, payload)) = ProducerTag::split(body) else {
+                    return bad(format!(
+                        "an append with a producer envelope needs at least \
+                         {PRODUCER_ENVELOPE_LEN} body bytes, got {}",
+                        body.len()
+                    ));
+                };
+                Ok(Request::AppendOnce {
+                    producer,
+                    retry: flags & APPEND_RETRY != 0,
+                    payload,
+                    no_wait,
                 })
             }
             opcode::READ => {
@@ -321,7 +362,7 @@ impl<'a> Request<'a> {
 
     pub fn opcode(&self) -> u8 {
         match self {
-            Request::Append { .. } => opcode::APPEND,
+            Request::Append { .. } | Request::AppendOnce { .. } => opcode::APPEND,
             Request::Read { .. } => opcode::READ,
             Request::Status => opcode::STATUS,
             Request::ClusterStatus => opcode::CLUSTER_STATUS,
@@ -335,6 +376,15 @@ impl<'a> Request<'a> {
             Request::Append { payload, no_wait } => {
                 (if no_wait { APPEND_NO_WAIT } else { 0 }, payload.len())
             }
+            Request::AppendOnce {
+                retry,
+                payload,
+                no_wait,
+                ..
+            } => (
+                append_once_flags(no_wait, retry),
+                PRODUCER_ENVELOPE_LEN + payload.len(),
+            ),
             Request::Read { linearizable, .. } => (
                 if linearizable { READ_LINEARIZABLE } else { 0 },
                 READ_BODY_LEN,
@@ -351,6 +401,12 @@ impl<'a> Request<'a> {
         out.extend_from_slice(&header.encode());
         match *self {
             Request::Append { payload, .. } => out.extend_from_slice(payload),
+            Request::AppendOnce {
+                producer, payload, ..
+            } => {
+                out.extend_from_slice(&producer.encode());
+                out.extend_from_slice(payload);
+            }
             Request::Read {
                 offset,
                 max_bytes,
@@ -365,6 +421,18 @@ impl<'a> Request<'a> {
             Request::Admin(admin) => admin.encode_body(out),
         }
     }
+}
+
+/// The flags of an append with a producer envelope.
+pub fn append_once_flags(no_wait: bool, retry: bool) -> u8 {
+    let mut flags = APPEND_PRODUCER;
+    if no_wait {
+        flags |= APPEND_NO_WAIT;
+    }
+    if retry {
+        flags |= APPEND_RETRY;
+    }
+    flags
 }
 
 /// Role of a node, as reported by status.
@@ -607,6 +675,12 @@ pub enum ServerError {
     /// full, IO error); nothing was acknowledged.
     #[error("storage unavailable: {message}")]
     Unavailable { message: String },
+    /// Body: empty. Answers a retried append (flag [`APPEND_RETRY`]) whose
+    /// earlier copy the node can neither find nor rule out (its producer
+    /// table no longer covers it): nothing was appended now, and whether
+    /// the earlier attempt was is unknown.
+    #[error("outcome of the retried append unknown: its producer sequence is outside the node's dedup window; nothing was appended now")]
+    SequenceUnknown,
     /// Body: a UTF-8 message. An admin request did not finish in time
     /// (e.g. the added node did not catch up); it may still finish later.
     #[error("timed out: {message}")]
@@ -628,6 +702,7 @@ impl ServerError {
             ServerError::ShuttingDown => "shutting_down",
             ServerError::OutOfRange { .. } => "out_of_range",
             ServerError::Unavailable { .. } => "unavailable",
+            ServerError::SequenceUnknown => "sequence_unknown",
             ServerError::TimedOut { .. } => "timed_out",
             ServerError::Unknown { .. } => "unknown",
         }
@@ -643,6 +718,7 @@ impl ServerError {
             ServerError::ShuttingDown => 6,
             ServerError::OutOfRange { .. } => 7,
             ServerError::Unavailable { .. } => 8,
+            ServerError::SequenceUnknown => 9,
             ServerError::TimedOut { .. } => 10,
             ServerError::Unknown { code } => *code,
         }
@@ -658,9 +734,10 @@ impl ServerError {
             | ServerError::Unavailable { message }
             | ServerError::TimedOut { message } => message.clone().into_bytes(),
             ServerError::OutOfRange { end } => end.to_le_bytes().to_vec(),
-            ServerError::Busy | ServerError::ShuttingDown | ServerError::Unknown { .. } => {
-                Vec::new()
-            }
+            ServerError::Busy
+            | ServerError::ShuttingDown
+            | ServerError::SequenceUnknown
+            | ServerError::Unknown { .. } => Vec::new(),
         }
     }
 
@@ -689,6 +766,7 @@ impl ServerError {
             6 => ServerError::ShuttingDown,
             7 => ServerError::OutOfRange { end: u64_body() },
             8 => ServerError::Unavailable { message: text() },
+            9 => ServerError::SequenceUnknown,
             10 => ServerError::TimedOut { message: text() },
             code => ServerError::Unknown { code },
         }
@@ -754,6 +832,24 @@ mod tests {
             linearizable: true,
         });
         round_trip(Request::Status);
+        round_trip(Request::AppendOnce {
+            producer: ProducerTag {
+                producer_id: u64::MAX,
+                sequence: 3,
+            },
+            retry: true,
+            payload: b"once",
+            no_wait: false,
+        });
+        round_trip(Request::AppendOnce {
+            producer: ProducerTag {
+                producer_id: 1,
+                sequence: 0,
+            },
+            retry: false,
+            payload: b"",
+            no_wait: true,
+        });
         round_trip(Request::ClusterStatus);
         round_trip(Request::Admin(AdminRequest::AddNode {
             id: 4,
@@ -763,6 +859,27 @@ mod tests {
         round_trip(Request::Admin(AdminRequest::RemoveNode { id: 2 }));
         round_trip(Request::Admin(AdminRequest::TransferLeader { id: 3 }));
         round_trip(Request::Admin(AdminRequest::Trim { offset: 1 << 30 }));
+    }
+
+    #[test]
+    fn malformed_producer_appends_are_bad_requests() {
+        let header = |aux, body_len| FrameHeader {
+            body_len,
+            opcode: opcode::APPEND,
+            aux,
+            request_id: 1,
+        };
+        // Too short for the envelope; retry without a producer; unknown bits.
+        for (aux, body) in [
+            (APPEND_PRODUCER, &[0u8; 15][..]),
+            (APPEND_RETRY, &[0u8; 16][..]),
+            (8, &[0u8; 16][..]),
+        ] {
+            assert!(matches!(
+                Request::parse(&header(aux, body.len() as u32), body),
+                Err(ServerError::BadRequest { .. })
+            ));
+        }
     }
 
     #[test]
@@ -890,6 +1007,7 @@ mod tests {
             ServerError::Unavailable {
                 message: "disk full".into(),
             },
+            ServerError::SequenceUnknown,
             ServerError::TimedOut {
                 message: "slow".into(),
             },

@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use loglog_proto::entry::{
-    decode_trim_payload, encode_entry, encode_trim_payload, EntryHeader, EntryIter, EntryKind,
-    TRIM_PAYLOAD_LEN,
+    decode_trim_payload, encode_entry_with_flags, encode_trim_payload, EntryHeader, EntryIter,
+    EntryKind, TRIM_PAYLOAD_LEN,
 };
+use loglog_proto::producer::ENTRY_FLAG_PRODUCER;
 use loglog_proto::ENTRY_HEADER_LEN;
 
 use crate::log::{Checkpoint, LogRead, LogReadError, LogState, LostTail, RecoveredLog, TermMap};
@@ -464,6 +465,15 @@ impl RaftNode {
     pub fn propose(&mut self, payload: &[u8]) -> Result<u64, ProposeError> {
         self.check_can_propose(payload.len() as u64)?;
         let offset = self.append_local(EntryKind::Data, payload);
+        self.check_invariants();
+        Ok(offset)
+    }
+
+    /// Like [`RaftNode::propose`], with entry header `flags` (byte 13 of
+    /// the header, e.g. [`loglog_proto::producer::ENTRY_FLAG_PRODUCER`]).
+    pub fn propose_with_flags(&mut self, flags: u8, payload: &[u8]) -> Result<u64, ProposeError> {
+        self.check_can_propose(payload.len() as u64)?;
+        let offset = self.append_local_with_flags(EntryKind::Data, flags, payload);
         self.check_invariants();
         Ok(offset)
     }
@@ -1243,7 +1253,11 @@ impl RaftNode {
         for entry in iter.by_ref() {
             let entry = entry.ok()?;
             let term = entry.header.term;
-            if term == 0 || term < last_term || term > append.term || entry.header.flags != 0 {
+            // Known flags only: PRODUCER, on data entries.
+            let flags = entry.header.flags;
+            let flags_known = flags & !ENTRY_FLAG_PRODUCER == 0
+                && (flags == 0 || entry.header.kind == EntryKind::Data);
+            if term == 0 || term < last_term || term > append.term || !flags_known {
                 return None;
             }
             last_term = term;
@@ -1411,9 +1425,13 @@ impl RaftNode {
 
     /// Appends an entry of the current term to our own log (leader only).
     fn append_local(&mut self, kind: EntryKind, payload: &[u8]) -> u64 {
+        self.append_local_with_flags(kind, 0, payload)
+    }
+
+    fn append_local_with_flags(&mut self, kind: EntryKind, flags: u8, payload: &[u8]) -> u64 {
         let offset = self.log.end;
         let mut bytes = Vec::with_capacity(ENTRY_HEADER_LEN + payload.len());
-        encode_entry(self.hard.term, kind, payload, &mut bytes);
+        encode_entry_with_flags(self.hard.term, kind, flags, payload, &mut bytes);
         self.log
             .push_entry(self.hard.term, bytes.len() as u64)
             .expect("a leader appends entries of its own, highest, term");

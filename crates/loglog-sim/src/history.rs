@@ -50,6 +50,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use loglog_proto::entry::{EntryError, EntryIter};
+use loglog_proto::producer::entry_producer;
 use loglog_proto::EntryKind;
 
 /// A point in time, in nanoseconds, from any monotonic clock shared by all
@@ -125,9 +126,13 @@ impl ReadResult {
         for entry in iter.by_ref() {
             let entry = entry?;
             if entry.header.kind == EntryKind::Data {
+                // The value is the appender's payload: after the producer
+                // envelope, when the entry has one (real clusters' clients).
+                let payload = entry_producer(&entry.header, entry.payload)
+                    .map_or(entry.payload, |(_, payload)| payload);
                 entries.push(ReadEntry {
                     offset: entry.offset,
-                    payload: entry.payload.to_vec(),
+                    payload: payload.to_vec(),
                 });
             }
         }

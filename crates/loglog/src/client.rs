@@ -1,13 +1,29 @@
 //! The async client: one pipelined connection to the cluster, redirected to
 //! the leader when a node says it is not.
+//!
+//! **Exactly-once appends.** Every [`Client`] (clones share it) has a random
+//! producer id and numbers its appends; each append carries the pair in a
+//! 16-byte producer envelope in front of the payload (`docs/FORMAT.md`),
+//! which the node stores with the entry and which readers of this library
+//! strip again. When an append's outcome is unknown (the connection broke,
+//! the node shut down or failed its disk after receiving it), the client
+//! sends the same (producer, sequence) again, marked as a retry, to
+//! whichever node leads, until `leader_wait` has passed: the leader answers
+//! with the offset of the copy its log already holds, or appends it if it
+//! can tell there is none. Only if that fails does the call end with
+//! [`Error::InDoubt`]. A retry never creates a second copy.
 
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use loglog_proto::entry::MAX_PAYLOAD_LIMIT;
+use loglog_proto::producer::{ProducerTag, PRODUCER_ENVELOPE_LEN};
 use loglog_proto::wire::{
-    opcode, AdminRequest, ClusterStatus, NodeStatus, Request, ServerError, APPEND_NO_WAIT,
+    append_once_flags, opcode, AdminRequest, ClusterStatus, NodeStatus, Request, ServerError,
     FRAME_HEADER_LEN, READ_LINEARIZABLE,
 };
 use tokio::sync::oneshot;
@@ -36,7 +52,9 @@ pub struct ClientConfig {
     /// `leader_wait` has passed.
     pub max_redirects: u32,
     /// How long one call that needs the leader (an append, a linearizable
-    /// read) keeps looking for one before it fails with the last error.
+    /// read) keeps looking for one before it fails with the last error. An
+    /// append whose outcome became unknown is retried (deduplicated by the
+    /// leader) within the same time, then fails with [`Error::InDoubt`].
     pub leader_wait: Duration,
 }
 
@@ -62,6 +80,10 @@ pub struct Client {
 struct Inner {
     cluster: Vec<String>,
     config: ClientConfig,
+    /// This client's producer id: random, so that no two clients share it.
+    producer_id: u64,
+    /// The sequence number of the next append.
+    next_sequence: AtomicU64,
     /// The connection in use; replaced when it fails or a node redirects.
     current: Mutex<Option<Arc<Connection>>>,
     /// Held while a new connection is opened, so concurrent callers that see
@@ -74,35 +96,70 @@ struct Inner {
 pub struct PendingAppend {
     client: Client,
     connection: Arc<Connection>,
-    payload: Bytes,
+    /// The producer envelope, then the payload: the request's body.
+    body: Bytes,
+    tag: ProducerTag,
     no_wait: bool,
     answer: oneshot::Receiver<Reply>,
     search: LeaderSearch,
 }
 
 impl PendingAppend {
-    /// Waits for the node's answer: the offset of the new entry.
+    /// This append's (producer id, sequence).
+    pub fn producer_tag(&self) -> ProducerTag {
+        self.tag
+    }
+
+    /// Waits for the node's answer: the offset of the new entry (or of the
+    /// copy a lost answer had already appended).
     pub async fn wait(self) -> Result<u64, Error> {
         let PendingAppend {
             client,
             mut connection,
-            payload,
+            body,
+            tag,
             no_wait,
             mut answer,
             mut search,
         } = self;
+        // Set once an attempt may have been appended: every later attempt
+        // is then marked as a retry, for the leader to deduplicate.
+        let mut retry = false;
         loop {
             let error = match receive(&connection, answer).await {
                 Ok(body) => return parse_offset(connection.addr(), &body),
                 Err(error) => error,
             };
-            // Only a NotLeader answer means nothing was appended, so only
-            // then is it safe to send the entry again.
-            let Some(target) = search.after_not_leader(&error).await else {
-                return Err(error);
+            let in_doubt = |source: Error| Error::InDoubt {
+                producer_id: tag.producer_id,
+                sequence: tag.sequence,
+                source: Box::new(source),
             };
-            connection = client.reconnect(&connection, target, &mut search).await?;
-            answer = send_append(&connection, &payload, no_wait).await?;
+            if matches!(error.server_error(), Some(ServerError::SequenceUnknown)) {
+                return Err(in_doubt(error));
+            }
+            let indeterminate = error.is_indeterminate();
+            let target = if indeterminate {
+                retry = true;
+                // Any node will do: it redirects to the leader.
+                search.pause().await.then_some(None)
+            } else {
+                // NotLeader: that node appended nothing; others refuse.
+                search.after_not_leader(&error).await
+            };
+            let Some(target) = target else {
+                return Err(if retry { in_doubt(error) } else { error });
+            };
+            connection = match client.reconnect(&connection, target, &mut search).await {
+                Ok(connection) => connection,
+                Err(error) if retry => return Err(in_doubt(error)),
+                Err(error) => return Err(error),
+            };
+            answer = match send_append(&connection, &body, no_wait, retry).await {
+                Ok(answer) => answer,
+                Err(error) if retry => return Err(in_doubt(error)),
+                Err(error) => return Err(error),
+            };
         }
     }
 }
@@ -137,6 +194,8 @@ impl Client {
             inner: Arc::new(Inner {
                 cluster,
                 config,
+                producer_id: random_producer_id(),
+                next_sequence: AtomicU64::new(0),
                 current: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
             }),
@@ -148,6 +207,11 @@ impl Client {
     /// The addresses this client was given.
     pub fn cluster(&self) -> &[String] {
         &self.inner.cluster
+    }
+
+    /// This client's producer id, written in the envelope of its appends.
+    pub fn producer_id(&self) -> u64 {
+        self.inner.producer_id
     }
 
     /// Address of the node the client is connected to, if any.
@@ -180,18 +244,29 @@ impl Client {
         no_wait: bool,
     ) -> Result<PendingAppend, Error> {
         let payload = payload.into();
-        if payload.len() > MAX_PAYLOAD_LIMIT as usize {
+        if payload.len() > MAX_PAYLOAD_LIMIT as usize - PRODUCER_ENVELOPE_LEN {
             return Err(Error::InvalidArgument(format!(
-                "payload of {} bytes exceeds the entry format's limit of {MAX_PAYLOAD_LIMIT}",
-                payload.len()
+                "payload of {} bytes exceeds the entry format's limit of {} (with the \
+                 {PRODUCER_ENVELOPE_LEN}-byte producer envelope)",
+                payload.len(),
+                MAX_PAYLOAD_LIMIT as usize - PRODUCER_ENVELOPE_LEN
             )));
         }
         let connection = self.connection().await?;
-        let answer = send_append(&connection, &payload, no_wait).await?;
+        let tag = ProducerTag {
+            producer_id: self.inner.producer_id,
+            sequence: self.inner.next_sequence.fetch_add(1, Ordering::Relaxed),
+        };
+        let mut body = Vec::with_capacity(PRODUCER_ENVELOPE_LEN + payload.len());
+        body.extend_from_slice(&tag.encode());
+        body.extend_from_slice(&payload);
+        let body = Bytes::from(body);
+        let answer = send_append(&connection, &body, no_wait, false).await?;
         Ok(PendingAppend {
             client: self.clone(),
             connection,
-            payload,
+            body,
+            tag,
             no_wait,
             answer,
             search: LeaderSearch::new(&self.inner.config),
@@ -515,15 +590,35 @@ impl LeaderSearch {
     }
 }
 
+/// Sends an append whose `body` starts with its producer envelope.
 async fn send_append(
     connection: &Connection,
-    payload: &Bytes,
+    body: &Bytes,
     no_wait: bool,
+    retry: bool,
 ) -> Result<oneshot::Receiver<Reply>, Error> {
-    let flags = if no_wait { APPEND_NO_WAIT } else { 0 };
     connection
-        .send(opcode::APPEND, flags, payload.clone())
+        .send(
+            opcode::APPEND,
+            append_once_flags(no_wait, retry),
+            body.clone(),
+        )
         .await
+}
+
+/// A producer id no other client is likely to have: 64 bits from the
+/// process's hashing keys (random per process), the clock, the process id
+/// and a per-process counter.
+fn random_producer_id() -> u64 {
+    static CLIENTS: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.write_u64(CLIENTS.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
 }
 
 async fn receive(connection: &Connection, answer: oneshot::Receiver<Reply>) -> Reply {

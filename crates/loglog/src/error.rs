@@ -51,6 +51,19 @@ pub enum Error {
         #[source]
         source: EntryError,
     },
+    /// An append whose outcome is unknown: an attempt may have been
+    /// appended (its answer was lost), and retrying it as the same
+    /// (producer, sequence) did not settle it within `leader_wait`, or the
+    /// leader could no longer tell (`SequenceUnknown`: its producer table
+    /// no longer covers it). It was appended at most once; read the log to
+    /// find out (readers see the producer tag: [`crate::Entry::producer`]).
+    #[error("append (producer {producer_id:#018x}, sequence {sequence}) in doubt: {source}")]
+    InDoubt {
+        producer_id: u64,
+        sequence: u64,
+        #[source]
+        source: Box<Error>,
+    },
     /// The caller asked for something that cannot be sent (e.g. a payload
     /// larger than the entry format allows, or an empty cluster list).
     #[error("invalid argument: {0}")]
@@ -74,10 +87,13 @@ impl Error {
         matches!(
             self,
             Error::Io { .. }
+                | Error::InDoubt { .. }
                 | Error::Protocol { .. }
                 | Error::Corrupt { .. }
                 | Error::Server {
-                    source: ServerError::ShuttingDown | ServerError::Unavailable { .. },
+                    source: ServerError::ShuttingDown
+                        | ServerError::Unavailable { .. }
+                        | ServerError::SequenceUnknown,
                     ..
                 }
         )

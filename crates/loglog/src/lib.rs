@@ -9,6 +9,11 @@
 //! opens a new connection, trying the cluster's addresses in order. A node
 //! that answers `NotLeader` with the leader's address gets the call resent
 //! to that leader (appends too: `NotLeader` means nothing was appended).
+//! Appends are exactly-once: each carries the client's producer id and a
+//! sequence number (a 16-byte envelope the readers strip), so an append
+//! whose answer was lost is sent again, as the same one, to the new leader,
+//! which answers with the offset of the copy it already has instead of
+//! appending a second ([`Error::InDoubt`] when that cannot be settled).
 //!
 //! Reads return [`ReadPage`]s of whole entries whose checksums are verified
 //! on arrival ([`Error::Corrupt`] otherwise); iterating a page yields data
@@ -48,6 +53,7 @@ pub use page::{Entry, ReadPage};
 pub use stream::{EntryStream, DEFAULT_LONG_POLL, DEFAULT_PAGE_BYTES};
 
 pub use loglog_proto::entry::EntryKind;
+pub use loglog_proto::producer::ProducerTag;
 pub use loglog_proto::wire::{
     AdminRequest, ClusterStatus, MemberStatus, NodeStatus, Role, ServerError,
 };

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use loglog_proto::entry::{EntryIter, EntryKind, ENTRY_HEADER_LEN, MAX_PAYLOAD_LIMIT};
+use loglog_proto::producer::{entry_producer, ProducerTag, PRODUCER_ENVELOPE_LEN};
 use loglog_proto::wire::READ_RESPONSE_PREFIX_LEN;
 
 use crate::error::Error;
@@ -15,14 +16,23 @@ pub struct Entry {
     pub term: u32,
     /// What the entry is; [`ReadPage::entries`] yields only `Data`.
     pub kind: EntryKind,
-    /// The payload, shared with the page's buffer (no copy).
+    /// Who appended it and its sequence number, when it was appended with
+    /// a producer envelope (every append of this library is).
+    pub producer: Option<ProducerTag>,
+    /// The payload as the appender gave it (after the producer envelope,
+    /// which is stripped), shared with the page's buffer (no copy).
     pub payload: Bytes,
 }
 
 impl Entry {
     /// Offset where the next entry starts.
     pub fn next_offset(&self) -> u64 {
-        self.offset + ENTRY_HEADER_LEN as u64 + self.payload.len() as u64
+        let envelope = if self.producer.is_some() {
+            PRODUCER_ENVELOPE_LEN
+        } else {
+            0
+        };
+        self.offset + (ENTRY_HEADER_LEN + envelope + self.payload.len()) as u64
     }
 }
 
@@ -32,7 +42,9 @@ impl Entry {
 struct EntrySpan {
     /// Position of the header in the page's bytes.
     position: usize,
+    /// Bytes of the payload after the producer envelope, if any.
     payload_len: usize,
+    producer: Option<ProducerTag>,
     term: u32,
     kind: EntryKind,
 }
@@ -62,12 +74,18 @@ impl ReadPage {
         let mut iter = EntryIter::new(&body, offset, MAX_PAYLOAD_LIMIT);
         for item in iter.by_ref() {
             match item {
-                Ok(entry) => spans.push(EntrySpan {
-                    position: (entry.offset - offset) as usize,
-                    payload_len: entry.payload.len(),
-                    term: entry.header.term,
-                    kind: entry.header.kind,
-                }),
+                Ok(entry) => {
+                    // A valid header flagged PRODUCER has room for the envelope.
+                    let (producer, payload) = entry_producer(&entry.header, entry.payload)
+                        .unwrap_or((None, entry.payload));
+                    spans.push(EntrySpan {
+                        position: (entry.offset - offset) as usize,
+                        payload_len: payload.len(),
+                        producer,
+                        term: entry.header.term,
+                        kind: entry.header.kind,
+                    })
+                }
                 Err(source) => {
                     return Err(Error::Corrupt {
                         addr: addr.to_string(),
@@ -136,11 +154,17 @@ impl ReadPage {
     }
 
     fn entry_at(&self, span: &EntrySpan) -> Entry {
-        let start = span.position + ENTRY_HEADER_LEN;
+        let envelope = if span.producer.is_some() {
+            PRODUCER_ENVELOPE_LEN
+        } else {
+            0
+        };
+        let start = span.position + ENTRY_HEADER_LEN + envelope;
         Entry {
             offset: self.offset + span.position as u64,
             term: span.term,
             kind: span.kind,
+            producer: span.producer,
             payload: self.bytes.slice(start..start + span.payload_len),
         }
     }
@@ -176,6 +200,35 @@ mod tests {
         assert_eq!(data[1].next_offset(), page.next_offset());
         assert_eq!(page.all_entries().count(), 4);
         assert_eq!(&page.raw()[..], &log[..]);
+    }
+
+    #[test]
+    fn producer_envelopes_are_stripped_and_reported() {
+        let tag = ProducerTag {
+            producer_id: 42,
+            sequence: 7,
+        };
+        let mut payload = tag.encode().to_vec();
+        payload.extend_from_slice(b"user");
+        let mut log = Vec::new();
+        loglog_proto::entry::encode_entry_with_flags(
+            1,
+            EntryKind::Data,
+            loglog_proto::producer::ENTRY_FLAG_PRODUCER,
+            &payload,
+            &mut log,
+        );
+        encode_entry(1, EntryKind::Data, b"plain", &mut log);
+        let page = ReadPage::parse("a", 0, body(log.len() as u64, &log)).unwrap();
+        let entries: Vec<Entry> = page.entries().collect();
+        assert_eq!(entries[0].producer, Some(tag));
+        assert_eq!(&entries[0].payload[..], b"user");
+        assert_eq!(entries[0].next_offset(), 16 + 20);
+        assert_eq!(entries[1].offset, 36);
+        assert_eq!(entries[1].producer, None);
+        assert_eq!(&entries[1].payload[..], b"plain");
+        // The raw bytes keep the envelope: that is what is stored.
+        assert_eq!(&page.raw()[16..32], &tag.encode());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use loglog::{Client, ClientConfig, EntryKind, Error, ServerError};
 use loglog_proto::entry::ENTRY_HEADER_LEN;
+use loglog_proto::producer::{ProducerTag, PRODUCER_ENVELOPE_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -35,12 +36,14 @@ async fn appends_are_read_back_at_their_offsets_skipping_the_noop() {
     let first = client.append(&b"hello"[..]).await.unwrap();
     // Offset 0 holds the node's term no-op, which readers skip.
     assert_eq!(first, ENTRY_HEADER_LEN as u64);
+    // Each entry's payload starts with the 16-byte producer envelope.
+    let entry_len = (ENTRY_HEADER_LEN + PRODUCER_ENVELOPE_LEN + 5) as u64;
     let second = client.append(b"world".to_vec()).await.unwrap();
-    assert_eq!(second, first + ENTRY_HEADER_LEN as u64 + 5);
+    assert_eq!(second, first + entry_len);
 
     let page = client.read(0, 1 << 20, Duration::ZERO).await.unwrap();
     assert_eq!(page.offset(), 0);
-    assert_eq!(page.next_offset(), second + ENTRY_HEADER_LEN as u64 + 5);
+    assert_eq!(page.next_offset(), second + entry_len);
     assert_eq!(page.commit_offset(), page.next_offset());
     let kinds: Vec<EntryKind> = page.all_entries().map(|entry| entry.kind).collect();
     assert_eq!(kinds, [EntryKind::NoOp, EntryKind::Data, EntryKind::Data]);
@@ -55,6 +58,16 @@ async fn appends_are_read_back_at_their_offsets_skipping_the_noop() {
         (second, &b"world"[..])
     );
     assert_eq!(data[0].term, 1);
+    for (sequence, entry) in data.iter().enumerate() {
+        let tag = ProducerTag {
+            producer_id: client.producer_id(),
+            sequence: sequence as u64,
+        };
+        assert_eq!(entry.producer, Some(tag));
+        // A raw reader sees the envelope as the payload's first 16 bytes.
+        let at = (entry.offset - page.offset()) as usize + ENTRY_HEADER_LEN;
+        assert_eq!(&page.raw()[at..at + PRODUCER_ENVELOPE_LEN], &tag.encode());
+    }
     // The raw bytes are the log as stored: they parse again.
     assert_eq!(page.raw().len() as u64, page.next_offset());
 
@@ -362,7 +375,11 @@ const NO_MARKER: &[u8] = b"\xff\xfe\xfd marker that never occurs";
 async fn a_lost_connection_fails_every_pending_request() {
     let test = start_node(|_| {}).await;
     let proxy = start_proxy(test.addr.clone(), NO_MARKER).await;
-    let client = Client::connect(&[&proxy.addr]).await.unwrap();
+    let config = ClientConfig {
+        leader_wait: Duration::from_millis(500),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(&[&proxy.addr], config).await.unwrap();
     // The appends reach the node, which commits them, but their answers
     // are held back; then the connection is cut.
     proxy.mode.send_replace(ProxyMode::Hold);
@@ -381,12 +398,19 @@ async fn a_lost_connection_fails_every_pending_request() {
     }
     proxy.mode.send_replace(ProxyMode::Cut);
     for append in pending {
+        let tag = append.producer_tag();
         let error = append.wait().await.unwrap_err();
-        assert!(
-            matches!(&error, Error::Io { addr, .. } if *addr == proxy.addr),
-            "{error:?}"
-        );
-        // Indeed: the node committed it, the client cannot know.
+        // The client retried (the proxy no longer accepts connections)
+        // until leader_wait passed; the node committed it, the client
+        // cannot know.
+        match &error {
+            Error::InDoubt {
+                producer_id,
+                sequence,
+                ..
+            } => assert_eq!((*producer_id, *sequence), (tag.producer_id, tag.sequence)),
+            other => panic!("expected an append in doubt, got {other:?}"),
+        }
         assert!(error.is_indeterminate());
     }
     // The next call opens a new connection, which fails: nothing listens.
@@ -461,4 +485,45 @@ fn the_blocking_client_appends_reads_and_follows() {
     drop(entries);
     drop(client);
     runtime.block_on(test.node.shutdown());
+}
+
+#[tokio::test]
+async fn an_append_whose_answer_was_lost_is_retried_and_lands_once() {
+    let test = start_node(|_| {}).await;
+    let proxy = start_proxy(test.addr.clone(), NO_MARKER).await;
+    // The proxy first; the node itself is where the retries go once the
+    // proxy is gone.
+    let client = Client::connect(&[&proxy.addr, &test.addr]).await.unwrap();
+    assert_eq!(client.current_address().as_deref(), Some(&proxy.addr[..]));
+    proxy.mode.send_replace(ProxyMode::Hold);
+    let mut pending = Vec::new();
+    for value in 0..10u8 {
+        pending.push((
+            value,
+            client.submit_append(vec![value; 3], false).await.unwrap(),
+        ));
+    }
+    let direct = Client::connect(&[&test.addr]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_all_data(&direct).await.len() < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the appends never reached the node"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.mode.send_replace(ProxyMode::Cut);
+    let mut acknowledged = Vec::new();
+    for (value, append) in pending {
+        // The answer was lost with the connection; the retry (same
+        // producer and sequence) is answered with the first copy's offset.
+        let offset = append.wait().await.unwrap();
+        acknowledged.push((offset, vec![value; 3]));
+    }
+    let log = read_all_data(&direct).await;
+    assert_eq!(
+        log, acknowledged,
+        "every value once, at its acknowledged offset"
+    );
+    test.node.shutdown().await;
 }

@@ -102,6 +102,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod dedup;
 mod metrics;
 mod node;
 mod pipeline;

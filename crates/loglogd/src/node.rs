@@ -18,7 +18,10 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::cluster::driver::ClusterHandle;
 use crate::config::{Config, Fsync};
-use crate::pipeline::{self, AppendRequest, Metrics, PipelineParts, Reply, Shared, WriterCommand};
+use crate::dedup::{self, DedupLimits, ProducerTable};
+use crate::pipeline::{
+    self, AppendRequest, Metrics, PipelineParts, ProducerAppend, Reply, Shared, WriterCommand,
+};
 use crate::server::until_true;
 use crate::state::{NodeState, NodeStateError, NODE_STATE_VERSION};
 
@@ -174,6 +177,7 @@ struct Opened {
     syncer: loglog_storage::LogSyncer,
     reader: LogReader,
     commit: u64,
+    producers: ProducerTable,
 }
 
 impl Node {
@@ -298,14 +302,21 @@ impl Node {
         wait_for_commit: bool,
     ) -> Result<u64, ServerError> {
         let (sender, receiver) = oneshot::channel();
-        self.submit_append(payload, wait_for_commit, Reply::Local(sender))
+        self.submit_append(payload, None, wait_for_commit, Reply::Local(sender))
             .await;
         receiver.await.unwrap_or(Err(ServerError::ShuttingDown))
     }
 
     /// Queues an append; the answer (or the refusal) always goes to `reply`.
-    /// Waits while the queue is full (backpressure).
-    pub(crate) async fn submit_append(&self, payload: Bytes, wait_for_commit: bool, reply: Reply) {
+    /// Waits while the queue is full (backpressure). With `producer`, the
+    /// payload starts with its envelope and is appended at most once.
+    pub(crate) async fn submit_append(
+        &self,
+        payload: Bytes,
+        producer: Option<ProducerAppend>,
+        wait_for_commit: bool,
+        reply: Reply,
+    ) {
         let inner = &self.inner;
         let max = inner.config.max_entry_size;
         if payload.len() > max as usize {
@@ -329,6 +340,7 @@ impl Node {
         };
         let request = AppendRequest {
             payload,
+            producer,
             wait_for_commit,
             reply,
             _pending_bytes: permit,
@@ -699,6 +711,7 @@ async fn start_single(config: &Config) -> Result<Engine, StartError> {
     let pipeline = pipeline::start(
         PipelineParts {
             log: opened.writer,
+            producers: opened.producers,
             syncer: opened.syncer,
             fsync: config.fsync,
             term: opened.term,
@@ -830,6 +843,7 @@ fn open_data_dir(config: &Config) -> Result<Opened, StartError> {
         Fsync::Never => FsyncPolicy::Never,
     };
     let (mut writer, syncer, reader) = loglog_storage::open(storage_config)?;
+    let producers = scan_producers(&reader, dir, writer.end_offset())?;
 
     // The term is durable before any entry of it exists (Raft's rule).
     let state = NodeState {
@@ -857,5 +871,27 @@ fn open_data_dir(config: &Config) -> Result<Opened, StartError> {
         syncer,
         reader,
         commit,
+        producers,
+    })
+}
+
+/// Rebuilds the producer table of the log in `data_dir` (ending at `end`)
+/// from its tail (module `dedup`).
+pub(crate) fn scan_producers(
+    reader: &LogReader,
+    data_dir: &Path,
+    end: u64,
+) -> Result<ProducerTable, StartError> {
+    let log_dir = data_dir.join(LOG_DIR);
+    dedup::scan_log_tail(
+        reader,
+        &log_dir,
+        end,
+        DedupLimits::default(),
+        dedup::REBUILD_SCAN_BYTES,
+    )
+    .map_err(|reason| StartError::CorruptState {
+        path: log_dir,
+        reason,
     })
 }

@@ -39,12 +39,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, OnceLock};
 
 use bytes::Bytes;
-use loglog_proto::entry::{encode_entry, EntryKind, ENTRY_HEADER_LEN};
+use loglog_proto::entry::{encode_entry_with_flags, EntryKind, ENTRY_HEADER_LEN};
+use loglog_proto::producer::{ProducerTag, ENTRY_FLAG_PRODUCER};
 use loglog_proto::wire::ServerError;
 use loglog_storage::{LogSyncer, LogWriter, StorageError};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Fsync;
+use crate::dedup::{Decision, ProducerTable};
 use crate::server::PendingResponse;
 
 /// State shared by the node's handles, threads and connections.
@@ -149,6 +151,24 @@ impl Shared {
     }
 }
 
+/// The producer envelope of an append and its retry flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProducerAppend {
+    pub tag: ProducerTag,
+    pub retry: bool,
+}
+
+impl ProducerAppend {
+    /// The entry header flags of its entry.
+    pub fn entry_flags(producer: Option<ProducerAppend>) -> u8 {
+        if producer.is_some() {
+            ENTRY_FLAG_PRODUCER
+        } else {
+            0
+        }
+    }
+}
+
 /// Where the answer to an append goes.
 pub(crate) enum Reply {
     /// An embedded caller awaiting a oneshot.
@@ -168,7 +188,9 @@ impl Reply {
 }
 
 pub(crate) struct AppendRequest {
+    /// The entry's payload: with `producer`, its envelope comes first.
     pub payload: Bytes,
+    pub producer: Option<ProducerAppend>,
     pub wait_for_commit: bool,
     pub reply: Reply,
     /// The payload's share of [`Shared::pending_append_bytes`], released
@@ -211,6 +233,17 @@ enum Control {
     Shutdown,
 }
 
+/// Where an append of a batch goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    /// A new entry of the batch.
+    New,
+    /// Its producer's earlier copy, at this offset.
+    Copy(u64),
+    /// A retry the producer table cannot decide.
+    Unknown,
+}
+
 /// An append waiting for the commit offset to reach `end`.
 struct Waiter {
     /// Where the entry starts: the answer.
@@ -238,6 +271,8 @@ pub(crate) struct Pipeline {
 
 pub(crate) struct PipelineParts {
     pub log: LogWriter,
+    /// The producers of the log's entries (rebuilt from its tail).
+    pub producers: ProducerTable,
     pub syncer: LogSyncer,
     pub fsync: Fsync,
     pub term: u32,
@@ -269,6 +304,7 @@ pub(crate) fn start(parts: PipelineParts, shared: Arc<Shared>) -> std::io::Resul
         })?;
     let writer = WriterThread {
         log: parts.log,
+        producers: parts.producers,
         term: parts.term,
         commands: commands_rx,
         jobs: jobs_tx,
@@ -287,6 +323,9 @@ pub(crate) fn start(parts: PipelineParts, shared: Arc<Shared>) -> std::io::Resul
 
 struct WriterThread {
     log: LogWriter,
+    /// The (producer, sequence) pairs in the log: appends are deduplicated
+    /// against it (module `dedup`).
+    producers: ProducerTable,
     term: u32,
     commands: mpsc::Receiver<WriterCommand>,
     jobs: std_mpsc::SyncSender<SyncJob>,
@@ -352,15 +391,38 @@ impl WriterThread {
         }
         let base = self.log.end_offset();
         self.batch.clear();
+        // Where each append goes: a new entry, or an earlier copy of it.
+        let mut placements = Vec::with_capacity(appends.len());
         for request in appends.iter() {
-            encode_entry(
-                self.term,
-                EntryKind::Data,
-                &request.payload,
-                &mut self.batch,
-            );
+            let offset = base + self.batch.len() as u64;
+            let placement = match request.producer {
+                None => Placement::New,
+                Some(producer) => match self.producers.decide(producer.tag, producer.retry) {
+                    Decision::Append => {
+                        self.producers.record(producer.tag, offset, self.term);
+                        Placement::New
+                    }
+                    Decision::Duplicate(located) => Placement::Copy(located.offset),
+                    Decision::Unknown => Placement::Unknown,
+                },
+            };
+            if placement == Placement::New {
+                encode_entry_with_flags(
+                    self.term,
+                    EntryKind::Data,
+                    ProducerAppend::entry_flags(request.producer),
+                    &request.payload,
+                    &mut self.batch,
+                );
+            }
+            placements.push(placement);
         }
-        match self.log.append(&self.batch) {
+        let written = if self.batch.is_empty() {
+            Ok(base)
+        } else {
+            self.log.append(&self.batch)
+        };
+        match written {
             Ok(end) => {
                 assert_eq!(
                     end,
@@ -369,26 +431,45 @@ impl WriterThread {
                 );
                 self.shared.written_end.store(end, Ordering::Release);
                 let counters = &self.shared.counters;
-                counters.writes.fetch_add(1, Ordering::Relaxed);
-                counters
-                    .entries
-                    .fetch_add(appends.len() as u64, Ordering::Relaxed);
+                let new_entries = placements.iter().filter(|p| **p == Placement::New).count();
+                if new_entries > 0 {
+                    counters.writes.fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .entries
+                        .fetch_add(new_entries as u64, Ordering::Relaxed);
+                }
+                let commit = self.shared.commit_offset();
                 let mut waiters = Vec::new();
                 let mut offset = base;
-                for request in appends.drain(..) {
-                    let entry_end = offset + (ENTRY_HEADER_LEN + request.payload.len()) as u64;
-                    if request.wait_for_commit {
+                for (request, placement) in appends.drain(..).zip(placements) {
+                    let (at, entry_end) = match placement {
+                        Placement::New => {
+                            let at = offset;
+                            offset += (ENTRY_HEADER_LEN + request.payload.len()) as u64;
+                            (at, offset)
+                        }
+                        // Committed once the commit offset passes its start
+                        // (commit offsets are entry boundaries).
+                        Placement::Copy(at) => (at, at + 1),
+                        Placement::Unknown => {
+                            request.reply.send(Err(ServerError::SequenceUnknown));
+                            continue;
+                        }
+                    };
+                    if request.wait_for_commit && entry_end > commit {
                         waiters.push(Waiter {
-                            offset,
+                            offset: at,
                             end: entry_end,
                             reply: request.reply,
                         });
                     } else {
-                        request.reply.send(Ok(offset));
+                        request.reply.send(Ok(at));
                     }
-                    offset = entry_end;
                 }
                 debug_assert_eq!(offset, end);
+                if waiters.is_empty() && end == base {
+                    return;
+                }
                 // Blocks only when the syncer is SYNC_JOB_QUEUE batches behind.
                 if let Err(std_mpsc::SendError(job)) = self.jobs.send(SyncJob { end, waiters }) {
                     // The syncer is gone (it only stops after us): refuse.
@@ -398,6 +479,8 @@ impl WriterThread {
                 }
             }
             Err(error) => {
+                // Nothing of the batch stays in the log.
+                self.producers.truncate(base);
                 let answer = self.recover_from_append_error(base, &error);
                 for request in appends.drain(..) {
                     request.reply.send(Err(answer.clone()));

@@ -51,7 +51,7 @@ use tokio::time::Instant;
 use crate::config::REQUEST_OVERHEAD;
 use crate::metrics::NodeMetrics;
 use crate::node::{Chunk, CommittedRead, Node};
-use crate::pipeline::Reply;
+use crate::pipeline::{ProducerAppend, Reply};
 
 /// Bytes the reader asks the socket for at a time (at least). A frame
 /// larger than this gets a buffer of its own.
@@ -309,6 +309,8 @@ async fn serve_connection(
 enum Parsed {
     Append {
         no_wait: bool,
+        /// The producer envelope (at the start of the body) and the retry flag.
+        producer: Option<ProducerAppend>,
     },
     Read {
         offset: u64,
@@ -570,7 +572,22 @@ async fn dispatch(
 ) {
     let request_id = header.request_id;
     let parsed = Request::parse(&header, &body).map(|request| match request {
-        Request::Append { no_wait, .. } => Parsed::Append { no_wait },
+        Request::Append { no_wait, .. } => Parsed::Append {
+            no_wait,
+            producer: None,
+        },
+        Request::AppendOnce {
+            producer,
+            retry,
+            no_wait,
+            ..
+        } => Parsed::Append {
+            no_wait,
+            producer: Some(ProducerAppend {
+                tag: producer,
+                retry,
+            }),
+        },
         Request::Read {
             offset,
             max_bytes,
@@ -643,7 +660,7 @@ async fn dispatch(
                 respond(&sink, opcode::ADMIN, request_id, body, Some(permit));
             });
         }
-        Ok(Parsed::Append { no_wait }) => {
+        Ok(Parsed::Append { no_wait, producer }) => {
             let reply = Reply::Connection(PendingResponse {
                 sink: sink.clone(),
                 request_id,
@@ -658,7 +675,7 @@ async fn dispatch(
             } else {
                 Bytes::copy_from_slice(&body)
             };
-            node.submit_append(payload, !no_wait, reply).await;
+            node.submit_append(payload, producer, !no_wait, reply).await;
         }
         Ok(Parsed::Read {
             offset,

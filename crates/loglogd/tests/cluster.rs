@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use loglog::blocking::Client;
 use loglog::AdminRequest;
+use loglog_proto::producer::{entry_producer, ProducerTag};
 
 mod common;
 use loglog_proto::wire::{
@@ -257,14 +258,24 @@ fn committed_bytes(addr: SocketAddr, at_least: u64) -> Vec<u8> {
     }
 }
 
-/// The data entries of a log: payload -> offsets.
+/// The data entries of a log: the appender's payload (after the producer
+/// envelope, if any) -> offsets. Also checks that no (producer, sequence)
+/// is in the log twice.
 fn data_entries(bytes: &[u8]) -> HashMap<Vec<u8>, Vec<u64>> {
     let mut entries: HashMap<Vec<u8>, Vec<u64>> = HashMap::new();
+    let mut tags: HashMap<ProducerTag, u64> = HashMap::new();
     for entry in loglog_proto::entry::EntryIter::new(bytes, 0, u32::MAX) {
         let entry = entry.expect("committed bytes are whole, valid entries");
         if entry.header.kind == loglog_proto::entry::EntryKind::Data {
+            let (tag, payload) = entry_producer(&entry.header, entry.payload)
+                .expect("a valid entry flagged PRODUCER holds an envelope");
+            if let Some(tag) = tag {
+                if let Some(first) = tags.insert(tag, entry.offset) {
+                    panic!("{tag:?} at {first} and again at {}", entry.offset);
+                }
+            }
             entries
-                .entry(entry.payload.to_vec())
+                .entry(payload.to_vec())
                 .or_default()
                 .push(entry.offset);
         }
@@ -425,10 +436,12 @@ fn three_node_cluster_replicates_redirects_and_fails_over() {
     );
 }
 
-/// The issue's acceptance scenario: 16 concurrent clients append while the
-/// leader is SIGKILLed and restarted twice; every acknowledged entry is then
-/// in the log exactly once, at its offset, and the committed logs of all
-/// nodes are byte-identical.
+/// The issue's acceptance scenario: 16 concurrent clients append unique
+/// values while the leader is SIGKILLed and restarted twice; every
+/// acknowledged value is then in the log exactly once, at its offset, no
+/// value (acknowledged or not) is there twice although the client library
+/// retried appends whose answers were lost (exactly-once appends), and the
+/// committed logs of all nodes are byte-identical.
 #[test]
 fn sixteen_clients_survive_two_leader_kills() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -452,6 +465,7 @@ fn sixteen_clients_survive_two_leader_kills() {
         let (addrs, stop, acknowledged) = (addrs.clone(), stop.clone(), acknowledged.clone());
         clients.push(std::thread::spawn(move || {
             let mut failed = 0u64;
+            let mut in_doubt = 0u64;
             let mut client = None;
             for n in 0.. {
                 if stop.load(Ordering::Relaxed) {
@@ -464,7 +478,9 @@ fn sixteen_clients_survive_two_leader_kills() {
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 };
-                // A payload of its own per try: a retry never duplicates.
+                // Every value is sent by one append call only: the library
+                // itself retries it (the same producer sequence) when its
+                // outcome is unknown, and must not duplicate it.
                 let payload = format!("c{c}-{n}").into_bytes();
                 let started = Instant::now();
                 match connected.append(payload.clone()) {
@@ -474,13 +490,16 @@ fn sixteen_clients_survive_two_leader_kills() {
                         started,
                         Instant::now(),
                     )),
-                    Err(_) => {
+                    Err(error) => {
                         failed += 1;
+                        if matches!(error, loglog::Error::InDoubt { .. }) {
+                            in_doubt += 1;
+                        }
                         std::thread::sleep(Duration::from_millis(10));
                     }
                 }
             }
-            failed
+            (failed, in_doubt)
         }));
     }
     let mut failovers = Vec::new();
@@ -516,11 +535,21 @@ fn sixteen_clients_survive_two_leader_kills() {
     }
     std::thread::sleep(Duration::from_millis(700));
     stop.store(true, Ordering::Relaxed);
-    let failed: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let (mut failed, mut in_doubt) = (0, 0);
+    for client in clients {
+        let (client_failed, client_in_doubt) = client.join().unwrap();
+        failed += client_failed;
+        in_doubt += client_in_doubt;
+    }
     let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
+    let deduplicated = cluster
+        .logs()
+        .matches("answered with its earlier copy")
+        .count();
     println!(
-        "16 clients: {} appends acknowledged, {failed} failed; failovers (SIGKILL to the next \
-         acknowledged append): {failovers:?}",
+        "16 clients: {} appends acknowledged, {failed} failed ({in_doubt} in doubt), \
+         {deduplicated} retries answered with their earlier copy; failovers (SIGKILL to the \
+         next acknowledged append): {failovers:?}",
         acknowledged.len()
     );
     assert!(acknowledged.len() > 100, "too few appends went through");
@@ -542,9 +571,90 @@ fn sixteen_clients_survive_two_leader_kills() {
             String::from_utf8_lossy(payload)
         );
     }
-    assert!(
-        entries.values().all(|offsets| offsets.len() == 1),
-        "no entry appears twice"
+    let twice: Vec<_> = entries
+        .iter()
+        .filter(|(_, offsets)| offsets.len() > 1)
+        .map(|(payload, offsets)| (String::from_utf8_lossy(payload), offsets))
+        .collect();
+    assert!(twice.is_empty(), "values in the log twice: {twice:?}");
+}
+
+/// The same (producer, sequence) sent again as raw frames is answered with
+/// the first copy's offset and never appended twice: by the same leader, by
+/// a new leader after the first was SIGKILLed (its table was built from the
+/// entries it replicated as a follower), and by a leader restarted (its
+/// table rebuilt from its log). A retry of a sequence never sent is
+/// appended, since the table has seen the whole log.
+#[test]
+fn a_producer_sequence_is_appended_once_across_failovers_and_restarts() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3);
+    for index in 0..3 {
+        cluster.start(index);
+    }
+    let all = [0, 1, 2];
+    let tag = ProducerTag {
+        producer_id: 0xabcd,
+        sequence: 9,
+    };
+    let append = |cluster: &Cluster, leader: usize, tag: ProducerTag, retry: bool| {
+        let mut stream = TcpStream::connect(cluster.members[leader].client).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let request = Request::AppendOnce {
+            producer: tag,
+            retry,
+            payload: b"exactly once",
+            no_wait: false,
+        };
+        let body = call(&mut stream, request).unwrap_or_else(|error| {
+            panic!(
+                "append {tag:?} on node {leader}: {error}\n{}",
+                cluster.logs()
+            )
+        });
+        u64::from_le_bytes(body.try_into().unwrap())
+    };
+    let leader = cluster.wait_for_leader(&all);
+    let first = append(&cluster, leader, tag, false);
+    assert_eq!(append(&cluster, leader, tag, true), first);
+    // A first attempt sent twice (against the client contract) is caught too.
+    assert_eq!(append(&cluster, leader, tag, false), first);
+
+    cluster.kill(leader);
+    let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
+    let new_leader = cluster.wait_for_leader(&survivors);
+    assert_eq!(append(&cluster, new_leader, tag, true), first);
+    let fresh = ProducerTag {
+        sequence: 10,
+        ..tag
+    };
+    let fresh_offset = append(&cluster, new_leader, fresh, true);
+    assert!(fresh_offset > first);
+
+    // Restart everyone: every table is rebuilt from its node's log.
+    cluster.start(leader);
+    for index in survivors {
+        cluster.kill(index);
+        cluster.start(index);
+    }
+    let leader = cluster.wait_for_leader(&all);
+    assert_eq!(append(&cluster, leader, tag, true), first);
+    assert_eq!(append(&cluster, leader, fresh, true), fresh_offset);
+
+    let commit = cluster.status(leader).unwrap().commit_offset;
+    let logs: Vec<Vec<u8>> = all
+        .iter()
+        .map(|&index| committed_bytes(cluster.members[index].client, commit))
+        .collect();
+    for log in &logs[1..] {
+        assert!(log == &logs[0], "committed logs differ between nodes");
+    }
+    // data_entries also checks that no (producer, sequence) is there twice.
+    assert_eq!(
+        data_entries(&logs[0])[&b"exactly once"[..]],
+        vec![first, fresh_offset]
     );
 }
 
@@ -950,10 +1060,9 @@ fn one_append_call_rides_out_the_leaders_death() {
     let before = client.append(&b"before"[..]).unwrap();
     cluster.kill(leader);
     let started = Instant::now();
-    // An append sent on the dying leader's connection is rightly
-    // indeterminate; a status call (safe to resend) moves the client to a
-    // survivor first, which answers NotLeader while the election runs.
-    client.status().unwrap();
+    // The append goes out on the dying leader's connection: its outcome is
+    // unknown, so the library sends it again (the same producer sequence)
+    // to the survivors, which answer NotLeader while the election runs.
     let after = client
         .append(&b"after"[..])
         .unwrap_or_else(|error| panic!("{error}\n{}", cluster.logs()));

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use loglog::Client;
+use loglog::{Client, ClientConfig};
 
 const CLIENTS: usize = 64;
 const KILLS: usize = 8;
@@ -88,7 +88,14 @@ async fn load(
         let history = Arc::clone(&history);
         let acked_this_round = Arc::clone(&acked_this_round);
         clients.push(tokio::spawn(async move {
-            let Ok(client) = Client::connect(&[addr.to_string()]).await else {
+            // The node stays down until the load has stopped: retrying an
+            // append whose answer was lost (the library's exactly-once
+            // retries) only for a moment keeps the rounds short.
+            let config = ClientConfig {
+                leader_wait: Duration::from_millis(200),
+                ..ClientConfig::default()
+            };
+            let Ok(client) = Client::connect_with(&[addr.to_string()], config).await else {
                 return;
             };
             for seq in 0.. {

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use loglog_proto::entry::{EntryIter, EntryKind, DEFAULT_MAX_PAYLOAD};
+use loglog_proto::producer::{ProducerTag, ENTRY_FLAG_PRODUCER};
 
 mod common;
 use common::loglog_binary;
@@ -126,52 +127,60 @@ fn assert_one_line_error(output: &Output) -> String {
 #[test]
 fn append_read_and_status_through_the_cli() {
     let server = Server::start(&[]);
-    // Offset 0 holds the node's no-op entry (16 bytes).
+    // Offset 0 holds the node's no-op entry (16 bytes). Each data entry is
+    // its 16-byte header, the 16-byte producer envelope, then the payload.
     assert_eq!(server.ok(&["append", "hello"]), "16\n");
-    assert_eq!(server.ok(&["append", "two words", "third"]), "37\n62\n");
+    assert_eq!(server.ok(&["append", "two words", "third"]), "53\n94\n");
     let output = server.run_with_stdin(&["append", "--lines"], b"line one\n\nline three\n");
     assert_success(&output, &["append", "--lines"]);
-    assert_eq!(String::from_utf8(output.stdout).unwrap(), "83\n107\n123\n");
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), "131\n171\n203\n");
     let output = server.run_with_stdin(&["append"], b"all of\nstdin");
     assert_success(&output, &["append"]);
-    assert_eq!(String::from_utf8(output.stdout).unwrap(), "149\n");
-    let end = 149 + 16 + 12;
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), "245\n");
+    let end = 245 + 16 + 16 + 12;
 
     assert_eq!(
         server.ok(&["read", "--from", "0"]),
         "hello\ntwo words\nthird\nline one\n\nline three\nall of\nstdin\n"
     );
     assert_eq!(
-        server.ok(&["read", "--from", "37", "--to", "83"]),
+        server.ok(&["read", "--from", "53", "--to", "131"]),
         "two words\nthird\n"
     );
     assert_eq!(
-        server.ok(&["read", "--from", "0", "--to", "62", "--format", "json"]),
+        server.ok(&["read", "--from", "0", "--to", "94", "--format", "json"]),
         concat!(
             r#"{"offset":16,"term":1,"len":5,"data_b64":"aGVsbG8="}"#,
             "\n",
-            r#"{"offset":37,"term":1,"len":9,"data_b64":"dHdvIHdvcmRz"}"#,
+            r#"{"offset":53,"term":1,"len":9,"data_b64":"dHdvIHdvcmRz"}"#,
             "\n"
         )
     );
     assert_eq!(
-        server.ok(&["read", "--from", "16", "--to", "37", "--format", "hex"]),
+        server.ok(&["read", "--from", "16", "--to", "53", "--format", "hex"]),
         "68656c6c6f\n"
     );
-    // Raw: the log's bytes as stored, which parse again, no-op included.
+    // Raw: the log's bytes as stored, which parse again, no-op included;
+    // data entries have header flag bit 0 and start with the envelope.
     let raw = server.run(&["read", "--from", "0", "--format", "raw"]);
     assert_success(&raw, &["read", "--format", "raw"]);
     assert_eq!(raw.stdout.len(), end);
     let entries: Vec<_> = EntryIter::new(&raw.stdout, 0, DEFAULT_MAX_PAYLOAD)
         .map(|entry| entry.unwrap())
-        .map(|entry| (entry.offset, entry.header.kind, entry.payload.to_vec()))
+        .map(|entry| {
+            let payload = match ProducerTag::split(entry.payload) {
+                Some((_, user)) if entry.header.flags == ENTRY_FLAG_PRODUCER => user,
+                _ => entry.payload,
+            };
+            (entry.offset, entry.header.kind, payload.to_vec())
+        })
         .collect();
     assert_eq!(entries.len(), 8);
     assert_eq!(entries[0], (0, EntryKind::NoOp, vec![]));
     assert_eq!(entries[1], (16, EntryKind::Data, b"hello".to_vec()));
     assert_eq!(
         entries[7],
-        (149, EntryKind::Data, b"all of\nstdin".to_vec())
+        (245, EntryKind::Data, b"all of\nstdin".to_vec())
     );
 
     let status = server.ok(&["status"]);

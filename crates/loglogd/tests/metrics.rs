@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use loglog::Client;
+use loglog_proto::producer::PRODUCER_ENVELOPE_LEN;
 use loglogd::{Config, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -58,10 +59,11 @@ async fn metrics_endpoint_reports_the_node_s_work() {
         .to_ascii_lowercase()
         .contains("content-type: application/openmetrics-text"));
     assert_eq!(sample(&text, "loglog_appends_total"), 20.0);
+    // Payload bytes as stored: the client's 16-byte producer envelope too.
     assert_eq!(
         sample(&text, "loglog_append_bytes_total"),
         (0..20)
-            .map(|i: u32| format!("entry {i}").len() as f64)
+            .map(|i: u32| (PRODUCER_ENVELOPE_LEN + format!("entry {i}").len()) as f64)
             .sum::<f64>()
     );
     assert_eq!(sample(&text, "loglog_reads_total"), 1.0);

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use loglog_proto::entry::{EntryIter, EntryKind};
+use loglog_proto::producer::{ProducerTag, ENTRY_FLAG_PRODUCER};
 use loglog_proto::wire::{
     opcode, FrameHeader, NodeStatus, Request, ServerError, FRAME_HEADER_LEN,
     READ_RESPONSE_PREFIX_LEN, STATUS_OK,
@@ -506,5 +507,79 @@ async fn random_frames_never_hurt_the_node() {
     healthy.write_all(&append(b"alive", 2)).await.unwrap();
     let response = read_response(&mut healthy).await.unwrap();
     assert!(response.offset() >= before.commit_offset);
+    node.shutdown().await;
+}
+
+fn append_once(tag: ProducerTag, retry: bool, payload: &[u8], request_id: u64) -> Vec<u8> {
+    frame(
+        Request::AppendOnce {
+            producer: tag,
+            retry,
+            payload,
+            no_wait: false,
+        },
+        request_id,
+    )
+}
+
+/// The same (producer, sequence) sent again, in the same write batch or
+/// later, after a restart too, is answered with the first copy's offset and
+/// appended once; the stored entry carries the envelope and the flag.
+#[tokio::test]
+async fn a_producer_sequence_is_appended_once_even_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = ProducerTag {
+        producer_id: 0xfeed,
+        sequence: 1,
+    };
+    let node = start(dir.path(), |_| {}).await;
+    let mut stream = connect(&node).await;
+    // Pipelined: both are likely in one write batch.
+    let mut frames = append_once(tag, false, b"once", 1);
+    frames.extend(append_once(tag, true, b"once", 2));
+    stream.write_all(&frames).await.unwrap();
+    let first = read_response(&mut stream).await.unwrap().offset();
+    let second = read_response(&mut stream).await.unwrap().offset();
+    assert_eq!(first, second, "the retry got the first copy's offset");
+    // A retry of a sequence this producer never sent is appended: the table
+    // has seen the whole log, so it knows there is no copy.
+    let other = ProducerTag { sequence: 2, ..tag };
+    stream
+        .write_all(&append_once(other, true, b"twice?", 3))
+        .await
+        .unwrap();
+    let other_offset = read_response(&mut stream).await.unwrap().offset();
+    assert!(other_offset > first);
+
+    node.shutdown().await;
+    let node = start(dir.path(), |_| {}).await;
+    let mut stream = connect(&node).await;
+    // Rebuilt from the log at restart.
+    stream
+        .write_all(&append_once(tag, true, b"once", 4))
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.unwrap().offset(), first);
+    stream.write_all(&read(0, 1 << 20, 0, 5)).await.unwrap();
+    let response = read_response(&mut stream).await.unwrap();
+    let body = &response.result().unwrap()[READ_RESPONSE_PREFIX_LEN..];
+    let mut tags = Vec::new();
+    for entry in EntryIter::new(body, 0, u32::MAX) {
+        let entry = entry.unwrap();
+        if entry.header.kind != EntryKind::Data {
+            continue;
+        }
+        // What a raw reader sees: flag bit 0, and the envelope first.
+        assert_eq!(entry.header.flags, ENTRY_FLAG_PRODUCER);
+        let (found, user) = ProducerTag::split(entry.payload).unwrap();
+        tags.push((entry.offset, found, user.to_vec()));
+    }
+    assert_eq!(
+        tags,
+        [
+            (first, tag, b"once".to_vec()),
+            (other_offset, other, b"twice?".to_vec())
+        ]
+    );
     node.shutdown().await;
 }

@@ -477,6 +477,7 @@ mod tests {
             offset,
             term: 1,
             kind: loglog::EntryKind::Data,
+            producer: None,
             payload: loglog::batch::encode_batch(&encoded).unwrap(),
         }
     }

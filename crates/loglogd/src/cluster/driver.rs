@@ -79,8 +79,9 @@ use super::power_cut::{self, SyncedMark};
 use super::transport::{self, Identity, PeerQueue};
 use super::{ClusterConfig, CHECKPOINT_FILE, CLUSTER_ID_FILE, DURABLE_FILE, RESET_FILE};
 use crate::config::{Config, Fsync};
+use crate::dedup::{Decision, Located, ProducerTable};
 use crate::node::{self, StartError, LOG_DIR, NODE_STATE_FILE};
-use crate::pipeline::{AppendRequest, Reply, Shared, WriterCommand};
+use crate::pipeline::{AppendRequest, ProducerAppend, Reply, Shared, WriterCommand};
 use crate::state::{NodeState, NodeStateError};
 
 /// Bound of the driver's event queue (peer messages, read-index, wake-ups).
@@ -402,6 +403,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
     let now = Instant::now();
     let commit = opened.raft.commit_offset();
     let driver = Driver {
+        producers: opened.producers,
         raft: opened.raft,
         writer: opened.writer,
         reader: reader.clone(),
@@ -513,6 +515,7 @@ fn warn_on_address_mismatch(
 
 struct Opened {
     lock: File,
+    producers: ProducerTable,
     raft: RaftNode,
     writer: LogWriter,
     syncer: LogSyncer,
@@ -700,6 +703,7 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
         None => Checkpoint::bootstrap(bootstrap_membership(cluster)?),
     };
     let end = writer.end_offset();
+    let producers = node::scan_producers(&reader, dir, end)?;
     let mut recovered = scan_log(&reader, end, checkpoint)
         .map_err(|reason| StartError::Raft(format!("{}: {reason}", dir.display())))?;
     recovered
@@ -764,6 +768,7 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
     };
     Ok(Opened {
         lock,
+        producers,
         raft,
         writer,
         syncer,
@@ -903,6 +908,10 @@ enum Input {
 }
 
 struct Driver {
+    /// The (producer, sequence) pairs of this node's log, kept along with
+    /// every `Append` and `Truncate` performed: as leader, appends are
+    /// deduplicated against it (module `dedup`).
+    producers: ProducerTable,
     raft: RaftNode,
     writer: LogWriter,
     reader: LogReader,
@@ -933,8 +942,10 @@ struct Driver {
     waiters: VecDeque<Waiter>,
     /// Appends whose entries a `Truncate` removed here: they may still
     /// commit (from another node's copy), so they wait for the commit offset
-    /// to pass them and are settled by the term found there. Bounded like
-    /// `waiters` (they came from it).
+    /// to pass them and are settled by the term found there. Also retried
+    /// appends answered with their producer's earlier copy, settled the same
+    /// way. Bounded like `waiters` (each holds a client request's in-flight
+    /// slot).
     in_doubt: Vec<Waiter>,
     /// Appends the core had no room for (uncommitted bytes at their bound),
     /// in arrival order, with when they first met a full core. While any
@@ -1542,8 +1553,26 @@ impl Driver {
             request.reply.send(Err(error));
             return;
         }
-        match self.raft.propose(&request.payload) {
+        if let Some(producer) = request.producer {
+            // Only a leader decides; anyone else answers NotLeader below.
+            if self.raft.role() == Role::Leader {
+                match self.producers.decide(producer.tag, producer.retry) {
+                    Decision::Append => {}
+                    Decision::Duplicate(located) => return self.answer_with_copy(located, request),
+                    Decision::Unknown => {
+                        return request.reply.send(Err(ServerError::SequenceUnknown));
+                    }
+                }
+            }
+        }
+        let flags = ProducerAppend::entry_flags(request.producer);
+        match self.raft.propose_with_flags(flags, &request.payload) {
             Ok(offset) => {
+                if let Some(producer) = request.producer {
+                    // At once: a second copy in this same round must find it.
+                    self.producers
+                        .record(producer.tag, offset, self.raft.term());
+                }
                 let end = offset + (ENTRY_HEADER_LEN + request.payload.len()) as u64;
                 if request.wait_for_commit {
                     debug_assert!(self.waiters.back().is_none_or(|last| last.end <= offset));
@@ -1580,6 +1609,35 @@ impl Driver {
                     message: error.to_string(),
                 }));
             }
+        }
+    }
+
+    /// Answers an append whose (producer, sequence) is in the log already,
+    /// at `located`: with that offset once it is committed with the same
+    /// term there (the same entry), else `NotLeader` (see `settle`).
+    fn answer_with_copy(&mut self, located: Located, request: AppendRequest) {
+        if let Some(producer) = request.producer {
+            tracing::info!(
+                producer = format_args!("{:#018x}", producer.tag.producer_id),
+                sequence = producer.tag.sequence,
+                retry = producer.retry,
+                offset = located.offset,
+                "append already in the log: answered with its earlier copy"
+            );
+        }
+        if !request.wait_for_commit {
+            return request.reply.send(Ok(located.offset));
+        }
+        let waiter = Waiter {
+            offset: located.offset,
+            end: located.offset,
+            term: located.term,
+            reply: request.reply,
+        };
+        if located.offset < self.raft.commit_offset() {
+            self.settle(waiter);
+        } else {
+            self.in_doubt.push(waiter);
         }
     }
 
@@ -1674,6 +1732,7 @@ impl Driver {
                     self.writer.end_offset() + self.batch.len() as u64,
                     "the core appends at the end of the log"
                 );
+                self.producers.observe_bytes(offset, &bytes);
                 self.batch.extend_from_slice(&bytes);
                 self.batch_last_write = write_id;
                 continue;
@@ -1704,6 +1763,7 @@ impl Driver {
                             .map_err(|error| ("saving the durable end", error))?;
                         self.durable = lowered;
                     }
+                    self.producers.truncate(offset);
                     self.writer
                         .truncate_suffix(offset)
                         .map_err(|error| ("truncating the log", error))?;
@@ -1807,6 +1867,8 @@ impl Driver {
             ..self.durable
         };
         self.checkpoint_saved = (Instant::now(), start);
+        // The log is empty from `start` on; what was below is unknown here.
+        self.producers = ProducerTable::starting_at(self.producers.limits(), start);
         self.shared.written_end.store(start, Ordering::Release);
         if let Some(mark) = &self.synced_mark {
             mark.record();
