@@ -153,7 +153,10 @@ fn a_build_that_acks_before_fsync_is_caught() {
         );
         report
     };
-    let correct = run(10, Vec::new());
+    // A slow disk (20 ms per fsync) widens the window between a write and
+    // its fsync, where the broken build acknowledges.
+    let slow_disk = ["--test-fsync-delay".to_string(), "20ms".to_string()];
+    let correct = run(10, slow_disk.to_vec());
     assert!(
         correct.summary.acked > 100,
         "the workload barely ran: {}",
@@ -166,7 +169,9 @@ fn a_build_that_acks_before_fsync_is_caught() {
         correct.kept,
         correct.problems.join("\n")
     );
-    let broken = run(11, vec!["--test-ack-before-fsync".to_string()]);
+    let mut broken_args = slow_disk.to_vec();
+    broken_args.push("--test-ack-before-fsync".to_string());
+    let broken = run(11, broken_args);
     assert!(
         broken.summary.lost > 0,
         "power cuts on a build that acks before fsync lost nothing: {} ({})",

@@ -99,6 +99,10 @@ struct Args {
     /// every kill; the next start drops log bytes that were not fsynced.
     #[arg(long, hide = true)]
     test_unsynced_lost_on_kill: bool,
+    /// TEST ONLY (with --peers): emulate a slow disk, waiting this long
+    /// before every fsync (e.g. 20ms).
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    test_fsync_delay: Option<Duration>,
     /// TEST ONLY, A DELIBERATE BUG (with --peers): acknowledge before fsync.
     #[cfg(feature = "bug-injection")]
     #[arg(long, hide = true)]
@@ -515,6 +519,7 @@ fn config_from(args: Args) -> Config {
         cluster.cluster_id = args.cluster_id;
         cluster.join = args.join;
         cluster.test_switches.unsynced_lost_on_kill = args.test_unsynced_lost_on_kill;
+        cluster.test_switches.fsync_delay = args.test_fsync_delay.unwrap_or_default();
         #[cfg(feature = "bug-injection")]
         {
             cluster.test_switches.ack_before_fsync = args.test_ack_before_fsync;

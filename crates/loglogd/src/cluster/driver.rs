@@ -386,6 +386,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
     });
 
     let syncer = SyncerThread {
+        fsync_delay: cluster.test_switches.fsync_delay,
         synced_mark: opened.synced_mark.clone(),
         syncer: opened.syncer,
         fsync: config.fsync,
@@ -2042,6 +2043,8 @@ impl Driver {
 
 struct SyncerThread {
     syncer: LogSyncer,
+    /// `TestSwitches::fsync_delay`.
+    fsync_delay: Duration,
     synced_mark: Option<Arc<SyncedMark>>,
     fsync: Fsync,
     jobs: std_mpsc::Receiver<WriteId>,
@@ -2061,6 +2064,9 @@ impl SyncerThread {
                 continue;
             }
             if self.fsync == Fsync::Always {
+                if !self.fsync_delay.is_zero() {
+                    std::thread::sleep(self.fsync_delay);
+                }
                 match crate::pipeline::timed_sync(&self.syncer, &self.shared) {
                     Ok(_) => {
                         self.shared.counters.syncs.fetch_add(1, Ordering::Relaxed);

@@ -124,6 +124,10 @@ pub struct TestSwitches {
     /// end, and the next start drops every log byte past it (see
     /// `power_cut`). Safe: a correct node never promised unsynced bytes.
     pub unsynced_lost_on_kill: bool,
+    /// Emulate a slow disk: every fsync round waits this long first (zero:
+    /// off). Widens the window between a write and its fsync, where a node
+    /// that counts bytes durable too early shows it.
+    pub fsync_delay: std::time::Duration,
     /// A deliberate bug, so the fault-injection suite can prove it catches
     /// it: count written bytes durable (and acknowledge them) before their
     /// fsync. Only in builds with the `bug-injection` feature.
