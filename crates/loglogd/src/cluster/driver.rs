@@ -342,6 +342,17 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
     let opened = tokio::task::spawn_blocking(move || open_cluster_dir(&open_config, &open_cluster))
         .await
         .map_err(|join| StartError::Threads(std::io::Error::other(join.to_string())))??;
+    // A joining node restarted without --peers reaches the members through
+    // the ones it joined with until its log names them.
+    let effective;
+    let cluster = if cluster.peers.is_empty() && !opened.join_peers.is_empty() {
+        let mut with_peers = cluster.clone();
+        with_peers.peers = opened.join_peers.clone();
+        effective = with_peers;
+        &effective
+    } else {
+        cluster
+    };
 
     let shared = node::new_shared(config, opened.raft.commit_offset(), opened.raft.term());
     shared
@@ -515,6 +526,8 @@ fn warn_on_address_mismatch(
 }
 
 struct Opened {
+    /// A joining node's remembered `--peers` (see `JOIN_PEERS_FILE`).
+    join_peers: Vec<super::PeerSpec>,
     lock: File,
     producers: ProducerTable,
     raft: RaftNode,
@@ -612,6 +625,11 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
         }
     }
     tracing::info!(cluster = %cluster_id, node = config.node_id, join = cluster.join, "cluster member");
+    let join_peers = if cluster.join {
+        remember_join_peers(dir, cluster)?
+    } else {
+        Vec::new()
+    };
 
     let hard_state = match state_file::load(&state_path).map_err(state_error)? {
         Some(bytes) => {
@@ -768,6 +786,7 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
         None
     };
     Ok(Opened {
+        join_peers,
         lock,
         producers,
         raft,
@@ -819,6 +838,36 @@ fn bootstrap_membership(cluster: &ClusterConfig) -> Result<Membership, StartErro
             .map_err(|reason| StartError::Config(format!("--peers node {}: {reason}", peer.id)))?;
     }
     Ok(membership)
+}
+
+/// A joining node's `--peers`: saved when given (the first start must give
+/// them), loaded when a restart gives none.
+fn remember_join_peers(
+    dir: &Path,
+    cluster: &ClusterConfig,
+) -> Result<Vec<super::PeerSpec>, StartError> {
+    let path = dir.join(super::JOIN_PEERS_FILE);
+    if !cluster.peers.is_empty() {
+        let text = cluster
+            .peers
+            .iter()
+            .map(|peer| format!("{}={}@{}", peer.id, peer.peer_addr, peer.client_addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        state_file::save(&path, text.as_bytes())?;
+        return Ok(cluster.peers.clone());
+    }
+    match state_file::load(&path).map_err(state_error)? {
+        Some(bytes) => {
+            let corrupt = |reason: String| StartError::CorruptState {
+                path: path.clone(),
+                reason,
+            };
+            let text = String::from_utf8(bytes).map_err(|error| corrupt(error.to_string()))?;
+            super::parse_peers(&text).map_err(corrupt)
+        }
+        None => Ok(Vec::new()),
+    }
 }
 
 /// Per-process randomness for election timeouts: nodes started together

@@ -79,6 +79,11 @@ pub const DURABLE_FILE: &str = "raft.durable";
 /// the log is being reset to; see `Action::ResetLog`): present only
 /// between the intent and the reset's completion, redone at start.
 pub const RESET_FILE: &str = "raft.reset";
+/// Name of the file in which a joining node keeps the `--peers` it first
+/// joined with: until its log holds a configuration (with every member's
+/// address) it reaches the members through them, also after a restart
+/// without `--peers`.
+pub const JOIN_PEERS_FILE: &str = "join.peers";
 /// Longest cluster id accepted (bytes).
 pub const MAX_CLUSTER_ID_LEN: usize = 128;
 
