@@ -138,8 +138,15 @@ async fn replace(cluster: &mut Cluster, nodes: &[String], index: usize) -> Strin
         return format!("removed and wiped; restart failed: {error:#}");
     }
     let member = &cluster.members[index];
+    // Through the others: the new node knows no leader yet.
+    let others: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .filter(|&(other, _)| other != index)
+        .map(|(_, addr)| addr.clone())
+        .collect();
     let added = admin(
-        nodes,
+        &others,
         AdminRequest::AddNode {
             id,
             peer_addr: &member.relay_addr,

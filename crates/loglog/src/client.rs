@@ -499,9 +499,19 @@ impl Client {
             }
         }
         let config = &self.inner.config;
-        let candidates = target
-            .into_iter()
-            .chain(self.inner.cluster.iter().map(String::as_str));
+        // Without a target, start after the node being replaced: one that
+        // knows no leader (mid-election, or a node still joining) must not
+        // be asked again and again while the others go untried.
+        let cluster = &self.inner.cluster;
+        let after_stale = stale
+            .and_then(|stale| cluster.iter().position(|addr| addr == stale.addr()))
+            .map_or(0, |index| index + 1);
+        let candidates = target.into_iter().chain(
+            cluster[after_stale..]
+                .iter()
+                .chain(&cluster[..after_stale])
+                .map(String::as_str),
+        );
         let mut last_error = None;
         let mut tried = Vec::new();
         for addr in candidates {
