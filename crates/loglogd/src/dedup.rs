@@ -550,85 +550,77 @@ mod tests {
         assert_eq!(tail.decide(tag(2, 0), false), Decision::Append);
     }
 
+    /// Drives `table` and a model log (every entry's offset and tag) with
+    /// `ops`, appending only what the table decides new (as a retry: the
+    /// strictest case); `check` sees every `Op::Decide` with the offsets
+    /// of the model's copies of that tag.
+    fn run_model(
+        table: &mut ProducerTable,
+        ops: Vec<Op>,
+        mut check: impl FnMut(&mut ProducerTable, ProducerTag, &[u64]) -> Result<(), TestCaseError>,
+    ) -> Result<(), TestCaseError> {
+        let mut log = Vec::new();
+        let mut model: Vec<(u64, Option<ProducerTag>)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Append { producer, sequence } => {
+                    let tag = tag(producer, sequence);
+                    if table.decide(tag, true) == Decision::Append {
+                        let at = append(table, &mut log, Some(tag));
+                        model.push((at, Some(tag)));
+                    }
+                }
+                Op::Plain => {
+                    let at = append(table, &mut log, None);
+                    model.push((at, None));
+                }
+                Op::Truncate { back } => {
+                    let keep = model.len().saturating_sub(back);
+                    let cut = model.get(keep).map_or(log.len() as u64, |&(at, _)| at);
+                    model.truncate(keep);
+                    log.truncate(cut as usize);
+                    table.truncate(cut);
+                }
+                Op::Decide { producer, sequence } => {
+                    let tag = tag(producer, sequence);
+                    let copies: Vec<u64> = model
+                        .iter()
+                        .filter(|(_, t)| *t == Some(tag))
+                        .map(|&(at, _)| at)
+                        .collect();
+                    check(table, tag, &copies)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
         #[test]
         fn the_table_never_contradicts_the_log(ops in proptest::collection::vec(op(), 1..200), max_producers in 1usize..5, window in 1usize..6) {
             let mut table = ProducerTable::new(DedupLimits { max_producers, window });
-            let mut log = Vec::new();
-            // The model: (offset, tag) of every entry in the log.
-            let mut model: Vec<(u64, Option<ProducerTag>)> = Vec::new();
-            for op in ops {
-                match op {
-                    Op::Append { producer, sequence } => {
-                        let tag = tag(producer, sequence);
-                        // The leader's rule: append only what is decided new
-                        // (as a retry: the strictest case).
-                        if table.decide(tag, true) == Decision::Append {
-                            let at = append(&mut table, &mut log, Some(tag));
-                            model.push((at, Some(tag)));
-                        }
-                    }
-                    Op::Plain => {
-                        let at = append(&mut table, &mut log, None);
-                        model.push((at, None));
-                    }
-                    Op::Truncate { back } => {
-                        let keep = model.len().saturating_sub(back);
-                        let cut = model.get(keep).map_or(log.len() as u64, |&(at, _)| at);
-                        model.truncate(keep);
-                        log.truncate(cut as usize);
-                        table.truncate(cut);
-                    }
-                    Op::Decide { producer, sequence } => {
-                        let tag = tag(producer, sequence);
-                        let copies: Vec<u64> = model.iter().filter(|(_, t)| *t == Some(tag)).map(|&(at, _)| at).collect();
-                        prop_assert!(copies.len() <= 1, "a duplicate entered the log: {copies:?}");
-                        match table.decide(tag, true) {
-                            Decision::Duplicate(located) => prop_assert_eq!(Some(located.offset), copies.first().copied()),
-                            Decision::Append => prop_assert!(copies.is_empty()),
-                            Decision::Unknown => {}
-                        }
-                    }
+            run_model(&mut table, ops, |table, tag, copies| {
+                prop_assert!(copies.len() <= 1, "a duplicate entered the log: {copies:?}");
+                match table.decide(tag, true) {
+                    Decision::Duplicate(located) => prop_assert_eq!(Some(located.offset), copies.first().copied()),
+                    Decision::Append => prop_assert!(copies.is_empty()),
+                    Decision::Unknown => {}
                 }
-            }
+                Ok(())
+            })?;
         }
 
         #[test]
         fn with_room_for_everything_every_retry_is_decided(ops in proptest::collection::vec(op(), 1..200)) {
             let mut table = ProducerTable::new(DedupLimits { max_producers: 8, window: 16 });
-            let mut log = Vec::new();
-            let mut model: Vec<(u64, Option<ProducerTag>)> = Vec::new();
-            for op in ops {
-                match op {
-                    Op::Append { producer, sequence } => {
-                        let tag = tag(producer, sequence);
-                        if table.decide(tag, true) == Decision::Append {
-                            let at = append(&mut table, &mut log, Some(tag));
-                            model.push((at, Some(tag)));
-                        }
-                    }
-                    Op::Plain => {
-                        let at = append(&mut table, &mut log, None);
-                        model.push((at, None));
-                    }
-                    Op::Truncate { back } => {
-                        let keep = model.len().saturating_sub(back);
-                        let cut = model.get(keep).map_or(log.len() as u64, |&(at, _)| at);
-                        model.truncate(keep);
-                        log.truncate(cut as usize);
-                        table.truncate(cut);
-                    }
-                    Op::Decide { producer, sequence } => {
-                        let tag = tag(producer, sequence);
-                        let copy = model.iter().find(|(_, t)| *t == Some(tag)).map(|&(at, _)| at);
-                        let expected = match copy {
-                            Some(offset) => Decision::Duplicate(Located { offset, term: 2 }),
-                            None => Decision::Append,
-                        };
-                        prop_assert_eq!(table.decide(tag, true), expected);
-                    }
-                }
-            }
+            run_model(&mut table, ops, |table, tag, copies| {
+                let expected = match copies.first() {
+                    Some(&offset) => Decision::Duplicate(Located { offset, term: 2 }),
+                    None => Decision::Append,
+                };
+                prop_assert_eq!(table.decide(tag, true), expected);
+                Ok(())
+            })?;
         }
     }
 }

@@ -72,71 +72,79 @@ impl NodeMetrics {
         let mut registry = Registry::with_prefix("loglog");
         // 50 us .. ~1.6 s, doubling: group commit lives in the low buckets.
         let latency_buckets = || exponential_buckets(0.000_05, 2.0, 16);
-        let metrics = NodeMetrics {
-            registry: Arc::new(Registry::default()),
-            appends: Counter::default(),
-            append_bytes: Counter::default(),
-            reads: Counter::default(),
-            read_bytes: Counter::default(),
-            errors: Family::default(),
-            connections: Gauge::default(),
-            commit_latency: Histogram::new(latency_buckets()),
-            fsync_latency: Histogram::new(latency_buckets()),
-            term: Gauge::default(),
-            role: Family::default(),
-            commit_offset: Gauge::default(),
-            end_offset: Gauge::default(),
-            start_offset: Gauge::default(),
-        };
-        let m = &metrics;
-        registry.register("appends", "Appends acknowledged", m.appends.clone());
+        let appends = Counter::default();
+        let append_bytes = Counter::default();
+        let reads = Counter::default();
+        let read_bytes = Counter::default();
+        let errors = Family::default();
+        let connections = Gauge::default();
+        let commit_latency = Histogram::new(latency_buckets());
+        let fsync_latency = Histogram::new(latency_buckets());
+        let term = Gauge::default();
+        let role = Family::default();
+        let commit_offset = Gauge::default();
+        let end_offset = Gauge::default();
+        let start_offset = Gauge::default();
+        registry.register("appends", "Appends acknowledged", appends.clone());
         registry.register(
             "append_bytes",
             "Payload bytes of append requests received",
-            m.append_bytes.clone(),
+            append_bytes.clone(),
         );
-        registry.register("reads", "Reads answered", m.reads.clone());
+        registry.register("reads", "Reads answered", reads.clone());
         registry.register(
             "read_bytes",
             "Log bytes sent in read answers",
-            m.read_bytes.clone(),
+            read_bytes.clone(),
         );
-        registry.register("errors", "Error answers, by error", m.errors.clone());
+        registry.register("errors", "Error answers, by error", errors.clone());
         registry.register(
             "connections",
             "Client connections open now",
-            m.connections.clone(),
+            connections.clone(),
         );
         registry.register(
             "commit_latency_seconds",
             "From an append's arrival to its acknowledgement",
-            m.commit_latency.clone(),
+            commit_latency.clone(),
         );
         registry.register(
             "fsync_latency_seconds",
             "One fdatasync round of the log",
-            m.fsync_latency.clone(),
+            fsync_latency.clone(),
         );
-        registry.register("term", "Current Raft term", m.term.clone());
+        registry.register("term", "Current Raft term", term.clone());
         registry.register(
             "role",
             "1 for the node's current role (leader, follower, candidate, learner)",
-            m.role.clone(),
+            role.clone(),
         );
         registry.register(
             "commit_offset",
             "Commit offset: readers never pass it",
-            m.commit_offset.clone(),
+            commit_offset.clone(),
         );
-        registry.register("end_offset", "End of the written log", m.end_offset.clone());
+        registry.register("end_offset", "End of the written log", end_offset.clone());
         registry.register(
             "start_offset",
             "Start of the log (below it: trimmed)",
-            m.start_offset.clone(),
+            start_offset.clone(),
         );
         NodeMetrics {
             registry: Arc::new(registry),
-            ..metrics
+            appends,
+            append_bytes,
+            reads,
+            read_bytes,
+            errors,
+            connections,
+            commit_latency,
+            fsync_latency,
+            term,
+            role,
+            commit_offset,
+            end_offset,
+            start_offset,
         }
     }
 
