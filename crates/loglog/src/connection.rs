@@ -83,7 +83,9 @@ struct Pending {
 #[derive(Default)]
 struct State {
     next_request_id: u64,
-    pending: HashMap<u64, Pending>,
+    /// foldhash, not SipHash: ids are ours (sequential), and this map is
+    /// hit twice per request.
+    pending: HashMap<u64, Pending, foldhash::fast::RandomState>,
     failure: Option<Failure>,
 }
 
