@@ -137,6 +137,10 @@ struct Report {
     /// Entries of this run seen, summed over the readers (each reader sees
     /// every append, so `readers * appends` when they all caught up).
     entries_seen: u64,
+    /// The longest time in which no writer's append was acknowledged (from
+    /// the start to the first ack, between acks, from the last ack to the
+    /// end): a leader failover shows here.
+    longest_ack_gap: Duration,
 }
 
 impl Report {
@@ -198,7 +202,7 @@ impl Report {
             .as_ref()
             .map_or_else(|| "null".to_string(), percentiles_json);
         format!(
-            r#"{{"workload":"append","writers":{},"connections":{},"size":{},"duration_s":{:.3},"appends":{},"appends_per_s":{:.1},"mb_per_s":{:.3},"latency_us":{},"batch":{},"records":{},"records_per_s":{:.1},"readers":{},"end_to_end_us":{},"entries_seen":{}}}"#,
+            r#"{{"workload":"append","writers":{},"connections":{},"size":{},"duration_s":{:.3},"appends":{},"appends_per_s":{:.1},"mb_per_s":{:.3},"latency_us":{},"batch":{},"records":{},"records_per_s":{:.1},"readers":{},"end_to_end_us":{},"entries_seen":{},"longest_ack_gap_us":{}}}"#,
             self.writers,
             self.connections,
             self.size,
@@ -212,7 +216,8 @@ impl Report {
             self.records_per_second(),
             self.readers,
             end_to_end,
-            self.entries_seen
+            self.entries_seen,
+            self.longest_ack_gap.as_micros()
         )
     }
 }
@@ -319,6 +324,23 @@ fn random_run_id() -> u64 {
     hasher.finish()
 }
 
+/// The longest interval without an acknowledged append, kept with two
+/// atomics per ack (no lock on the writers' path).
+#[derive(Default)]
+struct AckGaps {
+    /// Nanoseconds since the start of the latest ack so far.
+    last_ns: AtomicU64,
+    longest_ns: AtomicU64,
+}
+
+impl AckGaps {
+    fn acked(&self, at_ns: u64) {
+        let previous = self.last_ns.fetch_max(at_ns, Ordering::Relaxed);
+        self.longest_ns
+            .fetch_max(at_ns.saturating_sub(previous), Ordering::Relaxed);
+    }
+}
+
 fn nanos_since(origin: Instant) -> u64 {
     u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
@@ -374,6 +396,7 @@ pub async fn run(cluster: &[String], args: BenchArgs) -> anyhow::Result<()> {
     let run_id = random_run_id();
     let clock = Instant::now();
     let appends_done = Arc::new(AtomicU64::new(0));
+    let ack_gaps = Arc::new(AckGaps::default());
     let entries_seen = Arc::new(AtomicU64::new(0));
     // End of the last acknowledged entry, and once the writers are done the
     // offset the readers must reach (u64::MAX while writers run).
@@ -407,6 +430,7 @@ pub async fn run(cluster: &[String], args: BenchArgs) -> anyhow::Result<()> {
         let client = clients[writer as usize % clients.len()].clone();
         let template = payload.clone();
         let appends_done = Arc::clone(&appends_done);
+        let ack_gaps = Arc::clone(&ack_gaps);
         let acked_end = Arc::clone(&acked_end);
         let stop = Arc::clone(&stop);
         writers.push(tokio::spawn(async move {
@@ -433,6 +457,7 @@ pub async fn run(cluster: &[String], args: BenchArgs) -> anyhow::Result<()> {
                 };
                 let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                 record_latency(&mut latency_us, micros);
+                ack_gaps.acked(nanos_since(started));
                 acked_end.fetch_max(offset + entry_len, Ordering::Relaxed);
                 appends_done.fetch_add(1, Ordering::Relaxed);
             }
@@ -462,6 +487,7 @@ pub async fn run(cluster: &[String], args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed();
+    ack_gaps.acked(nanos_since(started));
     // The readers stop once they have seen the last acknowledged entry.
     readers_target.store(acked_end.load(Ordering::Relaxed), Ordering::Relaxed);
     let mut end_to_end_us = stamping.then(new_histogram);
@@ -498,6 +524,7 @@ pub async fn run(cluster: &[String], args: BenchArgs) -> anyhow::Result<()> {
         readers: args.readers,
         end_to_end_us,
         entries_seen: entries_seen.load(Ordering::Relaxed),
+        longest_ack_gap: Duration::from_nanos(ack_gaps.longest_ns.load(Ordering::Relaxed)),
     };
     let expected = report.appends * u64::from(report.readers);
     if report.entries_seen < expected {
@@ -859,6 +886,7 @@ mod tests {
             readers,
             end_to_end_us: (readers > 0).then(|| histogram_of(500..=1500)),
             entries_seen: 1000 * u64::from(readers),
+            longest_ack_gap: Duration::from_millis(420),
         }
     }
 
@@ -894,7 +922,8 @@ mod tests {
                 "records_per_s",
                 "readers",
                 "end_to_end_us",
-                "entries_seen"
+                "entries_seen",
+                "longest_ack_gap_us"
             ]
         );
         let value: serde_json::Value = serde_json::from_str(&without).unwrap();
@@ -904,6 +933,7 @@ mod tests {
         assert_eq!(value["batch"], 1);
         assert_eq!(value["readers"], 0);
         assert!(value["end_to_end_us"].is_null());
+        assert_eq!(value["longest_ack_gap_us"], 420_000);
         let latency: Vec<&String> = value["latency_us"].as_object().unwrap().keys().collect();
         assert_eq!(latency.len(), 5);
         assert_eq!(value["latency_us"]["max"], 1000);
