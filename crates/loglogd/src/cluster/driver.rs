@@ -1429,20 +1429,24 @@ impl Driver {
         }
         let lag_bound = self.raft.config().max_learner_lag_bytes;
         let commit = self.raft.commit_offset();
-        let caught_up = self.raft.followers().into_iter().find(|follower| {
+        let candidates = self.raft.followers().into_iter().filter(|follower| {
             !follower.voter && follower.match_offset.saturating_add(lag_bound) >= commit
         });
-        let Some(learner) = caught_up else {
-            return;
-        };
-        match self
-            .raft
-            .propose_membership(MembershipChange::PromoteLearner(learner.id))
-        {
-            Ok(offset) => {
-                tracing::info!(node = learner.id, offset, "learner caught up; promoting it")
+        // The core also wants an entry of this term on the learner; the
+        // first it accepts is promoted (one change at a time).
+        for learner in candidates {
+            match self
+                .raft
+                .propose_membership(MembershipChange::PromoteLearner(learner.id))
+            {
+                Ok(offset) => {
+                    tracing::info!(node = learner.id, offset, "learner caught up; promoting it");
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(node = learner.id, ?error, "promotion not possible yet")
+                }
             }
-            Err(error) => tracing::debug!(node = learner.id, ?error, "promotion not possible yet"),
         }
     }
 
