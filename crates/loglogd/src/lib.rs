@@ -108,6 +108,7 @@ mod node;
 mod pipeline;
 mod server;
 mod state;
+pub mod tls;
 
 pub use config::{
     format_duration, parse_byte_size, parse_duration, Config, Fsync, Limits,
@@ -117,3 +118,4 @@ pub use loglog_proto::wire::{NodeStatus, Role, ServerError};
 pub use node::{Chunk, Node, StartError, LOCK_FILE, LOG_DIR, NODE_STATE_FILE};
 pub use pipeline::Metrics;
 pub use state::NODE_STATE_VERSION;
+pub use tls::{ClientAuth, TlsConfig, TlsListeners};
