@@ -133,7 +133,11 @@ fn tls_config(ca: &Path) -> ClientConfig {
 }
 
 /// Connects once a node of `addrs` listens (20 s at most).
-fn connect_when_up(addrs: &[String], config: ClientConfig, logs: impl Fn() -> String) -> Client {
+fn connect_when_up<A: AsRef<str>>(
+    addrs: &[A],
+    config: ClientConfig,
+    logs: impl Fn() -> String,
+) -> Client {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match Client::connect_with(addrs, config.clone()) {
@@ -432,7 +436,7 @@ fn a_client_trusting_another_ca_fails_with_a_clear_error() {
     let connect = |config: ClientConfig| {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match Client::connect_with(&[addr.clone()], config.clone()) {
+            match Client::connect_with(&[&addr], config.clone()) {
                 // Not listening yet.
                 Err(loglog::Error::Connect { ref source, .. })
                     if source.kind() == std::io::ErrorKind::ConnectionRefused
@@ -518,9 +522,9 @@ fn a_client_trusting_another_ca_fails_with_a_clear_error() {
         tls: Some(ClientTls::from_files(&ca.pem, Some((&client_cert, &client_key))).unwrap()),
         ..ClientConfig::default()
     };
-    let served = connect_when_up(&[strict_addr.clone()], with_cert, || strict.log());
+    let served = connect_when_up(&[&strict_addr], with_cert, || strict.log());
     served.append(&b"with a client certificate"[..]).unwrap();
-    let without = Client::connect_with(&[strict_addr.clone()], tls_config(&ca.pem))
+    let without = Client::connect_with(&[&strict_addr], tls_config(&ca.pem))
         .and_then(|client| client.status());
     assert!(without.is_err(), "served a client without a certificate");
     wait_until(
@@ -554,7 +558,7 @@ fn plain_tcp_is_the_default_and_answers_the_same_bytes_as_tls() {
         "1MiB",
     ]);
     let mut node = Process::start(root.join("plain.log"), &plain_args);
-    let client = connect_when_up(&[addr.clone()], ClientConfig::default(), || node.log());
+    let client = connect_when_up(&[&addr], ClientConfig::default(), || node.log());
     let mut last = 0;
     for index in 0..120 {
         last = client.append(payload(index)).unwrap();
@@ -581,7 +585,7 @@ fn plain_tcp_is_the_default_and_answers_the_same_bytes_as_tls() {
         key.to_str().unwrap(),
     ]));
     let mut node = Process::start(root.join("tls.log"), &tls_args);
-    let client = connect_when_up(&[addr.clone()], tls_config(&ca.pem), || node.log());
+    let client = connect_when_up(&[&addr], tls_config(&ca.pem), || node.log());
     for max_bytes in [20_000u32, 4 << 20] {
         let over_tls = committed_log(&client, end, max_bytes);
         assert!(
