@@ -329,7 +329,12 @@ async fn handshake(
     })
     .await
     .map_err(|_| DialError::Io("handshake timed out".to_string()))?
-    .map_err(|error| DialError::Io(format!("handshake: {error}")))?;
+    .map_err(|error| match error.kind() {
+        // TLS 1.3: the listener checks our certificate after our side of
+        // the TLS handshake is done, and its refusal (an alert) shows here.
+        std::io::ErrorKind::InvalidData => DialError::Tls(format!("the peer refused us: {error}")),
+        _ => DialError::Io(format!("handshake: {error}")),
+    })?;
     match answer {
         ACCEPTED => Ok(stream),
         WRONG_CLUSTER => Err(DialError::Refused(
