@@ -70,6 +70,12 @@
 //! connection gets one `Busy` frame (opcode 0, request id 0) and is closed.
 //! A single node is its own leader, so linearizable reads are plain reads.
 //!
+//! Plain TCP is the default (local use). With [`Config::tls`] the client
+//! listener speaks TLS (optionally demanding client certificates) and
+//! peers authenticate each other by mutual TLS with the cluster's CA
+//! ([`tls`]); the protocol inside is the same. On plain TCP, read answers
+//! of 16 KiB or more are sent from the segment files with `sendfile`.
+//!
 //! # Replicated mode
 //!
 //! With [`Config::cluster`] set (`loglogd --peers ...`), the node runs the
