@@ -576,13 +576,16 @@ fn plain_tcp_is_the_default_and_answers_the_same_bytes_as_tls() {
     drop(client);
     node.stop();
 
-    // The same data directory behind TLS: the same bytes.
+    // The same data directory behind TLS: the same bytes. One connection
+    // at most, so that a second is refused (inside TLS, typed Busy).
     let mut tls_args = plain_args.clone();
     tls_args.extend(args(&[
         "--tls-cert",
         cert.to_str().unwrap(),
         "--tls-key",
         key.to_str().unwrap(),
+        "--max-connections",
+        "1",
     ]));
     let mut node = Process::start(root.join("tls.log"), &tls_args);
     let client = connect_when_up(&[&addr], tls_config(&ca.pem), || node.log());
@@ -593,6 +596,14 @@ fn plain_tcp_is_the_default_and_answers_the_same_bytes_as_tls() {
             "TLS reads differ from plain reads"
         );
     }
+    let refused = Client::connect_with(&[&addr], tls_config(&ca.pem))
+        .and_then(|second| second.status())
+        .expect_err("a second connection past --max-connections 1");
+    assert_eq!(
+        refused.server_error(),
+        Some(&loglog::ServerError::Busy),
+        "{refused}"
+    );
     drop(client);
     node.stop();
 }
