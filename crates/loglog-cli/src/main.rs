@@ -13,6 +13,7 @@ mod dev_cluster;
 mod format;
 mod read;
 mod status;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -35,6 +36,9 @@ struct Cli {
         default_value = loglog::DEFAULT_CLUSTER
     )]
     cluster: Vec<String>,
+
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -75,6 +79,9 @@ fn main() -> ExitCode {
     if cluster.is_empty() {
         return fail(&anyhow::anyhow!("--cluster names no address"));
     }
+    if let Err(error) = cli.tls.install() {
+        return fail(&error);
+    }
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Append(args) => append::run(&cluster, args).await,
@@ -110,7 +117,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
         .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-/// Connects with the default client configuration.
-async fn connect(cluster: &[String]) -> anyhow::Result<loglog::Client> {
-    Ok(loglog::Client::connect(cluster).await?)
+/// Connects with the default client configuration (and the TLS options).
+async fn connect<A: AsRef<str>>(cluster: &[A]) -> anyhow::Result<loglog::Client> {
+    Ok(loglog::Client::connect_with(cluster, tls::client_config()).await?)
 }

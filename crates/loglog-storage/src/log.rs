@@ -774,6 +774,56 @@ impl ReadChunk {
     }
 }
 
+/// Whole entries located in one segment file, not read
+/// ([`LogReader::locate`]): `len` bytes at [`FileSpan::position`] of
+/// [`FileSpan::file`], e.g. for `sendfile`. Holding it keeps the file open:
+/// a trim or reset that deletes the segment meanwhile unlinks the file,
+/// and its committed bytes stay readable through the span.
+#[derive(Clone)]
+pub struct FileSpan {
+    segment: Arc<Segment>,
+    /// Log offset of the first entry.
+    pub offset: u64,
+    /// Bytes of whole entries, headers included.
+    pub len: u64,
+    /// Number of entries in the span.
+    pub entry_count: u32,
+}
+
+impl std::fmt::Debug for FileSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSpan")
+            .field("segment_start", &self.segment.start)
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .field("entry_count", &self.entry_count)
+            .finish()
+    }
+}
+
+impl FileSpan {
+    /// The segment file holding the span.
+    pub fn file(&self) -> &File {
+        &self.segment.file
+    }
+
+    /// File position of the span's first byte.
+    pub fn position(&self) -> u64 {
+        self.segment.position(self.offset)
+    }
+
+    /// Where the next read should start.
+    pub fn next_offset(&self) -> u64 {
+        self.offset + self.len
+    }
+}
+
+/// [`LogReader::locate`] reads headers through a window of this many bytes
+/// while entries are large (one header per window)...
+const SCAN_WINDOW_SMALL: usize = 4 * 1024;
+/// ...and of this many while they are small (many headers per window).
+const SCAN_WINDOW_LARGE: usize = 64 * 1024;
+
 impl LogReader {
     pub(crate) fn new(shared: Arc<Shared>) -> LogReader {
         LogReader { shared }
@@ -806,13 +856,13 @@ impl LogReader {
         self.read_entries(offset, max_bytes, limit, false)
     }
 
-    fn read_entries(
+    /// The segment holding `offset` and the end of what may be read in it
+    /// (below `limit`); `None` when `offset == limit` (nothing to read).
+    fn readable(
         &self,
         offset: u64,
-        max_bytes: u32,
         limit: u64,
-        whole_first_entry: bool,
-    ) -> Result<ReadChunk, StorageError> {
+    ) -> Result<Option<(Arc<Segment>, u64)>, StorageError> {
         let start = self.start_offset();
         if offset < start {
             return Err(StorageError::Trimmed { start });
@@ -825,11 +875,7 @@ impl LogReader {
             return Err(StorageError::OutOfRange { end: limit });
         }
         if offset == limit {
-            return Ok(ReadChunk {
-                offset,
-                bytes: Vec::new(),
-                entry_count: 0,
-            });
+            return Ok(None);
         }
         let segment = self
             .shared
@@ -843,6 +889,149 @@ impl LogReader {
             // caller's own limit.
             return Err(StorageError::OutOfRange { end: readable_end });
         }
+        Ok(Some((segment, readable_end)))
+    }
+
+    /// Where [`read`](Self::read) would find its entries, without reading
+    /// them: the same whole entries (at least one, at most `max_bytes`
+    /// otherwise, never past `limit` or the segment) as a [`FileSpan`] of
+    /// the segment file, for sending the bytes straight from the file.
+    /// `None` when `offset == limit`.
+    ///
+    /// Only headers are read (through a small window), and the first
+    /// entry's CRC is checked (streamed through that window), so an offset
+    /// that is not an entry boundary fails as in `read`. The payloads after
+    /// it are not checked here: their CRCs are for the receiver to check (a
+    /// damaged later entry is sent as stored, where `read` would end the
+    /// chunk before it). The span is advised `WILLNEED`, so the kernel
+    /// starts fetching what is not cached before it is sent.
+    pub fn locate(
+        &self,
+        offset: u64,
+        max_bytes: u32,
+        limit: u64,
+    ) -> Result<Option<FileSpan>, StorageError> {
+        let Some((segment, readable_end)) = self.readable(offset, limit)? else {
+            return Ok(None);
+        };
+        let available = readable_end - offset;
+        let wanted =
+            u64::from(max_bytes.clamp(ENTRY_HEADER_LEN as u32, MAX_READ_BYTES)).min(available);
+        let read_at = |buffer: &mut [u8], at: u64| {
+            segment
+                .file
+                .read_exact_at(buffer, segment.position(at))
+                .map_err(StorageError::io("read", &segment.path()))
+        };
+        let mut window = vec![0u8; SCAN_WINDOW_LARGE];
+        // The window holds log bytes [window_at, window_at + window_len).
+        let (mut window_at, mut window_len) = (offset, 0usize);
+        let mut located = 0u64;
+        let mut entry_count = 0u32;
+        let mut small_entries = false;
+        while located < wanted {
+            let at = offset + located;
+            let rest = readable_end - at;
+            if rest < ENTRY_HEADER_LEN as u64 {
+                break;
+            }
+            if at < window_at || at + ENTRY_HEADER_LEN as u64 > window_at + window_len as u64 {
+                let size = if small_entries {
+                    SCAN_WINDOW_LARGE
+                } else {
+                    SCAN_WINDOW_SMALL
+                };
+                window_len = size.min(usize::try_from(rest).unwrap_or(usize::MAX));
+                window_at = at;
+                read_at(&mut window[..window_len], at)?;
+            }
+            let in_window = (at - window_at) as usize;
+            let header_bytes: [u8; ENTRY_HEADER_LEN] = window
+                [in_window..in_window + ENTRY_HEADER_LEN]
+                .try_into()
+                .expect("the window holds the whole header");
+            let Ok(header) = EntryHeader::decode(&header_bytes, MAX_PAYLOAD_LIMIT) else {
+                if located == 0 {
+                    return Err(StorageError::NotEntryBoundary { offset });
+                }
+                break;
+            };
+            let len = header.entry_len();
+            if len > rest {
+                if located == 0 {
+                    return Err(StorageError::NotEntryBoundary { offset });
+                }
+                break;
+            }
+            if located > 0 && located + len > wanted {
+                break;
+            }
+            if located == 0 {
+                // The first entry's CRC, streamed: header bytes 4..16, then
+                // the payload in window-sized pieces.
+                let mut crc = crc32c::crc32c(&header_bytes[4..]);
+                let mut done = ENTRY_HEADER_LEN as u64;
+                while done < len {
+                    let piece = (len - done).min(window.len() as u64) as usize;
+                    if at + done + piece as u64 <= window_at + window_len as u64 {
+                        let from = (at + done - window_at) as usize;
+                        crc = crc32c::crc32c_append(crc, &window[from..from + piece]);
+                    } else {
+                        window_len = 0;
+                        read_at(&mut window[..piece], at + done)?;
+                        crc = crc32c::crc32c_append(crc, &window[..piece]);
+                    }
+                    done += piece as u64;
+                }
+                if crc != header.crc {
+                    return Err(StorageError::Corrupt {
+                        path: segment.path(),
+                        offset,
+                        reason: loglog_proto::entry::EntryError::BadCrc {
+                            stored: header.crc,
+                            computed: crc,
+                        }
+                        .to_string(),
+                    });
+                }
+            }
+            located += len;
+            entry_count += 1;
+            small_entries = len < SCAN_WINDOW_SMALL as u64;
+        }
+        if located == 0 {
+            return Err(StorageError::NotEntryBoundary { offset });
+        }
+        let span = FileSpan {
+            segment,
+            offset,
+            len: located,
+            entry_count,
+        };
+        // Advice only: a failure changes nothing but speed.
+        let _ = rustix::fs::fadvise(
+            span.file(),
+            span.position(),
+            std::num::NonZeroU64::new(span.len),
+            rustix::fs::Advice::WillNeed,
+        );
+        Ok(Some(span))
+    }
+
+    fn read_entries(
+        &self,
+        offset: u64,
+        max_bytes: u32,
+        limit: u64,
+        whole_first_entry: bool,
+    ) -> Result<ReadChunk, StorageError> {
+        let Some((segment, readable_end)) = self.readable(offset, limit)? else {
+            return Ok(ReadChunk {
+                offset,
+                bytes: Vec::new(),
+                entry_count: 0,
+            });
+        };
         let available = readable_end - offset;
         let wanted =
             u64::from(max_bytes.clamp(ENTRY_HEADER_LEN as u32, MAX_READ_BYTES)).min(available);

@@ -56,6 +56,9 @@ pub struct ClientConfig {
     /// append whose outcome became unknown is retried (deduplicated by the
     /// leader) within the same time, then fails with [`Error::InDoubt`].
     pub leader_wait: Duration,
+    /// TLS to the nodes' client listener; `None` (the default): plain TCP,
+    /// for local use.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -66,6 +69,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             max_redirects: 3,
             leader_wait: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -521,6 +525,7 @@ impl Client {
             tried.push(addr);
             match Connection::open(
                 addr,
+                config.tls.as_ref(),
                 config.max_in_flight,
                 config.max_response_body,
                 config.connect_timeout,

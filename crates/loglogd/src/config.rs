@@ -177,6 +177,9 @@ pub struct Config {
     /// Replicated mode (`--peers`): `None` runs a single node, which is
     /// its own leader.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// TLS on the client listener and between peers; `None` (the default):
+    /// plain TCP, for local use.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Config {
@@ -197,6 +200,7 @@ impl Config {
             fsync: Fsync::Always,
             limits: Limits::default(),
             cluster: None,
+            tls: None,
         }
     }
 
@@ -229,6 +233,9 @@ impl Config {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate(self.cluster.is_some())?;
         }
         if limits.client_stall_timeout.is_zero() {
             return Err("the client stall timeout must not be zero".to_string());

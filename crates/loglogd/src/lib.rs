@@ -70,6 +70,12 @@
 //! connection gets one `Busy` frame (opcode 0, request id 0) and is closed.
 //! A single node is its own leader, so linearizable reads are plain reads.
 //!
+//! Plain TCP is the default (local use). With [`Config::tls`] the client
+//! listener speaks TLS (optionally demanding client certificates) and
+//! peers authenticate each other by mutual TLS with the cluster's CA
+//! ([`tls`]); the protocol inside is the same. On plain TCP, read answers
+//! of 16 KiB or more are sent from the segment files with `sendfile`.
+//!
 //! # Replicated mode
 //!
 //! With [`Config::cluster`] set (`loglogd --peers ...`), the node runs the
@@ -108,6 +114,7 @@ mod node;
 mod pipeline;
 mod server;
 mod state;
+pub mod tls;
 
 pub use config::{
     format_duration, parse_byte_size, parse_duration, Config, Fsync, Limits,
@@ -117,3 +124,4 @@ pub use loglog_proto::wire::{NodeStatus, Role, ServerError};
 pub use node::{Chunk, Node, StartError, LOCK_FILE, LOG_DIR, NODE_STATE_FILE};
 pub use pipeline::Metrics;
 pub use state::NODE_STATE_VERSION;
+pub use tls::{ClientAuth, TlsConfig, TlsListeners};

@@ -83,6 +83,7 @@ use crate::dedup::{Decision, Located, ProducerTable};
 use crate::node::{self, StartError, LOG_DIR, NODE_STATE_FILE};
 use crate::pipeline::{AppendRequest, ProducerAppend, Reply, Shared, WriterCommand};
 use crate::state::{NodeState, NodeStateError};
+use crate::tls::PeerTls;
 
 /// Bound of the driver's event queue (peer messages, read-index, wake-ups).
 pub const EVENT_QUEUE: usize = 4096;
@@ -325,6 +326,11 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
     cluster
         .validate(config.node_id)
         .map_err(StartError::Config)?;
+    // Certificates are read before anything else starts.
+    let peer_tls = match &config.tls {
+        Some(tls) => PeerTls::load(tls).map_err(StartError::Tls)?,
+        None => None,
+    };
     let peer_listener = TcpListener::bind(cluster.peer_listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -373,6 +379,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         cluster_id: cluster.cluster_id(),
         members: std::sync::RwLock::new(BTreeSet::new()),
         bytes_sent: AtomicU64::new(0),
+        tls: peer_tls,
     });
     let max_entries_bytes = opened.raft.config().max_message_entries_bytes();
     tokio::spawn(transport::serve_peers(
