@@ -28,6 +28,7 @@ use loglog_proto::wire::{
 };
 use tokio::sync::oneshot;
 
+use crate::auth::{authenticate, AuthToken};
 use crate::connection::{Connection, Reply};
 use crate::error::Error;
 use crate::page::ReadPage;
@@ -56,6 +57,11 @@ pub struct ClientConfig {
     /// append whose outcome became unknown is retried (deduplicated by the
     /// leader) within the same time, then fails with [`Error::InDoubt`].
     pub leader_wait: Duration,
+    /// The client token, for nodes with authentication on: sent on every
+    /// connection the client opens (redirects and reconnects included),
+    /// before any request. `None`: no token (nodes with authentication on
+    /// then answer every request `Unauthorized`).
+    pub token: Option<AuthToken>,
 }
 
 impl Default for ClientConfig {
@@ -66,6 +72,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             max_redirects: 3,
             leader_wait: Duration::from_secs(10),
+            token: None,
         }
     }
 }
@@ -528,6 +535,18 @@ impl Client {
             .await
             {
                 Ok(connection) => {
+                    if let Some(token) = &config.token {
+                        match authenticate(&connection, token).await {
+                            Ok(_) => {}
+                            // The node went away at once: try the next.
+                            Err(Error::Io { source, .. }) => {
+                                last_error = Some(std::io::Error::new(source.kind(), source));
+                                continue;
+                            }
+                            // An unknown token: no other node will do better.
+                            Err(other) => return Err(other),
+                        }
+                    }
                     let connection = Arc::new(connection);
                     *self
                         .inner

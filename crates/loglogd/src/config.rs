@@ -177,6 +177,9 @@ pub struct Config {
     /// Replicated mode (`--peers`): `None` runs a single node, which is
     /// its own leader.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Client tokens and their roles; none (the default): authentication
+    /// is off and every client may do everything.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Config {
@@ -197,6 +200,7 @@ impl Config {
             fsync: Fsync::Always,
             limits: Limits::default(),
             cluster: None,
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 
@@ -215,6 +219,7 @@ impl Config {
                 self.segment_size
             ));
         }
+        self.auth.validate()?;
         if self.node_id == 0 {
             return Err("node id 0 is reserved for \"unknown\"".to_string());
         }

@@ -100,6 +100,7 @@
 //! `Unavailable` (the disk failed or is full: nothing unacknowledged is ever
 //! reported durable).
 
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod dedup;

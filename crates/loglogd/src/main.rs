@@ -43,7 +43,11 @@ CONFIG FILE\n  \
     (id = 1, data_dir = \"d1\", listen = \"127.0.0.1:7001\", peers = \"1=...\", segment_size = \"64MiB\",\n  \
     ...; the limits in a [limits] table). LOGLOG_* environment variables (shown with each\n  \
     flag) win over the file, and flags win over both. --print-config prints the effective\n  \
-    configuration in this format."
+    configuration in this format.\n\n\
+CLIENT TOKENS\n  \
+    Off unless the config file lists tokens: then every client request needs a token with\n  \
+    its role (read: reads and status; append; admin). Make one with `loglog token new --name\n  \
+    NAME --roles read,append` and add the [[auth.tokens]] entry it prints to the file."
 )]
 struct Args {
     /// Data directory (created if missing).
@@ -95,6 +99,9 @@ struct Args {
     print_config: bool,
     #[command(flatten)]
     limits: LimitArgs,
+    /// Client tokens, from the config file's `[[auth.tokens]]` only.
+    #[arg(skip)]
+    auth: loglogd::auth::AuthConfig,
     /// TEST ONLY (fault injection, with --peers): emulate a power cut on
     /// every kill; the next start drops log bytes that were not fsynced.
     #[arg(long, hide = true)]
@@ -139,6 +146,9 @@ struct FileConfig {
     join: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<FileLimits>,
+    /// Client tokens (`[[auth.tokens]]`); only in the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<loglogd::auth::FileAuth>,
 }
 
 /// The `[limits]` table of a config file (see `loglogd::Limits`).
@@ -380,6 +390,11 @@ fn read_config_file(
     if let (true, Some(value)) = (unset("join"), file.join) {
         args.join = value;
     }
+    if let Some(auth) = file.auth {
+        args.auth = auth
+            .to_config()
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+    }
     if let Some(limits) = file.limits {
         args.limits
             .fill_from(limits)
@@ -464,6 +479,7 @@ fn printed_config(config: &Config) -> String {
             max_long_poll_wait: Some(loglogd::format_duration(limits.max_long_poll_wait)),
             client_stall_timeout: Some(loglogd::format_duration(limits.client_stall_timeout)),
         }),
+        auth: loglogd::auth::FileAuth::from_config(&config.auth),
     };
     toml::to_string(&file).expect("the config serializes to TOML")
 }
@@ -512,6 +528,7 @@ fn config_from(args: Args) -> Config {
     config.fsync = args.fsync;
     config.node_id = args.id;
     config.limits = args.limits.limits();
+    config.auth = args.auth;
     if args.peers.is_some() || args.join {
         let peers = args.peers.map(|PeerList(peers)| peers).unwrap_or_default();
         let mut cluster = loglogd::cluster::ClusterConfig::new(peers);
@@ -732,6 +749,58 @@ cluster_id = "file-cluster"
             config
         };
         assert_eq!(explicit_id(reread), explicit_id(config));
+    }
+
+    #[test]
+    fn auth_tokens_are_stored_hashed_and_round_trip_through_print_config() {
+        use loglog_proto::auth::{Roles, TokenHash};
+        let dir = tempfile::tempdir().unwrap();
+        let token = "llt_5e1f0c3a9b7d2e4f6a8c0b1d3e5f7a9c2b4d6e8f0a1c3e5b7d9f1a3c5e7b9d0f";
+        let hash = TokenHash::of(token.as_bytes()).to_hex();
+        assert_ne!(hash, token, "the stored form is never the token");
+        assert!(!hash.contains(&token[4..]));
+        let path = dir.path().join("auth.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[auth.tokens]]\nname = \"ingest\"\nsha256 = \"{hash}\"\nroles = [\"read\", \"append\"]\n\n\
+                 [[auth.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"admin\"]\n",
+                TokenHash::of(b"llt_other").to_hex()
+            ),
+        )
+        .unwrap();
+        let config =
+            config_from(parse_args(["loglogd", "--config", path.to_str().unwrap()]).unwrap());
+        config.validate().unwrap();
+        let tokens = &config.auth.tokens;
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(tokens[0].roles, Roles::READ.union(Roles::APPEND));
+        assert_eq!(tokens[1].roles, Roles::ADMIN);
+        assert_eq!(config.auth.find(token.as_bytes()).unwrap().name, "ingest");
+        assert!(config.auth.find(b"llt_guess").is_none());
+        let text = printed_config(&config);
+        assert!(text.contains("[[auth.tokens]]"), "{text}");
+        assert!(text.contains(&hash) && !text.contains(token), "{text}");
+        let printed = dir.path().join("printed.toml");
+        std::fs::write(&printed, &text).unwrap();
+        let reread =
+            config_from(parse_args(["loglogd", "--config", printed.to_str().unwrap()]).unwrap());
+        assert_eq!(reread.auth, config.auth);
+        // No token: auth is off and nothing about it is printed.
+        let off = config_from(parse_args(["loglogd"]).unwrap());
+        assert!(!off.auth.is_enabled());
+        assert!(!printed_config(&off).contains("auth"));
+        // Bad entries are errors that name the file.
+        for bad in [
+            "[[auth.tokens]]\nname = \"x\"\nsha256 = \"abc\"\nroles = [\"read\"]\n".to_string(),
+            format!("[[auth.tokens]]\nname = \"x\"\nsha256 = \"{hash}\"\nroles = [\"write\"]\n"),
+            format!("[[auth.tokens]]\nname = \"x\"\nsha256 = \"{hash}\"\nroles = []\n"),
+            format!("[[auth.tokens]]\nname = \"x\"\ntoken = \"{token}\"\nroles = [\"read\"]\n"),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let error = parse_args(["loglogd", "--config", path.to_str().unwrap()]).unwrap_err();
+            assert!(error.contains("auth.toml"), "{error}");
+        }
     }
 
     #[test]

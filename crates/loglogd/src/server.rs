@@ -29,6 +29,9 @@
 //!   body is answered `BadRequest` and the connection goes on.
 //! * Past `max_connections`, a new connection gets one `Busy` frame (opcode
 //!   0, request id 0) and is closed.
+//! * With client tokens configured, each connection holds the roles its
+//!   AUTH request earned ([`crate::auth`]); a request without its role is
+//!   answered `Unauthorized` before it is parsed or reaches the node.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -48,6 +51,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::auth::ConnectionAccess;
 use crate::config::REQUEST_OVERHEAD;
 use crate::metrics::NodeMetrics;
 use crate::node::{Chunk, CommittedRead, Node};
@@ -105,6 +109,8 @@ enum Body {
     ClusterStatus(Vec<u8>),
     /// An admin request's u64 answer.
     Admin(u64),
+    /// An AUTH request's answer: the roles granted, one byte.
+    Roles(u8),
     Error(ServerError),
 }
 
@@ -345,6 +351,7 @@ async fn read_requests(
     // is receiving, so that frame may keep it without a copy.
     let mut dedicated = false;
     let mut shutdown = node.shutdown_signal();
+    let mut access = ConnectionAccess::new(&config.auth);
     // The permit of the frame being received: taken as soon as its header
     // is in, before its body is buffered, so that a connection never holds
     // more than its in-flight bytes (plus its read buffer) in memory.
@@ -403,6 +410,16 @@ async fn read_requests(
             let body = frame.slice(FRAME_HEADER_LEN..);
             drop(frame);
             let permit = next_permit.take().expect("taken above for this frame");
+            if let Some(answer) = screen(&mut access, &config.auth, &header, &body, peer) {
+                respond(
+                    &sink,
+                    header.opcode,
+                    header.request_id,
+                    answer,
+                    Some(permit),
+                );
+                continue;
+            }
             dispatch(&node, &budget, header, body, owns_allocation, permit, &sink).await;
         }
         if *shutdown.borrow() {
@@ -561,6 +578,28 @@ async fn linger(socket: &mut OwnedReadHalf) {
     .await;
 }
 
+/// Answers an AUTH request, or a request the connection has no role for;
+/// `None` lets the request through to [`dispatch`].
+fn screen(
+    access: &mut ConnectionAccess,
+    auth: &crate::auth::AuthConfig,
+    header: &FrameHeader,
+    body: &[u8],
+    peer: SocketAddr,
+) -> Option<Body> {
+    if header.opcode != opcode::AUTH {
+        return access.admit(header.opcode).err().map(Body::Error);
+    }
+    let answer = match Request::parse(header, body) {
+        Ok(Request::Auth { token }) => access
+            .authenticate(auth, token, peer)
+            .map(|roles| Body::Roles(roles.bits())),
+        Ok(_) => unreachable!("an AUTH opcode parses as an AUTH request or not at all"),
+        Err(error) => Err(error),
+    };
+    Some(answer.unwrap_or_else(Body::Error))
+}
+
 async fn dispatch(
     node: &Node,
     budget: &Arc<NodeBudget>,
@@ -571,37 +610,45 @@ async fn dispatch(
     sink: &ResponseSink,
 ) {
     let request_id = header.request_id;
-    let parsed = Request::parse(&header, &body).map(|request| match request {
-        Request::Append { no_wait, .. } => Parsed::Append {
-            no_wait,
-            producer: None,
-        },
-        Request::AppendOnce {
-            producer,
-            retry,
-            no_wait,
-            ..
-        } => Parsed::Append {
-            no_wait,
-            producer: Some(ProducerAppend {
-                tag: producer,
+    let parsed = Request::parse(&header, &body).and_then(|request| {
+        Ok(match request {
+            Request::Append { no_wait, .. } => Parsed::Append {
+                no_wait,
+                producer: None,
+            },
+            Request::AppendOnce {
+                producer,
                 retry,
-            }),
-        },
-        Request::Read {
-            offset,
-            max_bytes,
-            wait_ms,
-            linearizable,
-        } => Parsed::Read {
-            offset,
-            max_bytes,
-            wait_ms,
-            linearizable,
-        },
-        Request::Status => Parsed::Status,
-        Request::ClusterStatus => Parsed::ClusterStatus,
-        Request::Admin(_) => Parsed::Admin,
+                no_wait,
+                ..
+            } => Parsed::Append {
+                no_wait,
+                producer: Some(ProducerAppend {
+                    tag: producer,
+                    retry,
+                }),
+            },
+            Request::Read {
+                offset,
+                max_bytes,
+                wait_ms,
+                linearizable,
+            } => Parsed::Read {
+                offset,
+                max_bytes,
+                wait_ms,
+                linearizable,
+            },
+            Request::Status => Parsed::Status,
+            Request::ClusterStatus => Parsed::ClusterStatus,
+            Request::Admin(_) => Parsed::Admin,
+            // `screen` answers every AUTH before dispatch.
+            Request::Auth { .. } => {
+                return Err(ServerError::BadRequest {
+                    message: "AUTH is answered by the connection".to_string(),
+                })
+            }
+        })
     });
     match parsed {
         Err(error) => respond(
@@ -834,7 +881,7 @@ fn count_response(metrics: &NodeMetrics, response: &Response) {
             metrics.read_bytes.inc_by(bytes.len() as u64);
         }
         Body::Error(error) => metrics.error(error),
-        Body::Status(_) | Body::ClusterStatus(_) | Body::Admin(_) => {}
+        Body::Status(_) | Body::ClusterStatus(_) | Body::Admin(_) | Body::Roles(_) => {}
     }
 }
 
@@ -867,6 +914,11 @@ fn encode_response(response: Response, out: &mut Vec<u8>) -> Option<Vec<u8>> {
         }
         Body::Error(error) => {
             encode_error_response(opcode, request_id, &error, out);
+            None
+        }
+        Body::Roles(roles) => {
+            out.extend_from_slice(&ok_response_header(opcode, request_id, 1));
+            out.push(roles);
             None
         }
         Body::Read { commit, bytes } => {
