@@ -80,3 +80,24 @@ pub(crate) async fn authenticate(
         message: format!("AUTH answer {answer:?} is not a roles byte"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_trimmed_bounded_and_never_debug_printed() {
+        let token = AuthToken::new(" llt_secret\n").unwrap();
+        assert_eq!(token.secret(), "llt_secret");
+        let config = crate::ClientConfig {
+            token: Some(token),
+            ..crate::ClientConfig::default()
+        };
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("llt_secret"), "{printed}");
+        assert!(printed.contains("<redacted>"), "{printed}");
+        assert!(AuthToken::new("  ").is_err());
+        assert!(AuthToken::new("x".repeat(MAX_TOKEN_LEN + 1)).is_err());
+        assert!("x".repeat(MAX_TOKEN_LEN).parse::<AuthToken>().is_ok());
+    }
+}

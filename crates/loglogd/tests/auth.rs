@@ -153,7 +153,16 @@ fn tokens_grant_exactly_their_roles() {
     let (ops, ops_entry) = new_token("ops", "admin");
     let config = dir.path().join("loglogd.toml");
     std::fs::write(&config, format!("{writer_entry}{reader_entry}{ops_entry}")).unwrap();
-    let node = Node::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let metrics = free_addr().to_string();
+    let node = Node::start(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics-listen",
+            &metrics,
+        ],
+    );
 
     // An append token appends and reads.
     let writers = client(&node, Some(&writer)).unwrap();
@@ -250,6 +259,21 @@ fn tokens_grant_exactly_their_roles() {
     assert_unauthorized(admins.status());
     assert_unauthorized(admins.append(&b"ops"[..]));
     assert_eq!(writers.status().unwrap(), after_raw);
+
+    // Refusals are counted by kind; the metrics endpoint needs no token.
+    let mut http = TcpStream::connect(&metrics).unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut scraped = String::new();
+    http.read_to_string(&mut scraped).unwrap();
+    let refused: f64 = scraped
+        .lines()
+        .find_map(|line| line.strip_prefix("loglog_errors_total{error=\"unauthorized\"} "))
+        .unwrap_or_else(|| panic!("no unauthorized count in:\n{scraped}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(refused >= 20.0, "{refused} refusals counted");
 }
 
 #[test]
@@ -291,6 +315,10 @@ fn the_command_line_takes_the_token_from_a_flag_or_the_environment() {
     let (ok, stdout, stderr) = loglog(Some(&node), Some(&reader), &["status", "--json"]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("\"role\":\"leader\""), "{stdout}");
+    // Help shows where the token comes from, never its value.
+    let (ok, stdout, _) = loglog(Some(&node), Some(&reader), &["append", "--help"]);
+    assert!(ok && stdout.contains("LOGLOG_TOKEN"), "{stdout}");
+    assert!(!stdout.contains(&reader[4..]), "{stdout}");
 }
 
 #[test]
