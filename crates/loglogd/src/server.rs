@@ -328,6 +328,8 @@ enum Parsed {
     Status,
     ClusterStatus,
     Admin,
+    /// Answered by [`screen`] before dispatch, never here.
+    Auth,
 }
 
 async fn read_requests(
@@ -610,45 +612,38 @@ async fn dispatch(
     sink: &ResponseSink,
 ) {
     let request_id = header.request_id;
-    let parsed = Request::parse(&header, &body).and_then(|request| {
-        Ok(match request {
-            Request::Append { no_wait, .. } => Parsed::Append {
-                no_wait,
-                producer: None,
-            },
-            Request::AppendOnce {
-                producer,
+    let parsed = Request::parse(&header, &body).map(|request| match request {
+        Request::Append { no_wait, .. } => Parsed::Append {
+            no_wait,
+            producer: None,
+        },
+        Request::AppendOnce {
+            producer,
+            retry,
+            no_wait,
+            ..
+        } => Parsed::Append {
+            no_wait,
+            producer: Some(ProducerAppend {
+                tag: producer,
                 retry,
-                no_wait,
-                ..
-            } => Parsed::Append {
-                no_wait,
-                producer: Some(ProducerAppend {
-                    tag: producer,
-                    retry,
-                }),
-            },
-            Request::Read {
-                offset,
-                max_bytes,
-                wait_ms,
-                linearizable,
-            } => Parsed::Read {
-                offset,
-                max_bytes,
-                wait_ms,
-                linearizable,
-            },
-            Request::Status => Parsed::Status,
-            Request::ClusterStatus => Parsed::ClusterStatus,
-            Request::Admin(_) => Parsed::Admin,
-            // `screen` answers every AUTH before dispatch.
-            Request::Auth { .. } => {
-                return Err(ServerError::BadRequest {
-                    message: "AUTH is answered by the connection".to_string(),
-                })
-            }
-        })
+            }),
+        },
+        Request::Read {
+            offset,
+            max_bytes,
+            wait_ms,
+            linearizable,
+        } => Parsed::Read {
+            offset,
+            max_bytes,
+            wait_ms,
+            linearizable,
+        },
+        Request::Status => Parsed::Status,
+        Request::ClusterStatus => Parsed::ClusterStatus,
+        Request::Admin(_) => Parsed::Admin,
+        Request::Auth { .. } => Parsed::Auth,
     });
     match parsed {
         Err(error) => respond(
@@ -656,6 +651,15 @@ async fn dispatch(
             header.opcode,
             request_id,
             Body::Error(error),
+            Some(permit),
+        ),
+        Ok(Parsed::Auth) => respond(
+            sink,
+            opcode::AUTH,
+            request_id,
+            Body::Error(ServerError::BadRequest {
+                message: "AUTH is answered by the connection".to_string(),
+            }),
             Some(permit),
         ),
         Ok(Parsed::Status) => respond(
