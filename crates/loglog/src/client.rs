@@ -60,7 +60,8 @@ pub struct ClientConfig {
     /// The client token, for nodes with authentication on: sent on every
     /// connection the client opens (redirects and reconnects included),
     /// before any request. `None`: no token (nodes with authentication on
-    /// then answer every request `Unauthorized`).
+    /// then answer every request `Unauthorized`). A node with
+    /// authentication off, or one older than it, accepts any token.
     pub token: Option<AuthToken>,
 }
 
@@ -537,7 +538,13 @@ impl Client {
                 Ok(connection) => {
                     if let Some(token) = &config.token {
                         match authenticate(&connection, token).await {
-                            Ok(_) => {}
+                            // A node older than authentication (it does not
+                            // know AUTH) has none to check: go on.
+                            Ok(_)
+                            | Err(Error::Server {
+                                source: ServerError::BadRequest { .. },
+                                ..
+                            }) => {}
                             // The node went away at once: try the next.
                             Err(Error::Io { source, .. }) => {
                                 last_error = Some(std::io::Error::new(source.kind(), source));

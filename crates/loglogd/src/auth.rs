@@ -11,7 +11,6 @@
 //! Peer connections are not checked here (peers authenticate with TLS
 //! certificates), nor is the metrics endpoint (it serves no log data).
 
-use std::fmt;
 use std::net::SocketAddr;
 
 use loglog_proto::auth::{check_token_name, required_role, Roles, TokenHash};
@@ -163,12 +162,9 @@ pub(crate) struct ConnectionAccess {
     roles: Roles,
     /// The name of the token that gave the roles (for logs).
     token_name: Option<String>,
-}
-
-impl fmt::Debug for ConnectionAccess {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({:?})", self.roles, self.token_name)
-    }
+    /// Whether an unknown token was logged: once per connection, so that a
+    /// client repeating bad AUTHs cannot flood the log.
+    logged_unknown: bool,
 }
 
 impl ConnectionAccess {
@@ -181,6 +177,7 @@ impl ConnectionAccess {
                 Roles::ALL
             },
             token_name: None,
+            logged_unknown: false,
         }
     }
 
@@ -231,7 +228,9 @@ impl ConnectionAccess {
                 Ok(entry.roles)
             }
             None => {
-                tracing::warn!(%peer, "client sent an unknown token");
+                if !std::mem::replace(&mut self.logged_unknown, true) {
+                    tracing::warn!(%peer, "client sent an unknown token");
+                }
                 self.roles = Roles::NONE;
                 self.token_name = None;
                 Err(ServerError::Unauthorized {
