@@ -44,7 +44,7 @@ async fn ask(addrs: Vec<String>) -> anyhow::Result<Vec<Outcome>> {
             tokio::spawn(async move {
                 let answer = async {
                     let client =
-                        loglog::Client::connect_with(&[&addr], crate::tls::client_config()).await?;
+                        loglog::Client::connect_with(&[&addr], crate::client_config()).await?;
                     match client.cluster_status().await {
                         Ok(cluster) => Ok(Answer {
                             status: cluster.node,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use anyhow::Context;
-use loglog::{ClientConfig, ClientTls};
+use loglog::ClientTls;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct TlsArgs {
@@ -70,10 +70,7 @@ impl TlsArgs {
     }
 }
 
-/// The client configuration every command connects with.
-pub(crate) fn client_config() -> ClientConfig {
-    ClientConfig {
-        tls: CLIENT_TLS.get().cloned().flatten(),
-        ..ClientConfig::default()
-    }
+/// The TLS every connection of this process uses (`None`: plain TCP).
+pub(crate) fn client_tls() -> Option<ClientTls> {
+    CLIENT_TLS.get().cloned().flatten()
 }

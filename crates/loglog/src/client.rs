@@ -28,6 +28,7 @@ use loglog_proto::wire::{
 };
 use tokio::sync::oneshot;
 
+use crate::auth::{authenticate, AuthToken};
 use crate::connection::{Connection, Reply};
 use crate::error::Error;
 use crate::page::ReadPage;
@@ -59,6 +60,12 @@ pub struct ClientConfig {
     /// TLS to the nodes' client listener; `None` (the default): plain TCP,
     /// for local use.
     pub tls: Option<crate::tls::ClientTls>,
+    /// The client token, for nodes with authentication on: sent on every
+    /// connection the client opens (redirects and reconnects included),
+    /// before any request. `None`: no token (nodes with authentication on
+    /// then answer every request `Unauthorized`). A node with
+    /// authentication off, or one older than it, accepts any token.
+    pub token: Option<AuthToken>,
 }
 
 impl Default for ClientConfig {
@@ -70,6 +77,7 @@ impl Default for ClientConfig {
             max_redirects: 3,
             leader_wait: Duration::from_secs(10),
             tls: None,
+            token: None,
         }
     }
 }
@@ -533,6 +541,24 @@ impl Client {
             .await
             {
                 Ok(connection) => {
+                    if let Some(token) = &config.token {
+                        match authenticate(&connection, token).await {
+                            // A node older than authentication (it does not
+                            // know AUTH) has none to check: go on.
+                            Ok(_)
+                            | Err(Error::Server {
+                                source: ServerError::BadRequest { .. },
+                                ..
+                            }) => {}
+                            // The node went away at once: try the next.
+                            Err(Error::Io { source, .. }) => {
+                                last_error = Some(std::io::Error::new(source.kind(), source));
+                                continue;
+                            }
+                            // An unknown token: no other node will do better.
+                            Err(other) => return Err(other),
+                        }
+                    }
                     let connection = Arc::new(connection);
                     *self
                         .inner

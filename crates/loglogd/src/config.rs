@@ -180,6 +180,9 @@ pub struct Config {
     /// TLS on the client listener and between peers; `None` (the default):
     /// plain TCP, for local use.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Client tokens and their roles; none (the default): authentication
+    /// is off and every client may do everything.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Config {
@@ -201,6 +204,7 @@ impl Config {
             limits: Limits::default(),
             cluster: None,
             tls: None,
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 
@@ -219,6 +223,7 @@ impl Config {
                 self.segment_size
             ));
         }
+        self.auth.validate()?;
         if self.node_id == 0 {
             return Err("node id 0 is reserved for \"unknown\"".to_string());
         }

@@ -69,6 +69,9 @@
 //! `BadRequest` and the connection goes on. Past `max_connections` a new
 //! connection gets one `Busy` frame (opcode 0, request id 0) and is closed.
 //! A single node is its own leader, so linearizable reads are plain reads.
+//! With client tokens in [`Config::auth`] (the config file's
+//! `[[auth.tokens]]`), each request needs its role ([`auth`]); calls on
+//! the embedded [`Node`] API are the program's own and are not checked.
 //!
 //! Plain TCP is the default (local use). With [`Config::tls`] the client
 //! listener speaks TLS (optionally demanding client certificates) and
@@ -106,6 +109,7 @@
 //! `Unavailable` (the disk failed or is full: nothing unacknowledged is ever
 //! reported durable).
 
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod dedup;

@@ -51,7 +51,11 @@ TLS\n  \
     Plain TCP is the default, meant for local use. --tls-cert and --tls-key (PEM) turn on TLS\n  \
     for clients and mutual TLS between peers, whose certificates must come from --tls-ca\n  \
     (the cluster's CA; a node's certificate needs serverAuth and clientAuth). A [tls] table\n  \
-    in the config file takes cert, key, ca, listeners, client_auth, peer_server_name."
+    in the config file takes cert, key, ca, listeners, client_auth, peer_server_name.\n\n\
+CLIENT TOKENS\n  \
+    Off unless the config file lists tokens: then every client request needs a token with\n  \
+    its role (read: reads and status; append; admin). Make one with `loglog token new --name\n  \
+    NAME --roles read,append` and add the [[auth.tokens]] entry it prints to the file."
 )]
 struct Args {
     /// Data directory (created if missing).
@@ -105,6 +109,9 @@ struct Args {
     limits: LimitArgs,
     #[command(flatten)]
     tls: TlsArgs,
+    /// Client tokens, from the config file's `[[auth.tokens]]` only.
+    #[arg(skip)]
+    auth: loglogd::auth::AuthConfig,
     /// TEST ONLY (fault injection, with --peers): emulate a power cut on
     /// every kill; the next start drops log bytes that were not fsynced.
     #[arg(long, hide = true)]
@@ -151,6 +158,9 @@ struct FileConfig {
     limits: Option<FileLimits>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<FileTls>,
+    /// Client tokens (`[[auth.tokens]]`); only in the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<loglogd::auth::FileAuth>,
 }
 
 /// The `[tls]` table of a config file (see `loglogd::TlsConfig`).
@@ -510,6 +520,11 @@ fn read_config_file(
     if let (true, Some(value)) = (unset("join"), file.join) {
         args.join = value;
     }
+    if let Some(auth) = file.auth {
+        args.auth = auth
+            .to_config()
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+    }
     if let Some(limits) = file.limits {
         args.limits
             .fill_from(limits)
@@ -607,6 +622,7 @@ fn printed_config(config: &Config) -> String {
             client_auth: Some(tls.client_auth.as_str().to_string()),
             peer_server_name: tls.peer_server_name.clone(),
         }),
+        auth: loglogd::auth::FileAuth::from_config(&config.auth),
     };
     toml::to_string(&file).expect("the config serializes to TOML")
 }
@@ -656,6 +672,7 @@ fn config_from(args: Args) -> Config {
     config.node_id = args.id;
     config.limits = args.limits.limits();
     config.tls = args.tls.tls();
+    config.auth = args.auth;
     if args.peers.is_some() || args.join {
         let peers = args.peers.map(|PeerList(peers)| peers).unwrap_or_default();
         let mut cluster = loglogd::cluster::ClusterConfig::new(peers);
@@ -924,6 +941,58 @@ cluster_id = "file-cluster"
         assert!(parse_args(["loglogd", "--tls-cert", "/c.pem"]).is_err());
         assert!(parse_args(["loglogd", "--tls-ca", "/ca.pem"]).is_err());
         assert!(parse_args(["loglogd", "--tls-listeners", "all"]).is_err());
+    }
+
+    #[test]
+    fn auth_tokens_are_stored_hashed_and_round_trip_through_print_config() {
+        use loglog_proto::auth::{Roles, TokenHash};
+        let dir = tempfile::tempdir().unwrap();
+        let token = "llt_5e1f0c3a9b7d2e4f6a8c0b1d3e5f7a9c2b4d6e8f0a1c3e5b7d9f1a3c5e7b9d0f";
+        let hash = TokenHash::of(token.as_bytes()).to_hex();
+        assert_ne!(hash, token, "the stored form is never the token");
+        assert!(!hash.contains(&token[4..]));
+        let path = dir.path().join("auth.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[auth.tokens]]\nname = \"ingest\"\nsha256 = \"{hash}\"\nroles = [\"read\", \"append\"]\n\n\
+                 [[auth.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"admin\"]\n",
+                TokenHash::of(b"llt_other").to_hex()
+            ),
+        )
+        .unwrap();
+        let config =
+            config_from(parse_args(["loglogd", "--config", path.to_str().unwrap()]).unwrap());
+        config.validate().unwrap();
+        let tokens = &config.auth.tokens;
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(tokens[0].roles, Roles::READ.union(Roles::APPEND));
+        assert_eq!(tokens[1].roles, Roles::ADMIN);
+        assert_eq!(config.auth.find(token.as_bytes()).unwrap().name, "ingest");
+        assert!(config.auth.find(b"llt_guess").is_none());
+        let text = printed_config(&config);
+        assert!(text.contains("[[auth.tokens]]"), "{text}");
+        assert!(text.contains(&hash) && !text.contains(token), "{text}");
+        let printed = dir.path().join("printed.toml");
+        std::fs::write(&printed, &text).unwrap();
+        let reread =
+            config_from(parse_args(["loglogd", "--config", printed.to_str().unwrap()]).unwrap());
+        assert_eq!(reread.auth, config.auth);
+        // No token: auth is off and nothing about it is printed.
+        let off = config_from(parse_args(["loglogd"]).unwrap());
+        assert!(!off.auth.is_enabled());
+        assert!(!printed_config(&off).contains("auth"));
+        // Bad entries are errors that name the file.
+        for bad in [
+            "[[auth.tokens]]\nname = \"x\"\nsha256 = \"abc\"\nroles = [\"read\"]\n".to_string(),
+            format!("[[auth.tokens]]\nname = \"x\"\nsha256 = \"{hash}\"\nroles = [\"write\"]\n"),
+            format!("[[auth.tokens]]\nname = \"x\"\nsha256 = \"{hash}\"\nroles = []\n"),
+            format!("[[auth.tokens]]\nname = \"x\"\ntoken = \"{token}\"\nroles = [\"read\"]\n"),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let error = parse_args(["loglogd", "--config", path.to_str().unwrap()]).unwrap_err();
+            assert!(error.contains("auth.toml"), "{error}");
+        }
     }
 
     #[test]

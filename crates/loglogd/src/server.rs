@@ -41,6 +41,9 @@
 //!   readiness on `EAGAIN` (stall timeout as for any write). The bytes on
 //!   the wire are the same as the copying path's. Under TLS the bytes must
 //!   pass through the encryption, so reads are copied as before.
+//! * With client tokens configured, each connection holds the roles its
+//!   AUTH request earned ([`crate::auth`]); a request without its role is
+//!   answered `Unauthorized` before it is parsed or reaches the node.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -66,6 +69,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::auth::ConnectionAccess;
 use crate::config::REQUEST_OVERHEAD;
 use crate::metrics::NodeMetrics;
 use crate::node::{Chunk, CommittedRead, Node};
@@ -133,6 +137,8 @@ enum Body {
     ClusterStatus(Vec<u8>),
     /// An admin request's u64 answer.
     Admin(u64),
+    /// An AUTH request's answer: the roles granted, one byte.
+    Roles(u8),
     Error(ServerError),
 }
 
@@ -425,6 +431,8 @@ enum Parsed {
     Status,
     ClusterStatus,
     Admin,
+    /// Answered by [`screen`] before dispatch, never here.
+    Auth,
 }
 
 /// Reads and dispatches requests; `zero_copy`: reads are answered by
@@ -451,6 +459,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
     // is receiving, so that frame may keep it without a copy.
     let mut dedicated = false;
     let mut shutdown = node.shutdown_signal();
+    let mut access = ConnectionAccess::new(&config.auth);
     // The permit of the frame being received: taken as soon as its header
     // is in, before its body is buffered, so that a connection never holds
     // more than its in-flight bytes (plus its read buffer) in memory.
@@ -509,6 +518,16 @@ async fn read_requests<R: AsyncRead + Unpin>(
             let body = frame.slice(FRAME_HEADER_LEN..);
             drop(frame);
             let permit = next_permit.take().expect("taken above for this frame");
+            if let Some(answer) = screen(&mut access, &config.auth, &header, &body, peer) {
+                respond(
+                    &sink,
+                    header.opcode,
+                    header.request_id,
+                    answer,
+                    Some(permit),
+                );
+                continue;
+            }
             dispatch(
                 &node,
                 &budget,
@@ -725,6 +744,28 @@ async fn linger<R: AsyncRead + Unpin>(socket: &mut R) {
     .await;
 }
 
+/// Answers an AUTH request, or a request the connection has no role for;
+/// `None` lets the request through to [`dispatch`].
+fn screen(
+    access: &mut ConnectionAccess,
+    auth: &crate::auth::AuthConfig,
+    header: &FrameHeader,
+    body: &[u8],
+    peer: SocketAddr,
+) -> Option<Body> {
+    if header.opcode != opcode::AUTH {
+        return access.admit(header.opcode).err().map(Body::Error);
+    }
+    let answer = match Request::parse(header, body) {
+        Ok(Request::Auth { token }) => access
+            .authenticate(auth, token, peer)
+            .map(|roles| Body::Roles(roles.bits())),
+        Ok(_) => unreachable!("an AUTH opcode parses as an AUTH request or not at all"),
+        Err(error) => Err(error),
+    };
+    Some(answer.unwrap_or_else(Body::Error))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn dispatch(
     node: &Node,
@@ -768,6 +809,7 @@ async fn dispatch(
         Request::Status => Parsed::Status,
         Request::ClusterStatus => Parsed::ClusterStatus,
         Request::Admin(_) => Parsed::Admin,
+        Request::Auth { .. } => Parsed::Auth,
     });
     match parsed {
         Err(error) => respond(
@@ -775,6 +817,15 @@ async fn dispatch(
             header.opcode,
             request_id,
             Body::Error(error),
+            Some(permit),
+        ),
+        Ok(Parsed::Auth) => respond(
+            sink,
+            opcode::AUTH,
+            request_id,
+            Body::Error(ServerError::BadRequest {
+                message: "AUTH is answered by the connection".to_string(),
+            }),
             Some(permit),
         ),
         Ok(Parsed::Status) => respond(
@@ -1084,7 +1135,7 @@ fn count_response(metrics: &NodeMetrics, response: &Response) {
             metrics.read_bytes.inc_by(span.len);
         }
         Body::Error(error) => metrics.error(error),
-        Body::Status(_) | Body::ClusterStatus(_) | Body::Admin(_) => {}
+        Body::Status(_) | Body::ClusterStatus(_) | Body::Admin(_) | Body::Roles(_) => {}
     }
 }
 
@@ -1124,6 +1175,11 @@ fn encode_response(response: Response, out: &mut Vec<u8>) -> Option<LargeBody> {
         }
         Body::Error(error) => {
             encode_error_response(opcode, request_id, &error, out);
+            None
+        }
+        Body::Roles(roles) => {
+            out.extend_from_slice(&ok_response_header(opcode, request_id, 1));
+            out.push(roles);
             None
         }
         Body::Read { commit, bytes } => {
