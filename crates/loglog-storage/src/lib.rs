@@ -113,7 +113,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use crate::error::StorageError;
-pub use crate::log::{LogReader, LogSyncer, LogWriter, ReadChunk, MAX_READ_BYTES};
+pub use crate::log::{LogReader, LogSyncer, LogWriter, ReadChunk, SegmentInfo, MAX_READ_BYTES};
 
 /// Whether syncs call fsync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

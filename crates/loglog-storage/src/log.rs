@@ -927,4 +927,36 @@ impl LogReader {
     pub fn segment_count(&self) -> usize {
         read_lock(&self.shared.segments).len()
     }
+
+    /// Every segment of the log, oldest first (the last one is the tail),
+    /// for retention policies: where each starts and ends and when it was
+    /// last written.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let segments: Vec<Arc<Segment>> = read_lock(&self.shared.segments).clone();
+        segments
+            .iter()
+            .map(|segment| SegmentInfo {
+                start: segment.start,
+                end: segment.end.load(Ordering::Acquire),
+                // The file's mtime: the last write into it (data, or zeros
+                // ahead of the writer while it was the tail).
+                last_write: segment
+                    .file
+                    .metadata()
+                    .and_then(|metadata| metadata.modified())
+                    .ok(),
+            })
+            .collect()
+    }
+}
+
+/// One segment as [`LogReader::segments`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Log offset of its first entry.
+    pub start: u64,
+    /// Log offset just past its last entry (the next segment's start).
+    pub end: u64,
+    /// When its file was last written (`None` if the filesystem cannot tell).
+    pub last_write: Option<std::time::SystemTime>,
 }

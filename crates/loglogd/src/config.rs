@@ -177,6 +177,8 @@ pub struct Config {
     /// Replicated mode (`--peers`): `None` runs a single node, which is
     /// its own leader.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Automatic trimming of old segments (off by default).
+    pub retention: crate::retention::Retention,
 }
 
 impl Config {
@@ -197,6 +199,7 @@ impl Config {
             fsync: Fsync::Always,
             limits: Limits::default(),
             cluster: None,
+            retention: crate::retention::Retention::default(),
         }
     }
 
@@ -218,6 +221,7 @@ impl Config {
         if self.node_id == 0 {
             return Err("node id 0 is reserved for \"unknown\"".to_string());
         }
+        self.retention.validate()?;
         let zero_bound = [
             ("max connections", limits.max_connections),
             ("max in-flight requests", limits.max_in_flight_requests),

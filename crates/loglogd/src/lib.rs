@@ -106,6 +106,7 @@ pub mod dedup;
 mod metrics;
 mod node;
 mod pipeline;
+pub mod retention;
 mod server;
 mod state;
 
@@ -116,4 +117,5 @@ pub use config::{
 pub use loglog_proto::wire::{NodeStatus, Role, ServerError};
 pub use node::{Chunk, Node, StartError, LOCK_FILE, LOG_DIR, NODE_STATE_FILE};
 pub use pipeline::Metrics;
+pub use retention::Retention;
 pub use state::NODE_STATE_VERSION;

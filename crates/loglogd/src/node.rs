@@ -273,6 +273,9 @@ impl Node {
                 node.inner.shared.shutdown.subscribe(),
             ));
         }
+        if node.inner.config.retention.is_enabled() {
+            tokio::spawn(crate::retention::run(node.clone(), node.shutdown_signal()));
+        }
         if let Some(listener) = listener {
             tracing::info!(listen = %local_addr.expect("listener has an address"), "listening for clients");
             tokio::spawn(crate::server::serve(
@@ -677,6 +680,11 @@ impl Node {
             drop(lock);
             tracing::info!(commit = self.commit_offset(), "node stopped");
         }
+    }
+
+    /// The log's segments, oldest first (for retention).
+    pub(crate) fn log_segments(&self) -> Vec<loglog_storage::SegmentInfo> {
+        self.inner.reader.segments()
     }
 
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {

@@ -1733,3 +1733,134 @@ fn a_rolling_restart_under_load_fails_no_append() {
     let commit = cluster.status(leader).unwrap().commit_offset;
     assert_identical_logs_with(&cluster, &[0, 1, 2], commit, &acknowledged);
 }
+
+/// Retention (`--retention-max-bytes`) on three processes under appends,
+/// with small segments: the leader proposes trims at its segment
+/// boundaries, every node applies them once committed. Every node's start
+/// advances by whole segments (files deleted), never past its own commit
+/// offset, all end at the same start, reads below it answer `Trimmed`,
+/// and every acknowledged entry at or above it is still there, the same
+/// bytes on every node.
+#[test]
+fn retention_trims_whole_segments_on_every_node_under_load() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3);
+    let max_bytes = 16 * 1024;
+    cluster.extra_args = [
+        "--segment-size",
+        "4096",
+        "--retention-max-bytes",
+        "16KiB",
+        "--retention-check-interval",
+        "100ms",
+    ]
+    .map(String::from)
+    .to_vec();
+    for index in 0..3 {
+        cluster.start(index);
+    }
+    cluster.wait_for_leader(&[0, 1, 2]);
+    let addrs = cluster.client_addrs(&[0, 1, 2]);
+    let appenders = Appenders::start(&addrs, 4, "retained");
+
+    // Under load every node's start moves again and again, never to or
+    // past its own commit offset (a follower trims only what it committed).
+    let mut starts_seen: Vec<Vec<u64>> = vec![vec![0]; 3];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while starts_seen.iter().any(|seen| seen.len() < 4) {
+        for (index, seen) in starts_seen.iter_mut().enumerate() {
+            if let Some(status) = cluster.status(index) {
+                assert!(
+                    status.start_offset <= status.commit_offset,
+                    "node {}: {status:?}",
+                    index + 1
+                );
+                if status.start_offset != *seen.last().unwrap() {
+                    seen.push(status.start_offset);
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "starts seen {starts_seen:?}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (acknowledged, _failed) = appenders.finish();
+    let last_end = acknowledged
+        .iter()
+        .map(|(_, offset)| *offset)
+        .max()
+        .unwrap();
+
+    // Settled: every node trimmed to within the bound, to the same start.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let statuses = loop {
+        let statuses: Vec<Option<NodeStatus>> = (0..3).map(|index| cluster.status(index)).collect();
+        let settled = statuses.iter().all(|status| {
+            status.is_some_and(|s| {
+                s.commit_offset > last_end && s.commit_offset - s.start_offset <= max_bytes
+            })
+        }) && statuses
+            .iter()
+            .all(|s| s.map(|s| s.start_offset) == statuses[0].map(|s| s.start_offset));
+        if settled {
+            break statuses.into_iter().map(Option::unwrap).collect::<Vec<_>>();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled: {statuses:?}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let start = statuses[0].start_offset;
+    let commit = statuses.iter().map(|s| s.commit_offset).min().unwrap();
+    assert!(
+        start > 0 && commit - start > max_bytes - 2 * 4096,
+        "{statuses:?}"
+    );
+    let mut logs = Vec::new();
+    for (index, status) in statuses.iter().enumerate() {
+        let member = &cluster.members[index];
+        assert_eq!(
+            segment_starts(member)[0],
+            status.start_offset,
+            "node {}: files below the start are deleted",
+            member.id
+        );
+        let mut stream = TcpStream::connect(member.client).unwrap();
+        let below = Request::Read {
+            offset: start - 1,
+            max_bytes: 1 << 20,
+            wait_ms: 0,
+            linearizable: false,
+        };
+        assert_eq!(
+            call(&mut stream, below),
+            Err(ServerError::Trimmed { start })
+        );
+        logs.push(committed_range(member.client, start, commit));
+    }
+    assert!(
+        logs.iter().all(|log| *log == logs[0]),
+        "same bytes on every node"
+    );
+    let mut kept: HashMap<Vec<u8>, u64> = HashMap::new();
+    for entry in loglog_proto::entry::EntryIter::new(&logs[0], start, u32::MAX) {
+        let entry = entry.expect("committed bytes are whole, valid entries");
+        if entry.header.kind == loglog_proto::entry::EntryKind::Data {
+            let (_, payload) = entry_producer(&entry.header, entry.payload).unwrap();
+            kept.insert(payload.to_vec(), entry.offset);
+        }
+    }
+    let mut above = 0;
+    for (payload, offset) in &acknowledged {
+        if *offset >= start && *offset < commit {
+            assert_eq!(kept.get(payload), Some(offset), "acknowledged entry lost");
+            above += 1;
+        }
+    }
+    assert!(above > 0);
+}
