@@ -114,6 +114,7 @@ use std::sync::Arc;
 
 pub use crate::error::StorageError;
 pub use crate::log::{LogReader, LogSyncer, LogWriter, ReadChunk, SegmentInfo, MAX_READ_BYTES};
+pub use crate::prealloc::DISK_HEADROOM;
 
 /// Whether syncs call fsync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

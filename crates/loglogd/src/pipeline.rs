@@ -420,7 +420,10 @@ impl WriterThread {
         let written = if self.batch.is_empty() {
             Ok(base)
         } else {
-            self.log.append(&self.batch)
+            // Space first: on a full disk the batch is refused unwritten.
+            self.log
+                .reserve(self.batch.len() as u64)
+                .and_then(|()| self.log.append(&self.batch))
         };
         match written {
             Ok(end) => {

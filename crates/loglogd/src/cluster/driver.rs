@@ -461,6 +461,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         stopping: None,
         handoff: None,
         failed: false,
+        disk_full_since: None,
     };
     let mut driver = driver;
     driver.sync_peers();
@@ -1037,6 +1038,10 @@ struct Driver {
     handoff: Option<Instant>,
     /// Storage failed: the core may not go on.
     failed: bool,
+    /// Since when this node cannot reserve disk space for new entries (a
+    /// full disk): appends are refused and the leader's entries are taken
+    /// as heartbeats until space returns.
+    disk_full_since: Option<Instant>,
 }
 
 impl Driver {
@@ -1472,6 +1477,7 @@ impl Driver {
             Input::Event(Event::Wake) => {}
             Input::Event(Event::Message { from, message, .. }) => {
                 self.last_heard.insert(from, Instant::now());
+                let message = self.without_entries_that_do_not_fit(message);
                 self.raft.step(from, message);
             }
             Input::Event(Event::Members(reply)) => drop(reply.send(self.members_status())),
@@ -1593,6 +1599,55 @@ impl Driver {
         }
     }
 
+    /// Reserves disk space for the log to grow to `end` (the core's log end
+    /// after what it is about to append), so that the write cannot fail for
+    /// lack of space: a failed write would stop the driver, since the core
+    /// already counts the bytes as in its log. Err (and logged once per
+    /// episode) when the disk is full.
+    fn reserve_space_to(&mut self, end: u64) -> Result<(), StorageError> {
+        let needed = end.saturating_sub(self.writer.end_offset() + self.batch.len() as u64);
+        match self.writer.reserve(needed) {
+            Ok(()) => {
+                if let Some(since) = self.disk_full_since.take() {
+                    tracing::info!(
+                        after = ?since.elapsed(),
+                        "disk space is back: taking new entries again"
+                    );
+                }
+                Ok(())
+            }
+            Err(error) => {
+                if self.disk_full_since.is_none() {
+                    tracing::warn!(
+                        %error,
+                        "cannot reserve disk space: refusing appends and taking the leader's \
+                         entries as heartbeats until space returns"
+                    );
+                    self.disk_full_since = Some(Instant::now());
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// A leader's entries this node has no disk space for are dropped from
+    /// its message, which then acts as a probe at the same offset (one the
+    /// leader could have sent): the node stays a follower, commits what it
+    /// holds, and the leader sends the entries again later.
+    fn without_entries_that_do_not_fit(&mut self, message: Message) -> Message {
+        let Message::AppendEntries(mut append) = message else {
+            return message;
+        };
+        if !append.entries.is_empty() {
+            let end =
+                (append.prev_offset + append.entries.len() as u64).max(self.raft.end_offset());
+            if self.reserve_space_to(end).is_err() {
+                append.entries = Vec::new();
+            }
+        }
+        Message::AppendEntries(append)
+    }
+
     /// `since`: when the append first met a full core.
     fn propose_at(&mut self, since: Instant, request: AppendRequest) {
         if self.stopping.is_some() {
@@ -1602,6 +1657,20 @@ impl Driver {
         if let Some(error) = self.shared.unavailable() {
             request.reply.send(Err(error));
             return;
+        }
+        if self.raft.role() == Role::Leader {
+            let end = self.raft.end_offset() + (ENTRY_HEADER_LEN + request.payload.len()) as u64;
+            if let Err(error) = self.reserve_space_to(end) {
+                // Nothing proposed: a retry cannot duplicate it.
+                let what = if error.is_disk_full() {
+                    "disk full"
+                } else {
+                    "cannot reserve disk space"
+                };
+                return request.reply.send(Err(ServerError::Unavailable {
+                    message: format!("{what}: {error}"),
+                }));
+            }
         }
         if let Some(producer) = request.producer {
             // Only a leader decides; anyone else answers NotLeader below.
