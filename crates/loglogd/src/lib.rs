@@ -46,11 +46,16 @@
 //!   durable end to the consensus core instead, and the core advances the
 //!   tracker when a quorum holds an entry of the current term; the writer,
 //!   the tracker, the readers and the server stay as they are.
-//! * Failures: a write error answers its batch `Unavailable` (a full disk
-//!   is transient: later appends that fit succeed); an fsync error poisons
-//!   the node (every append `Unavailable` until a restart, since the kernel
-//!   may have dropped dirty pages). Nothing is acknowledged that is not
-//!   durable; reads keep serving the committed prefix.
+//! * Failures: a batch's disk space is reserved before it is written, so
+//!   a full disk answers it `Unavailable` ("disk full") unwritten, and
+//!   appends resume by themselves when space returns; another write error
+//!   answers its batch `Unavailable` too (any part written is removed
+//!   durably); an fsync error poisons the node (every append `Unavailable`
+//!   until a restart, since the kernel may have dropped dirty pages).
+//!   Nothing is acknowledged that is not durable; reads keep serving the
+//!   committed prefix. Cluster members: ARCHITECTURE.md, "Full disk".
+//! * Retention ([`Retention`], `[retention]` in the config file) trims
+//!   whole old segments through [`Node::trim_prefix`]: see [`retention`].
 //!
 //! # TCP server
 //!

@@ -31,7 +31,13 @@
 //!   a wake-up. The core counts bytes durable only then. A failed write or
 //!   fsync stops the driver (the node answers `Unavailable`; reads go on up
 //!   to the commit offset): the core believes the bytes are in the log, so
-//!   it must not go on.
+//!   it must not go on. So a full disk must never fail a write: space is
+//!   reserved (`LogWriter::reserve`) before the core takes bytes into its
+//!   log. A leader answers an append it has no space for `Unavailable`
+//!   without proposing it; a follower drops the entries of an
+//!   `AppendEntries` it has no space for, which leaves a probe at the same
+//!   `prev_offset` (a message the leader could have sent), until space
+//!   returns.
 //! * **Membership.** After every round the driver compares the core's
 //!   latest configuration with the one it acted on: it opens an outbound
 //!   connection to each new member (address from the configuration, else
