@@ -61,8 +61,11 @@
 //! with `KEEP_SIZE`, 1 MiB ahead within the segment when there is room),
 //! and [`LogWriter::reserve`] lets a caller reserve a whole batch, the
 //! start of the next segment included, before the batch is in any log.
-//! Neither takes the last [`DISK_HEADROOM`] bytes of the filesystem, nor
-//! does preallocation: that is left for the small state files. So on a full
+//! Neither reserve nor preallocation takes the last [`DISK_HEADROOM`]
+//! bytes of the filesystem: they are left for the small state files and
+//! for appends nobody reserved (the Raft core's own small entries: no-ops,
+//! configurations, trims), so that a node on a full disk can still save its
+//! term, win an election, or take a trim that frees space. So on a full
 //! disk an append fails with an error for which
 //! [`StorageError::is_disk_full`] holds and nothing written, and succeeds
 //! again once space returns. Filesystems without `fallocate` get no such

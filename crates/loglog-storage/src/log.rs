@@ -436,8 +436,10 @@ impl LogWriter {
     fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         let position = self.tail.position(self.end);
         let write_end = position + bytes.len() as u64;
-        // Space first: a full disk fails here, with nothing written.
-        self.reserve_tail(write_end)?;
+        // Space first: a full disk fails here, with nothing written. What
+        // `reserve` did not cover (the core's own small entries: no-ops,
+        // configurations, trims) may use the headroom.
+        self.reserve_tail(write_end, false)?;
         self.tail.zero.claim(position, write_end);
         if let Err(error) = self.tail.file.write_all_at(bytes, position) {
             self.dirty_past_end = true;
@@ -550,9 +552,9 @@ impl LogWriter {
         let room = self.segment_size.saturating_sub(used);
         let position = self.tail.position(self.end);
         if len <= room || used == 0 {
-            return self.reserve_tail(position + len);
+            return self.reserve_tail(position + len, true);
         }
-        self.reserve_tail(position + room)?;
+        self.reserve_tail(position + room, true)?;
         if let Some(preparer) = &self.preparer {
             if self.can_reserve {
                 let next = SEGMENT_HEADER_LEN as u64 + len.min(self.segment_size.max(len - room));
@@ -563,19 +565,23 @@ impl LogWriter {
     }
 
     /// Reserves the tail's file range up to `to` (and up to
-    /// [`RESERVE_AHEAD`] more within the segment, when there is room).
-    fn reserve_tail(&mut self, to: u64) -> Result<(), StorageError> {
+    /// [`RESERVE_AHEAD`] more within the segment, when there is room),
+    /// leaving the headroom free or not.
+    fn reserve_tail(&mut self, to: u64, keep_headroom: bool) -> Result<(), StorageError> {
         if !self.can_reserve || to <= self.reserved_end {
             return Ok(());
         }
         let from = self.reserved_end;
         let limit = SEGMENT_HEADER_LEN as u64 + self.segment_size;
         let ahead = (to + RESERVE_AHEAD).min(limit).max(to);
-        let mut result = reserve_space(&self.tail.file, from, ahead - from);
+        let mut result = Err(std::io::Error::from_raw_os_error(28));
         let mut reserved = ahead;
-        if ahead > to && result.is_err() {
+        if ahead > to {
+            result = reserve_space(&self.tail.file, from, ahead - from, true);
+        }
+        if result.is_err() {
             // Not that much room: exactly what this write needs, then.
-            result = reserve_space(&self.tail.file, from, to - from);
+            result = reserve_space(&self.tail.file, from, to - from, keep_headroom);
             reserved = to;
         }
         match result {

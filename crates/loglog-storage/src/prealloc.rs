@@ -368,7 +368,7 @@ impl Preparer {
             state.prepared = Some(PreparedFile { file, path, zero });
         }
         let prepared = state.prepared.as_ref().expect("set above");
-        match reserve_space(&prepared.file, 0, len) {
+        match reserve_space(&prepared.file, 0, len, true) {
             Ok(_) => Ok(()),
             Err(error) => Err(StorageError::io("reserve space in", &prepared.path)(error)),
         }
@@ -532,12 +532,20 @@ pub(crate) enum Reserved {
 /// size (`fallocate` with `KEEP_SIZE`): later writes into it need no new
 /// space, so they cannot fail with ENOSPC (on filesystems that overwrite in
 /// place; not on copy-on-write ones). Fails with ENOSPC (or EDQUOT) when
-/// the space is not there, having written nothing.
-pub(crate) fn reserve_space(file: &File, from: u64, len: u64) -> std::io::Result<Reserved> {
+/// the space is not there, having written nothing; with `keep_headroom`,
+/// also when it would leave less than [`DISK_HEADROOM`] free.
+pub(crate) fn reserve_space(
+    file: &File,
+    from: u64,
+    len: u64,
+    keep_headroom: bool,
+) -> std::io::Result<Reserved> {
     if len == 0 {
         return Ok(Reserved::Yes);
     }
-    check_headroom(file, len)?;
+    if keep_headroom {
+        check_headroom(file, len)?;
+    }
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, from, len) {
         Ok(()) => Ok(Reserved::Yes),
         Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => Ok(Reserved::Unsupported),
