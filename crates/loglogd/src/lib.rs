@@ -88,6 +88,7 @@
 //! ```text
 //! <data-dir>/LOCK          flock'ed while a node runs (one node per directory)
 //! <data-dir>/node.state    node id, term, vote (atomically replaced, CRC-framed)
+//! <data-dir>/space.spare   256 KiB set aside, given up to save state on a full disk
 //! <data-dir>/log/          segment files: 00000000000000000000.seg, ...
 //! <data-dir>/cluster.id    cluster members only: the cluster id fixed at bootstrap
 //! <data-dir>/raft.checkpoint  cluster members only: commit offset, term map, membership

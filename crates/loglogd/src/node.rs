@@ -757,7 +757,10 @@ pub(crate) fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
         .open(&path)
         .map_err(data_dir_error(dir))?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(file),
+        Ok(()) => {
+            keep_spare(dir);
+            Ok(file)
+        }
         Err(rustix::io::Errno::WOULDBLOCK) => Err(StartError::Locked {
             dir: dir.to_path_buf(),
         }),
@@ -765,6 +768,17 @@ pub(crate) fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
             dir: dir.to_path_buf(),
             source: errno.into(),
         }),
+    }
+}
+
+/// Makes sure the data directory holds its spare space for state files
+/// (`state_file::ensure_spare`: given up to save the term on a full disk).
+/// Best effort: without room for it the node runs anyway.
+pub(crate) fn keep_spare(dir: &Path) {
+    match state_file::ensure_spare(dir) {
+        Ok(true) => tracing::info!("spare space for state files set aside"),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(%error, "no room to set spare space for state files aside"),
     }
 }
 

@@ -367,67 +367,84 @@ fn committed_range(addr: SocketAddr, from: u64, to: u64) -> Vec<u8> {
     bytes
 }
 
-#[test]
-fn a_follower_with_a_full_disk_catches_up_when_space_returns() {
-    let root = tempfile::tempdir().unwrap();
-    let mount = tempfile::tempdir().unwrap();
-    let disk = SmallDisk::mount(mount.path(), "4m");
-    let peers: Vec<(u64, SocketAddr, SocketAddr)> = (1..=3)
-        .map(|id| (id, common::free_addr(), common::free_addr()))
-        .collect();
-    let peers_flag = peers
-        .iter()
-        .map(|(id, peer, client)| format!("{id}={peer}@{client}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut members: Vec<Member> = peers
-        .iter()
-        .map(|&(id, peer, client)| {
-            let data_dir = if id == 3 {
-                mount.path().join("data")
+/// Three nodes: 1 and 2 on the ordinary disk, 3 on a 4 MiB tmpfs.
+struct ThreeNodes {
+    disk: SmallDisk,
+    members: Vec<Member>,
+    clients: Vec<String>,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl ThreeNodes {
+    fn start() -> ThreeNodes {
+        let root = tempfile::tempdir().unwrap();
+        let mount = tempfile::tempdir().unwrap();
+        let disk = SmallDisk::mount(mount.path(), "4m");
+        let peers: Vec<(u64, SocketAddr, SocketAddr)> = (1..=3)
+            .map(|id| (id, common::free_addr(), common::free_addr()))
+            .collect();
+        let peers_flag = peers
+            .iter()
+            .map(|(id, peer, client)| format!("{id}={peer}@{client}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<Member> = peers
+            .iter()
+            .map(|&(id, peer, client)| {
+                let data_dir = if id == 3 {
+                    mount.path().join("data")
+                } else {
+                    root.path().join(format!("node{id}"))
+                };
+                let args = [
+                    "--id",
+                    &id.to_string(),
+                    "--data-dir",
+                    data_dir.to_str().unwrap(),
+                    "--listen",
+                    &client.to_string(),
+                    "--peer-listen",
+                    &peer.to_string(),
+                    "--peers",
+                    &peers_flag,
+                    "--segment-size",
+                    "256KiB",
+                ]
+                .map(String::from)
+                .to_vec();
+                Member {
+                    id,
+                    client,
+                    args,
+                    log: root.path().join(format!("node{id}.log")),
+                    child: None,
+                }
+            })
+            .collect();
+        for member in &mut members {
+            member.child = Some(if member.id == 3 {
+                disk.start_node(&member.args, &member.log)
             } else {
-                root.path().join(format!("node{id}"))
-            };
-            let args = [
-                "--id",
-                &id.to_string(),
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--listen",
-                &client.to_string(),
-                "--peer-listen",
-                &peer.to_string(),
-                "--peers",
-                &peers_flag,
-                "--segment-size",
-                "256KiB",
-            ]
-            .map(String::from)
-            .to_vec();
-            Member {
-                id,
-                client,
-                args,
-                log: root.path().join(format!("node{id}.log")),
-                child: None,
-            }
-        })
-        .collect();
-    for member in &mut members {
-        member.child = Some(if member.id == 3 {
-            disk.start_node(&member.args, &member.log)
-        } else {
-            Command::new(env!("CARGO_BIN_EXE_loglogd"))
-                .args(&member.args)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(File::create(&member.log).unwrap())
-                .spawn()
-                .unwrap()
-        });
+                Command::new(env!("CARGO_BIN_EXE_loglogd"))
+                    .args(&member.args)
+                    .env("RUST_LOG", "info")
+                    .stdout(Stdio::null())
+                    .stderr(File::create(&member.log).unwrap())
+                    .spawn()
+                    .unwrap()
+            });
+        }
+        let clients = members.iter().map(|m| m.client.to_string()).collect();
+        ThreeNodes {
+            disk,
+            members,
+            clients,
+            _dirs: (root, mount),
+        }
     }
-    let logs = |members: &[Member]| {
-        members
+
+    fn logs(&self) -> String {
+        self.members
             .iter()
             .map(|m| {
                 format!(
@@ -436,87 +453,154 @@ fn a_follower_with_a_full_disk_catches_up_when_space_returns() {
                     std::fs::read_to_string(&m.log).unwrap_or_default()
                 )
             })
-            .collect::<String>()
-    };
-    let clients: Vec<String> = members.iter().map(|m| m.client.to_string()).collect();
-
-    // A leader on the ordinary disk (moved there if need be).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let leader = members
-            .iter()
-            .find(|m| status(m.client).is_some_and(|s| s.role == Role::Leader));
-        match leader {
-            Some(leader) if leader.id != 3 => break,
-            Some(_) => {
-                if let Ok(client) = Client::connect(&clients) {
-                    drop(client.admin(loglog::AdminRequest::TransferLeader { id: 1 }));
-                }
-            }
-            None => {}
-        }
-        assert!(Instant::now() < deadline, "no leader\n{}", logs(&members));
-        std::thread::sleep(Duration::from_millis(50));
+            .collect()
     }
-    let client = Client::connect(&clients[..2]).unwrap();
-    let payload = |n: u32| format!("entry-{n:06}-{}", "z".repeat(1000)).into_bytes();
+
+    fn leader(&self) -> Option<u64> {
+        self.members
+            .iter()
+            .find(|m| status(m.client).is_some_and(|s| s.role == Role::Leader))
+            .map(|m| m.id)
+    }
+
+    /// Waits for a leader, then moves the leadership to a node `wanted`
+    /// accepts (asking node `target`).
+    fn lead_with(&self, wanted: impl Fn(u64) -> bool, target: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.leader() {
+                Some(id) if wanted(id) => return,
+                Some(_) => {
+                    if let Ok(client) = Client::connect(&self.clients) {
+                        drop(client.admin(loglog::AdminRequest::TransferLeader { id: target }));
+                    }
+                }
+                None => {}
+            }
+            assert!(Instant::now() < deadline, "no leader\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn node3_is_running(&mut self) -> bool {
+        self.members[2]
+            .child
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none()
+    }
+
+    /// Once space is back: node 3 catches up, its log is node 1's, and it
+    /// holds every acknowledged append.
+    fn node3_catches_up(&self, acknowledged: &[(u64, Vec<u8>)]) {
+        let commit = (0..2)
+            .map(|index| status(self.members[index].client).unwrap().commit_offset)
+            .max()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while status(self.members[2].client).is_none_or(|s| s.commit_offset < commit) {
+            assert!(
+                Instant::now() < deadline,
+                "node 3 never caught up: {:?}\n{}",
+                status(self.members[2].client),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let expected = committed_range(self.members[0].client, 0, commit);
+        assert_eq!(
+            committed_range(self.members[2].client, 0, commit),
+            expected,
+            "node 3 holds the same log"
+        );
+        let mut found = std::collections::HashMap::new();
+        for entry in EntryIter::new(&expected, 0, u32::MAX) {
+            let entry = entry.unwrap();
+            if entry.header.kind == EntryKind::Data {
+                let (_, body) =
+                    loglog_proto::producer::entry_producer(&entry.header, entry.payload).unwrap();
+                found.insert(entry.offset, body.to_vec());
+            }
+        }
+        for (offset, payload) in acknowledged {
+            assert_eq!(found.get(offset), Some(payload), "acknowledged at {offset}");
+        }
+    }
+}
+
+fn cluster_payload(n: u32) -> Vec<u8> {
+    format!("entry-{n:06}-{}", "z".repeat(1000)).into_bytes()
+}
+
+#[test]
+fn a_follower_with_a_full_disk_catches_up_when_space_returns() {
+    let mut cluster = ThreeNodes::start();
+    cluster.lead_with(|id| id != 3, 1);
+    let client = Client::connect(&cluster.clients).unwrap();
     let mut acknowledged = Vec::new();
     for n in 0..100 {
-        acknowledged.push((client.append(payload(n)).unwrap(), payload(n)));
+        let payload = cluster_payload(n);
+        acknowledged.push((client.append(payload.clone()).unwrap(), payload));
     }
 
     // Node 3's disk fills up; the other two go on committing.
-    let ballast = disk.fill();
+    let ballast = cluster.disk.fill();
     for n in 100..1600 {
-        acknowledged.push((client.append(payload(n)).unwrap(), payload(n)));
+        let payload = cluster_payload(n);
+        acknowledged.push((client.append(payload.clone()).unwrap(), payload));
     }
-    let leader_commit = status(members[0].client).unwrap().commit_offset;
-    let full = status(members[2].client).expect("node 3 is up and answers");
+    let last = acknowledged.last().unwrap().0;
+    let full = status(cluster.members[2].client).expect("node 3 is up and answers");
     assert!(
-        full.end_offset < leader_commit,
-        "node 3 could not hold it all: {full:?}, leader commit {leader_commit}"
+        full.end_offset < last,
+        "node 3 could not hold it all: {full:?}, last append at {last}"
     );
-    assert!(members[2]
-        .child
-        .as_mut()
-        .unwrap()
-        .try_wait()
-        .unwrap()
-        .is_none());
+    assert!(cluster.node3_is_running());
 
     // Space returns: node 3 catches up by itself.
-    disk.remove(&ballast);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while status(members[2].client).is_none_or(|s| s.commit_offset < leader_commit) {
-        assert!(
-            Instant::now() < deadline,
-            "node 3 never caught up: {:?}\n{}",
-            status(members[2].client),
-            logs(&members)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let node3_log = std::fs::read_to_string(&members[2].log).unwrap();
+    cluster.disk.remove(&ballast);
+    cluster.node3_catches_up(&acknowledged);
+    let node3_log = std::fs::read_to_string(&cluster.members[2].log).unwrap();
     assert!(
         node3_log.contains("cannot reserve disk space") && node3_log.contains("disk space is back"),
         "node 3 went through the full disk: {node3_log}"
     );
-    let expected = committed_range(members[0].client, 0, leader_commit);
-    assert_eq!(
-        committed_range(members[2].client, 0, leader_commit),
-        expected,
-        "node 3 holds the same log"
+}
+
+#[test]
+fn a_leader_with_a_full_disk_hands_over_and_the_cluster_goes_on() {
+    let mut cluster = ThreeNodes::start();
+    cluster.lead_with(|id| id == 3, 3);
+    let client = Client::connect(&cluster.clients).unwrap();
+    let mut acknowledged = Vec::new();
+    for n in 0..100 {
+        let payload = cluster_payload(n);
+        acknowledged.push((client.append(payload.clone()).unwrap(), payload));
+    }
+
+    // The leader's disk fills up: it refuses, hands over, and the client
+    // (retrying what was refused) is answered by the new leader.
+    let ballast = cluster.disk.fill();
+    for n in 100..1600 {
+        let payload = cluster_payload(n);
+        acknowledged.push((client.append(payload.clone()).unwrap(), payload));
+    }
+    let leader = cluster.leader();
+    assert!(matches!(leader, Some(1 | 2)), "leader {leader:?}");
+    assert!(cluster.node3_is_running());
+    let node3_log = std::fs::read_to_string(&cluster.members[2].log).unwrap();
+    assert!(
+        node3_log.contains("disk full: handing leadership over"),
+        "{node3_log}"
     );
-    let mut found = std::collections::HashMap::new();
-    for entry in loglog_proto::entry::EntryIter::new(&expected, 0, u32::MAX) {
-        let entry = entry.unwrap();
-        if entry.header.kind == EntryKind::Data {
-            let (_, body) =
-                loglog_proto::producer::entry_producer(&entry.header, entry.payload).unwrap();
-            found.insert(entry.offset, body.to_vec());
-        }
-    }
-    for (offset, payload) in &acknowledged {
-        assert_eq!(found.get(offset), Some(payload), "acknowledged at {offset}");
-    }
+    // Stepping down saved the new term in the spare space set aside.
+    assert!(
+        node3_log.contains("the spare space goes to this state file"),
+        "{node3_log}"
+    );
+
+    cluster.disk.remove(&ballast);
+    cluster.node3_catches_up(&acknowledged);
 }

@@ -112,6 +112,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// Most a stopping leader waits for a voter to take over (a transfer
 /// normally takes one round trip and an election) before it stops anyway.
 const HANDOFF_LIMIT: Duration = Duration::from_secs(2);
+/// A leader on a full disk hands its leadership over at most this often.
+const FULL_DISK_HANDOFF_INTERVAL: Duration = Duration::from_secs(5);
 /// Most admin requests waiting at once (more are answered `Busy`).
 pub const MAX_PENDING_ADMIN: usize = 64;
 /// How long an added node may take to catch up and become a voter.
@@ -468,6 +470,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         handoff: None,
         failed: false,
         disk_full_since: None,
+        full_disk_handoff_at: None,
     };
     let mut driver = driver;
     driver.sync_peers();
@@ -1048,6 +1051,8 @@ struct Driver {
     /// full disk): appends are refused and the leader's entries are taken
     /// as heartbeats until space returns.
     disk_full_since: Option<Instant>,
+    /// When this node last handed its leadership over for a full disk.
+    full_disk_handoff_at: Option<Instant>,
 }
 
 impl Driver {
@@ -1552,23 +1557,13 @@ impl Driver {
     /// A leader with another voter asks the most caught-up one to take
     /// over; true when the transfer began.
     fn begin_handoff(&mut self) -> bool {
-        if self.raft.role() != Role::Leader {
-            return false;
-        }
-        let membership = self.raft.membership().clone();
-        let Some(target) = self
-            .raft
-            .followers()
-            .into_iter()
-            .filter(|follower| membership.is_voter(follower.id))
-            .max_by_key(|follower| follower.match_offset)
-        else {
+        let Some(target) = self.most_caught_up_voter() else {
             return false;
         };
-        match self.raft.transfer_leadership(target.id) {
+        match self.raft.transfer_leadership(target) {
             Ok(()) => {
                 tracing::info!(
-                    to = target.id,
+                    to = target,
                     "stopping: handing leadership over before shutdown"
                 );
                 true
@@ -1577,6 +1572,41 @@ impl Driver {
                 tracing::warn!(%error, "stopping without a leadership handoff");
                 false
             }
+        }
+    }
+
+    /// The voter (not this node) whose log matches the leader's furthest;
+    /// None unless this node leads and has another voter.
+    fn most_caught_up_voter(&self) -> Option<NodeId> {
+        if self.raft.role() != Role::Leader {
+            return None;
+        }
+        let membership = self.raft.membership();
+        self.raft
+            .followers()
+            .into_iter()
+            .filter(|follower| membership.is_voter(follower.id))
+            .max_by_key(|follower| follower.match_offset)
+            .map(|follower| follower.id)
+    }
+
+    /// A leader whose disk is full cannot append: it asks the most
+    /// caught-up voter to take over (at most every
+    /// [`FULL_DISK_HANDOFF_INTERVAL`]), so the cluster goes on committing.
+    fn hand_off_for_full_disk(&mut self) {
+        if self
+            .full_disk_handoff_at
+            .is_some_and(|at| at.elapsed() < FULL_DISK_HANDOFF_INTERVAL)
+        {
+            return;
+        }
+        let Some(target) = self.most_caught_up_voter() else {
+            return;
+        };
+        self.full_disk_handoff_at = Some(Instant::now());
+        match self.raft.transfer_leadership(target) {
+            Ok(()) => tracing::warn!(to = target, "disk full: handing leadership over"),
+            Err(error) => tracing::warn!(%error, "disk full: no leadership handoff"),
         }
     }
 
@@ -1619,6 +1649,9 @@ impl Driver {
                         after = ?since.elapsed(),
                         "disk space is back: taking new entries again"
                     );
+                    if let Some(dir) = self.state_path.parent() {
+                        node::keep_spare(dir);
+                    }
                 }
                 Ok(())
             }
@@ -1667,6 +1700,7 @@ impl Driver {
         if self.raft.role() == Role::Leader {
             let end = self.raft.end_offset() + (ENTRY_HEADER_LEN + request.payload.len()) as u64;
             if let Err(error) = self.reserve_space_to(end) {
+                self.hand_off_for_full_disk();
                 // Nothing proposed: a retry cannot duplicate it.
                 let what = if error.is_disk_full() {
                     "disk full"
