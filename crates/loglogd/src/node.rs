@@ -144,7 +144,7 @@ impl std::fmt::Debug for Node {
     }
 }
 
-struct NodeInner {
+pub(crate) struct NodeInner {
     config: Config,
     shared: Arc<Shared>,
     commands: mpsc::Sender<WriterCommand>,
@@ -274,7 +274,11 @@ impl Node {
             ));
         }
         if node.inner.config.retention.is_enabled() {
-            tokio::spawn(crate::retention::run(node.clone(), node.shutdown_signal()));
+            tokio::spawn(crate::retention::run(
+                node.downgrade(),
+                node.config().retention.clone(),
+                node.shutdown_signal(),
+            ));
         }
         if let Some(listener) = listener {
             tracing::info!(listen = %local_addr.expect("listener has an address"), "listening for clients");
@@ -680,6 +684,16 @@ impl Node {
             drop(lock);
             tracing::info!(commit = self.commit_offset(), "node stopped");
         }
+    }
+
+    /// A handle that does not keep the node alive (for background tasks).
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<NodeInner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The node behind a [`Node::downgrade`] handle, while one clone lives.
+    pub(crate) fn upgrade(weak: &std::sync::Weak<NodeInner>) -> Option<Node> {
+        weak.upgrade().map(|inner| Node { inner })
     }
 
     /// The log's segments, oldest first (for retention).

@@ -111,9 +111,13 @@ impl Retention {
     }
 }
 
-/// Evaluates the policy every `check_interval` until the node stops.
-pub(crate) async fn run(node: Node, mut shutdown: watch::Receiver<bool>) {
-    let policy = node.config().retention.clone();
+/// Evaluates the policy every `check_interval` until the node stops (or
+/// every handle to it is dropped: the task does not keep it alive).
+pub(crate) async fn run(
+    node: std::sync::Weak<crate::node::NodeInner>,
+    policy: Retention,
+    mut shutdown: watch::Receiver<bool>,
+) {
     tracing::info!(?policy, "retention on");
     let mut ticks = tokio::time::interval(policy.check_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -122,6 +126,9 @@ pub(crate) async fn run(node: Node, mut shutdown: watch::Receiver<bool>) {
             _ = ticks.tick() => {}
             _ = shutdown.wait_for(|stopping| *stopping) => return,
         }
+        let Some(node) = Node::upgrade(&node) else {
+            return;
+        };
         // On a cluster the leader decides for everyone (module docs).
         if node.status().role != Role::Leader || node.failure().is_some() {
             continue;
