@@ -1864,3 +1864,120 @@ fn retention_trims_whole_segments_on_every_node_under_load() {
     }
     assert!(above > 0);
 }
+
+/// Retention by age on three processes, with a follower stopped (SIGSTOP)
+/// while the others append and trim: once resumed it catches up (re-seeded
+/// from the leader's start, which has passed its end) and ends at the
+/// same start; `min_bytes` of committed log stay on every node, and no
+/// running node's start passes its commit offset.
+#[test]
+fn retention_by_age_trims_a_paused_follower_only_after_it_catches_up() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3);
+    let min_bytes = 8 * 1024;
+    cluster.extra_args = [
+        "--segment-size",
+        "4096",
+        "--retention-max-age",
+        "1s",
+        "--retention-min-bytes",
+        "8KiB",
+        "--retention-check-interval",
+        "100ms",
+    ]
+    .map(String::from)
+    .to_vec();
+    for index in 0..3 {
+        cluster.start(index);
+    }
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let paused = (leader + 1) % 3;
+    let client = Client::connect(&cluster.client_addrs(&[leader])).unwrap();
+    let pid = cluster.members[paused]
+        .child
+        .as_ref()
+        .unwrap()
+        .id()
+        .to_string();
+    let signal = |name: &str| {
+        assert!(Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    let paused_segments = segment_starts(&cluster.members[paused]);
+    let mut acknowledged = Vec::new();
+    for n in 0..300 {
+        let payload = format!("later-{n:04}-{}", "b".repeat(64)).into_bytes();
+        acknowledged.push((client.append(payload.clone()).unwrap(), payload));
+    }
+    // The leader and the running follower trim the old segments.
+    let running = 3 - leader - paused;
+    let leader_start = wait_for_start(&cluster, leader);
+    wait_for_start(&cluster, running);
+    assert_eq!(segment_starts(&cluster.members[paused]), paused_segments);
+
+    signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let statuses = loop {
+        let statuses: Vec<NodeStatus> = (0..3).filter_map(|index| cluster.status(index)).collect();
+        for status in &statuses {
+            // (The paused node's status may show its new start a moment
+            // before its commit jump while it is re-seeded.)
+            if status.node_id != cluster.members[paused].id {
+                assert!(status.start_offset <= status.commit_offset, "{status:?}");
+            }
+        }
+        if statuses.len() == 3
+            && statuses
+                .iter()
+                .all(|s| s.start_offset == statuses[0].start_offset)
+            && statuses[0].start_offset >= leader_start
+            && statuses.iter().all(|s| {
+                s.start_offset <= s.commit_offset
+                    && s.commit_offset - s.start_offset < min_bytes + 4096
+            })
+        {
+            break statuses;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled: {statuses:?}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for (index, status) in statuses.iter().enumerate() {
+        assert!(
+            status.commit_offset - status.start_offset >= min_bytes,
+            "min_bytes kept on node {}: {status:?}",
+            index + 1
+        );
+        assert_eq!(
+            segment_starts(&cluster.members[index])[0],
+            status.start_offset
+        );
+    }
+    let start = statuses[0].start_offset;
+    let commit = statuses.iter().map(|s| s.commit_offset).min().unwrap();
+    let kept = committed_range(cluster.members[paused].client, start, commit);
+    assert_eq!(
+        kept,
+        committed_range(cluster.members[leader].client, start, commit)
+    );
+    let mut found = 0;
+    for entry in loglog_proto::entry::EntryIter::new(&kept, start, u32::MAX) {
+        let entry = entry.unwrap();
+        if let Some((_, payload)) = acknowledged
+            .iter()
+            .find(|(offset, _)| *offset == entry.offset)
+        {
+            let (_, body) = entry_producer(&entry.header, entry.payload).unwrap();
+            assert_eq!(body, &payload[..]);
+            found += 1;
+        }
+    }
+    assert!(found > 0, "acknowledged entries above the start are kept");
+}
