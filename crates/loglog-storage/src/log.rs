@@ -557,6 +557,8 @@ impl LogWriter {
         self.reserve_tail(position + room, true)?;
         if let Some(preparer) = &self.preparer {
             if self.can_reserve {
+                // What goes past this segment: at most `len`, and at most a
+                // segment's worth unless a single entry is larger.
                 let next = SEGMENT_HEADER_LEN as u64 + len.min(self.segment_size.max(len - room));
                 preparer.reserve_next(&self.shared.dir, next)?;
             }
@@ -574,16 +576,13 @@ impl LogWriter {
         let from = self.reserved_end;
         let limit = SEGMENT_HEADER_LEN as u64 + self.segment_size;
         let ahead = (to + RESERVE_AHEAD).min(limit).max(to);
-        let mut result = Err(std::io::Error::from_raw_os_error(28));
-        let mut reserved = ahead;
-        if ahead > to {
-            result = reserve_space(&self.tail.file, from, ahead - from, true);
-        }
-        if result.is_err() {
-            // Not that much room: exactly what this write needs, then.
-            result = reserve_space(&self.tail.file, from, to - from, keep_headroom);
-            reserved = to;
-        }
+        let file = &self.tail.file;
+        let (result, reserved) =
+            match (ahead > to).then(|| reserve_space(file, from, ahead - from, true)) {
+                Some(Ok(done)) => (Ok(done), ahead),
+                // Not that much room (or none ahead): exactly what is needed.
+                _ => (reserve_space(file, from, to - from, keep_headroom), to),
+            };
         match result {
             Ok(Reserved::Yes) => {
                 self.reserved_end = reserved;

@@ -514,7 +514,7 @@ pub(crate) fn check_headroom(file: &File, len: u64) -> std::io::Result<()> {
         Ok(stat)
             if stat.f_bavail.saturating_mul(stat.f_frsize) < len.saturating_add(DISK_HEADROOM) =>
         {
-            Err(std::io::Error::from_raw_os_error(28))
+            Err(std::io::Error::from(rustix::io::Errno::NOSPC))
         }
         _ => Ok(()),
     }

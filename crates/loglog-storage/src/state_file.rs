@@ -204,6 +204,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_spare_file_is_set_aside_once() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ensure_spare(dir.path()).unwrap());
+        let spare = dir.path().join(SPARE_FILE);
+        assert_eq!(fs::metadata(&spare).unwrap().len(), SPARE_BYTES);
+        assert!(!ensure_spare(dir.path()).unwrap(), "already there");
+        // An ordinary save leaves it alone (only a full disk takes it).
+        save(&dir.path().join("state"), b"x").unwrap();
+        assert!(spare.exists());
+        assert!(!dir.path().join("space.spare.tmp").exists());
+    }
+
+    #[test]
     fn save_load_replace() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.state");
