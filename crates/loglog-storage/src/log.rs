@@ -542,8 +542,9 @@ impl LogWriter {
     ///
     /// What it guarantees: on filesystems that overwrite in place (ext4,
     /// xfs, tmpfs), a batch of at most `len` bytes that spans at most one
-    /// roll; not on copy-on-write filesystems, and not where `fallocate` is
-    /// unsupported (then it does nothing). [`append`](Self::append)
+    /// roll and holds no entry larger than a segment; not on copy-on-write
+    /// filesystems, and not where `fallocate` is unsupported (then it does
+    /// nothing). [`append`](Self::append)
     /// reserves each segment's part itself anyway, so a full disk never
     /// leaves part of an entry written.
     pub fn reserve(&mut self, len: u64) -> Result<(), StorageError> {
@@ -551,16 +552,18 @@ impl LogWriter {
         let used = self.end - self.tail.start;
         let room = self.segment_size.saturating_sub(used);
         let position = self.tail.position(self.end);
-        if len <= room || used == 0 {
-            return self.reserve_tail(position + len, true);
-        }
-        self.reserve_tail(position + room, true)?;
-        if let Some(preparer) = &self.preparer {
-            if self.can_reserve {
-                // What goes past this segment: at most `len`, and at most a
-                // segment's worth unless a single entry is larger.
-                let next = SEGMENT_HEADER_LEN as u64 + len.min(self.segment_size.max(len - room));
-                preparer.reserve_next(&self.shared.dir, next)?;
+        // Never more than a segment's worth per file: space reserved past a
+        // file's end stays allocated until the file is cut or deleted.
+        self.reserve_tail(position + len.min(room), true)?;
+        if len > room {
+            if let Some(preparer) = &self.preparer {
+                if self.can_reserve {
+                    // What goes past this segment: at most `len`, at most a
+                    // segment's worth (an entry larger than a segment is
+                    // reserved when it is written).
+                    let next = SEGMENT_HEADER_LEN as u64 + len.min(self.segment_size);
+                    preparer.reserve_next(&self.shared.dir, next)?;
+                }
             }
         }
         Ok(())

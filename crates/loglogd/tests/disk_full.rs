@@ -113,6 +113,12 @@ impl SmallDisk {
         path
     }
 
+    /// Bytes in use on the tmpfs.
+    fn used_bytes(&self) -> u64 {
+        let stat = rustix::fs::statvfs(self.outside(&self.dir)).unwrap();
+        (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+    }
+
     fn remove(&self, path: &Path) {
         std::fs::remove_file(self.outside(path)).unwrap();
     }
@@ -566,6 +572,15 @@ fn a_follower_with_a_full_disk_catches_up_when_space_returns() {
     assert!(
         node3_log.contains("cannot reserve disk space") && node3_log.contains("disk space is back"),
         "node 3 went through the full disk: {node3_log}"
+    );
+    // Space reserved is space used: at most the log, the tail's and the
+    // next segment's reservations, and the spare file.
+    let log_bytes = status(cluster.members[2].client).unwrap().end_offset;
+    let segment = 256 * 1024;
+    assert!(
+        cluster.disk.used_bytes() <= log_bytes + 4 * segment,
+        "{} bytes used for a log of {log_bytes}",
+        cluster.disk.used_bytes()
     );
 }
 
