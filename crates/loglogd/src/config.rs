@@ -183,6 +183,8 @@ pub struct Config {
     /// Client tokens and their roles; none (the default): authentication
     /// is off and every client may do everything.
     pub auth: crate::auth::AuthConfig,
+    /// Automatic trimming of old segments (off by default).
+    pub retention: crate::retention::Retention,
 }
 
 impl Config {
@@ -205,6 +207,7 @@ impl Config {
             cluster: None,
             tls: None,
             auth: crate::auth::AuthConfig::default(),
+            retention: crate::retention::Retention::default(),
         }
     }
 
@@ -227,6 +230,7 @@ impl Config {
         if self.node_id == 0 {
             return Err("node id 0 is reserved for \"unknown\"".to_string());
         }
+        self.retention.validate()?;
         let zero_bound = [
             ("max connections", limits.max_connections),
             ("max in-flight requests", limits.max_in_flight_requests),

@@ -17,6 +17,8 @@ use loglogd::{
     TlsListeners,
 };
 
+mod retention_args;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "loglogd",
@@ -44,7 +46,7 @@ ADDING A NODE\n  \
 CONFIG FILE\n  \
     --config FILE reads every setting from TOML, named like the flags with underscores\n  \
     (id = 1, data_dir = \"d1\", listen = \"127.0.0.1:7001\", peers = \"1=...\", segment_size = \"64MiB\",\n  \
-    ...; the limits in a [limits] table). LOGLOG_* environment variables (shown with each\n  \
+    ...; the limits in a [limits] table, retention in a [retention] table). LOGLOG_* environment variables (shown with each\n  \
     flag) win over the file, and flags win over both. --print-config prints the effective\n  \
     configuration in this format.\n\n\
 TLS\n  \
@@ -112,6 +114,8 @@ struct Args {
     /// Client tokens, from the config file's `[[auth.tokens]]` only.
     #[arg(skip)]
     auth: loglogd::auth::AuthConfig,
+    #[command(flatten)]
+    retention: retention_args::RetentionArgs,
     /// TEST ONLY (fault injection, with --peers): emulate a power cut on
     /// every kill; the next start drops log bytes that were not fsynced.
     #[arg(long, hide = true)]
@@ -161,6 +165,8 @@ struct FileConfig {
     /// Client tokens (`[[auth.tokens]]`); only in the file.
     #[serde(skip_serializing_if = "Option::is_none")]
     auth: Option<loglogd::auth::FileAuth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retention: Option<retention_args::FileRetention>,
 }
 
 /// The `[tls]` table of a config file (see `loglogd::TlsConfig`).
@@ -438,13 +444,13 @@ fn parse_usize_size(text: &str) -> Result<usize, String> {
 
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
 #[serde(untagged)]
-enum FileSize {
+pub(crate) enum FileSize {
     Bytes(u64),
     Text(String),
 }
 
 impl FileSize {
-    fn bytes(&self) -> Result<u64, String> {
+    pub(crate) fn bytes(&self) -> Result<u64, String> {
         match self {
             FileSize::Bytes(bytes) => Ok(*bytes),
             FileSize::Text(text) => parse_byte_size(text),
@@ -535,6 +541,11 @@ fn read_config_file(
             .fill_from(tls)
             .map_err(|error| format!("{}: {error}", path.display()))?;
     }
+    if let Some(retention) = file.retention {
+        args.retention
+            .fill_from(retention)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+    }
     Ok(())
 }
 
@@ -623,6 +634,7 @@ fn printed_config(config: &Config) -> String {
             peer_server_name: tls.peer_server_name.clone(),
         }),
         auth: loglogd::auth::FileAuth::from_config(&config.auth),
+        retention: Some(retention_args::printed(&config.retention)),
     };
     toml::to_string(&file).expect("the config serializes to TOML")
 }
@@ -673,6 +685,7 @@ fn config_from(args: Args) -> Config {
     config.limits = args.limits.limits();
     config.tls = args.tls.tls();
     config.auth = args.auth;
+    config.retention = args.retention.retention();
     if args.peers.is_some() || args.join {
         let peers = args.peers.map(|PeerList(peers)| peers).unwrap_or_default();
         let mut cluster = loglogd::cluster::ClusterConfig::new(peers);
@@ -856,6 +869,57 @@ cluster_id = "file-cluster"
         .unwrap();
         let bad = dir.path().join("bad.toml");
         assert!(parse_args(["loglogd", "--config", bad.to_str().unwrap()]).is_err());
+    }
+
+    #[test]
+    fn retention_comes_from_flags_over_env_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loglogd.toml");
+        std::fs::write(
+            &path,
+            "[retention]\nmax_bytes = \"10GiB\"\nmax_age = \"2h\"\nmin_bytes = 4096\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let config = config_from(parse_args(["loglogd", "--config", path]).unwrap());
+        assert_eq!(config.retention.max_bytes, Some(10 << 30));
+        assert_eq!(config.retention.max_age, Some(Duration::from_secs(7200)));
+        assert_eq!(config.retention.min_bytes, 4096);
+        assert_eq!(
+            config.retention.check_interval,
+            loglogd::retention::DEFAULT_CHECK_INTERVAL
+        );
+        let config = config_from(
+            parse_args([
+                "loglogd",
+                "--config",
+                path,
+                "--retention-max-age",
+                "30s",
+                "--retention-check-interval",
+                "500ms",
+            ])
+            .unwrap(),
+        );
+        assert_eq!(config.retention.max_age, Some(Duration::from_secs(30)));
+        assert_eq!(config.retention.check_interval, Duration::from_millis(500));
+        assert_eq!(config.retention.max_bytes, Some(10 << 30), "from the file");
+        // Printed and read back: the same policy.
+        let printed = dir.path().join("printed.toml");
+        std::fs::write(&printed, printed_config(&config)).unwrap();
+        let reread =
+            config_from(parse_args(["loglogd", "--config", printed.to_str().unwrap()]).unwrap());
+        assert_eq!(reread.retention, config.retention);
+        // Off by default; a bad value names its key.
+        assert!(!Config::new("x").retention.is_enabled());
+        std::fs::write(
+            dir.path().join("bad.toml"),
+            "[retention]\nmax_age = \"soon\"\n",
+        )
+        .unwrap();
+        let bad = dir.path().join("bad.toml");
+        let error = parse_args(["loglogd", "--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(error.contains("retention.max_age"), "{error}");
     }
 
     #[test]

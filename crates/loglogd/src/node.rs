@@ -147,7 +147,7 @@ impl std::fmt::Debug for Node {
     }
 }
 
-struct NodeInner {
+pub(crate) struct NodeInner {
     config: Config,
     shared: Arc<Shared>,
     commands: mpsc::Sender<WriterCommand>,
@@ -278,6 +278,13 @@ impl Node {
                 listener,
                 node.clone(),
                 node.inner.shared.shutdown.subscribe(),
+            ));
+        }
+        if node.inner.config.retention.is_enabled() {
+            tokio::spawn(crate::retention::run(
+                node.downgrade(),
+                node.config().retention.clone(),
+                node.shutdown_signal(),
             ));
         }
         if let Some(listener) = listener {
@@ -701,6 +708,21 @@ impl Node {
         }
     }
 
+    /// A handle that does not keep the node alive (for background tasks).
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<NodeInner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The node behind a [`Node::downgrade`] handle, while one clone lives.
+    pub(crate) fn upgrade(weak: &std::sync::Weak<NodeInner>) -> Option<Node> {
+        weak.upgrade().map(|inner| Node { inner })
+    }
+
+    /// The log's segments, oldest first (for retention).
+    pub(crate) fn log_segments(&self) -> Vec<loglog_storage::SegmentInfo> {
+        self.inner.reader.segments()
+    }
+
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.inner.shared.shutdown.subscribe()
     }
@@ -799,7 +821,10 @@ pub(crate) fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
         .open(&path)
         .map_err(data_dir_error(dir))?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(file),
+        Ok(()) => {
+            keep_spare(dir);
+            Ok(file)
+        }
         Err(rustix::io::Errno::WOULDBLOCK) => Err(StartError::Locked {
             dir: dir.to_path_buf(),
         }),
@@ -807,6 +832,17 @@ pub(crate) fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
             dir: dir.to_path_buf(),
             source: errno.into(),
         }),
+    }
+}
+
+/// Makes sure the data directory holds its spare space for state files
+/// (`state_file::ensure_spare`: given up to save the term on a full disk).
+/// Best effort: without room for it the node runs anyway.
+pub(crate) fn keep_spare(dir: &Path) {
+    match state_file::ensure_spare(dir) {
+        Ok(true) => tracing::info!("spare space for state files set aside"),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(%error, "no room to set spare space for state files aside"),
     }
 }
 
