@@ -679,6 +679,27 @@ async fn acquire(
     budget: &NodeBudget,
     node_cost: usize,
 ) -> InFlightPermit {
+    let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+    let node_cost = u32::try_from(node_cost).unwrap_or(u32::MAX);
+    // The common case, everything free, without the futures' machinery
+    // (a tenth of the append path's instructions in callgrind).
+    if let Ok(request) = requests.clone().try_acquire_owned() {
+        if let Ok(bytes) = bytes.clone().try_acquire_many_owned(cost) {
+            if let Ok(node_bytes) = budget
+                .request_bytes
+                .clone()
+                .try_acquire_many_owned(node_cost)
+            {
+                budget.note_held();
+                return InFlightPermit {
+                    _request: request,
+                    _bytes: bytes,
+                    _node_bytes: node_bytes,
+                    _answer: None,
+                };
+            }
+        }
+    }
     let request = requests
         .clone()
         .acquire_owned()
@@ -686,13 +707,13 @@ async fn acquire(
         .expect("connection semaphores are never closed");
     let bytes = bytes
         .clone()
-        .acquire_many_owned(u32::try_from(cost).unwrap_or(u32::MAX))
+        .acquire_many_owned(cost)
         .await
         .expect("connection semaphores are never closed");
     let node_bytes = budget
         .request_bytes
         .clone()
-        .acquire_many_owned(u32::try_from(node_cost).unwrap_or(u32::MAX))
+        .acquire_many_owned(node_cost)
         .await
         .expect("node budgets are never closed");
     budget.note_held();
