@@ -5,6 +5,7 @@
 //! * [`segment`]: the header of each segment file (not part of the log).
 //! * [`wire`]: the client protocol's frames.
 //! * [`producer`]: the producer envelope that makes appends idempotent.
+//! * [`upload`]: payload digests and entries replicated by reference.
 //!
 //! Every decoder here takes untrusted bytes and returns a typed error; none
 //! of them panics on any input (they are fuzzed: see `fuzz/`).
@@ -13,6 +14,7 @@
 pub mod entry;
 pub mod producer;
 pub mod segment;
+pub mod upload;
 pub mod wire;
 
 pub use entry::{EntryError, EntryHeader, EntryKind, ENTRY_HEADER_LEN};

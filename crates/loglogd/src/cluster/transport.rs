@@ -49,12 +49,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use loglog_raft::{Envelope, NodeId};
+use loglog_raft::{Envelope, Message, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 use super::driver::Event;
+use super::upload;
 use crate::server::until_true;
 
 pub(crate) const HANDSHAKE_MAGIC: &[u8; 8] = b"LLPEER01";
@@ -100,6 +101,10 @@ pub(crate) struct Identity {
     pub members: RwLock<BTreeSet<NodeId>>,
     /// Bytes written to outbound peer connections since start.
     pub bytes_sent: AtomicU64,
+    /// Payloads clients uploaded here (module `upload`).
+    pub uploads: super::upload::UploadCache,
+    /// The node's maximum payload (rebuilt entries are checked against it).
+    pub max_payload: u32,
 }
 
 impl Identity {
@@ -441,6 +446,24 @@ async fn receive_peer(
             .read_exact(&mut body)
             .await
             .map_err(|error| error.to_string())?;
+        if let Some(kind @ (upload::KIND_APPEND_BY_DIGEST | upload::KIND_UPLOAD_MISS)) =
+            body.get(16).copied()
+        {
+            let event = receive_upload_frame(
+                kind,
+                &body,
+                from,
+                identity,
+                inbound_bytes,
+                permit,
+                max_entries_bytes,
+            )
+            .await?;
+            if events.send(event).await.is_err() {
+                return Ok(()); // the driver stopped
+            }
+            continue;
+        }
         let envelope = Envelope::decode(&body, max_entries_bytes)
             .map_err(|error| format!("undecodable message: {error}"))?;
         if envelope.from != from || envelope.to != identity.node_id {
@@ -457,6 +480,52 @@ async fn receive_peer(
         };
         if events.send(event).await.is_err() {
             return Ok(()); // the driver stopped
+        }
+    }
+}
+
+/// A frame of module `upload`: an `AppendByDigest` becomes the ordinary
+/// `AppendEntries` when the uploads are here, else a miss to report to the
+/// leader; an `UploadMiss` goes to the driver.
+async fn receive_upload_frame(
+    kind: u8,
+    body: &[u8],
+    from: NodeId,
+    identity: &Identity,
+    inbound_bytes: &Arc<Semaphore>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    max_entries_bytes: u64,
+) -> Result<Event, String> {
+    let addressed = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
+    if addressed(0) != from || addressed(8) != identity.node_id {
+        return Err(format!(
+            "misaddressed upload frame on a connection from {from} to {}",
+            identity.node_id
+        ));
+    }
+    match upload::decode_frame(kind, &body[17..], max_entries_bytes)? {
+        upload::UploadFrame::Miss(miss) => Ok(Event::UploadMissed { from, miss }),
+        upload::UploadFrame::ByDigest { head, parts } => {
+            // The rebuilt message is charged like a received one.
+            drop(permit);
+            let charge = u32::try_from(head.entries_len.min(MAX_INBOUND_BYTES as u64))
+                .expect("at most 64 MiB");
+            let permit = inbound_bytes
+                .clone()
+                .acquire_many_owned(charge)
+                .await
+                .map_err(|_| "the inbound budget is closed".to_string())?;
+            match upload::rebuild(&identity.uploads, &head, &parts, identity.max_payload).await {
+                Some(message) => Ok(Event::Message {
+                    from,
+                    message: Message::AppendEntries(message),
+                    _bytes: permit,
+                }),
+                None => Ok(Event::ReportMiss {
+                    leader: from,
+                    miss: head,
+                }),
+            }
         }
     }
 }
