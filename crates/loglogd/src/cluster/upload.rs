@@ -246,7 +246,7 @@ impl LeaderDigests {
         let end = start + message.entries.len() as u64;
         let raw_below = self.raw_below.get(&to).copied().unwrap_or(0);
         let first = start.max(raw_below);
-        if message.entries.is_empty() || self.by_offset.range(first..end).next().is_none() {
+        if first >= end || self.by_offset.range(first..end).next().is_none() {
             return None;
         }
         let mut frame = vec![0u8; 4];
