@@ -125,9 +125,10 @@ pub struct SimOptions {
     /// Client-side upload: clients also upload each append to every node,
     /// and leaders send uploaded entries by digest (module `upload`).
     pub upload: bool,
-    /// A wrong follower rule, for showing the checker bites: write an entry
-    /// rebuilt from an upload without checking it against the leader's
-    /// header CRC (a corrupt upload then gets into the log).
+    /// A follower rule left out: hand an entry rebuilt from an upload to
+    /// the core without checking it against the leader's header CRC. Still
+    /// safe (the core checks every received entry's CRC and drops the
+    /// message), which the upload tests show.
     pub upload_skips_crc_check: bool,
     /// Deliberately wrong core behaviours to switch on in every node.
     #[cfg(feature = "bug-injection")]
