@@ -44,6 +44,7 @@ mod error;
 pub mod follower;
 mod page;
 mod stream;
+pub mod upload;
 
 pub use batch::{BatchBuilder, BatchError, SubEntry};
 pub use client::{Client, ClientConfig, PendingAppend, DEFAULT_CLUSTER};
@@ -51,6 +52,7 @@ pub use error::{Error, Result};
 pub use follower::{Follower, FollowerConfig, FollowerError, StateMachine};
 pub use page::{Entry, ReadPage};
 pub use stream::{EntryStream, DEFAULT_LONG_POLL, DEFAULT_PAGE_BYTES};
+pub use upload::{UploadConfig, UploadStats};
 
 pub use loglog_proto::entry::EntryKind;
 pub use loglog_proto::producer::ProducerTag;
