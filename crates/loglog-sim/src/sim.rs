@@ -1418,8 +1418,7 @@ impl Sim {
 
     /// `follower` could not rebuild entries `leader` sent by digest: like
     /// `loglogd`, the leader resends them raw from its log if it still
-    /// leads in that term, and sends that follower raw bytes for what its
-    /// log holds now.
+    /// leads in that term, and sends those entries raw from then on.
     fn resend_missed(&mut self, leader: usize, follower: usize, head: upload::Head) {
         let Some(core) = self.nodes[leader].core.as_ref() else {
             return;
@@ -1427,7 +1426,6 @@ impl Sim {
         if core.role() != Role::Leader || core.term() != head.term {
             return;
         }
-        let end = core.end_offset();
         let log = self.nodes[leader].disk.log();
         let Some(wanted_end) = head.prev_offset.checked_add(head.entries_len) else {
             return;
@@ -1441,7 +1439,7 @@ impl Sim {
         self.uploads
             .as_mut()
             .expect("misses only in upload mode")
-            .peer_missed(leader, follower, end);
+            .peer_missed(leader, follower, wanted_end);
         let envelope = Envelope {
             from: self.nodes[leader].id,
             to: self.nodes[follower].id,

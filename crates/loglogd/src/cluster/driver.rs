@@ -2029,19 +2029,19 @@ impl Driver {
 
     /// A follower could not rebuild entries we sent by digest: send them
     /// raw, read back from our log, if we still lead in that term (our
-    /// log's bytes there are then the ones we sent), and send it raw bytes
-    /// for everything in our log now. Otherwise nothing: the core's loss
+    /// log's bytes there are then the ones we sent); later sends of those
+    /// entries go raw too (and everything for a while after a second miss:
+    /// `LeaderDigests::peer_missed`). Otherwise nothing: the core's loss
     /// handling covers it.
     fn resend_missed(&mut self, from: NodeId, miss: MissReport) {
         if self.raft.role() != Role::Leader || self.raft.term() != miss.term {
             return;
         }
-        self.upload_digests
-            .peer_missed(from, self.raft.end_offset());
         let end = self.writer.end_offset();
         let Some(wanted_end) = miss.prev_offset.checked_add(miss.entries_len) else {
             return;
         };
+        self.upload_digests.peer_missed(from, wanted_end.min(end));
         if wanted_end > end || miss.entries_len == 0 {
             return;
         }

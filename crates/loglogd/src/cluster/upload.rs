@@ -12,8 +12,10 @@
 //!   entry against the leader's header CRC, and steps the ordinary
 //!   `AppendEntries`. When it cannot (upload missing, expired, evicted, or
 //!   not matching), it steps nothing and sends the leader a [`MissReport`];
-//!   the leader answers with the same entries' raw bytes from its log and
-//!   sends that follower raw bytes for everything in its log up to then.
+//!   the leader answers with the same entries' raw bytes from its log, and
+//!   sends those entries raw from then on (after a second miss within
+//!   [`REPEATED_MISS`], every entry for [`RAW_AFTER_MISS`]: a follower
+//!   that restarted, or whose uploads the client skips).
 //!   If the report or the resend is lost, the core's own loss handling
 //!   (probe after stalled heartbeats) resends raw bytes later: correctness
 //!   never depends on an upload.
@@ -49,6 +51,14 @@ pub(crate) const KIND_UPLOAD_MISS: u8 = 65;
 pub const UPLOAD_WAIT: Duration = Duration::from_millis(50);
 /// Digests of uploaded entries a leader remembers (about 48 bytes each).
 pub const MAX_LEADER_DIGESTS: usize = 64 * 1024;
+/// After a follower missed uploads twice within [`REPEATED_MISS`], the
+/// leader sends it raw entries for this long: a follower the client cannot
+/// keep up with (its uploads are skipped) then costs one [`UPLOAD_WAIT`]
+/// per period, not one per message. A single miss (an upload that came
+/// late) costs only the entries already in the log.
+pub const RAW_AFTER_MISS: Duration = Duration::from_millis(500);
+/// Two misses closer than this make the follower go raw for a while.
+pub const REPEATED_MISS: Duration = Duration::from_secs(1);
 
 /// Bounds of a node's upload cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,6 +214,10 @@ pub(crate) struct LeaderDigests {
     /// Per follower: entries below this offset go raw (it missed an
     /// upload: it is catching up, or the client did not upload to it).
     raw_below: BTreeMap<NodeId, u64>,
+    /// Per follower: until then, every entry goes raw.
+    raw_until: BTreeMap<NodeId, Instant>,
+    /// Per follower: when it last missed.
+    last_miss: BTreeMap<NodeId, Instant>,
 }
 
 impl LeaderDigests {
@@ -222,16 +236,26 @@ impl LeaderDigests {
     pub(crate) fn clear(&mut self) {
         self.by_offset.clear();
         self.raw_below.clear();
+        self.raw_until.clear();
+        self.last_miss.clear();
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.by_offset.is_empty()
     }
 
-    /// `peer` missed an upload: send it raw bytes below `end`.
+    /// `peer` missed an upload: send it raw bytes below `end`, and when it
+    /// missed before within [`REPEATED_MISS`], everything for
+    /// [`RAW_AFTER_MISS`].
     pub(crate) fn peer_missed(&mut self, peer: NodeId, end: u64) {
         let below = self.raw_below.entry(peer).or_insert(0);
         *below = (*below).max(end);
+        let now = Instant::now();
+        if let Some(last) = self.last_miss.insert(peer, now) {
+            if now.duration_since(last) < REPEATED_MISS {
+                self.raw_until.insert(peer, now + RAW_AFTER_MISS);
+            }
+        }
     }
 
     /// The frame (length prefix included) for `message` to `to` with every
@@ -244,6 +268,13 @@ impl LeaderDigests {
     ) -> Option<Vec<u8>> {
         let start = message.prev_offset;
         let end = start + message.entries.len() as u64;
+        if self
+            .raw_until
+            .get(&to)
+            .is_some_and(|until| Instant::now() < *until)
+        {
+            return None;
+        }
         let raw_below = self.raw_below.get(&to).copied().unwrap_or(0);
         let first = start.max(raw_below);
         if first >= end || self.by_offset.range(first..end).next().is_none() {
@@ -481,11 +512,21 @@ mod tests {
             rebuild(&cache, &head, &parts, u32::MAX).await,
             Some(message.clone())
         );
-        // A follower that missed goes raw for what was in the log.
+        // A follower that missed goes raw for what was in the log, and for
+        // a while for everything.
         let mut digests = digests;
         digests.peer_missed(2, 500 + message.entries.len() as u64);
         assert!(digests.encode_by_digest_frame(1, 2, &message).is_none());
         assert!(digests.encode_by_digest_frame(1, 3, &message).is_some());
+        let later = AppendEntries {
+            prev_offset: 500 + message.entries.len() as u64,
+            ..message.clone()
+        };
+        digests.record(later.prev_offset, upload::digest(&payloads[0]));
+        assert!(digests.encode_by_digest_frame(1, 2, &later).is_some());
+        // A second miss soon after: everything raw for a while.
+        digests.peer_missed(2, later.prev_offset);
+        assert!(digests.encode_by_digest_frame(1, 2, &later).is_none());
         let miss = MissReport {
             entries_len: message.entries.len() as u64,
             ..head
