@@ -514,7 +514,6 @@ mod tests {
         );
         // A follower that missed goes raw for what was in the log, and for
         // a while for everything.
-        let mut digests = digests;
         digests.peer_missed(2, 500 + message.entries.len() as u64);
         assert!(digests.encode_by_digest_frame(1, 2, &message).is_none());
         assert!(digests.encode_by_digest_frame(1, 3, &message).is_some());
