@@ -52,7 +52,8 @@ use std::time::Duration;
 use loglog_raft::{Envelope, Message, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::oneshot::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
 use super::driver::Event;
 use super::upload;
@@ -82,6 +83,9 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// After a refused handshake (a misconfiguration), retry slowly.
 const BACKOFF_REFUSED: Duration = Duration::from_secs(5);
+/// Appends from one peer waiting (for their uploads, or for the append
+/// before them) at most; past it the connection is not read.
+const MAX_WAITING_APPENDS: usize = 256;
 /// Small frames are gathered into one write up to this size.
 const WRITE_BUFFER: usize = 256 * 1024;
 
@@ -410,7 +414,7 @@ pub(crate) async fn serve_peers(
 async fn receive_peer(
     mut stream: TcpStream,
     remote: SocketAddr,
-    identity: &Identity,
+    identity: &Arc<Identity>,
     events: &mpsc::Sender<Event>,
     inbound_bytes: &Arc<Semaphore>,
     max_entries_bytes: u64,
@@ -421,6 +425,11 @@ async fn receive_peer(
         .map_err(|_| "handshake timed out".to_string())??;
     tracing::info!(peer = from, %remote, "peer connected");
     let max_frame = max_frame_len(max_entries_bytes);
+    // Appends (raw or by digest) from the leader are stepped in the order
+    // they came: each waits for the one before it, which may be waiting
+    // for its uploads. At most MAX_WAITING_APPENDS wait at once.
+    let mut append_chain: Option<oneshot::Receiver<()>> = None;
+    let chain_slots = Arc::new(Semaphore::new(MAX_WAITING_APPENDS));
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     loop {
         let len = match reader.read_u32_le().await {
@@ -449,19 +458,58 @@ async fn receive_peer(
         if let Some(kind @ (upload::KIND_APPEND_BY_DIGEST | upload::KIND_UPLOAD_MISS)) =
             body.get(16).copied()
         {
-            let event = receive_upload_frame(
-                kind,
-                &body,
-                from,
-                identity,
-                inbound_bytes,
-                permit,
-                max_entries_bytes,
-            )
-            .await?;
-            if events.send(event).await.is_err() {
-                return Ok(()); // the driver stopped
+            check_upload_frame_addressing(&body, from, identity)?;
+            if kind == upload::KIND_UPLOAD_MISS {
+                let event = receive_upload_frame(
+                    kind,
+                    &body,
+                    from,
+                    identity,
+                    inbound_bytes,
+                    permit,
+                    max_entries_bytes,
+                )
+                .await?;
+                if events.send(event).await.is_err() {
+                    return Ok(()); // the driver stopped
+                }
+                continue;
             }
+            // Malformed frames close the connection here, before waiting.
+            upload::decode_frame(kind, &body[17..], max_entries_bytes)?;
+            // Its uploads may still be on their way: rebuilt in a task of
+            // its own, in order with the other appends, while heartbeats
+            // and votes go on.
+            let slot = chain_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| "the append chain is closed".to_string())?;
+            clear_if_done(&mut append_chain);
+            let previous = append_chain.take();
+            let (done, next) = oneshot::channel::<()>();
+            append_chain = Some(next);
+            let (identity, events, inbound_bytes) =
+                (identity.clone(), events.clone(), inbound_bytes.clone());
+            tokio::spawn(async move {
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
+                let event = receive_upload_frame(
+                    kind,
+                    &body,
+                    from,
+                    &identity,
+                    &inbound_bytes,
+                    permit,
+                    max_entries_bytes,
+                )
+                .await;
+                if let Ok(event) = event {
+                    let _ = events.send(event).await;
+                }
+                drop((done, slot));
+            });
             continue;
         }
         let envelope = Envelope::decode(&body, max_entries_bytes)
@@ -473,15 +521,64 @@ async fn receive_peer(
             ));
         }
         drop(body);
+        let is_append = matches!(envelope.message, Message::AppendEntries(_));
         let event = Event::Message {
             from,
             message: envelope.message,
             _bytes: permit,
         };
+        // An append behind one still waiting for its uploads waits too.
+        clear_if_done(&mut append_chain);
+        if is_append && append_chain.is_some() {
+            let slot = chain_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| "the append chain is closed".to_string())?;
+            let previous = append_chain.take();
+            let (done, next) = oneshot::channel::<()>();
+            append_chain = Some(next);
+            let events = events.clone();
+            tokio::spawn(async move {
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
+                let _ = events.send(event).await;
+                drop((done, slot));
+            });
+            continue;
+        }
         if events.send(event).await.is_err() {
             return Ok(()); // the driver stopped
         }
     }
+}
+
+/// Forgets the last append of the chain once it is done (a finished
+/// receiver must not be awaited again).
+fn clear_if_done(chain: &mut Option<oneshot::Receiver<()>>) {
+    if chain
+        .as_mut()
+        .is_some_and(|last| !matches!(last.try_recv(), Err(TryRecvError::Empty)))
+    {
+        *chain = None;
+    }
+}
+
+/// Checks the `from` and `to` of a frame of module `upload`.
+fn check_upload_frame_addressing(
+    body: &[u8],
+    from: NodeId,
+    identity: &Identity,
+) -> Result<(), String> {
+    let addressed = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
+    if addressed(0) != from || addressed(8) != identity.node_id {
+        return Err(format!(
+            "misaddressed upload frame on a connection from {from} to {}",
+            identity.node_id
+        ));
+    }
+    Ok(())
 }
 
 /// A frame of module `upload`: an `AppendByDigest` becomes the ordinary
@@ -496,13 +593,6 @@ async fn receive_upload_frame(
     permit: tokio::sync::OwnedSemaphorePermit,
     max_entries_bytes: u64,
 ) -> Result<Event, String> {
-    let addressed = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
-    if addressed(0) != from || addressed(8) != identity.node_id {
-        return Err(format!(
-            "misaddressed upload frame on a connection from {from} to {}",
-            identity.node_id
-        ));
-    }
     match upload::decode_frame(kind, &body[17..], max_entries_bytes)? {
         upload::UploadFrame::Miss(miss) => Ok(Event::UploadMissed { from, miss }),
         upload::UploadFrame::ByDigest { head, parts } => {

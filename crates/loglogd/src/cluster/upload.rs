@@ -46,9 +46,10 @@ pub(crate) const KIND_APPEND_BY_DIGEST: u8 = 64;
 /// Peer frame kind: a follower could not rebuild an `AppendByDigest`.
 pub(crate) const KIND_UPLOAD_MISS: u8 = 65;
 /// How long a follower waits for an upload still on its way (the client
-/// sends it in parallel with the append) before asking for the bytes.
-/// Well below the election timeout: heartbeats queue behind it.
-pub const UPLOAD_WAIT: Duration = Duration::from_millis(50);
+/// sends it in parallel with the append, and on a busy link it can arrive
+/// well after the leader's few bytes) before asking for the bytes. Only
+/// appends wait (in order); heartbeats and votes go on meanwhile.
+pub const UPLOAD_WAIT: Duration = Duration::from_millis(250);
 /// Digests of uploaded entries a leader remembers (about 48 bytes each).
 pub const MAX_LEADER_DIGESTS: usize = 64 * 1024;
 /// After a follower missed uploads twice within [`REPEATED_MISS`], the
