@@ -460,23 +460,28 @@ async fn receive_peer(
         {
             check_upload_frame_addressing(&body, from, identity)?;
             if kind == upload::KIND_UPLOAD_MISS {
-                let event = receive_upload_frame(
-                    kind,
-                    &body,
-                    from,
-                    identity,
-                    inbound_bytes,
-                    permit,
-                    max_entries_bytes,
-                )
-                .await?;
+                let event =
+                    receive_upload_frame(kind, &body, from, identity, permit, max_entries_bytes)
+                        .await?;
                 if events.send(event).await.is_err() {
                     return Ok(()); // the driver stopped
                 }
                 continue;
             }
             // Malformed frames close the connection here, before waiting.
-            upload::decode_frame(kind, &body[17..], max_entries_bytes)?;
+            let entries_len = match upload::decode_frame(kind, &body[17..], max_entries_bytes)? {
+                upload::UploadFrame::ByDigest { head, .. } => head.entries_len,
+                upload::UploadFrame::Miss(_) => 0,
+            };
+            // Charged for the message it will be once rebuilt, now, in order.
+            drop(permit);
+            let charge = u32::try_from(entries_len.max(len).min(MAX_INBOUND_BYTES as u64))
+                .expect("at most 64 MiB");
+            let permit = inbound_bytes
+                .clone()
+                .acquire_many_owned(charge)
+                .await
+                .map_err(|_| "the inbound budget is closed".to_string())?;
             // Its uploads may still be on their way: rebuilt in a task of
             // its own, in order with the other appends, while heartbeats
             // and votes go on.
@@ -489,22 +494,14 @@ async fn receive_peer(
             let previous = append_chain.take();
             let (done, next) = oneshot::channel::<()>();
             append_chain = Some(next);
-            let (identity, events, inbound_bytes) =
-                (identity.clone(), events.clone(), inbound_bytes.clone());
+            let (identity, events) = (identity.clone(), events.clone());
             tokio::spawn(async move {
                 if let Some(previous) = previous {
                     let _ = previous.await;
                 }
-                let event = receive_upload_frame(
-                    kind,
-                    &body,
-                    from,
-                    &identity,
-                    &inbound_bytes,
-                    permit,
-                    max_entries_bytes,
-                )
-                .await;
+                let event =
+                    receive_upload_frame(kind, &body, from, &identity, permit, max_entries_bytes)
+                        .await;
                 if let Ok(event) = event {
                     let _ = events.send(event).await;
                 }
@@ -584,27 +581,22 @@ fn check_upload_frame_addressing(
 /// A frame of module `upload`: an `AppendByDigest` becomes the ordinary
 /// `AppendEntries` when the uploads are here, else a miss to report to the
 /// leader; an `UploadMiss` goes to the driver.
+///
+/// `permit` is the frame's share of the inbound budget; for an
+/// `AppendByDigest`, the rebuilt message's (taken by the reader, in order,
+/// so that an append waiting for its uploads never needs budget that a
+/// later append waiting behind it holds).
 async fn receive_upload_frame(
     kind: u8,
     body: &[u8],
     from: NodeId,
     identity: &Identity,
-    inbound_bytes: &Arc<Semaphore>,
     permit: tokio::sync::OwnedSemaphorePermit,
     max_entries_bytes: u64,
 ) -> Result<Event, String> {
     match upload::decode_frame(kind, &body[17..], max_entries_bytes)? {
         upload::UploadFrame::Miss(miss) => Ok(Event::UploadMissed { from, miss }),
         upload::UploadFrame::ByDigest { head, parts } => {
-            // The rebuilt message is charged like a received one.
-            drop(permit);
-            let charge = u32::try_from(head.entries_len.min(MAX_INBOUND_BYTES as u64))
-                .expect("at most 64 MiB");
-            let permit = inbound_bytes
-                .clone()
-                .acquire_many_owned(charge)
-                .await
-                .map_err(|_| "the inbound budget is closed".to_string())?;
             match upload::rebuild(&identity.uploads, &head, &parts, identity.max_payload).await {
                 Some(message) => Ok(Event::Message {
                     from,
