@@ -302,7 +302,8 @@ impl Client {
                 config_inner.connect_timeout,
             ))
         });
-        uploader.set_members(member_addresses(&status));
+        let (members, leader) = member_addresses(&status);
+        uploader.set_members(members, leader);
         Ok(())
     }
 
@@ -311,9 +312,9 @@ impl Client {
         self.inner.uploader.get().map(|uploader| uploader.stats())
     }
 
-    /// Upload mode: queues the uploads of `body` for every member but
-    /// `leader`; returns whether the append is to be flagged `UPLOADED`.
-    fn start_upload(&self, body: &Bytes, payload_len: usize, leader: &str) -> bool {
+    /// Upload mode: queues the uploads of `body` for every member but the
+    /// leader; returns whether the append is to be flagged `UPLOADED`.
+    fn start_upload(&self, body: &Bytes, payload_len: usize, connected: &str) -> bool {
         let Some(uploader) = self.inner.uploader.get() else {
             return false;
         };
@@ -324,12 +325,15 @@ impl Client {
             let (client, uploader) = (self.clone(), uploader.clone());
             tokio::spawn(async move {
                 match client.cluster_status().await {
-                    Ok(status) => uploader.set_members(member_addresses(&status)),
+                    Ok(status) => {
+                        let (members, leader) = member_addresses(&status);
+                        uploader.set_members(members, leader);
+                    }
                     Err(_) => uploader.refresh_failed(),
                 }
             });
         }
-        uploader.upload(body, leader)
+        uploader.upload(body, connected)
     }
 
     /// Reads whole committed entries from `offset` (an entry boundary): at
@@ -674,14 +678,21 @@ async fn send_append(
     connection.send(opcode::APPEND, flags, body.clone()).await
 }
 
-/// The client addresses of the members a cluster status lists.
-fn member_addresses(status: &ClusterStatus) -> Vec<String> {
-    status
+/// The client addresses of the members a cluster status lists, and the
+/// leader's when it names one.
+fn member_addresses(status: &ClusterStatus) -> (Vec<String>, Option<String>) {
+    let members = status
         .members
         .iter()
         .map(|member| member.client_addr.clone())
         .filter(|addr| !addr.is_empty())
-        .collect()
+        .collect();
+    let leader = status
+        .members
+        .iter()
+        .find(|member| member.id == status.node.leader_id && !member.client_addr.is_empty())
+        .map(|member| member.client_addr.clone());
+    (members, leader)
 }
 
 /// A producer id no other client is likely to have: 64 bits from the

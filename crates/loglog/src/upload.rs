@@ -81,6 +81,8 @@ pub(crate) struct Uploader {
 struct State {
     /// Client addresses of the members (from cluster status).
     members: Vec<String>,
+    /// The leader's client address, when the status named one.
+    leader: Option<String>,
     refreshed_at: Option<Instant>,
     refreshing: bool,
     links: HashMap<String, MemberLink>,
@@ -133,11 +135,13 @@ impl Uploader {
         }
     }
 
-    /// Sets the members' client addresses (from a cluster status).
-    pub(crate) fn set_members(&self, members: Vec<String>) {
+    /// Sets the members' client addresses and the leader's (from a
+    /// cluster status).
+    pub(crate) fn set_members(&self, members: Vec<String>, leader: Option<String>) {
         let mut state = self.lock();
         state.links.retain(|addr, _| members.contains(addr));
         state.members = members;
+        state.leader = leader;
         state.refreshed_at = Some(Instant::now());
         state.refreshing = false;
     }
@@ -162,18 +166,26 @@ impl Uploader {
     }
 
     /// Queues `body` (an append's body: envelope and payload) for every
-    /// member but `leader`; never waits. Returns whether any upload was
-    /// queued (the append is then flagged `UPLOADED`).
-    pub(crate) fn upload(&self, body: &[u8], leader: &str) -> bool {
+    /// member but the leader (the last one cluster status named, else
+    /// `connected`, the node the append goes to); never waits. Returns
+    /// whether any upload was queued (the append is then flagged
+    /// `UPLOADED`).
+    pub(crate) fn upload(&self, body: &[u8], connected: &str) -> bool {
         let mut upload = Vec::with_capacity(DIGEST_LEN + body.len());
         upload.extend_from_slice(&digest(body));
         upload.extend_from_slice(body);
         let upload = Bytes::from(upload);
         let mut state = self.lock();
+        // A client connected to a follower has its append redirected to the
+        // leader: the follower needs the upload too.
+        let leader = state
+            .leader
+            .clone()
+            .unwrap_or_else(|| connected.to_string());
         let members: Vec<String> = state
             .members
             .iter()
-            .filter(|addr| addr.as_str() != leader)
+            .filter(|addr| **addr != leader)
             .cloned()
             .collect();
         let mut queued = false;

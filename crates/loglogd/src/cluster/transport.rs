@@ -496,12 +496,14 @@ async fn receive_peer(
             append_chain = Some(next);
             let (identity, events) = (identity.clone(), events.clone());
             tokio::spawn(async move {
-                if let Some(previous) = previous {
-                    let _ = previous.await;
-                }
+                // Waits for its uploads at once, alongside the appends
+                // before it (the waits overlap); steps in order.
                 let event =
                     receive_upload_frame(kind, &body, from, &identity, permit, max_entries_bytes)
                         .await;
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
                 if let Ok(event) = event {
                     let _ = events.send(event).await;
                 }
