@@ -41,6 +41,9 @@ pub struct BenchUploadRun {
     pub p50_us: u64,
     pub leader_peer_bytes: u64,
     pub payload_bytes: u64,
+    /// Uploads the clients skipped (a member's bound reached, or
+    /// unreachable); 0 without upload.
+    pub uploads_skipped: u64,
 }
 
 impl BenchUploadRun {
@@ -150,6 +153,7 @@ fn run_bench(
         p50_us: json_number(&json, "p50").unwrap_or(0.0) as u64,
         leader_peer_bytes: sent_after - sent_before,
         payload_bytes: appends * u64::from(config.entry_size),
+        uploads_skipped: json_number(&json, "skipped").unwrap_or(0.0) as u64,
     })
 }
 

@@ -39,12 +39,12 @@ pub struct UploadConfig {
 }
 
 impl Default for UploadConfig {
-    /// Uploads from 16 KiB, 4 MiB unanswered per member (a third of a
+    /// Uploads from 16 KiB, 2 MiB unanswered per member (a sixth of a
     /// second on a 100 Mbit/s link), members refreshed every 5 s.
     fn default() -> UploadConfig {
         UploadConfig {
             min_payload: 16 * 1024,
-            max_queued_bytes: 4 * 1024 * 1024,
+            max_queued_bytes: 2 * 1024 * 1024,
             refresh: Duration::from_secs(5),
         }
     }

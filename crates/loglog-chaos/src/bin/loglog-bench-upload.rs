@@ -79,12 +79,13 @@ fn main() {
             );
             for run in &runs {
                 println!(
-                    "upload={:<5} appends={} MB/s={:.2} p50_us={} leader_peer_bytes_per_payload_byte={:.4}",
+                    "upload={:<5} appends={} MB/s={:.2} p50_us={} leader_peer_bytes_per_payload_byte={:.4} uploads_skipped={}",
                     run.upload,
                     run.appends,
                     run.mb_per_s,
                     run.p50_us,
-                    run.leader_bytes_per_payload_byte()
+                    run.leader_bytes_per_payload_byte(),
+                    run.uploads_skipped
                 );
             }
             if let [without, with] = &runs[..] {

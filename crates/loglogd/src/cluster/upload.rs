@@ -49,7 +49,7 @@ pub(crate) const KIND_UPLOAD_MISS: u8 = 65;
 /// sends it in parallel with the append, and on a busy link it can arrive
 /// well after the leader's few bytes) before asking for the bytes. Only
 /// appends wait (in order); heartbeats and votes go on meanwhile.
-pub const UPLOAD_WAIT: Duration = Duration::from_millis(250);
+pub const UPLOAD_WAIT: Duration = Duration::from_millis(500);
 /// Digests of uploaded entries a leader remembers (about 48 bytes each).
 pub const MAX_LEADER_DIGESTS: usize = 64 * 1024;
 /// After a follower missed uploads twice within [`REPEATED_MISS`], the
