@@ -346,6 +346,37 @@ measure_fio() {
     rm -rf "$dir"
 }
 
+# F1 (LogLog only): W1 on 3 nodes, the leader SIGKILLed a third of the way
+# in. The bench's longest_ack_gap_us, the longest time without any
+# acknowledged append, is the failover time: from the last ack before the
+# kill to the first one after it (so it includes up to one ack interval
+# before the kill, well under a millisecond at W1's rate).
+measure_failover() {
+    local run=$1 dir=$WORK/loglog-3-F1-$run
+    mkdir -p "$dir"
+    start_loglog 3 "$dir"
+    # start_loglog spawned node i as PIDS[i-1], serving clients on port i.
+    local leader=${TARGET%%,*}
+    local leader_pid=${PIDS[$((${leader##*:} - BASE_PORT - 1))]}
+    local out=$dir/result.json err=$dir/load.err
+    timeout $((${DURATION%.*} + 180)) "$LOGLOG" --cluster "$TARGET" bench \
+        --writers "$W1_WRITERS" --size "$W1_SIZE" --duration "${DURATION}s" --json >"$out" 2>"$err" &
+    local bench=$!
+    PIDS+=("$bench")
+    sleep "$(awk -v seconds="$DURATION" 'BEGIN { print seconds / 3 }')"
+    kill -KILL "$leader_pid"
+    # Reaped here, quietly (bash reports a job killed by a signal otherwise).
+    wait "$leader_pid" 2>/dev/null || true
+    wait "$bench" || die "loglog bench (failover) failed: $(tail -3 "$err")"
+    local raw
+    raw=$(tail -1 "$out")
+    record loglog 3-node F1 "$run" "$(jq -c '{
+        ops_per_s: .appends_per_s, mb_per_s: .mb_per_s, p50_us: .latency_us.p50,
+        p99_us: .latency_us.p99, failover_ms: (.longest_ack_gap_us / 1000)}' <<<"$raw")" "$raw"
+    stop_pids
+    rm -rf "$dir"
+}
+
 # ------------------------------------------------------------ report
 
 report() {
@@ -359,13 +390,14 @@ report() {
             durability: .[0].durability, runs: length,
             ops_per_s: (map(.ops_per_s) | median), mb_per_s: (map(.mb_per_s) | median),
             p50_us: (map(.p50_us | select(. != null)) | median),
-            p99_us: (map(.p99_us | select(. != null)) | median)})) as $rows
+            p99_us: (map(.p99_us | select(. != null)) | median),
+            failover_ms: (map(.failover_ms | select(. != null)) | median)})) as $rows
         | [$rows[] | . as $row
             | ([$rows[] | select(.system == "loglog" and .topology == $row.topology
                  and .workload == $row.workload)][0]) as $ours
             | $row + {loglog_ratio: (if $row.system == "loglog" or $ours == null
                  or $row.mb_per_s == 0 then null else $ours.mb_per_s / $row.mb_per_s end)}]
-        | sort_by({W1: 0, W2: 1, R1: 2}[.workload], .topology, ({loglog: 0, etcd: 1, nats: 2, fio: 3, "fio-ow": 4}[.system]))' "$RAW")
+        | sort_by({W1: 0, W2: 1, R1: 2, F1: 3}[.workload], .topology, ({loglog: 0, etcd: 1, nats: 2, fio: 3, "fio-ow": 4}[.system]))' "$RAW")
 
     jq -n --slurpfile runs "$RAW" --argjson medians "$medians" \
         --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg host "$(uname -srm)" \
@@ -378,7 +410,8 @@ report() {
           versions: {etcd: $etcd, nats: $nats, fio: $fio, loglog_commit: $loglog},
           settings: {runs: $runs_per, duration_s: $duration,
             workloads: {W1: {size: 128, writers: 64}, W2: {size: 65536, writers: 8},
-                        R1: "LogLog only: read the whole log W2 wrote, from offset 0"}},
+                        R1: "LogLog only: read the whole log W2 wrote, from offset 0",
+                        F1: "LogLog only: W1 on 3 nodes, leader SIGKILLed a third of the way in; failover_ms = longest time without an ack"}},
           medians: $medians, runs: $runs}' >"$OUT"
 
     echo
@@ -396,6 +429,9 @@ report() {
             printf '%-7s %-7s %-3s %12.0f %9.1f %9s %9s %8s  %s\n' \
                 "$system" "$topology" "$workload" "$ops" "$mb" "$p50" "$p99" "$ratio" "$durability"
         done
+    jq -r '.[] | select(.workload == "F1") |
+        "F1 failover (3 nodes, leader SIGKILL to the next acknowledged append): \(.failover_ms | floor) ms, median of \(.runs)"' \
+        <<<"$medians"
     echo
     log "raw figures: $OUT"
 }
@@ -434,6 +470,7 @@ for run in $(seq 1 "$RUNS"); do
             done
         done
     done
+    measure_failover "$run"
     measure_fio "$run" fio
     measure_fio "$run" fio-ow
 done

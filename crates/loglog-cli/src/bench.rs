@@ -143,6 +143,10 @@ struct Report {
     /// Entries of this run seen, summed over the readers (each reader sees
     /// every append, so `readers * appends` when they all caught up).
     entries_seen: u64,
+    /// The longest time in which no writer's append was acknowledged (from
+    /// the start to the first ack, between acks, from the last ack to the
+    /// end): a leader failover shows here.
+    longest_ack_gap: Duration,
     /// Upload mode's counters summed over the clients (`None` without
     /// `--upload`).
     upload: Option<loglog::UploadStats>,
@@ -214,7 +218,7 @@ impl Report {
             .as_ref()
             .map_or_else(|| "null".to_string(), percentiles_json);
         format!(
-            r#"{{"workload":"append","writers":{},"connections":{},"size":{},"duration_s":{:.3},"appends":{},"appends_per_s":{:.1},"mb_per_s":{:.3},"latency_us":{},"batch":{},"records":{},"records_per_s":{:.1},"readers":{},"end_to_end_us":{},"entries_seen":{},"upload":{}}}"#,
+            r#"{{"workload":"append","writers":{},"connections":{},"size":{},"duration_s":{:.3},"appends":{},"appends_per_s":{:.1},"mb_per_s":{:.3},"latency_us":{},"batch":{},"records":{},"records_per_s":{:.1},"readers":{},"end_to_end_us":{},"entries_seen":{},"longest_ack_gap_us":{},"upload":{}}}"#,
             self.writers,
             self.connections,
             self.size,
@@ -229,6 +233,7 @@ impl Report {
             self.readers,
             end_to_end,
             self.entries_seen,
+            self.longest_ack_gap.as_micros(),
             self.upload.map_or_else(
                 || "null".to_string(),
                 |upload| format!(
@@ -342,6 +347,23 @@ fn random_run_id() -> u64 {
     hasher.finish()
 }
 
+/// The longest interval without an acknowledged append, kept with two
+/// atomics per ack (no lock on the writers' path).
+#[derive(Default)]
+struct AckGaps {
+    /// Nanoseconds since the start of the latest ack so far.
+    last_ns: AtomicU64,
+    longest_ns: AtomicU64,
+}
+
+impl AckGaps {
+    fn acked(&self, at_ns: u64) {
+        let previous = self.last_ns.fetch_max(at_ns, Ordering::Relaxed);
+        self.longest_ns
+            .fetch_max(at_ns.saturating_sub(previous), Ordering::Relaxed);
+    }
+}
+
 fn nanos_since(origin: Instant) -> u64 {
     u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
@@ -401,6 +423,7 @@ pub async fn run(cluster: &[String], args: BenchArgs) -> anyhow::Result<()> {
     let run_id = random_run_id();
     let clock = Instant::now();
     let appends_done = Arc::new(AtomicU64::new(0));
+    let ack_gaps = Arc::new(AckGaps::default());
     let entries_seen = Arc::new(AtomicU64::new(0));
     // End of the last acknowledged entry, and once the writers are done the
     // offset the readers must reach (u64::MAX while writers run).
@@ -434,6 +457,7 @@ pub async fn run(cluster: &[String], args: BenchArgs) -> anyhow::Result<()> {
         let client = clients[writer as usize % clients.len()].clone();
         let template = payload.clone();
         let appends_done = Arc::clone(&appends_done);
+        let ack_gaps = Arc::clone(&ack_gaps);
         let acked_end = Arc::clone(&acked_end);
         let stop = Arc::clone(&stop);
         writers.push(tokio::spawn(async move {
@@ -460,6 +484,7 @@ pub async fn run(cluster: &[String], args: BenchArgs) -> anyhow::Result<()> {
                 };
                 let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                 record_latency(&mut latency_us, micros);
+                ack_gaps.acked(nanos_since(started));
                 acked_end.fetch_max(offset + entry_len, Ordering::Relaxed);
                 appends_done.fetch_add(1, Ordering::Relaxed);
             }
@@ -489,6 +514,7 @@ pub async fn run(cluster: &[String], args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed();
+    ack_gaps.acked(nanos_since(started));
     // The readers stop once they have seen the last acknowledged entry.
     readers_target.store(acked_end.load(Ordering::Relaxed), Ordering::Relaxed);
     let mut end_to_end_us = stamping.then(new_histogram);
@@ -525,6 +551,7 @@ pub async fn run(cluster: &[String], args: BenchArgs) -> anyhow::Result<()> {
         readers: args.readers,
         end_to_end_us,
         entries_seen: entries_seen.load(Ordering::Relaxed),
+        longest_ack_gap: Duration::from_nanos(ack_gaps.longest_ns.load(Ordering::Relaxed)),
         upload: args.upload.then(|| {
             let mut total = loglog::UploadStats::default();
             for stats in clients.iter().filter_map(loglog::Client::upload_stats) {
@@ -895,6 +922,7 @@ mod tests {
             readers,
             end_to_end_us: (readers > 0).then(|| histogram_of(500..=1500)),
             entries_seen: 1000 * u64::from(readers),
+            longest_ack_gap: Duration::from_millis(420),
             upload: None,
         }
     }
@@ -932,6 +960,7 @@ mod tests {
                 "readers",
                 "end_to_end_us",
                 "entries_seen",
+                "longest_ack_gap_us",
                 "upload"
             ]
         );
@@ -942,6 +971,7 @@ mod tests {
         assert_eq!(value["batch"], 1);
         assert_eq!(value["readers"], 0);
         assert!(value["end_to_end_us"].is_null());
+        assert_eq!(value["longest_ack_gap_us"], 420_000);
         let latency: Vec<&String> = value["latency_us"].as_object().unwrap().keys().collect();
         assert_eq!(latency.len(), 5);
         assert_eq!(value["latency_us"]["max"], 1000);

@@ -398,7 +398,7 @@ fn log_tail(path: &Path) -> String {
 async fn find_leader(members: &[Member]) -> Option<(u64, u64)> {
     let config = ClientConfig {
         connect_timeout: Duration::from_millis(500),
-        ..ClientConfig::default()
+        ..crate::client_config()
     };
     for member in members {
         let addr = member.client.to_string();

@@ -13,8 +13,11 @@ mod dev_cluster;
 mod format;
 mod read;
 mod status;
+mod tls;
+mod token;
 
 use std::process::ExitCode;
+use std::sync::OnceLock;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +39,20 @@ struct Cli {
     )]
     cluster: Vec<String>,
 
+    #[command(flatten)]
+    tls: tls::TlsArgs,
+    /// Token for nodes with authentication on (`loglog token new` makes
+    /// one); sent on every connection. Without it such nodes answer every
+    /// request `unauthorized`.
+    #[arg(
+        long,
+        global = true,
+        env = "LOGLOG_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<loglog::AuthToken>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +66,7 @@ enum Command {
     Bench(bench::BenchArgs),
     DevCluster(dev_cluster::DevClusterArgs),
     Admin(admin::AdminArgs),
+    Token(token::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +93,12 @@ fn main() -> ExitCode {
     if cluster.is_empty() {
         return fail(&anyhow::anyhow!("--cluster names no address"));
     }
+    if let Err(error) = cli.tls.install() {
+        return fail(&error);
+    }
+    if let Some(token) = cli.token.clone() {
+        TOKEN.get_or_init(|| token);
+    }
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Append(args) => append::run(&cluster, args).await,
@@ -84,6 +108,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(&cluster, args).await,
             Command::DevCluster(args) => dev_cluster::run(args).await,
             Command::Admin(args) => admin::run(&cluster, args).await,
+            Command::Token(args) => token::run(args),
         }
     });
     // A thread blocked on stdin must not keep the process alive.
@@ -110,7 +135,20 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
         .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-/// Connects with the default client configuration.
-async fn connect(cluster: &[String]) -> anyhow::Result<loglog::Client> {
-    Ok(loglog::Client::connect(cluster).await?)
+/// The global `--token` (or `LOGLOG_TOKEN`), set once in `main`.
+static TOKEN: OnceLock<loglog::AuthToken> = OnceLock::new();
+
+/// The client configuration of every command that talks to a node: the
+/// defaults, with the global options (`--token`, the TLS options) applied.
+fn client_config() -> loglog::ClientConfig {
+    loglog::ClientConfig {
+        token: TOKEN.get().cloned(),
+        tls: tls::client_tls(),
+        ..loglog::ClientConfig::default()
+    }
+}
+
+/// Connects with the client configuration of the global options.
+async fn connect<A: AsRef<str>>(cluster: &[A]) -> anyhow::Result<loglog::Client> {
+    Ok(loglog::Client::connect_with(cluster, client_config()).await?)
 }

@@ -43,7 +43,8 @@ async fn ask(addrs: Vec<String>) -> anyhow::Result<Vec<Outcome>> {
         .map(|addr| {
             tokio::spawn(async move {
                 let answer = async {
-                    let client = loglog::Client::connect(&[&addr]).await?;
+                    let client =
+                        loglog::Client::connect_with(&[&addr], crate::client_config()).await?;
                     match client.cluster_status().await {
                         Ok(cluster) => Ok(Answer {
                             status: cluster.node,

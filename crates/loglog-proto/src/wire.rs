@@ -42,6 +42,11 @@ pub mod opcode {
     /// ([`crate::upload`]). Ok body: empty. Caches the payload on this node
     /// for a while, for an append with [`super::APPEND_UPLOADED`].
     pub const UPLOAD: u8 = 6;
+    /// Body: a client token (1 to [`crate::auth::MAX_TOKEN_LEN`] bytes).
+    /// Ok body: the roles it grants, one byte ([`crate::auth::Roles`]).
+    /// Sent once per connection, before other requests; the connection
+    /// keeps the roles until it closes or the next AUTH.
+    pub const AUTH: u8 = 7;
 }
 
 /// Opcode of a response about the whole connection, not one request: the
@@ -174,6 +179,10 @@ pub enum Request<'a> {
     Upload {
         digest: crate::upload::Digest,
         payload: &'a [u8],
+    },
+    /// Authenticates the connection with a client token (opcode 7).
+    Auth {
+        token: &'a [u8],
     },
 }
 
@@ -383,6 +392,19 @@ impl<'a> Request<'a> {
                 };
                 Ok(Request::Upload { digest, payload })
             }
+            opcode::AUTH => {
+                if header.aux != 0 {
+                    return bad(format!("unknown auth flags {:#04x}", header.aux));
+                }
+                if body.is_empty() || body.len() > crate::auth::MAX_TOKEN_LEN {
+                    return bad(format!(
+                        "a token is 1 to {} bytes, got {}",
+                        crate::auth::MAX_TOKEN_LEN,
+                        body.len()
+                    ));
+                }
+                Ok(Request::Auth { token: body })
+            }
             other => bad(format!("unknown opcode {other}")),
         }
     }
@@ -395,6 +417,7 @@ impl<'a> Request<'a> {
             Request::ClusterStatus => opcode::CLUSTER_STATUS,
             Request::Admin(_) => opcode::ADMIN,
             Request::Upload { .. } => opcode::UPLOAD,
+            Request::Auth { .. } => opcode::AUTH,
         }
     }
 
@@ -420,6 +443,7 @@ impl<'a> Request<'a> {
             Request::Status | Request::ClusterStatus => (0, 0),
             Request::Admin(admin) => (0, admin.body_len()),
             Request::Upload { payload, .. } => (0, crate::upload::DIGEST_LEN + payload.len()),
+            Request::Auth { token } => (0, token.len()),
         };
         let header = FrameHeader {
             body_len: u32::try_from(body_len).expect("request body fits a frame"),
@@ -452,6 +476,7 @@ impl<'a> Request<'a> {
                 out.extend_from_slice(&digest);
                 out.extend_from_slice(payload);
             }
+            Request::Auth { token } => out.extend_from_slice(token),
         }
     }
 }
@@ -718,6 +743,11 @@ pub enum ServerError {
     /// (e.g. the added node did not catch up); it may still finish later.
     #[error("timed out: {message}")]
     TimedOut { message: String },
+    /// Body: a UTF-8 message. The connection's token (or its lack of one)
+    /// does not grant the role the request needs, or an AUTH request's
+    /// token is not known; nothing changed.
+    #[error("unauthorized: {message}")]
+    Unauthorized { message: String },
     /// A status byte this version does not know.
     #[error("unknown error code {code}")]
     Unknown { code: u8 },
@@ -737,6 +767,7 @@ impl ServerError {
             ServerError::Unavailable { .. } => "unavailable",
             ServerError::SequenceUnknown => "sequence_unknown",
             ServerError::TimedOut { .. } => "timed_out",
+            ServerError::Unauthorized { .. } => "unauthorized",
             ServerError::Unknown { .. } => "unknown",
         }
     }
@@ -753,6 +784,7 @@ impl ServerError {
             ServerError::Unavailable { .. } => 8,
             ServerError::SequenceUnknown => 9,
             ServerError::TimedOut { .. } => 10,
+            ServerError::Unauthorized { .. } => 12,
             ServerError::Unknown { code } => *code,
         }
     }
@@ -765,7 +797,8 @@ impl ServerError {
             ServerError::TooLarge { max } => max.to_le_bytes().to_vec(),
             ServerError::BadRequest { message }
             | ServerError::Unavailable { message }
-            | ServerError::TimedOut { message } => message.clone().into_bytes(),
+            | ServerError::TimedOut { message }
+            | ServerError::Unauthorized { message } => message.clone().into_bytes(),
             ServerError::OutOfRange { end } => end.to_le_bytes().to_vec(),
             ServerError::Busy
             | ServerError::ShuttingDown
@@ -801,6 +834,7 @@ impl ServerError {
             8 => ServerError::Unavailable { message: text() },
             9 => ServerError::SequenceUnknown,
             10 => ServerError::TimedOut { message: text() },
+            12 => ServerError::Unauthorized { message: text() },
             code => ServerError::Unknown { code },
         }
     }
@@ -884,6 +918,7 @@ mod tests {
             no_wait: true,
         });
         round_trip(Request::ClusterStatus);
+        round_trip(Request::Auth { token: b"llt_0123" });
         round_trip(Request::Admin(AdminRequest::AddNode {
             id: 4,
             peer_addr: "10.0.0.4:19195",
@@ -1027,6 +1062,42 @@ mod tests {
     }
 
     #[test]
+    fn auth_requests_carry_one_bounded_token() {
+        let header = |body_len: usize, aux: u8| FrameHeader {
+            body_len: body_len as u32,
+            opcode: opcode::AUTH,
+            aux,
+            request_id: 1,
+        };
+        let max = crate::auth::MAX_TOKEN_LEN;
+        let token = vec![b'x'; max];
+        assert_eq!(
+            Request::parse(&header(max, 0), &token),
+            Ok(Request::Auth { token: &token })
+        );
+        for (body, aux) in [(&[][..], 0), (&[b'x'; 257][..], 0), (&b"tok"[..], 1)] {
+            assert!(matches!(
+                Request::parse(&header(body.len(), aux), body),
+                Err(ServerError::BadRequest { .. })
+            ));
+        }
+        assert_eq!(
+            ServerError::Unauthorized {
+                message: String::new()
+            }
+            .code(),
+            12
+        );
+        assert_eq!(
+            ServerError::Unauthorized {
+                message: String::new()
+            }
+            .kind_name(),
+            "unauthorized"
+        );
+    }
+
+    #[test]
     fn errors_round_trip() {
         let errors = [
             ServerError::NotLeader {
@@ -1047,6 +1118,9 @@ mod tests {
             ServerError::SequenceUnknown,
             ServerError::TimedOut {
                 message: "slow".into(),
+            },
+            ServerError::Unauthorized {
+                message: "append needs the append role".into(),
             },
         ];
         for error in errors {

@@ -48,8 +48,8 @@
 //! to finish the change. A leader that is not a voter of its latest
 //! configuration leads until that configuration commits, then steps down.
 //! Learners never campaign and never count towards commit; a learner is
-//! promoted only once its durable log is within `max_learner_lag_bytes` of
-//! the leader's commit offset.
+//! promoted only once its durable log holds an entry of the leader's term
+//! and is within `max_learner_lag_bytes` of the leader's commit offset.
 
 use std::collections::{BTreeMap, BTreeSet};
 

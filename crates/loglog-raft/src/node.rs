@@ -517,8 +517,14 @@ impl RaftNode {
             ));
         }
         if let MembershipChange::PromoteLearner(id) = change {
+            // Within the lag bound, and holding an entry of this term: a
+            // learner of a young log (commit below the bound) would
+            // otherwise be promoted before it holds anything, and count in
+            // quorums while it cannot yet ack a single entry.
             let caught_up = leader.progress.get(&id).is_some_and(|progress| {
-                progress.match_offset + self.config.max_learner_lag_bytes >= self.known_commit
+                progress.match_offset > leader.term_start
+                    && progress.match_offset + self.config.max_learner_lag_bytes
+                        >= self.known_commit
             });
             if !caught_up {
                 return Err(ProposeError::BadMembershipChange(

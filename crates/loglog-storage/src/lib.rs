@@ -54,6 +54,25 @@
 //! a valid log (a suffix of the old segments, an empty log at 0, or the new
 //! one); the caller saves its intent first and redoes the reset at start.
 //!
+//! # Full disk
+//!
+//! No byte is written without space reserved for it:
+//! [`LogWriter::append`] first allocates the range it writes (`fallocate`
+//! with `KEEP_SIZE`, 1 MiB ahead within the segment when there is room),
+//! and [`LogWriter::reserve`] lets a caller reserve a whole batch, the
+//! start of the next segment included, before the batch is in any log.
+//! Neither reserve nor preallocation takes the last [`DISK_HEADROOM`]
+//! bytes of the filesystem: they are left for the small state files and
+//! for appends nobody reserved (the Raft core's own small entries: no-ops,
+//! configurations, trims), so that a node on a full disk can still save its
+//! term, win an election, or take a trim that frees space. So on a full
+//! disk an append fails with an error for which
+//! [`StorageError::is_disk_full`] holds and nothing written, and succeeds
+//! again once space returns. Filesystems without `fallocate` get no such
+//! guarantee (a part-written batch is then removed, as for any failed
+//! write); copy-on-write filesystems neither (an overwrite needs new
+//! space).
+//!
 //! # Preallocation
 //!
 //! fdatasync after writing into already written, durable space needs no
@@ -113,7 +132,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use crate::error::StorageError;
-pub use crate::log::{LogReader, LogSyncer, LogWriter, ReadChunk, MAX_READ_BYTES};
+pub use crate::log::{
+    FileSpan, LogReader, LogSyncer, LogWriter, ReadChunk, SegmentInfo, MAX_READ_BYTES,
+};
+pub use crate::prealloc::DISK_HEADROOM;
 
 /// Whether syncs call fsync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

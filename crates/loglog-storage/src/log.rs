@@ -9,13 +9,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use loglog_proto::entry::{EntryHeader, ENTRY_HEADER_LEN, MAX_PAYLOAD_LIMIT};
 use loglog_proto::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
 
-use crate::prealloc::{Preparer, ZeroAhead, ZERO_AHEAD};
+use crate::prealloc::{reserve_space, Preparer, Reserved, ZeroAhead, ZERO_AHEAD};
 use crate::{FsyncPolicy, StorageError};
 
 /// Upper bound of one read's buffer, whatever `max_bytes` the caller asks
 /// for (a single entry larger than this is still returned whole: it is
 /// bounded by the largest entry the log holds).
 pub const MAX_READ_BYTES: u32 = 64 * 1024 * 1024;
+
+/// Space reserved ahead of the writer in one `fallocate` (within the
+/// segment), so that most writes need no reservation call of their own.
+const RESERVE_AHEAD: u64 = 1024 * 1024;
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded state stays consistent at every await-free step, so a
@@ -319,6 +323,11 @@ pub struct LogWriter {
     segment_size: u64,
     /// A write failed part-way and its bytes past `end` are not removed yet.
     dirty_past_end: bool,
+    /// File position of the tail below which space is allocated (reserved
+    /// with `fallocate`), so that writes there cannot fail with ENOSPC.
+    reserved_end: u64,
+    /// False once the filesystem said it cannot `fallocate`.
+    can_reserve: bool,
     /// Zeroes ahead and prepares the next segment (None without fsyncs).
     /// Dropped (joined) before `_lock`.
     preparer: Option<Preparer>,
@@ -335,6 +344,7 @@ impl LogWriter {
     ) -> LogWriter {
         let tail = shared.tail();
         let end = shared.end.load(Ordering::Acquire);
+        let written_end = tail.position(end);
         let preparer = match shared.fsync {
             FsyncPolicy::Always if preallocate => {
                 match Preparer::start(shared.clone(), segment_size) {
@@ -353,6 +363,9 @@ impl LogWriter {
             end,
             segment_size,
             dirty_past_end: false,
+            // What is written is allocated.
+            reserved_end: written_end,
+            can_reserve: true,
             preparer,
             _lock: lock,
         }
@@ -423,6 +436,10 @@ impl LogWriter {
     fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         let position = self.tail.position(self.end);
         let write_end = position + bytes.len() as u64;
+        // Space first: a full disk fails here, with nothing written. What
+        // `reserve` did not cover (the core's own small entries: no-ops,
+        // configurations, trims) may use the headroom.
+        self.reserve_tail(write_end, false)?;
         self.tail.zero.claim(position, write_end);
         if let Err(error) = self.tail.file.write_all_at(bytes, position) {
             self.dirty_past_end = true;
@@ -452,6 +469,8 @@ impl LogWriter {
     /// appended.
     fn remove_bytes_past_end(&mut self) -> Result<(), StorageError> {
         let position = self.tail.position(self.end);
+        // A cut may free the space reserved past it.
+        self.reserved_end = self.reserved_end.min(position);
         let tail = &self.tail;
         tail.zero
             .shrink(position, || tail.file.set_len(position))
@@ -508,7 +527,82 @@ impl LogWriter {
         }
         tracing::debug!(start = self.end, "rolled to a new segment");
         self.tail = new;
+        self.reserved_end = SEGMENT_HEADER_LEN as u64;
         Ok(())
+    }
+
+    /// Makes sure that appending up to `len` more bytes cannot fail for
+    /// lack of disk space: allocates (`fallocate`, keeping the file size)
+    /// the rest of the batch's room in the tail segment and, when the batch
+    /// will roll, the start of the next segment file (created now if the
+    /// preparer has none ready). On a full disk it fails with an error for
+    /// which [`StorageError::is_disk_full`] holds, having written nothing,
+    /// so a caller can refuse an append before it is in any log (a
+    /// follower before it takes a leader's entries).
+    ///
+    /// What it guarantees: on filesystems that overwrite in place (ext4,
+    /// xfs, tmpfs), a batch of at most `len` bytes that spans at most one
+    /// roll and holds no entry larger than a segment; not on copy-on-write
+    /// filesystems, and not where `fallocate` is unsupported (then it does
+    /// nothing). [`append`](Self::append)
+    /// reserves each segment's part itself anyway, so a full disk never
+    /// leaves part of an entry written.
+    pub fn reserve(&mut self, len: u64) -> Result<(), StorageError> {
+        self.shared.check_poisoned()?;
+        let used = self.end - self.tail.start;
+        let room = self.segment_size.saturating_sub(used);
+        let position = self.tail.position(self.end);
+        // Never more than a segment's worth per file: space reserved past a
+        // file's end stays allocated until the file is cut or deleted.
+        self.reserve_tail(position + len.min(room), true)?;
+        if len > room {
+            if let Some(preparer) = &self.preparer {
+                if self.can_reserve {
+                    // What goes past this segment: at most `len`, at most a
+                    // segment's worth (an entry larger than a segment is
+                    // reserved when it is written).
+                    let next = SEGMENT_HEADER_LEN as u64 + len.min(self.segment_size);
+                    preparer.reserve_next(&self.shared.dir, next)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reserves the tail's file range up to `to` (and up to
+    /// [`RESERVE_AHEAD`] more within the segment, when there is room),
+    /// leaving the headroom free or not.
+    fn reserve_tail(&mut self, to: u64, keep_headroom: bool) -> Result<(), StorageError> {
+        if !self.can_reserve || to <= self.reserved_end {
+            return Ok(());
+        }
+        let from = self.reserved_end;
+        let limit = SEGMENT_HEADER_LEN as u64 + self.segment_size;
+        let ahead = (to + RESERVE_AHEAD).min(limit).max(to);
+        let file = &self.tail.file;
+        let (result, reserved) =
+            match (ahead > to).then(|| reserve_space(file, from, ahead - from, true)) {
+                Some(Ok(done)) => (Ok(done), ahead),
+                // Not that much room (or none ahead): exactly what is needed.
+                _ => (reserve_space(file, from, to - from, keep_headroom), to),
+            };
+        match result {
+            Ok(Reserved::Yes) => {
+                self.reserved_end = reserved;
+                Ok(())
+            }
+            Ok(Reserved::Unsupported) => {
+                tracing::warn!(
+                    "this filesystem cannot reserve space (fallocate): a full disk may fail \
+                     a write part-way (the part is removed)"
+                );
+                self.can_reserve = false;
+                Ok(())
+            }
+            Err(error) => Err(StorageError::io("reserve space in", &self.tail.path())(
+                error,
+            )),
+        }
     }
 
     /// Written end (not necessarily durable).
@@ -565,6 +659,7 @@ impl LogWriter {
         let tail = &self.tail;
         tail.end.store(offset, Ordering::Release);
         let position = tail.position(offset);
+        self.reserved_end = position;
         tail.zero
             .shrink(position, || tail.file.set_len(position))
             .map_err(StorageError::io("truncate", &tail.path()))?;
@@ -676,6 +771,7 @@ impl LogWriter {
         self.tail = new;
         self.end = offset;
         self.dirty_past_end = false;
+        self.reserved_end = SEGMENT_HEADER_LEN as u64;
         tracing::info!(start = offset, "log reset to begin at a new start offset");
         Ok(())
     }
@@ -774,6 +870,56 @@ impl ReadChunk {
     }
 }
 
+/// Whole entries located in one segment file, not read
+/// ([`LogReader::locate`]): `len` bytes at [`FileSpan::position`] of
+/// [`FileSpan::file`], e.g. for `sendfile`. Holding it keeps the file open:
+/// a trim or reset that deletes the segment meanwhile unlinks the file,
+/// and its committed bytes stay readable through the span.
+#[derive(Clone)]
+pub struct FileSpan {
+    segment: Arc<Segment>,
+    /// Log offset of the first entry.
+    pub offset: u64,
+    /// Bytes of whole entries, headers included.
+    pub len: u64,
+    /// Number of entries in the span.
+    pub entry_count: u32,
+}
+
+impl std::fmt::Debug for FileSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSpan")
+            .field("segment_start", &self.segment.start)
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .field("entry_count", &self.entry_count)
+            .finish()
+    }
+}
+
+impl FileSpan {
+    /// The segment file holding the span.
+    pub fn file(&self) -> &File {
+        &self.segment.file
+    }
+
+    /// File position of the span's first byte.
+    pub fn position(&self) -> u64 {
+        self.segment.position(self.offset)
+    }
+
+    /// Where the next read should start.
+    pub fn next_offset(&self) -> u64 {
+        self.offset + self.len
+    }
+}
+
+/// [`LogReader::locate`] reads headers through a window of this many bytes
+/// while entries are large (one header per window)...
+const SCAN_WINDOW_SMALL: usize = 4 * 1024;
+/// ...and of this many while they are small (many headers per window).
+const SCAN_WINDOW_LARGE: usize = 64 * 1024;
+
 impl LogReader {
     pub(crate) fn new(shared: Arc<Shared>) -> LogReader {
         LogReader { shared }
@@ -806,13 +952,13 @@ impl LogReader {
         self.read_entries(offset, max_bytes, limit, false)
     }
 
-    fn read_entries(
+    /// The segment holding `offset` and the end of what may be read in it
+    /// (below `limit`); `None` when `offset == limit` (nothing to read).
+    fn readable(
         &self,
         offset: u64,
-        max_bytes: u32,
         limit: u64,
-        whole_first_entry: bool,
-    ) -> Result<ReadChunk, StorageError> {
+    ) -> Result<Option<(Arc<Segment>, u64)>, StorageError> {
         let start = self.start_offset();
         if offset < start {
             return Err(StorageError::Trimmed { start });
@@ -825,11 +971,7 @@ impl LogReader {
             return Err(StorageError::OutOfRange { end: limit });
         }
         if offset == limit {
-            return Ok(ReadChunk {
-                offset,
-                bytes: Vec::new(),
-                entry_count: 0,
-            });
+            return Ok(None);
         }
         let segment = self
             .shared
@@ -843,6 +985,149 @@ impl LogReader {
             // caller's own limit.
             return Err(StorageError::OutOfRange { end: readable_end });
         }
+        Ok(Some((segment, readable_end)))
+    }
+
+    /// Where [`read`](Self::read) would find its entries, without reading
+    /// them: the same whole entries (at least one, at most `max_bytes`
+    /// otherwise, never past `limit` or the segment) as a [`FileSpan`] of
+    /// the segment file, for sending the bytes straight from the file.
+    /// `None` when `offset == limit`.
+    ///
+    /// Only headers are read (through a small window), and the first
+    /// entry's CRC is checked (streamed through that window), so an offset
+    /// that is not an entry boundary fails as in `read`. The payloads after
+    /// it are not checked here: their CRCs are for the receiver to check (a
+    /// damaged later entry is sent as stored, where `read` would end the
+    /// chunk before it). The span is advised `WILLNEED`, so the kernel
+    /// starts fetching what is not cached before it is sent.
+    pub fn locate(
+        &self,
+        offset: u64,
+        max_bytes: u32,
+        limit: u64,
+    ) -> Result<Option<FileSpan>, StorageError> {
+        let Some((segment, readable_end)) = self.readable(offset, limit)? else {
+            return Ok(None);
+        };
+        let available = readable_end - offset;
+        let wanted =
+            u64::from(max_bytes.clamp(ENTRY_HEADER_LEN as u32, MAX_READ_BYTES)).min(available);
+        let read_at = |buffer: &mut [u8], at: u64| {
+            segment
+                .file
+                .read_exact_at(buffer, segment.position(at))
+                .map_err(StorageError::io("read", &segment.path()))
+        };
+        let mut window = vec![0u8; SCAN_WINDOW_LARGE];
+        // The window holds log bytes [window_at, window_at + window_len).
+        let (mut window_at, mut window_len) = (offset, 0usize);
+        let mut located = 0u64;
+        let mut entry_count = 0u32;
+        let mut small_entries = false;
+        while located < wanted {
+            let at = offset + located;
+            let rest = readable_end - at;
+            if rest < ENTRY_HEADER_LEN as u64 {
+                break;
+            }
+            if at < window_at || at + ENTRY_HEADER_LEN as u64 > window_at + window_len as u64 {
+                let size = if small_entries {
+                    SCAN_WINDOW_LARGE
+                } else {
+                    SCAN_WINDOW_SMALL
+                };
+                window_len = size.min(usize::try_from(rest).unwrap_or(usize::MAX));
+                window_at = at;
+                read_at(&mut window[..window_len], at)?;
+            }
+            let in_window = (at - window_at) as usize;
+            let header_bytes: [u8; ENTRY_HEADER_LEN] = window
+                [in_window..in_window + ENTRY_HEADER_LEN]
+                .try_into()
+                .expect("the window holds the whole header");
+            let Ok(header) = EntryHeader::decode(&header_bytes, MAX_PAYLOAD_LIMIT) else {
+                if located == 0 {
+                    return Err(StorageError::NotEntryBoundary { offset });
+                }
+                break;
+            };
+            let len = header.entry_len();
+            if len > rest {
+                if located == 0 {
+                    return Err(StorageError::NotEntryBoundary { offset });
+                }
+                break;
+            }
+            if located > 0 && located + len > wanted {
+                break;
+            }
+            if located == 0 {
+                // The first entry's CRC, streamed: header bytes 4..16, then
+                // the payload in window-sized pieces.
+                let mut crc = crc32c::crc32c(&header_bytes[4..]);
+                let mut done = ENTRY_HEADER_LEN as u64;
+                while done < len {
+                    let piece = (len - done).min(window.len() as u64) as usize;
+                    if at + done + piece as u64 <= window_at + window_len as u64 {
+                        let from = (at + done - window_at) as usize;
+                        crc = crc32c::crc32c_append(crc, &window[from..from + piece]);
+                    } else {
+                        window_len = 0;
+                        read_at(&mut window[..piece], at + done)?;
+                        crc = crc32c::crc32c_append(crc, &window[..piece]);
+                    }
+                    done += piece as u64;
+                }
+                if crc != header.crc {
+                    return Err(StorageError::Corrupt {
+                        path: segment.path(),
+                        offset,
+                        reason: loglog_proto::entry::EntryError::BadCrc {
+                            stored: header.crc,
+                            computed: crc,
+                        }
+                        .to_string(),
+                    });
+                }
+            }
+            located += len;
+            entry_count += 1;
+            small_entries = len < SCAN_WINDOW_SMALL as u64;
+        }
+        if located == 0 {
+            return Err(StorageError::NotEntryBoundary { offset });
+        }
+        let span = FileSpan {
+            segment,
+            offset,
+            len: located,
+            entry_count,
+        };
+        // Advice only: a failure changes nothing but speed.
+        let _ = rustix::fs::fadvise(
+            span.file(),
+            span.position(),
+            std::num::NonZeroU64::new(span.len),
+            rustix::fs::Advice::WillNeed,
+        );
+        Ok(Some(span))
+    }
+
+    fn read_entries(
+        &self,
+        offset: u64,
+        max_bytes: u32,
+        limit: u64,
+        whole_first_entry: bool,
+    ) -> Result<ReadChunk, StorageError> {
+        let Some((segment, readable_end)) = self.readable(offset, limit)? else {
+            return Ok(ReadChunk {
+                offset,
+                bytes: Vec::new(),
+                entry_count: 0,
+            });
+        };
         let available = readable_end - offset;
         let wanted =
             u64::from(max_bytes.clamp(ENTRY_HEADER_LEN as u32, MAX_READ_BYTES)).min(available);
@@ -927,4 +1212,36 @@ impl LogReader {
     pub fn segment_count(&self) -> usize {
         read_lock(&self.shared.segments).len()
     }
+
+    /// Every segment of the log, oldest first (the last one is the tail),
+    /// for retention policies: where each starts and ends and when it was
+    /// last written.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let segments: Vec<Arc<Segment>> = read_lock(&self.shared.segments).clone();
+        segments
+            .iter()
+            .map(|segment| SegmentInfo {
+                start: segment.start,
+                end: segment.end.load(Ordering::Acquire),
+                // The file's mtime: the last write into it (data, or zeros
+                // ahead of the writer while it was the tail).
+                last_write: segment
+                    .file
+                    .metadata()
+                    .and_then(|metadata| metadata.modified())
+                    .ok(),
+            })
+            .collect()
+    }
+}
+
+/// One segment as [`LogReader::segments`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Log offset of its first entry.
+    pub start: u64,
+    /// Log offset just past its last entry (the next segment's start).
+    pub end: u64,
+    /// When its file was last written (`None` if the filesystem cannot tell).
+    pub last_write: Option<std::time::SystemTime>,
 }

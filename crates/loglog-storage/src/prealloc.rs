@@ -224,6 +224,7 @@ impl ZeroAhead {
                 state.generation,
             )
         };
+        check_headroom(&file, to - from).map_err(StorageError::io("write zeros to", path))?;
         let zeros = aligned_zeros();
         let mut at = from;
         while at < to {
@@ -305,6 +306,8 @@ struct Control {
     state: Mutex<ControlState>,
     wake: Condvar,
     wake_requested: AtomicBool,
+    /// Numbers the prepared files (`prealloc-N.tmp`), whoever creates them.
+    next_id: AtomicU64,
 }
 
 struct ControlState {
@@ -327,6 +330,7 @@ impl Preparer {
             }),
             wake: Condvar::new(),
             wake_requested: AtomicBool::new(true),
+            next_id: AtomicU64::new(0),
         });
         let thread_control = control.clone();
         let thread = std::thread::Builder::new()
@@ -347,6 +351,26 @@ impl Preparer {
         if !self.control.wake_requested.swap(true, Ordering::AcqRel) {
             let _state = lock(&self.control.state);
             self.control.wake.notify_one();
+        }
+    }
+
+    /// Reserves (allocates) the first `len` bytes of the next segment file,
+    /// creating that file now if none is prepared yet, so that the writes
+    /// after the next roll cannot fail for lack of space (see
+    /// [`crate::LogWriter::reserve`]).
+    pub(crate) fn reserve_next(&self, dir: &Path, len: u64) -> Result<(), StorageError> {
+        let mut state = lock(&self.control.state);
+        if state.prepared.is_none() {
+            let id = self.control.next_id.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!("prealloc-{id}.tmp"));
+            let file = create_file(&path)?;
+            let zero = Arc::new(ZeroAhead::new(&file, 0));
+            state.prepared = Some(PreparedFile { file, path, zero });
+        }
+        let prepared = state.prepared.as_ref().expect("set above");
+        match reserve_space(&prepared.file, 0, len, true) {
+            Ok(_) => Ok(()),
+            Err(error) => Err(StorageError::io("reserve space in", &prepared.path)(error)),
         }
     }
 
@@ -374,7 +398,6 @@ impl Drop for Preparer {
 fn run(control: &Control, shared: &Shared, segment_size: u64) {
     let limit = (SEGMENT_HEADER_LEN as u64).saturating_add(segment_size);
     let first_zeroed = ZERO_AHEAD.min(limit);
-    let mut next_id = 0u64;
     // The zeroing state of the last file prepared, which may already be the
     // tail: its first `first_zeroed` bytes are zeroed in steps.
     let mut preparing: Option<(Arc<ZeroAhead>, PathBuf)> = None;
@@ -426,8 +449,8 @@ fn run(control: &Control, shared: &Shared, segment_size: u64) {
 
         let needs_file = lock(&control.state).prepared.is_none();
         if needs_file && !failed && !worked {
-            let path = shared.dir.join(format!("prealloc-{next_id}.tmp"));
-            next_id += 1;
+            let id = control.next_id.fetch_add(1, Ordering::Relaxed);
+            let path = shared.dir.join(format!("prealloc-{id}.tmp"));
             match create_file(&path) {
                 Ok(file) => {
                     let zero = Arc::new(ZeroAhead::new(&file, 0));
@@ -438,8 +461,14 @@ fn run(control: &Control, shared: &Shared, segment_size: u64) {
                         let _ = std::fs::remove_file(&path);
                         return;
                     }
-                    state.prepared = Some(PreparedFile { file, path, zero });
-                    worked = true;
+                    if state.prepared.is_some() {
+                        // The writer made one meanwhile (`reserve_next`).
+                        drop(state);
+                        let _ = std::fs::remove_file(&path);
+                    } else {
+                        state.prepared = Some(PreparedFile { file, path, zero });
+                        worked = true;
+                    }
                 }
                 Err(error) => {
                     report(&mut warned, "preparing the next segment file", error);
@@ -468,6 +497,59 @@ fn run(control: &Control, shared: &Shared, segment_size: u64) {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
         }
+    }
+}
+
+/// Free space the log never takes (neither preallocation nor appends): it
+/// is kept for the node's small state files (term and vote, checkpoints),
+/// which are replaced whole (write a temporary file, rename). A node that
+/// cannot save its term can neither vote nor start, so on a full disk the
+/// log stops growing first.
+pub const DISK_HEADROOM: u64 = 64 * 1024;
+
+/// ENOSPC unless the filesystem of `file` has `len` bytes free on top of
+/// [`DISK_HEADROOM`]. Filesystems that cannot tell pass.
+pub(crate) fn check_headroom(file: &File, len: u64) -> std::io::Result<()> {
+    match rustix::fs::fstatvfs(file) {
+        Ok(stat)
+            if stat.f_bavail.saturating_mul(stat.f_frsize) < len.saturating_add(DISK_HEADROOM) =>
+        {
+            Err(std::io::Error::from(rustix::io::Errno::NOSPC))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether [`reserve_space`] reserved the range or the filesystem cannot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reserved {
+    Yes,
+    /// `fallocate` is not supported here: nothing is guaranteed.
+    Unsupported,
+}
+
+/// Allocates file range `[from, from + len)` without changing the file's
+/// size (`fallocate` with `KEEP_SIZE`): later writes into it need no new
+/// space, so they cannot fail with ENOSPC (on filesystems that overwrite in
+/// place; not on copy-on-write ones). Fails with ENOSPC (or EDQUOT) when
+/// the space is not there, having written nothing; with `keep_headroom`,
+/// also when it would leave less than [`DISK_HEADROOM`] free.
+pub(crate) fn reserve_space(
+    file: &File,
+    from: u64,
+    len: u64,
+    keep_headroom: bool,
+) -> std::io::Result<Reserved> {
+    if len == 0 {
+        return Ok(Reserved::Yes);
+    }
+    if keep_headroom {
+        check_headroom(file, len)?;
+    }
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, from, len) {
+        Ok(()) => Ok(Reserved::Yes),
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => Ok(Reserved::Unsupported),
+        Err(errno) => Err(std::io::Error::from(errno)),
     }
 }
 

@@ -13,6 +13,12 @@
 //! 16..    payload
 //! last 4  crc      CRC32C of everything before it
 //! ```
+//!
+//! **Full disk.** A node that cannot save its term can neither vote nor
+//! start, and the disk may be filled by someone else than the log. So a
+//! data directory keeps a spare file ([`SPARE_FILE`], [`SPARE_BYTES`]
+//! allocated, made by [`ensure_spare`]); a `save` that fails for lack of
+//! space deletes it and tries once more.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -41,9 +47,54 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// Name of the spare file in a state file's directory (see the module docs).
+pub const SPARE_FILE: &str = "space.spare";
+/// Size of the spare file: room for several state files saved at once.
+pub const SPARE_BYTES: u64 = 256 * 1024;
+
+/// Makes sure `dir` holds the spare file (allocated, durable). Returns
+/// whether it was created now. Fails when there is no room for it.
+pub fn ensure_spare(dir: &Path) -> Result<bool, StorageError> {
+    let spare = dir.join(SPARE_FILE);
+    if spare.exists() {
+        return Ok(false);
+    }
+    let temp = temp_path(&spare);
+    let result = (|| {
+        let file = File::create(&temp).map_err(StorageError::io("create", &temp))?;
+        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, SPARE_BYTES)
+            .map_err(|errno| StorageError::io("allocate", &temp)(io::Error::from(errno)))?;
+        file.sync_all().map_err(StorageError::io("fsync", &temp))?;
+        fs::rename(&temp, &spare).map_err(StorageError::io("rename", &temp))?;
+        File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(StorageError::io("fsync directory", dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.map(|()| true)
+}
+
 /// Atomically replaces the file at `path` with `bytes` (durably: the call
 /// returns after the new contents and the directory entry are fsynced).
+/// On a full disk the directory's spare file is given up for it (module
+/// docs).
 pub fn save(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    match save_once(path, bytes) {
+        Err(error) if error.is_disk_full() => {
+            let spare = parent_dir(path).join(SPARE_FILE);
+            if fs::remove_file(&spare).is_err() {
+                return Err(error);
+            }
+            tracing::warn!(%error, path = %path.display(), "disk full: the spare space goes to this state file");
+            save_once(path, bytes)
+        }
+        result => result,
+    }
+}
+
+fn save_once(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     if bytes.len() > MAX_STATE_LEN {
         return Err(StorageError::InvalidAppend {
             reason: format!(
@@ -151,6 +202,19 @@ pub fn load(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spare_file_is_set_aside_once() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ensure_spare(dir.path()).unwrap());
+        let spare = dir.path().join(SPARE_FILE);
+        assert_eq!(fs::metadata(&spare).unwrap().len(), SPARE_BYTES);
+        assert!(!ensure_spare(dir.path()).unwrap(), "already there");
+        // An ordinary save leaves it alone (only a full disk takes it).
+        save(&dir.path().join("state"), b"x").unwrap();
+        assert!(spare.exists());
+        assert!(!dir.path().join("space.spare.tmp").exists());
+    }
 
     #[test]
     fn save_load_replace() {

@@ -28,6 +28,7 @@ use loglog_proto::wire::{
 };
 use tokio::sync::oneshot;
 
+use crate::auth::{authenticate, AuthToken};
 use crate::connection::{Connection, Reply};
 use crate::error::Error;
 use crate::page::ReadPage;
@@ -57,6 +58,15 @@ pub struct ClientConfig {
     /// append whose outcome became unknown is retried (deduplicated by the
     /// leader) within the same time, then fails with [`Error::InDoubt`].
     pub leader_wait: Duration,
+    /// TLS to the nodes' client listener; `None` (the default): plain TCP,
+    /// for local use.
+    pub tls: Option<crate::tls::ClientTls>,
+    /// The client token, for nodes with authentication on: sent on every
+    /// connection the client opens (redirects and reconnects included),
+    /// before any request. `None`: no token (nodes with authentication on
+    /// then answer every request `Unauthorized`). A node with
+    /// authentication off, or one older than it, accepts any token.
+    pub token: Option<AuthToken>,
 }
 
 impl Default for ClientConfig {
@@ -67,6 +77,8 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             max_redirects: 3,
             leader_wait: Duration::from_secs(10),
+            tls: None,
+            token: None,
         }
     }
 }
@@ -294,14 +306,10 @@ impl Client {
     pub async fn enable_upload(&self, config: UploadConfig) -> Result<(), Error> {
         let status = self.cluster_status().await?;
         let config_inner = &self.inner.config;
-        let uploader = self.inner.uploader.get_or_init(|| {
-            Arc::new(Uploader::new(
-                config,
-                config_inner.max_in_flight,
-                config_inner.max_response_body,
-                config_inner.connect_timeout,
-            ))
-        });
+        let uploader = self
+            .inner
+            .uploader
+            .get_or_init(|| Arc::new(Uploader::new(config, config_inner.clone())));
         let (members, leader) = member_addresses(&status);
         uploader.set_members(members, leader);
         Ok(())
@@ -584,6 +592,7 @@ impl Client {
             tried.push(addr);
             match Connection::open(
                 addr,
+                config.tls.as_ref(),
                 config.max_in_flight,
                 config.max_response_body,
                 config.connect_timeout,
@@ -591,6 +600,24 @@ impl Client {
             .await
             {
                 Ok(connection) => {
+                    if let Some(token) = &config.token {
+                        match authenticate(&connection, token).await {
+                            // A node older than authentication (it does not
+                            // know AUTH) has none to check: go on.
+                            Ok(_)
+                            | Err(Error::Server {
+                                source: ServerError::BadRequest { .. },
+                                ..
+                            }) => {}
+                            // The node went away at once: try the next.
+                            Err(Error::Io { source, .. }) => {
+                                last_error = Some(std::io::Error::new(source.kind(), source));
+                                continue;
+                            }
+                            // An unknown token: no other node will do better.
+                            Err(other) => return Err(other),
+                        }
+                    }
                     let connection = Arc::new(connection);
                     *self
                         .inner

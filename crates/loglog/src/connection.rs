@@ -21,13 +21,13 @@ use bytes::{Bytes, BytesMut};
 use loglog_proto::wire::{
     FrameHeader, ServerError, CONNECTION_OPCODE, FRAME_HEADER_LEN, STATUS_OK,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 
 use crate::error::Error;
+use crate::tls::ClientTls;
 
 /// Frames smaller than this are copied into the writer's batch buffer;
 /// larger bodies are written straight from their own buffer.
@@ -83,7 +83,9 @@ struct Pending {
 #[derive(Default)]
 struct State {
     next_request_id: u64,
-    pending: HashMap<u64, Pending>,
+    /// foldhash, not SipHash: ids are ours (sequential), and this map is
+    /// hit twice per request.
+    pending: HashMap<u64, Pending, foldhash::fast::RandomState>,
     failure: Option<Failure>,
 }
 
@@ -135,6 +137,12 @@ struct Frame {
     body: Bytes,
 }
 
+/// A connection before it is split into its reader and writer halves.
+enum Opened {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
 /// Handle to one open connection. Dropping it closes the connection once
 /// every request already sent is answered.
 pub(crate) struct Connection {
@@ -148,6 +156,7 @@ impl Connection {
     /// reader and writer tasks on the current tokio runtime.
     pub(crate) async fn open(
         addr: &str,
+        tls: Option<&ClientTls>,
         max_in_flight: usize,
         max_response_body: u32,
         connect_timeout: Duration,
@@ -168,7 +177,28 @@ impl Connection {
         };
         // Small requests must not wait for Nagle: latency is the point.
         stream.set_nodelay(true).map_err(connect_error)?;
-        let (read_half, write_half) = stream.into_split();
+        let stream = match tls {
+            None => Opened::Plain(stream),
+            Some(tls) => {
+                let name = tls.server_name_for(addr).map_err(connect_error)?;
+                let handshake = tls.connector().connect(name, stream);
+                match tokio::time::timeout(connect_timeout, handshake).await {
+                    Ok(Ok(stream)) => Opened::Tls(Box::new(stream)),
+                    Ok(Err(error)) => {
+                        return Err(connect_error(io::Error::new(
+                            error.kind(),
+                            format!("TLS handshake failed: {error}"),
+                        )))
+                    }
+                    Err(_) => {
+                        return Err(connect_error(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("TLS handshake: no answer within {connect_timeout:?}"),
+                        )))
+                    }
+                }
+            }
+        };
         assert!(
             max_in_flight > 0,
             "at least one request must be allowed in flight"
@@ -181,9 +211,20 @@ impl Connection {
         });
         // As many slots as permits: a caller holding a permit never waits here.
         let (frames, queued) = mpsc::channel(max_in_flight);
-        tokio::spawn(write_loop(Arc::clone(&shared), write_half, queued));
-        let reader = tokio::spawn(read_loop(Arc::clone(&shared), read_half, max_response_body))
-            .abort_handle();
+        // One reader and one writer either way; only the halves differ.
+        let reader = match stream {
+            Opened::Tls(stream) => {
+                let (read_half, write_half) = tokio::io::split(*stream);
+                tokio::spawn(write_loop(Arc::clone(&shared), write_half, queued));
+                tokio::spawn(read_loop(Arc::clone(&shared), read_half, max_response_body))
+            }
+            Opened::Plain(stream) => {
+                let (read_half, write_half) = stream.into_split();
+                tokio::spawn(write_loop(Arc::clone(&shared), write_half, queued));
+                tokio::spawn(read_loop(Arc::clone(&shared), read_half, max_response_body))
+            }
+        }
+        .abort_handle();
         Ok(Connection {
             shared,
             frames,
@@ -281,9 +322,9 @@ impl Drop for Connection {
     }
 }
 
-async fn write_loop(
+async fn write_loop<W: AsyncWrite + Unpin>(
     shared: Arc<Shared>,
-    mut socket: OwnedWriteHalf,
+    mut socket: W,
     mut queued: mpsc::Receiver<Frame>,
 ) {
     let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH_BYTES);
@@ -310,6 +351,10 @@ async fn write_loop(
         if result.is_ok() {
             result = write_batch(&mut socket, &mut batch).await;
         }
+        if result.is_ok() {
+            // TLS may hold the last record back until flushed (TCP: no-op).
+            result = socket.flush().await;
+        }
         if let Err(error) = result {
             shared.fail(Failure::Io(Arc::new(error)));
             return;
@@ -322,7 +367,7 @@ async fn write_loop(
     let _ = socket.shutdown().await;
 }
 
-async fn write_batch(socket: &mut OwnedWriteHalf, batch: &mut Vec<u8>) -> io::Result<()> {
+async fn write_batch<W: AsyncWrite + Unpin>(socket: &mut W, batch: &mut Vec<u8>) -> io::Result<()> {
     if !batch.is_empty() {
         socket.write_all(batch).await?;
         batch.clear();
@@ -330,14 +375,18 @@ async fn write_batch(socket: &mut OwnedWriteHalf, batch: &mut Vec<u8>) -> io::Re
     Ok(())
 }
 
-async fn read_loop(shared: Arc<Shared>, socket: OwnedReadHalf, max_response_body: u32) {
+async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, socket: R, max_response_body: u32) {
     let failure = read_answers(&shared, socket, max_response_body).await;
     shared.fail(failure);
 }
 
 /// Reads and dispatches answers until the connection fails (the return
 /// value says why) or, after the handle was dropped, nothing is pending.
-async fn read_answers(shared: &Shared, mut socket: OwnedReadHalf, max_body: u32) -> Failure {
+async fn read_answers<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    mut socket: R,
+    max_body: u32,
+) -> Failure {
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     loop {
         let header = match FrameHeader::decode(&buffer, max_body) {

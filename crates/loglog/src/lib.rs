@@ -30,12 +30,18 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Nodes with authentication on need a token with the right role
+//! ([`ClientConfig::token`], an [`AuthToken`]): the client sends it on every
+//! connection it opens, and a request the token does not allow fails with
+//! `ServerError::Unauthorized`.
+//!
 //! [`blocking::Client`] offers the same calls without async.
 //!
 //! On top of the log, client side (the server never interprets payloads):
 //! [`batch`] packs many records into one entry, and [`follower`] drives a
 //! state machine that follows the log with durable snapshots.
 
+mod auth;
 pub mod batch;
 pub mod blocking;
 mod client;
@@ -44,16 +50,20 @@ mod error;
 pub mod follower;
 mod page;
 mod stream;
+mod tls;
 pub mod upload;
 
+pub use auth::AuthToken;
 pub use batch::{BatchBuilder, BatchError, SubEntry};
 pub use client::{Client, ClientConfig, PendingAppend, DEFAULT_CLUSTER};
 pub use error::{Error, Result};
 pub use follower::{Follower, FollowerConfig, FollowerError, StateMachine};
 pub use page::{Entry, ReadPage};
 pub use stream::{EntryStream, DEFAULT_LONG_POLL, DEFAULT_PAGE_BYTES};
+pub use tls::ClientTls;
 pub use upload::{UploadConfig, UploadStats};
 
+pub use loglog_proto::auth::Roles;
 pub use loglog_proto::entry::EntryKind;
 pub use loglog_proto::producer::ProducerTag;
 pub use loglog_proto::wire::{

@@ -20,7 +20,10 @@ use loglog_proto::upload::{digest, DIGEST_LEN};
 use loglog_proto::wire::opcode;
 use tokio::sync::mpsc;
 
+use crate::auth::authenticate;
 use crate::connection::Connection;
+use crate::{ClientConfig, Error};
+use loglog_proto::wire::ServerError;
 
 /// Settings of upload mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,9 +73,8 @@ struct Counters {
 
 pub(crate) struct Uploader {
     config: UploadConfig,
-    max_in_flight: usize,
-    max_response_body: u32,
-    connect_timeout: Duration,
+    /// The client's settings: limits, TLS and token for the connections.
+    client: Arc<ClientConfig>,
     state: Mutex<State>,
     counters: Arc<Counters>,
 }
@@ -101,17 +103,10 @@ const MAX_QUEUED_UPLOADS: usize = 4096;
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 
 impl Uploader {
-    pub(crate) fn new(
-        config: UploadConfig,
-        max_in_flight: usize,
-        max_response_body: u32,
-        connect_timeout: Duration,
-    ) -> Uploader {
+    pub(crate) fn new(config: UploadConfig, client: ClientConfig) -> Uploader {
         Uploader {
             config,
-            max_in_flight,
-            max_response_body,
-            connect_timeout,
+            client: Arc::new(client),
             state: Mutex::new(State::default()),
             counters: Arc::default(),
         }
@@ -219,11 +214,7 @@ impl Uploader {
             receiver,
             queued_bytes.clone(),
             self.counters.clone(),
-            (
-                self.max_in_flight,
-                self.max_response_body,
-                self.connect_timeout,
-            ),
+            self.client.clone(),
         ));
         MemberLink {
             queue,
@@ -239,7 +230,7 @@ async fn upload_task(
     mut uploads: mpsc::Receiver<Bytes>,
     queued_bytes: Arc<AtomicUsize>,
     counters: Arc<Counters>,
-    (max_in_flight, max_response_body, connect_timeout): (usize, u32, Duration),
+    client: Arc<ClientConfig>,
 ) {
     let mut connection: Option<Connection> = None;
     let mut unreachable_until: Option<Instant> = None;
@@ -250,9 +241,29 @@ async fn upload_task(
                 return false;
             }
             if connection.as_ref().is_none_or(Connection::is_failed) {
-                match Connection::open(&addr, max_in_flight, max_response_body, connect_timeout)
-                    .await
-                {
+                let opened = async {
+                    let opened = Connection::open(
+                        &addr,
+                        client.tls.as_ref(),
+                        client.max_in_flight,
+                        client.max_response_body,
+                        client.connect_timeout,
+                    )
+                    .await?;
+                    if let Some(token) = &client.token {
+                        match authenticate(&opened, token).await {
+                            // A node older than authentication: go on.
+                            Ok(_)
+                            | Err(Error::Server {
+                                source: ServerError::BadRequest { .. },
+                                ..
+                            }) => {}
+                            Err(error) => return Err(error),
+                        }
+                    }
+                    Ok::<Connection, Error>(opened)
+                };
+                match opened.await {
                     Ok(opened) => connection = Some(opened),
                     Err(error) => {
                         tracing::debug!(%addr, %error, "upload target unreachable");

@@ -177,6 +177,14 @@ pub struct Config {
     /// Replicated mode (`--peers`): `None` runs a single node, which is
     /// its own leader.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// TLS on the client listener and between peers; `None` (the default):
+    /// plain TCP, for local use.
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Client tokens and their roles; none (the default): authentication
+    /// is off and every client may do everything.
+    pub auth: crate::auth::AuthConfig,
+    /// Automatic trimming of old segments (off by default).
+    pub retention: crate::retention::Retention,
 }
 
 impl Config {
@@ -197,6 +205,9 @@ impl Config {
             fsync: Fsync::Always,
             limits: Limits::default(),
             cluster: None,
+            tls: None,
+            auth: crate::auth::AuthConfig::default(),
+            retention: crate::retention::Retention::default(),
         }
     }
 
@@ -215,9 +226,11 @@ impl Config {
                 self.segment_size
             ));
         }
+        self.auth.validate()?;
         if self.node_id == 0 {
             return Err("node id 0 is reserved for \"unknown\"".to_string());
         }
+        self.retention.validate()?;
         let zero_bound = [
             ("max connections", limits.max_connections),
             ("max in-flight requests", limits.max_in_flight_requests),
@@ -229,6 +242,9 @@ impl Config {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate(self.cluster.is_some())?;
         }
         if limits.client_stall_timeout.is_zero() {
             return Err("the client stall timeout must not be zero".to_string());

@@ -46,11 +46,16 @@
 //!   durable end to the consensus core instead, and the core advances the
 //!   tracker when a quorum holds an entry of the current term; the writer,
 //!   the tracker, the readers and the server stay as they are.
-//! * Failures: a write error answers its batch `Unavailable` (a full disk
-//!   is transient: later appends that fit succeed); an fsync error poisons
-//!   the node (every append `Unavailable` until a restart, since the kernel
-//!   may have dropped dirty pages). Nothing is acknowledged that is not
-//!   durable; reads keep serving the committed prefix.
+//! * Failures: a batch's disk space is reserved before it is written, so
+//!   a full disk answers it `Unavailable` ("disk full") unwritten, and
+//!   appends resume by themselves when space returns; another write error
+//!   answers its batch `Unavailable` too (any part written is removed
+//!   durably); an fsync error poisons the node (every append `Unavailable`
+//!   until a restart, since the kernel may have dropped dirty pages).
+//!   Nothing is acknowledged that is not durable; reads keep serving the
+//!   committed prefix. Cluster members: ARCHITECTURE.md, "Full disk".
+//! * Retention ([`Retention`], `[retention]` in the config file) trims
+//!   whole old segments through [`Node::trim_prefix`]: see [`retention`].
 //!
 //! # TCP server
 //!
@@ -69,6 +74,15 @@
 //! `BadRequest` and the connection goes on. Past `max_connections` a new
 //! connection gets one `Busy` frame (opcode 0, request id 0) and is closed.
 //! A single node is its own leader, so linearizable reads are plain reads.
+//! With client tokens in [`Config::auth`] (the config file's
+//! `[[auth.tokens]]`), each request needs its role ([`auth`]); calls on
+//! the embedded [`Node`] API are the program's own and are not checked.
+//!
+//! Plain TCP is the default (local use). With [`Config::tls`] the client
+//! listener speaks TLS (optionally demanding client certificates) and
+//! peers authenticate each other by mutual TLS with the cluster's CA
+//! ([`tls`]); the protocol inside is the same. On plain TCP, read answers
+//! of 16 KiB or more are sent from the segment files with `sendfile`.
 //!
 //! # Replicated mode
 //!
@@ -83,6 +97,7 @@
 //! ```text
 //! <data-dir>/LOCK          flock'ed while a node runs (one node per directory)
 //! <data-dir>/node.state    node id, term, vote (atomically replaced, CRC-framed)
+//! <data-dir>/space.spare   256 KiB set aside, given up to save state on a full disk
 //! <data-dir>/log/          segment files: 00000000000000000000.seg, ...
 //! <data-dir>/cluster.id    cluster members only: the cluster id fixed at bootstrap
 //! <data-dir>/raft.checkpoint  cluster members only: commit offset, term map, membership
@@ -100,14 +115,17 @@
 //! `Unavailable` (the disk failed or is full: nothing unacknowledged is ever
 //! reported durable).
 
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod dedup;
 mod metrics;
 mod node;
 mod pipeline;
+pub mod retention;
 mod server;
 mod state;
+pub mod tls;
 
 pub use config::{
     format_duration, parse_byte_size, parse_duration, Config, Fsync, Limits,
@@ -116,4 +134,6 @@ pub use config::{
 pub use loglog_proto::wire::{NodeStatus, Role, ServerError};
 pub use node::{Chunk, Node, StartError, LOCK_FILE, LOG_DIR, NODE_STATE_FILE};
 pub use pipeline::Metrics;
+pub use retention::Retention;
 pub use state::NODE_STATE_VERSION;
+pub use tls::{ClientAuth, TlsConfig, TlsListeners};

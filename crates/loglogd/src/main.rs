@@ -12,7 +12,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use loglogd::{parse_byte_size, parse_duration, Config, Fsync, Limits, Node};
+use loglogd::{
+    parse_byte_size, parse_duration, ClientAuth, Config, Fsync, Limits, Node, TlsConfig,
+    TlsListeners,
+};
+
+mod retention_args;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,9 +46,18 @@ ADDING A NODE\n  \
 CONFIG FILE\n  \
     --config FILE reads every setting from TOML, named like the flags with underscores\n  \
     (id = 1, data_dir = \"d1\", listen = \"127.0.0.1:7001\", peers = \"1=...\", segment_size = \"64MiB\",\n  \
-    ...; the limits in a [limits] table). LOGLOG_* environment variables (shown with each\n  \
+    ...; the limits in a [limits] table, retention in a [retention] table). LOGLOG_* environment variables (shown with each\n  \
     flag) win over the file, and flags win over both. --print-config prints the effective\n  \
-    configuration in this format."
+    configuration in this format.\n\n\
+TLS\n  \
+    Plain TCP is the default, meant for local use. --tls-cert and --tls-key (PEM) turn on TLS\n  \
+    for clients and mutual TLS between peers, whose certificates must come from --tls-ca\n  \
+    (the cluster's CA; a node's certificate needs serverAuth and clientAuth). A [tls] table\n  \
+    in the config file takes cert, key, ca, listeners, client_auth, peer_server_name.\n\n\
+CLIENT TOKENS\n  \
+    Off unless the config file lists tokens: then every client request needs a token with\n  \
+    its role (read: reads and status; append; admin). Make one with `loglog token new --name\n  \
+    NAME --roles read,append` and add the [[auth.tokens]] entry it prints to the file."
 )]
 struct Args {
     /// Data directory (created if missing).
@@ -95,6 +109,13 @@ struct Args {
     print_config: bool,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Client tokens, from the config file's `[[auth.tokens]]` only.
+    #[arg(skip)]
+    auth: loglogd::auth::AuthConfig,
+    #[command(flatten)]
+    retention: retention_args::RetentionArgs,
     /// TEST ONLY (fault injection, with --peers): emulate a power cut on
     /// every kill; the next start drops log bytes that were not fsynced.
     #[arg(long, hide = true)]
@@ -139,6 +160,130 @@ struct FileConfig {
     join: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<FileLimits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<FileTls>,
+    /// Client tokens (`[[auth.tokens]]`); only in the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<loglogd::auth::FileAuth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retention: Option<retention_args::FileRetention>,
+}
+
+/// The `[tls]` table of a config file (see `loglogd::TlsConfig`).
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listeners: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_auth: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_server_name: Option<String>,
+}
+
+/// TLS settings (`loglogd::TlsConfig`): each from its flag, its LOGLOG_*
+/// variable, the config file's `[tls]` table; off without a certificate.
+#[derive(Debug, Default, clap::Args)]
+#[command(next_help_heading = "TLS (off by default: plain TCP, for local use)")]
+struct TlsArgs {
+    /// This node's certificate chain (PEM). With --tls-key: TLS on.
+    #[arg(long, env = "LOGLOG_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "LOGLOG_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// The cluster's CA certificate (PEM): peers' certificates (and client
+    /// certificates with --tls-client-auth require) must chain to it.
+    #[arg(long, env = "LOGLOG_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Which listeners use TLS [default: both].
+    #[arg(long, env = "LOGLOG_TLS_LISTENERS", value_name = "both|clients|peers")]
+    tls_listeners: Option<TlsListeners>,
+    /// Demand client certificates from --tls-ca on the client listener
+    /// [default: none].
+    #[arg(long, env = "LOGLOG_TLS_CLIENT_AUTH", value_name = "none|require")]
+    tls_client_auth: Option<ClientAuth>,
+    /// Name peers' certificates are checked against [default: the host
+    /// of each peer address, a DNS name or an IP address].
+    #[arg(long, env = "LOGLOG_TLS_PEER_SERVER_NAME", value_name = "NAME")]
+    tls_peer_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// Fills what no flag or variable gave from the config file's table.
+    fn fill_from(&mut self, file: FileTls) -> Result<(), String> {
+        fn or<T>(slot: &mut Option<T>, value: Option<T>) {
+            if slot.is_none() {
+                *slot = value;
+            }
+        }
+        or(&mut self.tls_cert, file.cert);
+        or(&mut self.tls_key, file.key);
+        or(&mut self.tls_ca, file.ca);
+        let listeners = file
+            .listeners
+            .map(|text| {
+                text.parse()
+                    .map_err(|error| format!("tls.listeners: {error}"))
+            })
+            .transpose()?;
+        or(&mut self.tls_listeners, listeners);
+        let client_auth = file
+            .client_auth
+            .map(|text| {
+                text.parse()
+                    .map_err(|error| format!("tls.client_auth: {error}"))
+            })
+            .transpose()?;
+        or(&mut self.tls_client_auth, client_auth);
+        or(&mut self.tls_peer_server_name, file.peer_server_name);
+        Ok(())
+    }
+
+    /// Both files or neither; other TLS settings only with them. The CA
+    /// alone from the environment is ignored (LOGLOG_TLS_CA is also the
+    /// `loglog` CLI's variable).
+    fn check(&mut self, matches: &clap::ArgMatches) -> Result<(), String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), Some(_)) => Ok(()),
+            (Some(_), None) | (None, Some(_)) => {
+                Err("--tls-cert and --tls-key go together".to_string())
+            }
+            (None, None) => {
+                let ca_from_env = matches!(
+                    matches.value_source("tls_ca"),
+                    Some(clap::parser::ValueSource::EnvVariable)
+                );
+                if ca_from_env {
+                    self.tls_ca = None;
+                }
+                if self.tls_ca.is_some()
+                    || self.tls_listeners.is_some()
+                    || self.tls_client_auth.is_some()
+                    || self.tls_peer_server_name.is_some()
+                {
+                    return Err("TLS settings need --tls-cert and --tls-key".to_string());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn tls(&self) -> Option<TlsConfig> {
+        let (cert, key) = (self.tls_cert.clone()?, self.tls_key.clone()?);
+        let mut tls = TlsConfig::new(cert, key);
+        tls.ca = self.tls_ca.clone();
+        tls.listeners = self.tls_listeners.unwrap_or_default();
+        tls.client_auth = self.tls_client_auth.unwrap_or_default();
+        tls.peer_server_name = self.tls_peer_server_name.clone();
+        Some(tls)
+    }
 }
 
 /// The `[limits]` table of a config file (see `loglogd::Limits`).
@@ -299,13 +444,13 @@ fn parse_usize_size(text: &str) -> Result<usize, String> {
 
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
 #[serde(untagged)]
-enum FileSize {
+pub(crate) enum FileSize {
     Bytes(u64),
     Text(String),
 }
 
 impl FileSize {
-    fn bytes(&self) -> Result<u64, String> {
+    pub(crate) fn bytes(&self) -> Result<u64, String> {
         match self {
             FileSize::Bytes(bytes) => Ok(*bytes),
             FileSize::Text(text) => parse_byte_size(text),
@@ -328,6 +473,7 @@ fn apply_config_file(args: &mut Args, matches: &clap::ArgMatches) -> Result<(), 
     if args.peers.is_none() && !args.join && (args.cluster_id.is_some() || !unset("peer_listen")) {
         return Err("--peer-listen and --cluster-id need --peers or --join".to_string());
     }
+    args.tls.check(matches)?;
     if args.peers.is_none() && !args.join && args.test_unsynced_lost_on_kill {
         return Err("--test-unsynced-lost-on-kill needs --peers".to_string());
     }
@@ -380,9 +526,24 @@ fn read_config_file(
     if let (true, Some(value)) = (unset("join"), file.join) {
         args.join = value;
     }
+    if let Some(auth) = file.auth {
+        args.auth = auth
+            .to_config()
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+    }
     if let Some(limits) = file.limits {
         args.limits
             .fill_from(limits)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+    }
+    if let Some(tls) = file.tls {
+        args.tls
+            .fill_from(tls)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+    }
+    if let Some(retention) = file.retention {
+        args.retention
+            .fill_from(retention)
             .map_err(|error| format!("{}: {error}", path.display()))?;
     }
     Ok(())
@@ -464,6 +625,16 @@ fn printed_config(config: &Config) -> String {
             max_long_poll_wait: Some(loglogd::format_duration(limits.max_long_poll_wait)),
             client_stall_timeout: Some(loglogd::format_duration(limits.client_stall_timeout)),
         }),
+        tls: config.tls.as_ref().map(|tls| FileTls {
+            cert: Some(tls.cert.clone()),
+            key: Some(tls.key.clone()),
+            ca: tls.ca.clone(),
+            listeners: Some(tls.listeners.as_str().to_string()),
+            client_auth: Some(tls.client_auth.as_str().to_string()),
+            peer_server_name: tls.peer_server_name.clone(),
+        }),
+        auth: loglogd::auth::FileAuth::from_config(&config.auth),
+        retention: Some(retention_args::printed(&config.retention)),
     };
     toml::to_string(&file).expect("the config serializes to TOML")
 }
@@ -512,6 +683,9 @@ fn config_from(args: Args) -> Config {
     config.fsync = args.fsync;
     config.node_id = args.id;
     config.limits = args.limits.limits();
+    config.tls = args.tls.tls();
+    config.auth = args.auth;
+    config.retention = args.retention.retention();
     if args.peers.is_some() || args.join {
         let peers = args.peers.map(|PeerList(peers)| peers).unwrap_or_default();
         let mut cluster = loglogd::cluster::ClusterConfig::new(peers);
@@ -698,6 +872,57 @@ cluster_id = "file-cluster"
     }
 
     #[test]
+    fn retention_comes_from_flags_over_env_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loglogd.toml");
+        std::fs::write(
+            &path,
+            "[retention]\nmax_bytes = \"10GiB\"\nmax_age = \"2h\"\nmin_bytes = 4096\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let config = config_from(parse_args(["loglogd", "--config", path]).unwrap());
+        assert_eq!(config.retention.max_bytes, Some(10 << 30));
+        assert_eq!(config.retention.max_age, Some(Duration::from_secs(7200)));
+        assert_eq!(config.retention.min_bytes, 4096);
+        assert_eq!(
+            config.retention.check_interval,
+            loglogd::retention::DEFAULT_CHECK_INTERVAL
+        );
+        let config = config_from(
+            parse_args([
+                "loglogd",
+                "--config",
+                path,
+                "--retention-max-age",
+                "30s",
+                "--retention-check-interval",
+                "500ms",
+            ])
+            .unwrap(),
+        );
+        assert_eq!(config.retention.max_age, Some(Duration::from_secs(30)));
+        assert_eq!(config.retention.check_interval, Duration::from_millis(500));
+        assert_eq!(config.retention.max_bytes, Some(10 << 30), "from the file");
+        // Printed and read back: the same policy.
+        let printed = dir.path().join("printed.toml");
+        std::fs::write(&printed, printed_config(&config)).unwrap();
+        let reread =
+            config_from(parse_args(["loglogd", "--config", printed.to_str().unwrap()]).unwrap());
+        assert_eq!(reread.retention, config.retention);
+        // Off by default; a bad value names its key.
+        assert!(!Config::new("x").retention.is_enabled());
+        std::fs::write(
+            dir.path().join("bad.toml"),
+            "[retention]\nmax_age = \"soon\"\n",
+        )
+        .unwrap();
+        let bad = dir.path().join("bad.toml");
+        let error = parse_args(["loglogd", "--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(error.contains("retention.max_age"), "{error}");
+    }
+
+    #[test]
     fn printed_config_reads_back_to_the_same_config() {
         let dir = tempfile::tempdir().unwrap();
         let config = config_from(
@@ -732,6 +957,106 @@ cluster_id = "file-cluster"
             config
         };
         assert_eq!(explicit_id(reread), explicit_id(config));
+    }
+
+    #[test]
+    fn tls_comes_from_flags_over_the_file_and_prints_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loglogd.toml");
+        std::fs::write(
+            &path,
+            "[tls]\ncert = \"/etc/loglog/node.pem\"\nkey = \"/etc/loglog/node.key\"\nca = \"/etc/loglog/ca.pem\"\nclient_auth = \"require\"\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let config = config_from(parse_args(["loglogd", "--config", path]).unwrap());
+        let tls = config.tls.clone().expect("the [tls] table turns TLS on");
+        assert_eq!(tls.cert, PathBuf::from("/etc/loglog/node.pem"));
+        assert_eq!(tls.ca, Some(PathBuf::from("/etc/loglog/ca.pem")));
+        assert_eq!(tls.client_auth, ClientAuth::Require);
+        assert_eq!(tls.listeners, TlsListeners::Both);
+        let flagged = config_from(
+            parse_args([
+                "loglogd",
+                "--config",
+                path,
+                "--tls-listeners",
+                "clients",
+                "--tls-cert",
+                "/flag.pem",
+            ])
+            .unwrap(),
+        )
+        .tls
+        .unwrap();
+        assert_eq!(flagged.listeners, TlsListeners::Clients);
+        assert_eq!(flagged.cert, PathBuf::from("/flag.pem"), "the flag wins");
+        assert_eq!(flagged.key, PathBuf::from("/etc/loglog/node.key"));
+        // --print-config shows it, and reads back the same.
+        let text = printed_config(&config);
+        assert!(text.contains("[tls]"), "{text}");
+        let printed = dir.path().join("printed.toml");
+        std::fs::write(&printed, &text).unwrap();
+        let reread =
+            config_from(parse_args(["loglogd", "--config", printed.to_str().unwrap()]).unwrap());
+        assert_eq!(reread.tls, config.tls);
+        // Off by default; half a key pair or settings without one are errors.
+        assert_eq!(config_from(parse_args(["loglogd"]).unwrap()).tls, None);
+        assert!(parse_args(["loglogd", "--tls-cert", "/c.pem"]).is_err());
+        assert!(parse_args(["loglogd", "--tls-ca", "/ca.pem"]).is_err());
+        assert!(parse_args(["loglogd", "--tls-listeners", "all"]).is_err());
+    }
+
+    #[test]
+    fn auth_tokens_are_stored_hashed_and_round_trip_through_print_config() {
+        use loglog_proto::auth::{Roles, TokenHash};
+        let dir = tempfile::tempdir().unwrap();
+        let token = "llt_5e1f0c3a9b7d2e4f6a8c0b1d3e5f7a9c2b4d6e8f0a1c3e5b7d9f1a3c5e7b9d0f";
+        let hash = TokenHash::of(token.as_bytes()).to_hex();
+        assert_ne!(hash, token, "the stored form is never the token");
+        assert!(!hash.contains(&token[4..]));
+        let path = dir.path().join("auth.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[auth.tokens]]\nname = \"ingest\"\nsha256 = \"{hash}\"\nroles = [\"read\", \"append\"]\n\n\
+                 [[auth.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"admin\"]\n",
+                TokenHash::of(b"llt_other").to_hex()
+            ),
+        )
+        .unwrap();
+        let config =
+            config_from(parse_args(["loglogd", "--config", path.to_str().unwrap()]).unwrap());
+        config.validate().unwrap();
+        let tokens = &config.auth.tokens;
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(tokens[0].roles, Roles::READ.union(Roles::APPEND));
+        assert_eq!(tokens[1].roles, Roles::ADMIN);
+        assert_eq!(config.auth.find(token.as_bytes()).unwrap().name, "ingest");
+        assert!(config.auth.find(b"llt_guess").is_none());
+        let text = printed_config(&config);
+        assert!(text.contains("[[auth.tokens]]"), "{text}");
+        assert!(text.contains(&hash) && !text.contains(token), "{text}");
+        let printed = dir.path().join("printed.toml");
+        std::fs::write(&printed, &text).unwrap();
+        let reread =
+            config_from(parse_args(["loglogd", "--config", printed.to_str().unwrap()]).unwrap());
+        assert_eq!(reread.auth, config.auth);
+        // No token: auth is off and nothing about it is printed.
+        let off = config_from(parse_args(["loglogd"]).unwrap());
+        assert!(!off.auth.is_enabled());
+        assert!(!printed_config(&off).contains("auth"));
+        // Bad entries are errors that name the file.
+        for bad in [
+            "[[auth.tokens]]\nname = \"x\"\nsha256 = \"abc\"\nroles = [\"read\"]\n".to_string(),
+            format!("[[auth.tokens]]\nname = \"x\"\nsha256 = \"{hash}\"\nroles = [\"write\"]\n"),
+            format!("[[auth.tokens]]\nname = \"x\"\nsha256 = \"{hash}\"\nroles = []\n"),
+            format!("[[auth.tokens]]\nname = \"x\"\ntoken = \"{token}\"\nroles = [\"read\"]\n"),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let error = parse_args(["loglogd", "--config", path.to_str().unwrap()]).unwrap_err();
+            assert!(error.contains("auth.toml"), "{error}");
+        }
     }
 
     #[test]

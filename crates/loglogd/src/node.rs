@@ -12,7 +12,7 @@ use bytes::Bytes;
 use loglog_proto::entry::{encode_entry, EntryIter, EntryKind};
 use loglog_proto::segment::parse_segment_file_name;
 use loglog_proto::wire::{AdminRequest, ClusterStatus, NodeStatus, Role, ServerError};
-use loglog_storage::{state_file, FsyncPolicy, LogReader, StorageConfig, StorageError};
+use loglog_storage::{state_file, FileSpan, FsyncPolicy, LogReader, StorageConfig, StorageError};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
@@ -84,6 +84,9 @@ pub enum StartError {
     Storage(#[from] StorageError),
     #[error("cannot start the node's threads: {0}")]
     Threads(io::Error),
+    /// A TLS certificate, key or CA file could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Entries read from the committed log.
@@ -144,7 +147,7 @@ impl std::fmt::Debug for Node {
     }
 }
 
-struct NodeInner {
+pub(crate) struct NodeInner {
     config: Config,
     shared: Arc<Shared>,
     commands: mpsc::Sender<WriterCommand>,
@@ -193,6 +196,10 @@ impl Node {
                  and can be lost on an OS crash or power loss !!!"
             );
         }
+        let client_tls = match &config.tls {
+            Some(tls) => crate::tls::client_acceptor(tls).map_err(StartError::Tls)?,
+            None => None,
+        };
         let listener = match config.listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -273,10 +280,22 @@ impl Node {
                 node.inner.shared.shutdown.subscribe(),
             ));
         }
+        if node.inner.config.retention.is_enabled() {
+            tokio::spawn(crate::retention::run(
+                node.downgrade(),
+                node.config().retention.clone(),
+                node.shutdown_signal(),
+            ));
+        }
         if let Some(listener) = listener {
-            tracing::info!(listen = %local_addr.expect("listener has an address"), "listening for clients");
+            tracing::info!(
+                listen = %local_addr.expect("listener has an address"),
+                tls = client_tls.is_some(),
+                "listening for clients"
+            );
             tokio::spawn(crate::server::serve(
                 listener,
+                client_tls,
                 node.clone(),
                 server_stopped_tx,
             ));
@@ -506,29 +525,39 @@ impl Node {
                 debug_assert!(!whole_first_entry);
                 Ok(CommittedRead::EntryLarger { entry_len })
             }
-            Err(StorageError::Trimmed { start }) => Err(ServerError::Trimmed { start }),
-            Err(StorageError::OutOfRange { .. }) => Err(ServerError::OutOfRange { end: commit }),
-            Err(StorageError::NotEntryBoundary { offset }) => Err(ServerError::BadRequest {
-                message: format!("offset {offset} is not an entry boundary"),
-            }),
-            // Without an index of every entry, an offset inside an entry whose
-            // bytes happen to look like a header with a bad CRC is
-            // indistinguishable from damage: answer the client, tell the log.
-            Err(StorageError::Corrupt { path, reason, .. }) => {
-                tracing::warn!(offset, path = %path.display(), %reason, "no valid entry at a read offset");
-                Err(ServerError::BadRequest {
-                    message: format!(
-                        "no valid entry at offset {offset} (not an entry boundary, or damaged)"
-                    ),
-                })
-            }
-            Err(other) => {
-                tracing::error!(offset, error = %other, "read failed");
-                Err(ServerError::Unavailable {
-                    message: format!("read failed: {other}"),
-                })
-            }
+            Err(error) => Err(read_error(offset, commit, error)),
         }
+    }
+
+    /// Where the whole entries [`Node::read_committed`] would read (taking
+    /// a whole first entry) lie in a segment file, below `commit`, without
+    /// reading them: the zero-copy read path. `None` when `offset` is the
+    /// commit offset. See [`loglog_storage::LogReader::locate`].
+    pub(crate) async fn locate_committed(
+        &self,
+        offset: u64,
+        max_bytes: u32,
+        commit: u64,
+    ) -> Result<Option<FileSpan>, ServerError> {
+        let reader = &self.inner.reader;
+        let start = reader.start_offset();
+        if offset < start {
+            return Err(ServerError::Trimmed { start });
+        }
+        if offset > commit {
+            return Err(ServerError::OutOfRange { end: commit });
+        }
+        if offset == commit {
+            return Ok(None);
+        }
+        let max_bytes = max_bytes.min(self.inner.config.limits.max_read_bytes);
+        let reader = reader.clone();
+        tokio::task::spawn_blocking(move || reader.locate(offset, max_bytes, commit))
+            .await
+            .map_err(|join| ServerError::Unavailable {
+                message: format!("read task failed: {join}"),
+            })?
+            .map_err(|error| read_error(offset, commit, error))
     }
 
     /// Deletes whole segments below `offset` (at most the commit offset);
@@ -732,8 +761,51 @@ impl Node {
         }
     }
 
+    /// A handle that does not keep the node alive (for background tasks).
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<NodeInner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The node behind a [`Node::downgrade`] handle, while one clone lives.
+    pub(crate) fn upgrade(weak: &std::sync::Weak<NodeInner>) -> Option<Node> {
+        weak.upgrade().map(|inner| Node { inner })
+    }
+
+    /// The log's segments, oldest first (for retention).
+    pub(crate) fn log_segments(&self) -> Vec<loglog_storage::SegmentInfo> {
+        self.inner.reader.segments()
+    }
+
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.inner.shared.shutdown.subscribe()
+    }
+}
+
+/// A failed read of the committed log, as the client is answered.
+fn read_error(offset: u64, commit: u64, error: StorageError) -> ServerError {
+    match error {
+        StorageError::Trimmed { start } => ServerError::Trimmed { start },
+        StorageError::OutOfRange { .. } => ServerError::OutOfRange { end: commit },
+        StorageError::NotEntryBoundary { offset } => ServerError::BadRequest {
+            message: format!("offset {offset} is not an entry boundary"),
+        },
+        // Without an index of every entry, an offset inside an entry whose
+        // bytes happen to look like a header with a bad CRC is
+        // indistinguishable from damage: answer the client, tell the log.
+        StorageError::Corrupt { path, reason, .. } => {
+            tracing::warn!(offset, path = %path.display(), %reason, "no valid entry at a read offset");
+            ServerError::BadRequest {
+                message: format!(
+                    "no valid entry at offset {offset} (not an entry boundary, or damaged)"
+                ),
+            }
+        }
+        other => {
+            tracing::error!(offset, error = %other, "read failed");
+            ServerError::Unavailable {
+                message: format!("read failed: {other}"),
+            }
+        }
     }
 }
 
@@ -802,7 +874,10 @@ pub(crate) fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
         .open(&path)
         .map_err(data_dir_error(dir))?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(file),
+        Ok(()) => {
+            keep_spare(dir);
+            Ok(file)
+        }
         Err(rustix::io::Errno::WOULDBLOCK) => Err(StartError::Locked {
             dir: dir.to_path_buf(),
         }),
@@ -810,6 +885,17 @@ pub(crate) fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
             dir: dir.to_path_buf(),
             source: errno.into(),
         }),
+    }
+}
+
+/// Makes sure the data directory holds its spare space for state files
+/// (`state_file::ensure_spare`: given up to save the term on a full disk).
+/// Best effort: without room for it the node runs anyway.
+pub(crate) fn keep_spare(dir: &Path) {
+    match state_file::ensure_spare(dir) {
+        Ok(true) => tracing::info!("spare space for state files set aside"),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(%error, "no room to set spare space for state files aside"),
     }
 }
 

@@ -29,10 +29,15 @@
 //! tracker when a majority holds an entry of the current term; the tracker,
 //! the writer and the readers stay as they are.
 //!
-//! **Failures.** A write or fsync error poisons the storage (after a failed
-//! fsync the kernel may have dropped dirty pages): the node then answers
-//! every append `Unavailable` and never acknowledges anything not durable;
-//! reads go on serving the committed prefix. A restart recovers from disk.
+//! **Failures.** The writer reserves a batch's disk space
+//! (`LogWriter::reserve`) before writing it: on a full disk the batch is
+//! answered `Unavailable` ("disk full") with nothing written, and the next
+//! batch tries again, so appends resume when space returns. A failed write
+//! refuses its batch too (any part written is removed durably). A failed
+//! fsync, or a failed removal, poisons the storage (after a failed fsync
+//! the kernel may have dropped dirty pages): the node then answers every
+//! append `Unavailable` and never acknowledges anything not durable; reads
+//! go on serving the committed prefix. A restart recovers from disk.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -423,7 +428,10 @@ impl WriterThread {
         let written = if self.batch.is_empty() {
             Ok(base)
         } else {
-            self.log.append(&self.batch)
+            // Space first: on a full disk the batch is refused unwritten.
+            self.log
+                .reserve(self.batch.len() as u64)
+                .and_then(|()| self.log.append(&self.batch))
         };
         match written {
             Ok(end) => {

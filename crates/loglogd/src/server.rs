@@ -29,11 +29,30 @@
 //!   body is answered `BadRequest` and the connection goes on.
 //! * Past `max_connections`, a new connection gets one `Busy` frame (opcode
 //!   0, request id 0) and is closed.
+//! * Plain TCP or TLS ([`crate::tls`]): one code path. The reader is
+//!   generic over the read half and the writer over the write half
+//!   ([`AnswerSocket`]); only the TLS handshake at the start differs, and
+//!   how a read's bytes reach the socket:
+//! * **Zero-copy reads** (plain TCP only): a read answer is located in the
+//!   segment file ([`Node::locate_committed`]: headers only, the first
+//!   entry's CRC checked) instead of read into memory, and the writer sends
+//!   it with `sendfile(2)` from the file to the socket, after the frame
+//!   header and commit offset, in bounded pieces, waiting for the socket's
+//!   readiness on `EAGAIN` (stall timeout as for any write). The bytes on
+//!   the wire are the same as the copying path's. Under TLS the bytes must
+//!   pass through the encryption, so reads are copied as before.
+//! * With client tokens configured, each connection holds the roles its
+//!   AUTH request earned ([`crate::auth`]); a request without its role is
+//!   answered `Unauthorized` before it is parsed or reaches the node.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use loglog_proto::entry::ENTRY_HEADER_LEN;
@@ -41,13 +60,16 @@ use loglog_proto::wire::{
     encode_error_response, ok_response_header, opcode, FrameError, FrameHeader, NodeStatus,
     Request, ServerError, CONNECTION_OPCODE, FRAME_HEADER_LEN, READ_RESPONSE_PREFIX_LEN,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use loglog_storage::FileSpan;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
+use crate::auth::ConnectionAccess;
 use crate::config::REQUEST_OVERHEAD;
 use crate::metrics::NodeMetrics;
 use crate::node::{Chunk, CommittedRead, Node};
@@ -75,6 +97,11 @@ const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 1024 * 1024;
 /// Connections being refused (answered `Busy`) at once.
 const MAX_CONCURRENT_REFUSALS: usize = 64;
+/// How long a client may take to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes one `sendfile` call is asked to send (the socket usually
+/// takes less: what fits its send buffer).
+const SENDFILE_MAX: u64 = 1024 * 1024;
 
 type ResponseSink = mpsc::UnboundedSender<Outgoing>;
 
@@ -101,12 +128,19 @@ enum Body {
         commit: u64,
         bytes: Vec<u8>,
     },
+    /// A read answered from the segment file by `sendfile` (plain TCP).
+    ReadFile {
+        commit: u64,
+        span: FileSpan,
+    },
     Status(NodeStatus),
     ClusterStatus(Vec<u8>),
     /// An admin request's u64 answer.
     Admin(u64),
     /// An ok answer without a body (upload).
     Empty,
+    /// An AUTH request's answer: the roles granted, one byte.
+    Roles(u8),
     Error(ServerError),
 }
 
@@ -205,7 +239,12 @@ fn respond(
 
 /// Accepts connections until shutdown, then waits (bounded) for them to
 /// deliver their last answers.
-pub(crate) async fn serve(listener: TcpListener, node: Node, stopped: watch::Sender<bool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    node: Node,
+    stopped: watch::Sender<bool>,
+) {
     let limits = node.config().limits.clone();
     let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
     let budget = Arc::new(NodeBudget {
@@ -227,6 +266,7 @@ pub(crate) async fn serve(listener: TcpListener, node: Node, stopped: watch::Sen
                         connections.spawn(serve_connection(
                             stream,
                             peer,
+                            tls.clone(),
                             node.clone(),
                             budget.clone(),
                             slot,
@@ -236,7 +276,7 @@ pub(crate) async fn serve(listener: TcpListener, node: Node, stopped: watch::Sen
                     // is closed without a word.
                     Err(_) => match refusal_slots.clone().try_acquire_owned() {
                         Ok(slot) => {
-                            connections.spawn(refuse_connection(stream, peer, slot));
+                            connections.spawn(refuse_connection(stream, peer, tls.clone(), slot));
                         }
                         Err(_) => drop(stream),
                     },
@@ -271,20 +311,53 @@ pub(crate) async fn until_true(flag: &mut watch::Receiver<bool>) {
     drop(flag.wait_for(|value| *value).await);
 }
 
-async fn refuse_connection(mut stream: TcpStream, peer: SocketAddr, _slot: OwnedSemaphorePermit) {
+async fn refuse_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    _slot: OwnedSemaphorePermit,
+) {
     tracing::warn!(%peer, "refusing connection: too many connections");
     let mut frame = Vec::new();
     encode_error_response(CONNECTION_OPCODE, 0, &ServerError::Busy, &mut frame);
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(&frame).await?;
+    async fn answer<S: AsyncWrite + Unpin>(mut stream: S, frame: &[u8]) -> std::io::Result<()> {
+        stream.write_all(frame).await?;
         stream.shutdown().await
+    }
+    // A TLS client can read the answer only inside a TLS session.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        match tls {
+            Some(acceptor) => answer(acceptor.accept(stream).await?, &frame).await,
+            None => answer(stream, &frame).await,
+        }
     })
     .await;
+}
+
+/// Where a connection's answers are written: plain TCP, which can also
+/// send file bytes with `sendfile`, or the write half of a TLS stream.
+pub(crate) trait AnswerSocket: AsyncWrite + Unpin + Send {
+    /// The TCP socket that file bytes may be sent to as they are; `None`
+    /// when they must pass through this writer (TLS).
+    fn zero_copy_socket(&self) -> Option<&TcpStream>;
+}
+
+impl AnswerSocket for OwnedWriteHalf {
+    fn zero_copy_socket(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl AnswerSocket for tokio::io::WriteHalf<tokio_rustls::server::TlsStream<TcpStream>> {
+    fn zero_copy_socket(&self) -> Option<&TcpStream> {
+        None
+    }
 }
 
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
     node: Node,
     budget: Arc<NodeBudget>,
     _slot: OwnedSemaphorePermit,
@@ -294,17 +367,53 @@ async fn serve_connection(
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "set_nodelay failed");
     }
-    let (read_half, write_half) = stream.into_split();
+    match tls {
+        None => {
+            let (read_half, write_half) = stream.into_split();
+            serve_stream(read_half, write_half, peer, node, budget).await;
+        }
+        Some(acceptor) => {
+            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::warn!(%peer, reason = %error, "refusing client: TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, reason = "timed out", "refusing client: TLS handshake failed");
+                    return;
+                }
+            };
+            let (read_half, write_half) = tokio::io::split(stream);
+            serve_stream(read_half, write_half, peer, node, budget).await;
+        }
+    }
+    tracing::debug!(%peer, "connection closed");
+}
+
+/// Serves one connection, plain or TLS: the same reader and writer.
+async fn serve_stream<R, W>(
+    read_half: R,
+    write_half: W,
+    peer: SocketAddr,
+    node: Node,
+    budget: Arc<NodeBudget>,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AnswerSocket,
+{
+    let zero_copy = write_half.zero_copy_socket().is_some();
     let (sink, queue) = mpsc::unbounded_channel();
     let stall_timeout = node.config().limits.client_stall_timeout;
     let metrics = node.node_metrics().clone();
     metrics.connections.inc();
     tokio::join!(
-        read_requests(read_half, node, budget, sink, peer),
+        read_requests(read_half, zero_copy, node, budget, sink, peer),
         write_responses(write_half, queue, peer, stall_timeout, &metrics)
     );
     metrics.connections.dec();
-    tracing::debug!(%peer, "connection closed");
 }
 
 /// What a request needs once parsed (the payload is the frame body itself).
@@ -325,10 +434,15 @@ enum Parsed {
     ClusterStatus,
     Admin,
     Upload,
+    /// Answered by [`screen`] before dispatch, never here.
+    Auth,
 }
 
-async fn read_requests(
-    mut socket: OwnedReadHalf,
+/// Reads and dispatches requests; `zero_copy`: reads are answered by
+/// `sendfile` from the segment files (the writer can).
+async fn read_requests<R: AsyncRead + Unpin>(
+    mut socket: R,
+    zero_copy: bool,
     node: Node,
     budget: Arc<NodeBudget>,
     sink: ResponseSink,
@@ -348,6 +462,7 @@ async fn read_requests(
     // is receiving, so that frame may keep it without a copy.
     let mut dedicated = false;
     let mut shutdown = node.shutdown_signal();
+    let mut access = ConnectionAccess::new(&config.auth);
     // The permit of the frame being received: taken as soon as its header
     // is in, before its body is buffered, so that a connection never holds
     // more than its in-flight bytes (plus its read buffer) in memory.
@@ -406,7 +521,27 @@ async fn read_requests(
             let body = frame.slice(FRAME_HEADER_LEN..);
             drop(frame);
             let permit = next_permit.take().expect("taken above for this frame");
-            dispatch(&node, &budget, header, body, owns_allocation, permit, &sink).await;
+            if let Some(answer) = screen(&mut access, &config.auth, &header, &body, peer) {
+                respond(
+                    &sink,
+                    header.opcode,
+                    header.request_id,
+                    answer,
+                    Some(permit),
+                );
+                continue;
+            }
+            dispatch(
+                &node,
+                &budget,
+                header,
+                body,
+                owns_allocation,
+                permit,
+                &sink,
+                zero_copy,
+            )
+            .await;
         }
         if *shutdown.borrow() {
             return;
@@ -450,32 +585,80 @@ async fn read_requests(
     }
 }
 
+fn stalled(stall_timeout: Duration) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("the client took none of its answers for {stall_timeout:?}"),
+    )
+}
+
+/// Runs `io` to completion, failing if it makes no progress for
+/// `stall_timeout`. It is polled once first, so a timer is armed only when
+/// the socket is full.
+async fn within_stall<T>(
+    io: impl Future<Output = std::io::Result<T>>,
+    stall_timeout: Duration,
+) -> std::io::Result<T> {
+    let mut io = pin!(io);
+    match std::future::poll_fn(|cx| Poll::Ready(io.as_mut().poll(cx))).await {
+        Poll::Ready(result) => result,
+        Poll::Pending => tokio::time::timeout(stall_timeout, io)
+            .await
+            .map_err(|_| stalled(stall_timeout))?,
+    }
+}
+
 /// Writes all of `bytes`, failing if the client takes none of them for
-/// `stall_timeout` (a slow client that makes progress is fine). A timer is
-/// armed only when the socket is full.
-async fn write_all_or_stall(
-    socket: &mut OwnedWriteHalf,
+/// `stall_timeout` (a slow client that makes progress is fine).
+async fn write_all_or_stall<W: AsyncWrite + Unpin>(
+    socket: &mut W,
     mut bytes: &[u8],
     stall_timeout: Duration,
 ) -> std::io::Result<()> {
     while !bytes.is_empty() {
-        match socket.try_write(bytes) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(written) => bytes = &bytes[written..],
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                let written = tokio::time::timeout(stall_timeout, socket.write(bytes))
-                    .await
-                    .map_err(|_| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!("the client took none of its answers for {stall_timeout:?}"),
-                        )
-                    })??;
-                if written == 0 {
-                    return Err(std::io::ErrorKind::WriteZero.into());
-                }
-                bytes = &bytes[written..];
+        let written = within_stall(socket.write(bytes), stall_timeout).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[written..];
+    }
+    Ok(())
+}
+
+/// Sends `span` from its segment file to `socket` with `sendfile(2)`:
+/// bounded pieces, `EAGAIN` waits for the socket's readiness, failing if
+/// the client takes none of it for `stall_timeout`.
+async fn send_file_or_stall(
+    socket: &TcpStream,
+    span: &FileSpan,
+    stall_timeout: Duration,
+) -> std::io::Result<()> {
+    let mut position = span.position();
+    let end = position + span.len;
+    while position < end {
+        let count = (end - position).min(SENDFILE_MAX) as usize;
+        // try_io clears the socket's readiness on EAGAIN, so `writable`
+        // then waits for the next edge.
+        let sent = socket.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(socket, span.file(), Some(&mut position), count)
+                .map_err(std::io::Error::from)
+        });
+        match sent {
+            // The file ends before the span: committed bytes are never
+            // removed from an open segment file, so this is damage.
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the segment file ended inside a committed span",
+                ))
             }
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::time::timeout(stall_timeout, socket.writable())
+                    .await
+                    .map_err(|_| stalled(stall_timeout))??;
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
             Err(error) => return Err(error),
         }
     }
@@ -550,7 +733,7 @@ fn reject_malformed(
 
 /// Reads and discards for a moment so the peer gets our last frame and a
 /// clean close rather than a reset.
-async fn linger(socket: &mut OwnedReadHalf) {
+async fn linger<R: AsyncRead + Unpin>(socket: &mut R) {
     let mut discard = vec![0u8; 16 * 1024];
     let mut total = 0;
     let _ = tokio::time::timeout(LINGER, async {
@@ -564,6 +747,29 @@ async fn linger(socket: &mut OwnedReadHalf) {
     .await;
 }
 
+/// Answers an AUTH request, or a request the connection has no role for;
+/// `None` lets the request through to [`dispatch`].
+fn screen(
+    access: &mut ConnectionAccess,
+    auth: &crate::auth::AuthConfig,
+    header: &FrameHeader,
+    body: &[u8],
+    peer: SocketAddr,
+) -> Option<Body> {
+    if header.opcode != opcode::AUTH {
+        return access.admit(header.opcode).err().map(Body::Error);
+    }
+    let answer = match Request::parse(header, body) {
+        Ok(Request::Auth { token }) => access
+            .authenticate(auth, token, peer)
+            .map(|roles| Body::Roles(roles.bits())),
+        Ok(_) => unreachable!("an AUTH opcode parses as an AUTH request or not at all"),
+        Err(error) => Err(error),
+    };
+    Some(answer.unwrap_or_else(Body::Error))
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn dispatch(
     node: &Node,
     budget: &Arc<NodeBudget>,
@@ -572,6 +778,7 @@ async fn dispatch(
     owns_allocation: bool,
     permit: InFlightPermit,
     sink: &ResponseSink,
+    zero_copy: bool,
 ) {
     let request_id = header.request_id;
     let parsed = Request::parse(&header, &body).map(|request| match request {
@@ -606,6 +813,7 @@ async fn dispatch(
         Request::Status => Parsed::Status,
         Request::ClusterStatus => Parsed::ClusterStatus,
         Request::Admin(_) => Parsed::Admin,
+        Request::Auth { .. } => Parsed::Auth,
     });
     match parsed {
         Err(error) => respond(
@@ -613,6 +821,15 @@ async fn dispatch(
             header.opcode,
             request_id,
             Body::Error(error),
+            Some(permit),
+        ),
+        Ok(Parsed::Auth) => respond(
+            sink,
+            opcode::AUTH,
+            request_id,
+            Body::Error(ServerError::BadRequest {
+                message: "AUTH is answered by the connection".to_string(),
+            }),
             Some(permit),
         ),
         Ok(Parsed::Status) => respond(
@@ -718,7 +935,19 @@ async fn dispatch(
                     if linearizable {
                         node.linearizable_barrier().await?;
                     }
-                    read_within_budget(&node, &budget, offset, max_bytes, wait).await
+                    if zero_copy {
+                        locate_within_budget(&node, &budget, offset, max_bytes, wait).await
+                    } else {
+                        read_within_budget(&node, &budget, offset, max_bytes, wait)
+                            .await
+                            .map(|(chunk, answer)| {
+                                let body = Body::Read {
+                                    commit: chunk.commit_offset,
+                                    bytes: chunk.bytes,
+                                };
+                                (body, answer)
+                            })
+                    }
                 };
                 let result = tokio::select! {
                     result = read => result,
@@ -726,12 +955,9 @@ async fn dispatch(
                     _ = sink.closed() => return,
                 };
                 let body = match result {
-                    Ok((chunk, answer)) => {
+                    Ok((body, answer)) => {
                         permit._answer = answer;
-                        Body::Read {
-                            commit: chunk.commit_offset,
-                            bytes: chunk.bytes,
-                        }
+                        body
                     }
                     Err(error) => Body::Error(error),
                 };
@@ -753,6 +979,17 @@ async fn read_within_budget(
     wait: Duration,
 ) -> Result<(Chunk, Option<OwnedSemaphorePermit>), ServerError> {
     let commit = node.long_poll(offset, wait).await?;
+    read_below_commit(node, budget, offset, max_bytes, commit).await
+}
+
+/// The reading half of [`read_within_budget`], once `commit` is known.
+async fn read_below_commit(
+    node: &Node,
+    budget: &NodeBudget,
+    offset: u64,
+    max_bytes: u32,
+    commit: u64,
+) -> Result<(Chunk, Option<OwnedSemaphorePermit>), ServerError> {
     if offset >= commit {
         // Nothing to read (or an error): no answer bytes.
         return match node.read_committed(offset, max_bytes, commit, true).await? {
@@ -784,8 +1021,53 @@ async fn read_within_budget(
     }
 }
 
-async fn write_responses(
-    mut socket: OwnedWriteHalf,
+/// [`read_within_budget`] for the zero-copy path: the answer is located
+/// in the segment file, not read. It is charged to the read budget all the
+/// same (what it may answer, then a larger first entry in full), so reads
+/// in flight are bounded the same way whichever path serves them.
+async fn locate_within_budget(
+    node: &Node,
+    budget: &NodeBudget,
+    offset: u64,
+    max_bytes: u32,
+    wait: Duration,
+) -> Result<(Body, Option<OwnedSemaphorePermit>), ServerError> {
+    let commit = node.long_poll(offset, wait).await?;
+    let limit = max_bytes
+        .min(node.config().limits.max_read_bytes)
+        .max(ENTRY_HEADER_LEN as u32);
+    let charge = u64::from(limit).min(commit.saturating_sub(offset));
+    if charge < COPY_BODY_BELOW as u64 {
+        // A small answer is copied into the connection's buffer with the
+        // answers around it (one write for many), as on the copying path.
+        let (chunk, answer) = read_below_commit(node, budget, offset, max_bytes, commit).await?;
+        let body = Body::Read {
+            commit: chunk.commit_offset,
+            bytes: chunk.bytes,
+        };
+        return Ok((body, answer));
+    }
+    let mut answer = Some(budget.charge_read(charge).await);
+    let Some(span) = node.locate_committed(offset, limit, commit).await? else {
+        return Ok((
+            Body::Read {
+                commit,
+                bytes: Vec::new(),
+            },
+            None,
+        ));
+    };
+    if span.len > charge {
+        // One entry larger than asked: charged in full (the first charge
+        // given back first, as in read_within_budget).
+        drop(answer.take());
+        answer = Some(budget.charge_read(span.len).await);
+    }
+    Ok((Body::ReadFile { commit, span }, answer))
+}
+
+async fn write_responses<W: AnswerSocket>(
+    mut socket: W,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     peer: SocketAddr,
     stall_timeout: Duration,
@@ -810,10 +1092,23 @@ async fn write_responses(
                 // or copied into `out` (counted as connection buffer).
                 let permit = response.permit.take();
                 count_response(metrics, &response);
-                if let Some(large_body) = encode_response(response, &mut out) {
-                    write_all_or_stall(&mut socket, &out, stall_timeout).await?;
-                    out.clear();
-                    write_all_or_stall(&mut socket, &large_body, stall_timeout).await?;
+                match encode_response(response, &mut out) {
+                    None => {}
+                    Some(LargeBody::Bytes(large_body)) => {
+                        write_all_or_stall(&mut socket, &out, stall_timeout).await?;
+                        out.clear();
+                        write_all_or_stall(&mut socket, &large_body, stall_timeout).await?;
+                    }
+                    Some(LargeBody::File(span)) => {
+                        write_all_or_stall(&mut socket, &out, stall_timeout).await?;
+                        out.clear();
+                        let tcp = socket.zero_copy_socket().ok_or_else(|| {
+                            // Zero-copy answers are made only for
+                            // connections whose socket can take them.
+                            std::io::Error::other("a file answer on a connection without sendfile")
+                        })?;
+                        send_file_or_stall(tcp, &span, stall_timeout).await?;
+                    }
                 }
                 drop(permit);
                 debug_assert!(out.len() < FLUSH_AT + SMALL_RESPONSE_MAX);
@@ -826,6 +1121,8 @@ async fn write_responses(
                 write_all_or_stall(&mut socket, &out, stall_timeout).await?;
                 out.clear();
             }
+            // TLS may hold the last record back until flushed (TCP: no-op).
+            within_stall(socket.flush(), stall_timeout).await?;
             if close {
                 break;
             }
@@ -856,14 +1153,29 @@ fn count_response(metrics: &NodeMetrics, response: &Response) {
             metrics.reads.inc();
             metrics.read_bytes.inc_by(bytes.len() as u64);
         }
+        Body::ReadFile { span, .. } => {
+            metrics.reads.inc();
+            metrics.read_bytes.inc_by(span.len);
+        }
         Body::Error(error) => metrics.error(error),
-        Body::Status(_) | Body::ClusterStatus(_) | Body::Admin(_) | Body::Empty => {}
+        Body::Status(_)
+        | Body::ClusterStatus(_)
+        | Body::Admin(_)
+        | Body::Empty
+        | Body::Roles(_) => {}
     }
+}
+
+/// A read body written after the connection's buffer, not copied into it.
+enum LargeBody {
+    Bytes(Vec<u8>),
+    /// Sent from the segment file with `sendfile`.
+    File(FileSpan),
 }
 
 /// Encodes `response` into `out`; a large read body is returned instead, to
 /// be written after `out` without a copy.
-fn encode_response(response: Response, out: &mut Vec<u8>) -> Option<Vec<u8>> {
+fn encode_response(response: Response, out: &mut Vec<u8>) -> Option<LargeBody> {
     let (opcode, request_id) = (response.opcode, response.request_id);
     match response.body {
         Body::Offset(offset) | Body::Admin(offset) => {
@@ -896,6 +1208,11 @@ fn encode_response(response: Response, out: &mut Vec<u8>) -> Option<Vec<u8>> {
             encode_error_response(opcode, request_id, &error, out);
             None
         }
+        Body::Roles(roles) => {
+            out.extend_from_slice(&ok_response_header(opcode, request_id, 1));
+            out.push(roles);
+            None
+        }
         Body::Read { commit, bytes } => {
             // Bounded by max read bytes or one entry (<= max entry size),
             // both far below u32::MAX.
@@ -904,11 +1221,19 @@ fn encode_response(response: Response, out: &mut Vec<u8>) -> Option<Vec<u8>> {
             out.extend_from_slice(&ok_response_header(opcode, request_id, body_len));
             out.extend_from_slice(&commit.to_le_bytes());
             if bytes.len() >= COPY_BODY_BELOW {
-                Some(bytes)
+                Some(LargeBody::Bytes(bytes))
             } else {
                 out.extend_from_slice(&bytes);
                 None
             }
+        }
+        Body::ReadFile { commit, span } => {
+            // Bounded like Body::Read: by max read bytes or one entry.
+            let body_len = u32::try_from(READ_RESPONSE_PREFIX_LEN as u64 + span.len)
+                .expect("a read answer fits a frame");
+            out.extend_from_slice(&ok_response_header(opcode, request_id, body_len));
+            out.extend_from_slice(&commit.to_le_bytes());
+            Some(LargeBody::File(span))
         }
     }
 }

@@ -1733,3 +1733,251 @@ fn a_rolling_restart_under_load_fails_no_append() {
     let commit = cluster.status(leader).unwrap().commit_offset;
     assert_identical_logs_with(&cluster, &[0, 1, 2], commit, &acknowledged);
 }
+
+/// Retention (`--retention-max-bytes`) on three processes under appends,
+/// with small segments: the leader proposes trims at its segment
+/// boundaries, every node applies them once committed. Every node's start
+/// advances by whole segments (files deleted), never past its own commit
+/// offset, all end at the same start, reads below it answer `Trimmed`,
+/// and every acknowledged entry at or above it is still there, the same
+/// bytes on every node.
+#[test]
+fn retention_trims_whole_segments_on_every_node_under_load() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3);
+    let max_bytes = 16 * 1024;
+    cluster.extra_args = [
+        "--segment-size",
+        "4096",
+        "--retention-max-bytes",
+        "16KiB",
+        "--retention-check-interval",
+        "100ms",
+    ]
+    .map(String::from)
+    .to_vec();
+    for index in 0..3 {
+        cluster.start(index);
+    }
+    cluster.wait_for_leader(&[0, 1, 2]);
+    let addrs = cluster.client_addrs(&[0, 1, 2]);
+    let appenders = Appenders::start(&addrs, 4, "retained");
+
+    // Under load every node's start moves again and again, never to or
+    // past its own commit offset (a follower trims only what it committed).
+    let mut starts_seen: Vec<Vec<u64>> = vec![vec![0]; 3];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while starts_seen.iter().any(|seen| seen.len() < 4) {
+        for (index, seen) in starts_seen.iter_mut().enumerate() {
+            if let Some(status) = cluster.status(index) {
+                assert!(
+                    status.start_offset <= status.commit_offset,
+                    "node {}: {status:?}",
+                    index + 1
+                );
+                if status.start_offset != *seen.last().unwrap() {
+                    seen.push(status.start_offset);
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "starts seen {starts_seen:?}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (acknowledged, _failed) = appenders.finish();
+    let last_end = acknowledged
+        .iter()
+        .map(|(_, offset)| *offset)
+        .max()
+        .unwrap();
+
+    // Settled: every node trimmed to within the bound, to the same start.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let statuses = loop {
+        let statuses: Vec<Option<NodeStatus>> = (0..3).map(|index| cluster.status(index)).collect();
+        let settled = statuses.iter().all(|status| {
+            status.is_some_and(|s| {
+                s.commit_offset > last_end && s.commit_offset - s.start_offset <= max_bytes
+            })
+        }) && statuses
+            .iter()
+            .all(|s| s.map(|s| s.start_offset) == statuses[0].map(|s| s.start_offset));
+        if settled {
+            break statuses.into_iter().map(Option::unwrap).collect::<Vec<_>>();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled: {statuses:?}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let start = statuses[0].start_offset;
+    let commit = statuses.iter().map(|s| s.commit_offset).min().unwrap();
+    assert!(
+        start > 0 && commit - start > max_bytes - 2 * 4096,
+        "{statuses:?}"
+    );
+    let mut logs = Vec::new();
+    for (index, status) in statuses.iter().enumerate() {
+        let member = &cluster.members[index];
+        assert_eq!(
+            segment_starts(member)[0],
+            status.start_offset,
+            "node {}: files below the start are deleted",
+            member.id
+        );
+        let mut stream = TcpStream::connect(member.client).unwrap();
+        let below = Request::Read {
+            offset: start - 1,
+            max_bytes: 1 << 20,
+            wait_ms: 0,
+            linearizable: false,
+        };
+        assert_eq!(
+            call(&mut stream, below),
+            Err(ServerError::Trimmed { start })
+        );
+        logs.push(committed_range(member.client, start, commit));
+    }
+    assert!(
+        logs.iter().all(|log| *log == logs[0]),
+        "same bytes on every node"
+    );
+    let mut kept: HashMap<Vec<u8>, u64> = HashMap::new();
+    for entry in loglog_proto::entry::EntryIter::new(&logs[0], start, u32::MAX) {
+        let entry = entry.expect("committed bytes are whole, valid entries");
+        if entry.header.kind == loglog_proto::entry::EntryKind::Data {
+            let (_, payload) = entry_producer(&entry.header, entry.payload).unwrap();
+            kept.insert(payload.to_vec(), entry.offset);
+        }
+    }
+    let mut above = 0;
+    for (payload, offset) in &acknowledged {
+        if *offset >= start && *offset < commit {
+            assert_eq!(kept.get(payload), Some(offset), "acknowledged entry lost");
+            above += 1;
+        }
+    }
+    assert!(above > 0);
+}
+
+/// Retention by age on three processes, with a follower stopped (SIGSTOP)
+/// while the others append and trim: once resumed it catches up (re-seeded
+/// from the leader's start, which has passed its end) and ends at the
+/// same start; `min_bytes` of committed log stay on every node, and no
+/// running node's start passes its commit offset.
+#[test]
+fn retention_by_age_trims_a_paused_follower_only_after_it_catches_up() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3);
+    let min_bytes = 8 * 1024;
+    cluster.extra_args = [
+        "--segment-size",
+        "4096",
+        "--retention-max-age",
+        "1s",
+        "--retention-min-bytes",
+        "8KiB",
+        "--retention-check-interval",
+        "100ms",
+    ]
+    .map(String::from)
+    .to_vec();
+    for index in 0..3 {
+        cluster.start(index);
+    }
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let paused = (leader + 1) % 3;
+    let client = Client::connect(&cluster.client_addrs(&[leader])).unwrap();
+    let pid = cluster.members[paused]
+        .child
+        .as_ref()
+        .unwrap()
+        .id()
+        .to_string();
+    let signal = |name: &str| {
+        assert!(Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    let paused_segments = segment_starts(&cluster.members[paused]);
+    let mut acknowledged = Vec::new();
+    for n in 0..300 {
+        let payload = format!("later-{n:04}-{}", "b".repeat(64)).into_bytes();
+        acknowledged.push((client.append(payload.clone()).unwrap(), payload));
+    }
+    // The leader and the running follower trim the old segments.
+    let running = 3 - leader - paused;
+    let leader_start = wait_for_start(&cluster, leader);
+    wait_for_start(&cluster, running);
+    assert_eq!(segment_starts(&cluster.members[paused]), paused_segments);
+
+    signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let statuses = loop {
+        let statuses: Vec<NodeStatus> = (0..3).filter_map(|index| cluster.status(index)).collect();
+        for status in &statuses {
+            // (The paused node's status may show its new start a moment
+            // before its commit jump while it is re-seeded.)
+            if status.node_id != cluster.members[paused].id {
+                assert!(status.start_offset <= status.commit_offset, "{status:?}");
+            }
+        }
+        if statuses.len() == 3
+            && statuses
+                .iter()
+                .all(|s| s.start_offset == statuses[0].start_offset)
+            && statuses[0].start_offset >= leader_start
+            && statuses.iter().all(|s| {
+                s.start_offset <= s.commit_offset
+                    && s.commit_offset - s.start_offset < min_bytes + 4096
+            })
+        {
+            break statuses;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled: {statuses:?}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for (index, status) in statuses.iter().enumerate() {
+        assert!(
+            status.commit_offset - status.start_offset >= min_bytes,
+            "min_bytes kept on node {}: {status:?}",
+            index + 1
+        );
+        assert_eq!(
+            segment_starts(&cluster.members[index])[0],
+            status.start_offset
+        );
+    }
+    let start = statuses[0].start_offset;
+    let commit = statuses.iter().map(|s| s.commit_offset).min().unwrap();
+    let kept = committed_range(cluster.members[paused].client, start, commit);
+    assert_eq!(
+        kept,
+        committed_range(cluster.members[leader].client, start, commit)
+    );
+    let mut found = 0;
+    for entry in loglog_proto::entry::EntryIter::new(&kept, start, u32::MAX) {
+        let entry = entry.unwrap();
+        if let Some((_, payload)) = acknowledged
+            .iter()
+            .find(|(offset, _)| *offset == entry.offset)
+        {
+            let (_, body) = entry_producer(&entry.header, entry.payload).unwrap();
+            assert_eq!(body, &payload[..]);
+            found += 1;
+        }
+    }
+    assert!(found > 0, "acknowledged entries above the start are kept");
+}

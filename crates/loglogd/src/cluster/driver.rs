@@ -31,7 +31,13 @@
 //!   a wake-up. The core counts bytes durable only then. A failed write or
 //!   fsync stops the driver (the node answers `Unavailable`; reads go on up
 //!   to the commit offset): the core believes the bytes are in the log, so
-//!   it must not go on.
+//!   it must not go on. So a full disk must never fail a write: space is
+//!   reserved (`LogWriter::reserve`) before the core takes bytes into its
+//!   log. A leader answers an append it has no space for `Unavailable`
+//!   without proposing it; a follower drops the entries of an
+//!   `AppendEntries` it has no space for, which leaves a probe at the same
+//!   `prev_offset` (a message the leader could have sent), until space
+//!   returns.
 //! * **Membership.** After every round the driver compares the core's
 //!   latest configuration with the one it acted on: it opens an outbound
 //!   connection to each new member (address from the configuration, else
@@ -84,6 +90,7 @@ use crate::dedup::{Decision, Located, ProducerTable};
 use crate::node::{self, StartError, LOG_DIR, NODE_STATE_FILE};
 use crate::pipeline::{AppendRequest, ProducerAppend, Reply, Shared, WriterCommand};
 use crate::state::{NodeState, NodeStateError};
+use crate::tls::PeerTls;
 use loglog_proto::upload::UploadKey;
 
 /// Bound of the driver's event queue (peer messages, read-index, wake-ups).
@@ -108,6 +115,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// Most a stopping leader waits for a voter to take over (a transfer
 /// normally takes one round trip and an election) before it stops anyway.
 const HANDOFF_LIMIT: Duration = Duration::from_secs(2);
+/// A leader on a full disk hands its leadership over at most this often.
+const FULL_DISK_HANDOFF_INTERVAL: Duration = Duration::from_secs(5);
 /// Most admin requests waiting at once (more are answered `Busy`).
 pub const MAX_PENDING_ADMIN: usize = 64;
 /// How long an added node may take to catch up and become a voter.
@@ -348,6 +357,11 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
     cluster
         .validate(config.node_id)
         .map_err(StartError::Config)?;
+    // Certificates are read before anything else starts.
+    let peer_tls = match &config.tls {
+        Some(tls) => PeerTls::load(tls).map_err(StartError::Tls)?,
+        None => None,
+    };
     let peer_listener = TcpListener::bind(cluster.peer_listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -398,6 +412,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         bytes_sent: AtomicU64::new(0),
         uploads: UploadCache::new(cluster.upload_cache),
         max_payload: config.max_entry_size,
+        tls: peer_tls,
     });
     let max_entries_bytes = opened.raft.config().max_message_entries_bytes();
     tokio::spawn(transport::serve_peers(
@@ -487,6 +502,8 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         handoff: None,
         failed: false,
         upload_digests: LeaderDigests::default(),
+        disk_full_since: None,
+        full_disk_handoff_at: None,
     };
     let mut driver = driver;
     driver.sync_peers();
@@ -1065,6 +1082,12 @@ struct Driver {
     failed: bool,
     /// As leader: the digests of entries clients uploaded (module `upload`).
     upload_digests: LeaderDigests,
+    /// Since when this node cannot reserve disk space for new entries (a
+    /// full disk): appends are refused and the leader's entries are taken
+    /// as heartbeats until space returns.
+    disk_full_since: Option<Instant>,
+    /// When this node last handed its leadership over for a full disk.
+    full_disk_handoff_at: Option<Instant>,
 }
 
 impl Driver {
@@ -1461,20 +1484,24 @@ impl Driver {
         }
         let lag_bound = self.raft.config().max_learner_lag_bytes;
         let commit = self.raft.commit_offset();
-        let caught_up = self.raft.followers().into_iter().find(|follower| {
+        let candidates = self.raft.followers().into_iter().filter(|follower| {
             !follower.voter && follower.match_offset.saturating_add(lag_bound) >= commit
         });
-        let Some(learner) = caught_up else {
-            return;
-        };
-        match self
-            .raft
-            .propose_membership(MembershipChange::PromoteLearner(learner.id))
-        {
-            Ok(offset) => {
-                tracing::info!(node = learner.id, offset, "learner caught up; promoting it")
+        // The core also wants an entry of this term on the learner; the
+        // first it accepts is promoted (one change at a time).
+        for learner in candidates {
+            match self
+                .raft
+                .propose_membership(MembershipChange::PromoteLearner(learner.id))
+            {
+                Ok(offset) => {
+                    tracing::info!(node = learner.id, offset, "learner caught up; promoting it");
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(node = learner.id, ?error, "promotion not possible yet")
+                }
             }
-            Err(error) => tracing::debug!(node = learner.id, ?error, "promotion not possible yet"),
         }
     }
 
@@ -1504,6 +1531,7 @@ impl Driver {
             Input::Event(Event::Wake) => {}
             Input::Event(Event::Message { from, message, .. }) => {
                 self.last_heard.insert(from, Instant::now());
+                let message = self.without_entries_that_do_not_fit(message);
                 self.raft.step(from, message);
             }
             Input::Event(Event::Members(reply)) => drop(reply.send(self.members_status())),
@@ -1578,23 +1606,13 @@ impl Driver {
     /// A leader with another voter asks the most caught-up one to take
     /// over; true when the transfer began.
     fn begin_handoff(&mut self) -> bool {
-        if self.raft.role() != Role::Leader {
-            return false;
-        }
-        let membership = self.raft.membership().clone();
-        let Some(target) = self
-            .raft
-            .followers()
-            .into_iter()
-            .filter(|follower| membership.is_voter(follower.id))
-            .max_by_key(|follower| follower.match_offset)
-        else {
+        let Some(target) = self.most_caught_up_voter() else {
             return false;
         };
-        match self.raft.transfer_leadership(target.id) {
+        match self.raft.transfer_leadership(target) {
             Ok(()) => {
                 tracing::info!(
-                    to = target.id,
+                    to = target,
                     "stopping: handing leadership over before shutdown"
                 );
                 true
@@ -1603,6 +1621,41 @@ impl Driver {
                 tracing::warn!(%error, "stopping without a leadership handoff");
                 false
             }
+        }
+    }
+
+    /// The voter (not this node) whose log matches the leader's furthest;
+    /// None unless this node leads and has another voter.
+    fn most_caught_up_voter(&self) -> Option<NodeId> {
+        if self.raft.role() != Role::Leader {
+            return None;
+        }
+        let membership = self.raft.membership();
+        self.raft
+            .followers()
+            .into_iter()
+            .filter(|follower| membership.is_voter(follower.id))
+            .max_by_key(|follower| follower.match_offset)
+            .map(|follower| follower.id)
+    }
+
+    /// A leader whose disk is full cannot append: it asks the most
+    /// caught-up voter to take over (at most every
+    /// [`FULL_DISK_HANDOFF_INTERVAL`]), so the cluster goes on committing.
+    fn hand_off_for_full_disk(&mut self) {
+        if self
+            .full_disk_handoff_at
+            .is_some_and(|at| at.elapsed() < FULL_DISK_HANDOFF_INTERVAL)
+        {
+            return;
+        }
+        let Some(target) = self.most_caught_up_voter() else {
+            return;
+        };
+        self.full_disk_handoff_at = Some(Instant::now());
+        match self.raft.transfer_leadership(target) {
+            Ok(()) => tracing::warn!(to = target, "disk full: handing leadership over"),
+            Err(error) => tracing::warn!(%error, "disk full: no leadership handoff"),
         }
     }
 
@@ -1631,6 +1684,58 @@ impl Driver {
         }
     }
 
+    /// Reserves disk space for the log to grow to `end` (the core's log end
+    /// after what it is about to append), so that the write cannot fail for
+    /// lack of space: a failed write would stop the driver, since the core
+    /// already counts the bytes as in its log. Err (and logged once per
+    /// episode) when the disk is full.
+    fn reserve_space_to(&mut self, end: u64) -> Result<(), StorageError> {
+        let needed = end.saturating_sub(self.writer.end_offset() + self.batch.len() as u64);
+        match self.writer.reserve(needed) {
+            Ok(()) => {
+                if let Some(since) = self.disk_full_since.take() {
+                    tracing::info!(
+                        after = ?since.elapsed(),
+                        "disk space is back: taking new entries again"
+                    );
+                    if let Some(dir) = self.state_path.parent() {
+                        node::keep_spare(dir);
+                    }
+                }
+                Ok(())
+            }
+            Err(error) => {
+                if self.disk_full_since.is_none() {
+                    tracing::warn!(
+                        %error,
+                        "cannot reserve disk space: refusing appends and taking the leader's \
+                         entries as heartbeats until space returns"
+                    );
+                    self.disk_full_since = Some(Instant::now());
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// A leader's entries this node has no disk space for are dropped from
+    /// its message, which then acts as a probe at the same offset (one the
+    /// leader could have sent): the node stays a follower, commits what it
+    /// holds, and the leader sends the entries again later.
+    fn without_entries_that_do_not_fit(&mut self, message: Message) -> Message {
+        let Message::AppendEntries(mut append) = message else {
+            return message;
+        };
+        if !append.entries.is_empty() {
+            let end =
+                (append.prev_offset + append.entries.len() as u64).max(self.raft.end_offset());
+            if self.reserve_space_to(end).is_err() {
+                append.entries = Vec::new();
+            }
+        }
+        Message::AppendEntries(append)
+    }
+
     /// `since`: when the append first met a full core.
     fn propose_at(&mut self, since: Instant, request: AppendRequest) {
         if self.stopping.is_some() {
@@ -1640,6 +1745,21 @@ impl Driver {
         if let Some(error) = self.shared.unavailable() {
             request.reply.send(Err(error));
             return;
+        }
+        if self.raft.role() == Role::Leader {
+            let end = self.raft.end_offset() + (ENTRY_HEADER_LEN + request.payload.len()) as u64;
+            if let Err(error) = self.reserve_space_to(end) {
+                self.hand_off_for_full_disk();
+                // Nothing proposed: a retry cannot duplicate it.
+                let what = if error.is_disk_full() {
+                    "disk full"
+                } else {
+                    "cannot reserve disk space"
+                };
+                return request.reply.send(Err(ServerError::Unavailable {
+                    message: format!("{what}: {error}"),
+                }));
+            }
         }
         if let Some(producer) = request.producer {
             // Only a leader decides; anyone else answers NotLeader below.

@@ -25,6 +25,13 @@
 //! is retried at the normal pace); a node with no configuration yet (one
 //! joining, before it has the log) accepts any id of its cluster.
 //!
+//! **TLS.** With `tls` configured for peers, every peer connection is
+//! mutual TLS first (see [`crate::tls`]): the listener refuses, and logs
+//! (warn, with the remote address and the reason), a connection whose
+//! certificate is not from the cluster's CA, or that has none; the dialer
+//! refuses a listener whose certificate is not, and retries slowly. The
+//! handshake and frames below then run inside the TLS stream, unchanged.
+//!
 //! **Frames.** After the handshake the dialer sends frames of
 //! `length u32 LE, Envelope::encode bytes`. The receiver caps the length
 //! (one full AppendEntries batch plus one largest entry, and a little
@@ -58,6 +65,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use super::driver::Event;
 use super::upload;
 use crate::server::until_true;
+use crate::tls::{PeerTls, Stream};
 
 pub(crate) const HANDSHAKE_MAGIC: &[u8; 8] = b"LLPEER01";
 const HANDSHAKE_FIXED_LEN: usize = 26;
@@ -109,6 +117,8 @@ pub(crate) struct Identity {
     pub uploads: super::upload::UploadCache,
     /// The node's maximum payload (rebuilt entries are checked against it).
     pub max_payload: u32,
+    /// Mutual TLS for every peer connection; `None`: plain TCP.
+    pub tls: Option<PeerTls>,
 }
 
 impl Identity {
@@ -236,6 +246,22 @@ pub(crate) async fn dial_peer(
                 .map_err(|error| DialError::Io(error.to_string()))?;
             // Heartbeats and acks are small and latency-bound: no Nagle.
             drop(stream.set_nodelay(true));
+            let stream = match &identity.tls {
+                Some(tls) => {
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect(stream, &peer_addr))
+                        .await
+                        .map_err(|_| DialError::Io("TLS handshake timed out".to_string()))?
+                        .map_err(|error| match error.kind() {
+                            // rustls' verdicts (a certificate of another CA, a
+                            // wrong name): a misconfiguration, not a glitch.
+                            std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                                DialError::Tls(error.to_string())
+                            }
+                            _ => DialError::Io(format!("TLS handshake: {error}")),
+                        })?
+                }
+                None => Stream::Plain(stream),
+            };
             handshake(stream, &identity, peer).await
         };
         let outcome = tokio::select! {
@@ -270,6 +296,10 @@ pub(crate) async fn dial_peer(
                 tracing::error!(peer, addr = %peer_addr, reason, "peer refused our handshake");
                 backoff = BACKOFF_REFUSED;
             }
+            Err(DialError::Tls(reason)) => {
+                tracing::warn!(peer, addr = %peer_addr, %reason, "refusing peer: TLS handshake failed");
+                backoff = BACKOFF_REFUSED;
+            }
             Err(DialError::Io(error)) => {
                 if !logged_down {
                     tracing::info!(peer, addr = %peer_addr, %error, "cannot reach peer; retrying");
@@ -291,21 +321,29 @@ enum DialError {
     Io(String),
     NotYetMember,
     Refused(&'static str),
+    /// The TLS handshake failed on a certificate (ours or theirs).
+    Tls(String),
 }
 
 async fn handshake(
-    mut stream: TcpStream,
+    mut stream: Stream,
     identity: &Identity,
     peer: NodeId,
-) -> Result<TcpStream, DialError> {
+) -> Result<Stream, DialError> {
     let hello = encode_handshake(identity.node_id, peer, &identity.cluster_id);
     let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         stream.write_all(&hello).await?;
+        stream.flush().await?;
         stream.read_u8().await
     })
     .await
     .map_err(|_| DialError::Io("handshake timed out".to_string()))?
-    .map_err(|error| DialError::Io(format!("handshake: {error}")))?;
+    .map_err(|error| match error.kind() {
+        // TLS 1.3: the listener checks our certificate after our side of
+        // the TLS handshake is done, and its refusal (an alert) shows here.
+        std::io::ErrorKind::InvalidData => DialError::Tls(format!("the peer refused us: {error}")),
+        _ => DialError::Io(format!("handshake: {error}")),
+    })?;
     match answer {
         ACCEPTED => Ok(stream),
         WRONG_CLUSTER => Err(DialError::Refused(
@@ -320,7 +358,7 @@ async fn handshake(
 }
 
 async fn send_frames(
-    mut stream: TcpStream,
+    mut stream: Stream,
     queue: &PeerQueue,
     bytes_sent: &AtomicU64,
 ) -> std::io::Result<()> {
@@ -351,6 +389,8 @@ async fn send_frames(
             count(buffer.len());
             buffer.clear();
         }
+        // TLS may hold the last record back until flushed (TCP: no-op).
+        stream.flush().await?;
     }
 }
 
@@ -382,6 +422,24 @@ pub(crate) async fn serve_peers(
                 let inbound_bytes = inbound_bytes.clone();
                 tokio::spawn(async move {
                     let mut stopped_inner = stopped.clone();
+                    drop(stream.set_nodelay(true));
+                    let stream = match &identity.tls {
+                        Some(tls) => {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(error)) => {
+                                    tracing::warn!(%remote, reason = %error, "refusing peer: TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::warn!(%remote, reason = "timed out", "refusing peer: TLS handshake failed");
+                                    return;
+                                }
+                            }
+                        }
+                        None => Stream::Plain(stream),
+                    };
                     let receive = receive_peer(
                         stream,
                         remote,
@@ -412,14 +470,13 @@ pub(crate) async fn serve_peers(
 
 /// Reads a handshake and then frames from one peer connection.
 async fn receive_peer(
-    mut stream: TcpStream,
+    mut stream: Stream,
     remote: SocketAddr,
     identity: &Arc<Identity>,
     events: &mpsc::Sender<Event>,
     inbound_bytes: &Arc<Semaphore>,
     max_entries_bytes: u64,
 ) -> Result<(), String> {
-    drop(stream.set_nodelay(true));
     let from = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(&mut stream, identity))
         .await
         .map_err(|_| "handshake timed out".to_string())??;
@@ -614,7 +671,7 @@ async fn receive_upload_frame(
     }
 }
 
-async fn accept_handshake(stream: &mut TcpStream, identity: &Identity) -> Result<NodeId, String> {
+async fn accept_handshake(stream: &mut Stream, identity: &Identity) -> Result<NodeId, String> {
     let mut fixed = [0u8; HANDSHAKE_FIXED_LEN];
     stream
         .read_exact(&mut fixed)
@@ -638,7 +695,7 @@ async fn accept_handshake(stream: &mut TcpStream, identity: &Identity) -> Result
     let (from, to, id_len) = match verdict {
         Ok(fields) => fields,
         Err((code, reason)) => {
-            drop(stream.write_u8(code).await);
+            drop(answer(stream, code).await);
             return Err(reason);
         }
     };
@@ -674,16 +731,21 @@ async fn accept_handshake(stream: &mut TcpStream, identity: &Identity) -> Result
     };
     match verdict {
         Ok(from) => {
-            stream
-                .write_u8(ACCEPTED)
+            answer(stream, ACCEPTED)
                 .await
                 .map_err(|error| format!("handshake: {error}"))?;
             Ok(from)
         }
         Err((code, reason)) => {
             tracing::error!(%reason, "peer handshake refused");
-            drop(stream.write_u8(code).await);
+            drop(answer(stream, code).await);
             Err(reason)
         }
     }
+}
+
+/// Sends the one-byte handshake answer (flushed: TLS may hold it back).
+async fn answer(stream: &mut Stream, code: u8) -> std::io::Result<()> {
+    stream.write_u8(code).await?;
+    stream.flush().await
 }
