@@ -21,6 +21,7 @@
 //! A failing run keeps its folder: history, violations, fault schedule,
 //! node logs and data directories.
 
+pub mod bench_upload;
 pub mod cluster;
 pub mod faults;
 pub mod netns;
@@ -66,6 +67,10 @@ pub struct RunConfig {
     pub lose_every_tail: bool,
     /// Keep the run's folder even when it passed.
     pub keep: bool,
+    /// Upload mode: the appenders upload every entry to the other members
+    /// (`Client::enable_upload`), so the leader replicates by digest while
+    /// the faults lose, delay and cut uploads like any traffic.
+    pub upload: bool,
 }
 
 /// Counters of one run (or summed over runs).
@@ -258,6 +263,7 @@ async fn drive(
         nodes: nodes.clone(),
         acked_offsets: Mutex::new(Vec::new()),
         run: config.run,
+        upload: config.upload,
     });
     let mut tasks = Vec::new();
     let mut client_id = 0u64;
@@ -536,7 +542,7 @@ pub async fn find_leader(nodes: &[String]) -> Option<usize> {
     leader
 }
 
-async fn wait_for_leader(nodes: &[String], limit: Duration) -> Result<usize> {
+pub(crate) async fn wait_for_leader(nodes: &[String], limit: Duration) -> Result<usize> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(leader) = find_leader(nodes).await {

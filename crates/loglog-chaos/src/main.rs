@@ -46,6 +46,10 @@ struct Args {
     /// failing ones.
     #[arg(long)]
     keep: bool,
+    /// Upload mode: appenders upload every entry to the other members, the
+    /// leader replicates by digest (falls back to raw bytes on any miss).
+    #[arg(long)]
+    upload: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -143,6 +147,7 @@ fn main() {
             work_dir: args.work_dir.clone(),
             lose_every_tail: args.self_check_lose_every_tail,
             keep: args.keep,
+            upload: args.upload,
         };
         match run_once(&config) {
             Ok(report) => {

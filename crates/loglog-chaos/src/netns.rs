@@ -278,6 +278,36 @@ impl Network {
         .map(drop)
     }
 
+    /// Limits node `index`'s link to `kbit` kbit/s in both directions: tc
+    /// tbf on its own veth (what it sends) and on the hub's end of it (what
+    /// it receives). The burst is 10 ms worth (at least 32 KiB), so the
+    /// limit holds at high rates too. Undone by [`Network::heal`].
+    pub fn limit_link(&self, index: usize, kbit: u32) -> Result<()> {
+        let rate = format!("{kbit}kbit");
+        let burst = format!("{}", (u64::from(kbit) * 1000 / 8 / 100).max(32 * 1024));
+        let tbf = |namespace: &str, device: &str| {
+            run(
+                "ip",
+                &[
+                    "netns", "exec", namespace, "tc", "qdisc", "replace", "dev", device, "root",
+                    "tbf", "rate", &rate, "burst", &burst, "latency", "100ms",
+                ],
+            )
+            .map(drop)
+        };
+        tbf(&self.nodes[index], "eth0")?;
+        tbf(&self.hub, &self.hub_end(index))
+    }
+
+    /// The hub's end of node `index`'s veth.
+    fn hub_end(&self, index: usize) -> String {
+        let short = self
+            .host_if
+            .strip_suffix('h')
+            .expect("host_if is the short name and 'h'");
+        format!("{short}{index}b")
+    }
+
     /// Removes every fault rule and bandwidth limit of every node.
     pub fn heal(&self) -> Result<()> {
         for index in 0..self.nodes.len() {
@@ -295,6 +325,13 @@ impl Network {
                     "dev",
                     "eth0",
                     "root",
+                ],
+            );
+            let hub_end = self.hub_end(index);
+            let _ = run(
+                "ip",
+                &[
+                    "netns", "exec", &self.hub, "tc", "qdisc", "del", "dev", &hub_end, "root",
                 ],
             );
         }

@@ -34,6 +34,8 @@ pub struct Shared {
     /// Offsets acknowledged so far: entry boundaries to start reads at.
     pub acked_offsets: Mutex<Vec<u64>>,
     pub run: u64,
+    /// Appenders upload their entries to the other members.
+    pub upload: bool,
 }
 
 impl Shared {
@@ -98,6 +100,14 @@ pub async fn appender(shared: Arc<Shared>, client_id: u64, seed: u64) {
             client = connect(&shared, &mut rng).await;
             if client.is_none() {
                 pause_until_reconnect(&shared).await;
+            } else if let (true, Some(connected)) = (shared.upload, &client) {
+                // Every entry, whatever its size. Without the member list
+                // (a fault right now) appends simply go without upload.
+                let config = loglog::UploadConfig {
+                    min_payload: 0,
+                    ..loglog::UploadConfig::default()
+                };
+                let _ = tokio::time::timeout(OP_TIMEOUT, connected.enable_upload(config)).await;
             }
             continue;
         };

@@ -97,6 +97,8 @@ fn short_randomized_runs_have_no_violations() {
             work_dir: std::env::temp_dir(),
             lose_every_tail: false,
             keep: false,
+            // The 3-node run also covers upload mode.
+            upload: nodes == 3,
         };
         let report = run_once(&config).expect("the harness runs");
         eprintln!(
@@ -143,6 +145,7 @@ fn a_build_that_acks_before_fsync_is_caught() {
             work_dir: std::env::temp_dir(),
             lose_every_tail: false,
             keep: false,
+            upload: false,
         };
         let report = run_once(&config).expect("the harness runs");
         eprintln!(

@@ -28,6 +28,21 @@ pub struct AppendArgs {
     /// Read stdin as one entry per line.
     #[arg(long)]
     lines: bool,
+
+    /// Upload mode: also send every entry to the other members directly,
+    /// so the leader replicates it as header and digest only (its network
+    /// carries the entry once instead of once per follower). Uploads are
+    /// never waited for; a member that misses one gets the leader's bytes.
+    #[arg(long)]
+    upload: bool,
+}
+
+/// Upload settings of `--upload`: every entry, whatever its size.
+pub fn upload_config() -> loglog::UploadConfig {
+    loglog::UploadConfig {
+        min_payload: 0,
+        ..loglog::UploadConfig::default()
+    }
 }
 
 pub async fn run(cluster: &[String], args: AppendArgs) -> anyhow::Result<()> {
@@ -35,6 +50,9 @@ pub async fn run(cluster: &[String], args: AppendArgs) -> anyhow::Result<()> {
         anyhow::bail!("--lines reads stdin: give either DATA arguments or --lines, not both");
     }
     let client = crate::connect(cluster).await?;
+    if args.upload {
+        client.enable_upload(upload_config()).await?;
+    }
     let mut appender = OrderedAppender::new(client);
     if !args.data.is_empty() {
         for data in args.data {

@@ -103,6 +103,12 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+
+    /// Upload mode: each writer's client also uploads every entry to the
+    /// other members itself, so the leader replicates entries by digest
+    /// (see `loglog append --upload`).
+    #[arg(long, conflicts_with = "read_all")]
+    upload: bool,
 }
 
 /// Latency percentiles as reported: `(name, microseconds)`.
@@ -141,6 +147,9 @@ struct Report {
     /// the start to the first ack, between acks, from the last ack to the
     /// end): a leader failover shows here.
     longest_ack_gap: Duration,
+    /// Upload mode's counters summed over the clients (`None` without
+    /// `--upload`).
+    upload: Option<loglog::UploadStats>,
 }
 
 impl Report {
@@ -185,12 +194,19 @@ impl Report {
             ),
             None => text,
         };
-        match &self.end_to_end_us {
+        let text = match &self.end_to_end_us {
             Some(end_to_end) => format!(
                 "{text}\nend-to-end us ({} readers, {} entries seen): {}",
                 self.readers,
                 self.entries_seen,
                 percentiles_text(end_to_end)
+            ),
+            None => text,
+        };
+        match &self.upload {
+            Some(upload) => format!(
+                "{text}\nupload: {} sent, {} skipped, {} refused",
+                upload.sent, upload.skipped, upload.refused
             ),
             None => text,
         }
@@ -202,7 +218,7 @@ impl Report {
             .as_ref()
             .map_or_else(|| "null".to_string(), percentiles_json);
         format!(
-            r#"{{"workload":"append","writers":{},"connections":{},"size":{},"duration_s":{:.3},"appends":{},"appends_per_s":{:.1},"mb_per_s":{:.3},"latency_us":{},"batch":{},"records":{},"records_per_s":{:.1},"readers":{},"end_to_end_us":{},"entries_seen":{},"longest_ack_gap_us":{}}}"#,
+            r#"{{"workload":"append","writers":{},"connections":{},"size":{},"duration_s":{:.3},"appends":{},"appends_per_s":{:.1},"mb_per_s":{:.3},"latency_us":{},"batch":{},"records":{},"records_per_s":{:.1},"readers":{},"end_to_end_us":{},"entries_seen":{},"longest_ack_gap_us":{},"upload":{}}}"#,
             self.writers,
             self.connections,
             self.size,
@@ -217,7 +233,14 @@ impl Report {
             self.readers,
             end_to_end,
             self.entries_seen,
-            self.longest_ack_gap.as_micros()
+            self.longest_ack_gap.as_micros(),
+            self.upload.map_or_else(
+                || "null".to_string(),
+                |upload| format!(
+                    r#"{{"sent":{},"skipped":{},"refused":{}}}"#,
+                    upload.sent, upload.skipped, upload.refused
+                )
+            )
         )
     }
 }
@@ -372,7 +395,11 @@ pub async fn run(cluster: &[String], args: BenchArgs) -> anyhow::Result<()> {
     let connections = args.connections.unwrap_or(args.writers.min(4));
     let mut clients = Vec::with_capacity(connections as usize);
     for _ in 0..connections {
-        clients.push(crate::connect(cluster).await?);
+        let client = crate::connect(cluster).await?;
+        if args.upload {
+            client.enable_upload(crate::append::upload_config()).await?;
+        }
+        clients.push(client);
     }
     let record = vec![b'x'; args.size as usize];
     let (payload, stamp_at) = match args.batch {
@@ -525,6 +552,15 @@ pub async fn run(cluster: &[String], args: BenchArgs) -> anyhow::Result<()> {
         end_to_end_us,
         entries_seen: entries_seen.load(Ordering::Relaxed),
         longest_ack_gap: Duration::from_nanos(ack_gaps.longest_ns.load(Ordering::Relaxed)),
+        upload: args.upload.then(|| {
+            let mut total = loglog::UploadStats::default();
+            for stats in clients.iter().filter_map(loglog::Client::upload_stats) {
+                total.sent += stats.sent;
+                total.skipped += stats.skipped;
+                total.refused += stats.refused;
+            }
+            total
+        }),
     };
     let expected = report.appends * u64::from(report.readers);
     if report.entries_seen < expected {
@@ -887,6 +923,7 @@ mod tests {
             end_to_end_us: (readers > 0).then(|| histogram_of(500..=1500)),
             entries_seen: 1000 * u64::from(readers),
             longest_ack_gap: Duration::from_millis(420),
+            upload: None,
         }
     }
 
@@ -923,7 +960,8 @@ mod tests {
                 "readers",
                 "end_to_end_us",
                 "entries_seen",
-                "longest_ack_gap_us"
+                "longest_ack_gap_us",
+                "upload"
             ]
         );
         let value: serde_json::Value = serde_json::from_str(&without).unwrap();

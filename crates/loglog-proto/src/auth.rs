@@ -136,7 +136,8 @@ pub fn required_role(request_opcode: u8) -> Roles {
     match request_opcode {
         opcode::AUTH => Roles::NONE,
         opcode::READ | opcode::STATUS | opcode::CLUSTER_STATUS => Roles::READ,
-        opcode::APPEND => Roles::APPEND,
+        // An upload is the first half of an append (client-side upload).
+        opcode::APPEND | opcode::UPLOAD => Roles::APPEND,
         _ => Roles::ADMIN,
     }
 }
@@ -226,6 +227,7 @@ mod tests {
         assert_eq!(required_role(opcode::STATUS), Roles::READ);
         assert_eq!(required_role(opcode::CLUSTER_STATUS), Roles::READ);
         assert_eq!(required_role(opcode::APPEND), Roles::APPEND);
+        assert_eq!(required_role(opcode::UPLOAD), Roles::APPEND);
         assert_eq!(required_role(opcode::ADMIN), Roles::ADMIN);
         assert_eq!(required_role(200), Roles::ADMIN, "unknown: closed");
     }

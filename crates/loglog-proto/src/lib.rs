@@ -6,6 +6,7 @@
 //! * [`wire`]: the client protocol's frames.
 //! * [`producer`]: the producer envelope that makes appends idempotent.
 //! * [`auth`]: client roles and the stored form of client tokens.
+//! * [`upload`]: payload digests and entries replicated by reference.
 //!
 //! Every decoder here takes untrusted bytes and returns a typed error; none
 //! of them panics on any input (they are fuzzed: see `fuzz/`).
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod entry;
 pub mod producer;
 pub mod segment;
+pub mod upload;
 pub mod wire;
 
 pub use entry::{EntryError, EntryHeader, EntryKind, ENTRY_HEADER_LEN};

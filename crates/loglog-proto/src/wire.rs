@@ -38,6 +38,10 @@ pub mod opcode {
     /// Body: [`super::AdminRequest`] (a sub-op byte and its fields).
     /// Ok body: a u64 (see [`super::AdminRequest`]).
     pub const ADMIN: u8 = 5;
+    /// Body: digest (32 bytes, SHA-256 of the payload), then the payload
+    /// ([`crate::upload`]). Ok body: empty. Caches the payload on this node
+    /// for a while, for an append with [`super::APPEND_UPLOADED`].
+    pub const UPLOAD: u8 = 6;
     /// Body: a client token (1 to [`crate::auth::MAX_TOKEN_LEN`] bytes).
     /// Ok body: the roles it grants, one byte ([`crate::auth::Roles`]).
     /// Sent once per connection, before other requests; the connection
@@ -73,6 +77,15 @@ pub const APPEND_PRODUCER: u8 = 2;
 /// copy's offset, appends it if it can tell no copy exists, or answers
 /// `SequenceUnknown`.
 pub const APPEND_RETRY: u8 = 4;
+/// Append flag: the client uploaded this body (the entry's whole payload,
+/// envelope included) to the other members (opcode 6), so the leader may
+/// replicate the entry by digest. See [`append_uploaded`].
+pub const APPEND_UPLOADED: u8 = 8;
+
+/// Whether an append frame carries [`APPEND_UPLOADED`].
+pub fn append_uploaded(header: &FrameHeader) -> bool {
+    header.opcode == opcode::APPEND && header.aux & APPEND_UPLOADED != 0
+}
 /// Read flag: confirm leadership (read-index) before answering.
 pub const READ_LINEARIZABLE: u8 = 1;
 
@@ -162,6 +175,11 @@ pub enum Request<'a> {
     Status,
     ClusterStatus,
     Admin(AdminRequest<'a>),
+    /// An entry's payload for the node's upload cache, with its digest.
+    Upload {
+        digest: crate::upload::Digest,
+        payload: &'a [u8],
+    },
     /// Authenticates the connection with a client token (opcode 7).
     Auth {
         token: &'a [u8],
@@ -304,7 +322,7 @@ impl<'a> Request<'a> {
         match header.opcode {
             opcode::APPEND => {
                 let flags = header.aux;
-                if flags & !(APPEND_NO_WAIT | APPEND_PRODUCER | APPEND_RETRY) != 0
+                if flags & !(APPEND_NO_WAIT | APPEND_PRODUCER | APPEND_RETRY | APPEND_UPLOADED) != 0
                     || (flags & APPEND_RETRY != 0 && flags & APPEND_PRODUCER == 0)
                 {
                     return bad(format!("unknown append flags {flags:#04x}"));
@@ -365,6 +383,15 @@ impl<'a> Request<'a> {
                 }
                 AdminRequest::parse(body).map(Request::Admin).or_else(bad)
             }
+            opcode::UPLOAD => {
+                if header.aux != 0 {
+                    return bad(format!("unknown upload flags {:#04x}", header.aux));
+                }
+                let Some((digest, payload)) = crate::upload::split_upload_body(body) else {
+                    return bad("an upload body starts with a 32-byte digest".to_string());
+                };
+                Ok(Request::Upload { digest, payload })
+            }
             opcode::AUTH => {
                 if header.aux != 0 {
                     return bad(format!("unknown auth flags {:#04x}", header.aux));
@@ -389,6 +416,7 @@ impl<'a> Request<'a> {
             Request::Status => opcode::STATUS,
             Request::ClusterStatus => opcode::CLUSTER_STATUS,
             Request::Admin(_) => opcode::ADMIN,
+            Request::Upload { .. } => opcode::UPLOAD,
             Request::Auth { .. } => opcode::AUTH,
         }
     }
@@ -414,6 +442,7 @@ impl<'a> Request<'a> {
             ),
             Request::Status | Request::ClusterStatus => (0, 0),
             Request::Admin(admin) => (0, admin.body_len()),
+            Request::Upload { payload, .. } => (0, crate::upload::DIGEST_LEN + payload.len()),
             Request::Auth { token } => (0, token.len()),
         };
         let header = FrameHeader {
@@ -443,6 +472,10 @@ impl<'a> Request<'a> {
             }
             Request::Status | Request::ClusterStatus => {}
             Request::Admin(admin) => admin.encode_body(out),
+            Request::Upload { digest, payload } => {
+                out.extend_from_slice(&digest);
+                out.extend_from_slice(payload);
+            }
             Request::Auth { token } => out.extend_from_slice(token),
         }
     }
@@ -894,6 +927,10 @@ mod tests {
         round_trip(Request::Admin(AdminRequest::RemoveNode { id: 2 }));
         round_trip(Request::Admin(AdminRequest::TransferLeader { id: 3 }));
         round_trip(Request::Admin(AdminRequest::Trim { offset: 1 << 30 }));
+        round_trip(Request::Upload {
+            digest: crate::upload::digest(b"payload"),
+            payload: b"payload",
+        });
     }
 
     #[test]
@@ -908,7 +945,7 @@ mod tests {
         for (aux, body) in [
             (APPEND_PRODUCER, &[0u8; 15][..]),
             (APPEND_RETRY, &[0u8; 16][..]),
-            (8, &[0u8; 16][..]),
+            (16, &[0u8; 16][..]),
         ] {
             assert!(matches!(
                 Request::parse(&header(aux, body.len() as u32), body),

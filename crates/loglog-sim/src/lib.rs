@@ -47,3 +47,4 @@ pub mod disk;
 pub mod history;
 pub mod net;
 pub mod sim;
+pub mod upload;

@@ -1,7 +1,7 @@
 //! `loglog-sim`: runs seeds of the deterministic cluster simulation.
 //!
 //! ```text
-//! cargo run --release -p loglog-sim -- --seeds N [--start S] [--nodes 3|5] [--trace]
+//! cargo run --release -p loglog-sim -- --seeds N [--start S] [--nodes 3|5] [--upload] [--trace]
 //! ```
 //!
 //! Prints one summary line, `seeds=N ok=N violations=0 appends=A faults=F
@@ -41,6 +41,11 @@ struct Args {
     /// waiting above a truncation (the checker catches it).
     #[arg(long)]
     truncate_fails_appends: bool,
+    /// Client-side upload: clients upload every append to the other nodes
+    /// (some uploads lost, late, corrupt, evicted or expired) and leaders
+    /// send uploaded entries by digest.
+    #[arg(long)]
+    upload: bool,
     /// Switch on one of the core's deliberately wrong behaviours:
     /// commit-old-term, forget-vote, ack-before-fsync.
     #[cfg(feature = "bug-injection")]
@@ -62,6 +67,7 @@ fn run_seed(args: &Args, seed: u64) -> SimReport {
     let (nodes, trace) = (args.nodes, args.trace);
     let mut options = SimOptions::new(seed);
     options.truncate_fails_appends = args.truncate_fails_appends;
+    options.upload = args.upload;
     #[cfg(feature = "bug-injection")]
     if let Some(bug) = &args.bug {
         options.bugs = loglog_sim::sim::bugs_named(bug).expect("a known bug name");
@@ -103,6 +109,9 @@ fn replay_command(args: &Args, report: &SimReport) -> String {
     };
     #[cfg(not(feature = "bug-injection"))]
     let features = "";
+    if args.upload {
+        flags.push_str(" --upload");
+    }
     if args.truncate_fails_appends {
         flags.push_str(" --truncate-fails-appends");
     }
@@ -154,6 +163,7 @@ fn main() -> ExitCode {
 
     let (mut ok, mut broken, mut appends, mut faults, mut sim_nanos) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut upload = loglog_sim::upload::UploadStats::default();
     for report in &reports {
         if args.trace {
             print!("{}", report.trace);
@@ -161,6 +171,11 @@ fn main() -> ExitCode {
         }
         appends += report.appends_acknowledged;
         faults += report.faults;
+        upload.by_digest += report.upload.by_digest;
+        upload.rebuilt += report.upload.rebuilt;
+        upload.missed += report.upload.missed;
+        upload.mismatched += report.upload.mismatched;
+        upload.resent += report.upload.resent;
         sim_nanos += report.sim_nanos;
         if report.violations.is_empty() {
             ok += 1;
@@ -178,6 +193,12 @@ fn main() -> ExitCode {
         args.seeds,
         sim_nanos / 1_000_000_000
     );
+    if args.upload {
+        println!(
+            "upload: by_digest={} rebuilt={} missed={} mismatched={} resent={}",
+            upload.by_digest, upload.rebuilt, upload.missed, upload.mismatched, upload.resent
+        );
+    }
     let seconds = elapsed.as_secs_f64();
     let stalled: Vec<u64> = reports
         .iter()

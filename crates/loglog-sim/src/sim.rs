@@ -56,10 +56,11 @@
 use std::collections::BTreeMap;
 
 use loglog_proto::entry::{EntryHeader, EntryIter};
+use loglog_proto::upload::UploadKey;
 use loglog_proto::{EntryKind, ENTRY_HEADER_LEN};
 use loglog_raft::{
-    Action, Checkpoint, Config, Envelope, HardState, LogRead, LogReadError, LogScan, LostTail,
-    Membership, MembershipChange, Message, NodeId, ProposeError, RaftNode, RequestError,
+    Action, AppendEntries, Checkpoint, Config, Envelope, HardState, LogRead, LogReadError, LogScan,
+    LostTail, Membership, MembershipChange, Message, NodeId, ProposeError, RaftNode, RequestError,
     RequestVote, Role, Term, WriteId,
 };
 use rand::seq::SliceRandom;
@@ -71,6 +72,8 @@ use crate::history::{
     self, AppendId, AppendOutcome, FinalLog, History, ReadId, ReadKind, ReadOutcome, ReadResult,
 };
 use crate::net::{EventQueue, Nanos, NetConfig, Network, MICROS, MILLIS, SECONDS};
+pub use crate::upload::UploadStats;
+use crate::upload::{self, UploadModel};
 
 /// Names of the state files a node keeps beside its log.
 const HARD_STATE_FILE: &str = "hard_state";
@@ -119,6 +122,14 @@ pub struct SimOptions {
     /// commit: the truncation may be lost in a crash, or another node
     /// holding the entry may win an election).
     pub truncate_fails_appends: bool,
+    /// Client-side upload: clients also upload each append to every node,
+    /// and leaders send uploaded entries by digest (module `upload`).
+    pub upload: bool,
+    /// A follower rule left out: hand an entry rebuilt from an upload to
+    /// the core without checking it against the leader's header CRC. Still
+    /// safe (the core checks every received entry's CRC and drops the
+    /// message), which the upload tests show.
+    pub upload_skips_crc_check: bool,
     /// Deliberately wrong core behaviours to switch on in every node.
     #[cfg(feature = "bug-injection")]
     pub bugs: loglog_raft::Bugs,
@@ -132,6 +143,8 @@ impl SimOptions {
             trace: TraceMode::Off,
             check_local_durability: true,
             truncate_fails_appends: false,
+            upload: false,
+            upload_skips_crc_check: false,
             #[cfg(feature = "bug-injection")]
             bugs: loglog_raft::Bugs::default(),
         }
@@ -169,6 +182,8 @@ pub struct SimReport {
     pub trace_hash: u64,
     /// The trace text (empty unless [`TraceMode::Full`]).
     pub trace: String,
+    /// What upload mode did (zeros without it).
+    pub upload: UploadStats,
 }
 
 /// The core's deliberately wrong behaviour called `name`
@@ -244,6 +259,25 @@ enum Event {
         to: usize,
         /// The envelope as it crosses the wire ([`Envelope::encode`]).
         bytes: Vec<u8>,
+    },
+    /// An upload reached `node`: `payload` cached under `key`.
+    Upload {
+        node: usize,
+        key: UploadKey,
+        payload: Vec<u8>,
+    },
+    /// An AppendEntries sent by digest (upload mode).
+    DeliverByDigest {
+        from: usize,
+        to: usize,
+        head: upload::Head,
+        parts: Vec<u8>,
+    },
+    /// `from` could not rebuild an AppendEntries by digest from `to`.
+    UploadMiss {
+        from: usize,
+        to: usize,
+        head: upload::Head,
     },
     SyncDone {
         node: usize,
@@ -479,6 +513,8 @@ struct Sim {
     healed_at: Option<Nanos>,
     live_at: Option<Nanos>,
     stopping: bool,
+    /// Upload mode's caches and digests (`None`: off).
+    uploads: Option<UploadModel>,
     #[cfg(feature = "bug-injection")]
     bugs: loglog_raft::Bugs,
 }
@@ -594,6 +630,9 @@ impl Sim {
             healed_at: None,
             live_at: None,
             stopping: false,
+            uploads: options
+                .upload
+                .then(|| UploadModel::new(node_count, options.upload_skips_crc_check)),
             #[cfg(feature = "bug-injection")]
             bugs: options.bugs,
         };
@@ -670,7 +709,9 @@ impl Sim {
             Event::Tick { node, .. }
             | Event::SyncDone { node, .. }
             | Event::Request { node, .. }
-            | Event::Deliver { to: node, .. } => Some(*node),
+            | Event::Deliver { to: node, .. }
+            | Event::DeliverByDigest { to: node, .. }
+            | Event::UploadMiss { to: node, .. } => Some(*node),
             _ => None,
         }
     }
@@ -713,6 +754,62 @@ impl Sim {
                     let from_id = self.nodes[from].id;
                     self.core(to).step(from_id, message);
                     self.drive(to);
+                }
+            }
+            Event::Upload { node, key, payload } => {
+                let now = self.queue.now();
+                if let Some(uploads) = self.uploads.as_mut() {
+                    uploads.uploaded(node, key, payload, now);
+                }
+            }
+            Event::DeliverByDigest {
+                from,
+                to,
+                head,
+                parts,
+            } => {
+                if !(self.nodes[to].is_up() && self.network.is_open(from, to)) {
+                    return;
+                }
+                let now = self.queue.now();
+                let cap = self.core(to).config().max_message_entries_bytes();
+                let uploads = self.uploads.as_mut().expect("sent in upload mode only");
+                match uploads.rebuild(to, &head, &parts, cap, MAX_PAYLOAD, now) {
+                    Ok(Some(message)) => {
+                        let from_id = self.nodes[from].id;
+                        self.core(to).step(from_id, Message::AppendEntries(message));
+                        self.drive(to);
+                    }
+                    Ok(None) => {
+                        self.trace_line(|| {
+                            format!(
+                                "node {} misses an upload at {}; asks node {}",
+                                to + 1,
+                                head.prev_offset,
+                                from + 1
+                            )
+                        });
+                        let deliveries = self.network.deliveries(to, from, &mut self.rng);
+                        for &delay in deliveries.as_slice() {
+                            self.queue.schedule_in(
+                                delay,
+                                Event::UploadMiss {
+                                    from: to,
+                                    to: from,
+                                    head,
+                                },
+                            );
+                        }
+                    }
+                    Err(error) => self.violation(format!(
+                        "a message by digest from node {} does not decode: {error}",
+                        from + 1
+                    )),
+                }
+            }
+            Event::UploadMiss { from, to, head } => {
+                if self.nodes[to].is_up() && self.network.is_open(from, to) {
+                    self.resend_missed(to, from, head);
                 }
             }
             Event::SyncDone {
@@ -928,6 +1025,9 @@ impl Sim {
         if node.core.take().is_none() {
             return;
         }
+        if let Some(uploads) = self.uploads.as_mut() {
+            uploads.crashed(index);
+        }
         node.paused_until = 0;
         let report = node.disk.crash(&mut self.rng);
         let id = node.id;
@@ -999,6 +1099,9 @@ impl Sim {
                 node.last_write_id = node.last_write_id.max(write_id);
             }
             Action::Truncate { write_id, offset } => {
+                if let Some(uploads) = self.uploads.as_mut() {
+                    uploads.truncated(index, offset);
+                }
                 let node = &mut self.nodes[index];
                 let commit = node.commit;
                 node.disk.truncate(offset);
@@ -1146,6 +1249,9 @@ impl Sim {
                 }
                 node.disk.reset_to(start);
                 node.disk.write_state(CHECKPOINT_FILE, checkpoint.encode());
+                if let Some(uploads) = self.uploads.as_mut() {
+                    uploads.reset(index);
+                }
                 node.checked_commit = node.checked_commit.max(start);
                 self.resets += 1;
                 self.trace_line(|| format!("node {id} resets its log to begin at {start}"));
@@ -1272,6 +1378,25 @@ impl Sim {
                 return;
             }
         }
+        if let (Some(uploads), Message::AppendEntries(message)) =
+            (self.uploads.as_mut(), &envelope.message)
+        {
+            if let Some((head, parts)) = uploads.by_digest(from, to, message) {
+                let deliveries = self.network.deliveries(from, to, &mut self.rng);
+                for &delay in deliveries.as_slice() {
+                    self.queue.schedule_in(
+                        delay,
+                        Event::DeliverByDigest {
+                            from,
+                            to,
+                            head,
+                            parts: parts.clone(),
+                        },
+                    );
+                }
+                return;
+            }
+        }
         let deliveries = self.network.deliveries(from, to, &mut self.rng);
         if deliveries.as_slice().is_empty() {
             return;
@@ -1289,6 +1414,44 @@ impl Sim {
                 },
             );
         }
+    }
+
+    /// `follower` could not rebuild entries `leader` sent by digest: like
+    /// `loglogd`, the leader resends them raw from its log if it still
+    /// leads in that term, and sends those entries raw from then on.
+    fn resend_missed(&mut self, leader: usize, follower: usize, head: upload::Head) {
+        let Some(core) = self.nodes[leader].core.as_ref() else {
+            return;
+        };
+        if core.role() != Role::Leader || core.term() != head.term {
+            return;
+        }
+        let log = self.nodes[leader].disk.log();
+        let Some(wanted_end) = head.prev_offset.checked_add(head.entries_len) else {
+            return;
+        };
+        if wanted_end > log.len() as u64 || head.entries_len == 0 {
+            return;
+        }
+        let Ok(entries) = DiskLog(log).read(head.prev_offset, head.entries_len) else {
+            return;
+        };
+        self.uploads
+            .as_mut()
+            .expect("misses only in upload mode")
+            .peer_missed(leader, follower, wanted_end);
+        let envelope = Envelope {
+            from: self.nodes[leader].id,
+            to: self.nodes[follower].id,
+            message: Message::AppendEntries(AppendEntries {
+                term: head.term,
+                prev_offset: head.prev_offset,
+                prev_term: head.prev_term,
+                leader_commit: head.leader_commit,
+                entries,
+            }),
+        };
+        self.send(leader, envelope);
     }
 
     fn node_index(&self, id: NodeId) -> Option<usize> {
@@ -1474,6 +1637,9 @@ impl Sim {
                 let term = core.term();
                 match core.propose(&value) {
                     Ok(offset) => {
+                        if let Some(uploads) = self.uploads.as_mut() {
+                            uploads.proposed(index, offset, &value);
+                        }
                         let id = self.nodes[index].id;
                         self.trace_line(|| {
                             format!("node {id} proposed client {client}'s append at {offset} in term {term}")
@@ -1723,6 +1889,9 @@ impl Sim {
             },
         };
         self.trace_line(|| format!("client {index} attempt {attempt} to node {}", node + 1));
+        if let (Some(_), ClientRequest::Append(value)) = (&self.uploads, &request) {
+            self.upload_to_others(index, node, value.clone());
+        }
         let delay = self.rng.gen_range(50 * MICROS..400 * MICROS);
         // A client cut off from that node: the request is lost.
         if !self.client_cut_off(index, node) {
@@ -1743,6 +1912,28 @@ impl Sim {
                 attempt,
             },
         );
+    }
+
+    /// Upload mode: the client uploads `value` to every node but `target`,
+    /// each upload lost, late or corrupt like a message can be.
+    fn upload_to_others(&mut self, client: usize, target: usize, value: Vec<u8>) {
+        let key = UploadKey::of(&value).expect("small values");
+        for node in 0..self.nodes.len() {
+            if node == target || self.client_cut_off(client, node) || self.rng.gen_bool(0.1) {
+                continue; // not sent, or lost
+            }
+            let mut payload = value.clone();
+            if self.rng.gen_bool(0.05) && !payload.is_empty() {
+                // Wrong bytes under the right digest: a real node refuses
+                // such an upload, the CRC check must catch it anyway.
+                let at = self.rng.gen_range(0..payload.len());
+                payload[at] ^= 0x5a;
+            }
+            // Usually there before the leader's message, sometimes after.
+            let delay = self.rng.gen_range(20 * MICROS..3 * MILLIS);
+            self.queue
+                .schedule_in(delay, Event::Upload { node, key, payload });
+        }
     }
 
     fn client_reply(&mut self, index: usize, attempt: u64, reply: Reply) {
@@ -2196,6 +2387,11 @@ impl Sim {
                 Err(error) => self.violation(format!("the committed log does not decode: {error}")),
             }
         }
+        let upload = self
+            .uploads
+            .as_ref()
+            .map(|uploads| uploads.stats)
+            .unwrap_or_default();
         let appends_invoked = self.history.appends.len() as u64;
         let appends_acknowledged = self.history.acknowledged_appends() as u64;
         let committed_len = self.committed.len();
@@ -2230,6 +2426,7 @@ impl Sim {
                 self.trace_hash
             },
             trace: self.trace,
+            upload,
         }
     }
 }

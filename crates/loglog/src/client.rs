@@ -24,7 +24,7 @@ use loglog_proto::entry::MAX_PAYLOAD_LIMIT;
 use loglog_proto::producer::{ProducerTag, PRODUCER_ENVELOPE_LEN};
 use loglog_proto::wire::{
     append_once_flags, opcode, AdminRequest, ClusterStatus, NodeStatus, Request, ServerError,
-    FRAME_HEADER_LEN, READ_LINEARIZABLE,
+    APPEND_UPLOADED, FRAME_HEADER_LEN, READ_LINEARIZABLE,
 };
 use tokio::sync::oneshot;
 
@@ -33,6 +33,7 @@ use crate::connection::{Connection, Reply};
 use crate::error::Error;
 use crate::page::ReadPage;
 use crate::stream::EntryStream;
+use crate::upload::{UploadConfig, UploadStats, Uploader};
 
 /// Default client address of a node (design notes, section 6).
 pub const DEFAULT_CLUSTER: &str = "127.0.0.1:19194";
@@ -101,6 +102,8 @@ struct Inner {
     /// Held while a new connection is opened, so concurrent callers that see
     /// the same failure open one connection, not one each.
     connecting: tokio::sync::Mutex<()>,
+    /// Upload mode, once enabled ([`Client::enable_upload`]).
+    uploader: std::sync::OnceLock<Arc<Uploader>>,
 }
 
 /// An append that was sent and whose answer is still to come; see
@@ -112,6 +115,8 @@ pub struct PendingAppend {
     body: Bytes,
     tag: ProducerTag,
     no_wait: bool,
+    /// The body was uploaded to the other members (flag `UPLOADED`).
+    uploaded: bool,
     answer: oneshot::Receiver<Reply>,
     search: LeaderSearch,
 }
@@ -131,6 +136,7 @@ impl PendingAppend {
             body,
             tag,
             no_wait,
+            uploaded,
             mut answer,
             mut search,
         } = self;
@@ -167,7 +173,7 @@ impl PendingAppend {
                 Err(error) if retry => return Err(in_doubt(error)),
                 Err(error) => return Err(error),
             };
-            answer = match send_append(&connection, &body, no_wait, retry).await {
+            answer = match send_append(&connection, &body, no_wait, retry, uploaded).await {
                 Ok(answer) => answer,
                 Err(error) if retry => return Err(in_doubt(error)),
                 Err(error) => return Err(error),
@@ -210,6 +216,7 @@ impl Client {
                 next_sequence: AtomicU64::new(0),
                 current: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
+                uploader: std::sync::OnceLock::new(),
             }),
         };
         client.connection().await?;
@@ -273,16 +280,68 @@ impl Client {
         body.extend_from_slice(&tag.encode());
         body.extend_from_slice(&payload);
         let body = Bytes::from(body);
-        let answer = send_append(&connection, &body, no_wait, false).await?;
+        // The uploads go out first, in parallel with the append, and are
+        // never waited for.
+        let uploaded = self.start_upload(&body, payload.len(), connection.addr());
+        let answer = send_append(&connection, &body, no_wait, false, uploaded).await?;
         Ok(PendingAppend {
             client: self.clone(),
             connection,
             body,
             tag,
             no_wait,
+            uploaded,
             answer,
             search: LeaderSearch::new(&self.inner.config),
         })
+    }
+
+    /// Switches on upload mode: from now on, every append whose payload is
+    /// at least `config.min_payload` bytes is also uploaded by this client
+    /// to every other member (module [`crate::upload`]), so the leader
+    /// replicates it by digest. Learns the members from the connected
+    /// node's cluster status now, and again every `config.refresh`. Upload
+    /// mode stays on for the life of the client (and its clones); a second
+    /// call changes nothing.
+    pub async fn enable_upload(&self, config: UploadConfig) -> Result<(), Error> {
+        let status = self.cluster_status().await?;
+        let config_inner = &self.inner.config;
+        let uploader = self
+            .inner
+            .uploader
+            .get_or_init(|| Arc::new(Uploader::new(config, config_inner.clone())));
+        let (members, leader) = member_addresses(&status);
+        uploader.set_members(members, leader);
+        Ok(())
+    }
+
+    /// Upload mode's counters (`None` while it is off).
+    pub fn upload_stats(&self) -> Option<UploadStats> {
+        self.inner.uploader.get().map(|uploader| uploader.stats())
+    }
+
+    /// Upload mode: queues the uploads of `body` for every member but the
+    /// leader; returns whether the append is to be flagged `UPLOADED`.
+    fn start_upload(&self, body: &Bytes, payload_len: usize, connected: &str) -> bool {
+        let Some(uploader) = self.inner.uploader.get() else {
+            return false;
+        };
+        if payload_len < uploader.config().min_payload {
+            return false;
+        }
+        if uploader.take_refresh_due() {
+            let (client, uploader) = (self.clone(), uploader.clone());
+            tokio::spawn(async move {
+                match client.cluster_status().await {
+                    Ok(status) => {
+                        let (members, leader) = member_addresses(&status);
+                        uploader.set_members(members, leader);
+                    }
+                    Err(_) => uploader.refresh_failed(),
+                }
+            });
+        }
+        uploader.upload(body, connected)
     }
 
     /// Reads whole committed entries from `offset` (an entry boundary): at
@@ -637,14 +696,30 @@ async fn send_append(
     body: &Bytes,
     no_wait: bool,
     retry: bool,
+    uploaded: bool,
 ) -> Result<oneshot::Receiver<Reply>, Error> {
-    connection
-        .send(
-            opcode::APPEND,
-            append_once_flags(no_wait, retry),
-            body.clone(),
-        )
-        .await
+    let mut flags = append_once_flags(no_wait, retry);
+    if uploaded {
+        flags |= APPEND_UPLOADED;
+    }
+    connection.send(opcode::APPEND, flags, body.clone()).await
+}
+
+/// The client addresses of the members a cluster status lists, and the
+/// leader's when it names one.
+fn member_addresses(status: &ClusterStatus) -> (Vec<String>, Option<String>) {
+    let members = status
+        .members
+        .iter()
+        .map(|member| member.client_addr.clone())
+        .filter(|addr| !addr.is_empty())
+        .collect();
+    let leader = status
+        .members
+        .iter()
+        .find(|member| member.id == status.node.leader_id && !member.client_addr.is_empty())
+        .map(|member| member.client_addr.clone());
+    (members, leader)
 }
 
 /// A producer id no other client is likely to have: 64 bits from the

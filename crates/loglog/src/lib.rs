@@ -51,6 +51,7 @@ pub mod follower;
 mod page;
 mod stream;
 mod tls;
+pub mod upload;
 
 pub use auth::AuthToken;
 pub use batch::{BatchBuilder, BatchError, SubEntry};
@@ -60,6 +61,7 @@ pub use follower::{Follower, FollowerConfig, FollowerError, StateMachine};
 pub use page::{Entry, ReadPage};
 pub use stream::{EntryStream, DEFAULT_LONG_POLL, DEFAULT_PAGE_BYTES};
 pub use tls::ClientTls;
+pub use upload::{UploadConfig, UploadStats};
 
 pub use loglog_proto::auth::Roles;
 pub use loglog_proto::entry::EntryKind;

@@ -190,6 +190,7 @@ impl ConnectionAccess {
         }
         let what = match request_opcode {
             opcode::APPEND => "an append".to_string(),
+            opcode::UPLOAD => "an upload".to_string(),
             opcode::READ => "a read".to_string(),
             opcode::STATUS | opcode::CLUSTER_STATUS => "a status request".to_string(),
             opcode::ADMIN => "an admin request".to_string(),

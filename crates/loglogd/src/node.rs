@@ -315,24 +315,38 @@ impl Node {
         self.append_local(payload.into(), false).await
     }
 
+    /// Like [`Node::append`], for a payload uploaded to the other members
+    /// ([`Node::upload`] on each): a leader replicates it by digest to the
+    /// members that hold it, and raw to the others.
+    pub async fn append_uploaded(&self, payload: impl Into<Bytes>) -> Result<u64, ServerError> {
+        let (sender, receiver) = oneshot::channel();
+        self.submit_append(payload.into(), None, true, true, Reply::Local(sender))
+            .await;
+        receiver.await.unwrap_or(Err(ServerError::ShuttingDown))
+    }
+
     async fn append_local(
         &self,
         payload: Bytes,
         wait_for_commit: bool,
     ) -> Result<u64, ServerError> {
         let (sender, receiver) = oneshot::channel();
-        self.submit_append(payload, None, wait_for_commit, Reply::Local(sender))
+        self.submit_append(payload, None, false, wait_for_commit, Reply::Local(sender))
             .await;
         receiver.await.unwrap_or(Err(ServerError::ShuttingDown))
     }
 
     /// Queues an append; the answer (or the refusal) always goes to `reply`.
     /// Waits while the queue is full (backpressure). With `producer`, the
-    /// payload starts with its envelope and is appended at most once.
+    /// payload starts with its envelope and is appended at most once. With
+    /// `uploaded`, the client uploaded the payload to the other members: a
+    /// cluster member computes its digest here (on the caller's task, off
+    /// the driver thread) so that a leader can replicate it by digest.
     pub(crate) async fn submit_append(
         &self,
         payload: Bytes,
         producer: Option<ProducerAppend>,
+        uploaded: bool,
         wait_for_commit: bool,
         reply: Reply,
     ) {
@@ -357,9 +371,12 @@ impl Node {
         else {
             return reply.send(Err(ServerError::ShuttingDown));
         };
+        let upload =
+            (uploaded && inner.cluster.is_some()).then(|| loglog_proto::upload::digest(&payload));
         let request = AppendRequest {
             payload,
             producer,
+            upload,
             wait_for_commit,
             reply,
             _pending_bytes: permit,
@@ -370,6 +387,42 @@ impl Node {
         {
             request.reply.send(Err(ServerError::ShuttingDown));
         }
+    }
+
+    /// Caches a payload a client uploaded (request `upload`) after checking
+    /// that `digest` is its SHA-256. A single node has no one to replicate
+    /// to: it accepts and drops it.
+    pub fn upload(
+        &self,
+        digest: loglog_proto::upload::Digest,
+        payload: Bytes,
+    ) -> Result<(), ServerError> {
+        let max = self.inner.config.max_entry_size;
+        if payload.len() > max as usize {
+            return Err(ServerError::TooLarge { max });
+        }
+        let Some(cluster) = &self.inner.cluster else {
+            return Ok(());
+        };
+        let key =
+            loglog_proto::upload::UploadKey::of(&payload).ok_or(ServerError::TooLarge { max })?;
+        if key.digest != digest {
+            return Err(ServerError::BadRequest {
+                message: "the upload's bytes do not match its digest".to_string(),
+            });
+        }
+        cluster.upload(key, payload);
+        Ok(())
+    }
+
+    /// Entries this node rebuilt from uploads, and messages by digest it
+    /// could not rebuild (asked the leader for instead); zeros on a single
+    /// node.
+    pub fn upload_counters(&self) -> (u64, u64) {
+        self.inner
+            .cluster
+            .as_ref()
+            .map_or((0, 0), |cluster| cluster.upload_counters())
     }
 
     /// Reads whole entries from `offset` (an entry boundary), up to about

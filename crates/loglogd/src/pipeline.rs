@@ -196,6 +196,9 @@ pub(crate) struct AppendRequest {
     /// The entry's payload: with `producer`, its envelope comes first.
     pub payload: Bytes,
     pub producer: Option<ProducerAppend>,
+    /// The client uploaded the payload to the other members (flag
+    /// `UPLOADED`): its digest, for a leader to replicate it by digest.
+    pub upload: Option<loglog_proto::upload::Digest>,
     pub wait_for_commit: bool,
     pub reply: Reply,
     /// The payload's share of [`Shared::pending_append_bytes`], released

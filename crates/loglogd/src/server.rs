@@ -137,6 +137,8 @@ enum Body {
     ClusterStatus(Vec<u8>),
     /// An admin request's u64 answer.
     Admin(u64),
+    /// An ok answer without a body (upload).
+    Empty,
     /// An AUTH request's answer: the roles granted, one byte.
     Roles(u8),
     Error(ServerError),
@@ -431,6 +433,7 @@ enum Parsed {
     Status,
     ClusterStatus,
     Admin,
+    Upload,
     /// Answered by [`screen`] before dispatch, never here.
     Auth,
 }
@@ -804,6 +807,7 @@ async fn dispatch(
             no_wait,
             producer: None,
         },
+        Request::Upload { .. } => Parsed::Upload,
         Request::AppendOnce {
             producer,
             retry,
@@ -898,6 +902,23 @@ async fn dispatch(
                 respond(&sink, opcode::ADMIN, request_id, body, Some(permit));
             });
         }
+        Ok(Parsed::Upload) => {
+            // Body: digest (32 bytes), then the payload (checked by parse).
+            let digest: loglog_proto::upload::Digest = body[..loglog_proto::upload::DIGEST_LEN]
+                .try_into()
+                .expect("parse checked the digest's length");
+            let payload = body.slice(loglog_proto::upload::DIGEST_LEN..);
+            let payload = if owns_allocation {
+                payload
+            } else {
+                Bytes::copy_from_slice(&payload)
+            };
+            let body = match node.upload(digest, payload) {
+                Ok(()) => Body::Empty,
+                Err(error) => Body::Error(error),
+            };
+            respond(sink, opcode::UPLOAD, request_id, body, Some(permit));
+        }
         Ok(Parsed::Append { no_wait, producer }) => {
             let reply = Reply::Connection(PendingResponse {
                 sink: sink.clone(),
@@ -913,7 +934,9 @@ async fn dispatch(
             } else {
                 Bytes::copy_from_slice(&body)
             };
-            node.submit_append(payload, producer, !no_wait, reply).await;
+            let uploaded = loglog_proto::wire::append_uploaded(&header);
+            node.submit_append(payload, producer, uploaded, !no_wait, reply)
+                .await;
         }
         Ok(Parsed::Read {
             offset,
@@ -1156,7 +1179,11 @@ fn count_response(metrics: &NodeMetrics, response: &Response) {
             metrics.read_bytes.inc_by(span.len);
         }
         Body::Error(error) => metrics.error(error),
-        Body::Status(_) | Body::ClusterStatus(_) | Body::Admin(_) | Body::Roles(_) => {}
+        Body::Status(_)
+        | Body::ClusterStatus(_)
+        | Body::Admin(_)
+        | Body::Empty
+        | Body::Roles(_) => {}
     }
 }
 
@@ -1175,6 +1202,10 @@ fn encode_response(response: Response, out: &mut Vec<u8>) -> Option<LargeBody> {
         Body::Offset(offset) | Body::Admin(offset) => {
             out.extend_from_slice(&ok_response_header(opcode, request_id, 8));
             out.extend_from_slice(&offset.to_le_bytes());
+            None
+        }
+        Body::Empty => {
+            out.extend_from_slice(&ok_response_header(opcode, request_id, 0));
             None
         }
         Body::Status(status) => {

@@ -70,9 +70,9 @@ use std::time::{Duration, Instant};
 use loglog_proto::entry::{EntryIter, ENTRY_HEADER_LEN};
 use loglog_proto::wire::{MemberStatus, Role as WireRole, ServerError};
 use loglog_raft::{
-    Action, Checkpoint, Config as RaftConfig, Envelope, HardState, LogRead, LogReadError, LogScan,
-    LostTail, MemberAddress, Membership, MembershipChange, Message, NodeId, ProposeError, RaftNode,
-    RequestError, Role, WriteId,
+    Action, AppendEntries, Checkpoint, Config as RaftConfig, Envelope, HardState, LogRead,
+    LogReadError, LogScan, LostTail, MemberAddress, Membership, MembershipChange, Message, NodeId,
+    ProposeError, RaftNode, RequestError, Role, WriteId,
 };
 use loglog_storage::{
     state_file, FsyncPolicy, LogReader, LogSyncer, LogWriter, StorageConfig, StorageError,
@@ -83,6 +83,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::power_cut::{self, SyncedMark};
 use super::transport::{self, Identity, PeerQueue};
+use super::upload::{LeaderDigests, MissReport, UploadCache};
 use super::{ClusterConfig, CHECKPOINT_FILE, CLUSTER_ID_FILE, DURABLE_FILE, RESET_FILE};
 use crate::config::{Config, Fsync};
 use crate::dedup::{Decision, Located, ProducerTable};
@@ -90,6 +91,7 @@ use crate::node::{self, StartError, LOG_DIR, NODE_STATE_FILE};
 use crate::pipeline::{AppendRequest, ProducerAppend, Reply, Shared, WriterCommand};
 use crate::state::{NodeState, NodeStateError};
 use crate::tls::PeerTls;
+use loglog_proto::upload::UploadKey;
 
 /// Bound of the driver's event queue (peer messages, read-index, wake-ups).
 pub const EVENT_QUEUE: usize = 4096;
@@ -200,6 +202,11 @@ pub(crate) enum Event {
     Members(oneshot::Sender<Vec<MemberStatus>>),
     /// A membership or leadership change (admin request).
     Admin(AdminCommand, oneshot::Sender<Result<u64, ServerError>>),
+    /// A follower could not rebuild an `AppendByDigest` we sent: resend
+    /// its entries raw (module `upload`).
+    UploadMissed { from: NodeId, miss: MissReport },
+    /// We could not rebuild an `AppendByDigest` from `leader`: tell it.
+    ReportMiss { leader: NodeId, miss: MissReport },
 }
 
 /// The admin requests the driver performs (trim goes through the node's
@@ -288,6 +295,22 @@ impl ClusterHandle {
             .await
             .map_err(|_| ServerError::ShuttingDown)?;
         answer.await.unwrap_or(Err(ServerError::ShuttingDown))
+    }
+
+    /// Caches a payload a client uploaded; `key` is its digest and length,
+    /// checked by the caller.
+    pub(crate) fn upload(&self, key: UploadKey, payload: bytes::Bytes) {
+        self.identity.uploads.insert(key, payload);
+    }
+
+    /// The upload cache's counters: entries rebuilt from uploads, and
+    /// messages that could not be (for tests).
+    pub(crate) fn upload_counters(&self) -> (u64, u64) {
+        let cache = &self.identity.uploads;
+        (
+            cache.rebuilt_entries.load(Ordering::Relaxed),
+            cache.missed_messages.load(Ordering::Relaxed),
+        )
     }
 
     /// Bytes written to peer connections since start.
@@ -387,6 +410,8 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         cluster_id: cluster.cluster_id(),
         members: std::sync::RwLock::new(BTreeSet::new()),
         bytes_sent: AtomicU64::new(0),
+        uploads: UploadCache::new(cluster.upload_cache),
+        max_payload: config.max_entry_size,
         tls: peer_tls,
     });
     let max_entries_bytes = opened.raft.config().max_message_entries_bytes();
@@ -476,6 +501,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         stopping: None,
         handoff: None,
         failed: false,
+        upload_digests: LeaderDigests::default(),
         disk_full_since: None,
         full_disk_handoff_at: None,
     };
@@ -1054,6 +1080,8 @@ struct Driver {
     handoff: Option<Instant>,
     /// Storage failed: the core may not go on.
     failed: bool,
+    /// As leader: the digests of entries clients uploaded (module `upload`).
+    upload_digests: LeaderDigests,
     /// Since when this node cannot reserve disk space for new entries (a
     /// full disk): appends are refused and the leader's entries are taken
     /// as heartbeats until space returns.
@@ -1072,6 +1100,10 @@ impl Driver {
                 self.handle(input);
             }
             self.run_core();
+            if self.raft.role() != Role::Leader && !self.upload_digests.is_empty() {
+                // Only a leader sends entries by digest.
+                self.upload_digests.clear();
+            }
             if !self.failed {
                 self.sync_peers();
                 self.promote_caught_up_learners();
@@ -1503,6 +1535,12 @@ impl Driver {
                 self.raft.step(from, message);
             }
             Input::Event(Event::Members(reply)) => drop(reply.send(self.members_status())),
+            Input::Event(Event::UploadMissed { from, miss }) => self.resend_missed(from, miss),
+            Input::Event(Event::ReportMiss { leader, miss }) => {
+                if let Some(link) = self.links.get(&leader) {
+                    link.queue.push(miss.encode_frame(self.node_id, leader));
+                }
+            }
             Input::Event(Event::Admin(command, reply)) => self.start_admin(command, reply),
             Input::Event(Event::ReadIndex(reply)) => {
                 let ctx = self.next_read_ctx;
@@ -1738,6 +1776,9 @@ impl Driver {
         let flags = ProducerAppend::entry_flags(request.producer);
         match self.raft.propose_with_flags(flags, &request.payload) {
             Ok(offset) => {
+                if let Some(digest) = request.upload {
+                    self.upload_digests.record(offset, digest);
+                }
                 if let Some(producer) = request.producer {
                     // At once: a second copy in this same round must find it.
                     self.producers
@@ -1934,6 +1975,7 @@ impl Driver {
                         self.durable = lowered;
                     }
                     self.producers.truncate(offset);
+                    self.upload_digests.truncate(offset);
                     self.writer
                         .truncate_suffix(offset)
                         .map_err(|error| ("truncating the log", error))?;
@@ -2087,11 +2129,62 @@ impl Driver {
             tracing::debug!(to = envelope.to, "no connection to peer; message dropped");
             return;
         };
+        if let Message::AppendEntries(message) = &envelope.message {
+            if !self.upload_digests.is_empty() {
+                if let Some(frame) =
+                    self.upload_digests
+                        .encode_by_digest_frame(envelope.from, envelope.to, message)
+                {
+                    link.queue.push(frame);
+                    return;
+                }
+            }
+        }
         let mut frame = vec![0u8; 4];
         envelope.encode(&mut frame);
         let len = u32::try_from(frame.len() - 4).expect("messages are capped far below 4 GiB");
         frame[0..4].copy_from_slice(&len.to_le_bytes());
         link.queue.push(frame);
+    }
+
+    /// A follower could not rebuild entries we sent by digest: send them
+    /// raw, read back from our log, if we still lead in that term (our
+    /// log's bytes there are then the ones we sent); later sends of those
+    /// entries go raw too (and everything for a while after a second miss:
+    /// `LeaderDigests::peer_missed`). Otherwise nothing: the core's loss
+    /// handling covers it.
+    fn resend_missed(&mut self, from: NodeId, miss: MissReport) {
+        if self.raft.role() != Role::Leader || self.raft.term() != miss.term {
+            return;
+        }
+        let end = self.writer.end_offset();
+        let Some(wanted_end) = miss.prev_offset.checked_add(miss.entries_len) else {
+            return;
+        };
+        self.upload_digests.peer_missed(from, wanted_end.min(end));
+        if wanted_end > end || miss.entries_len == 0 {
+            return;
+        }
+        let max = u32::try_from(miss.entries_len).unwrap_or(u32::MAX);
+        let entries = match self.reader.read(miss.prev_offset, max, wanted_end) {
+            Ok(chunk) => chunk.bytes,
+            Err(error) => {
+                tracing::debug!(%error, "cannot read entries a follower missed");
+                return;
+            }
+        };
+        let message = AppendEntries {
+            term: miss.term,
+            prev_offset: miss.prev_offset,
+            prev_term: miss.prev_term,
+            leader_commit: miss.leader_commit,
+            entries,
+        };
+        self.send(&Envelope {
+            from: self.node_id,
+            to: from,
+            message: Message::AppendEntries(message),
+        });
     }
 
     fn commit_advanced(&mut self, commit: u64) {

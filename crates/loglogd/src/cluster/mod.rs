@@ -60,6 +60,7 @@
 pub(crate) mod driver;
 pub(crate) mod power_cut;
 pub(crate) mod transport;
+pub mod upload;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -119,6 +120,8 @@ pub struct ClusterConfig {
     pub join: bool,
     /// Switches for fault-injection tests; all off by default.
     pub test_switches: TestSwitches,
+    /// Bounds of the cache of payloads clients upload (`upload`).
+    pub upload_cache: upload::UploadLimits,
 }
 
 /// Switches for fault-injection tests (`loglog-chaos`); all off by default
@@ -157,6 +160,7 @@ impl ClusterConfig {
             heartbeat_ticks: 3,
             join: false,
             test_switches: TestSwitches::default(),
+            upload_cache: upload::UploadLimits::default(),
         }
     }
 

@@ -56,12 +56,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use loglog_raft::{Envelope, NodeId};
+use loglog_raft::{Envelope, Message, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::oneshot::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
 use super::driver::Event;
+use super::upload;
 use crate::server::until_true;
 use crate::tls::{PeerTls, Stream};
 
@@ -89,6 +91,9 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// After a refused handshake (a misconfiguration), retry slowly.
 const BACKOFF_REFUSED: Duration = Duration::from_secs(5);
+/// Appends from one peer waiting (for their uploads, or for the append
+/// before them) at most; past it the connection is not read.
+const MAX_WAITING_APPENDS: usize = 256;
 /// Small frames are gathered into one write up to this size.
 const WRITE_BUFFER: usize = 256 * 1024;
 
@@ -108,6 +113,10 @@ pub(crate) struct Identity {
     pub members: RwLock<BTreeSet<NodeId>>,
     /// Bytes written to outbound peer connections since start.
     pub bytes_sent: AtomicU64,
+    /// Payloads clients uploaded here (module `upload`).
+    pub uploads: super::upload::UploadCache,
+    /// The node's maximum payload (rebuilt entries are checked against it).
+    pub max_payload: u32,
     /// Mutual TLS for every peer connection; `None`: plain TCP.
     pub tls: Option<PeerTls>,
 }
@@ -463,7 +472,7 @@ pub(crate) async fn serve_peers(
 async fn receive_peer(
     mut stream: Stream,
     remote: SocketAddr,
-    identity: &Identity,
+    identity: &Arc<Identity>,
     events: &mpsc::Sender<Event>,
     inbound_bytes: &Arc<Semaphore>,
     max_entries_bytes: u64,
@@ -473,6 +482,11 @@ async fn receive_peer(
         .map_err(|_| "handshake timed out".to_string())??;
     tracing::info!(peer = from, %remote, "peer connected");
     let max_frame = max_frame_len(max_entries_bytes);
+    // Appends (raw or by digest) from the leader are stepped in the order
+    // they came: each waits for the one before it, which may be waiting
+    // for its uploads. At most MAX_WAITING_APPENDS wait at once.
+    let mut append_chain: Option<oneshot::Receiver<()>> = None;
+    let chain_slots = Arc::new(Semaphore::new(MAX_WAITING_APPENDS));
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     loop {
         let len = match reader.read_u32_le().await {
@@ -498,6 +512,62 @@ async fn receive_peer(
             .read_exact(&mut body)
             .await
             .map_err(|error| error.to_string())?;
+        if let Some(kind @ (upload::KIND_APPEND_BY_DIGEST | upload::KIND_UPLOAD_MISS)) =
+            body.get(16).copied()
+        {
+            check_upload_frame_addressing(&body, from, identity)?;
+            if kind == upload::KIND_UPLOAD_MISS {
+                let event =
+                    receive_upload_frame(kind, &body, from, identity, permit, max_entries_bytes)
+                        .await?;
+                if events.send(event).await.is_err() {
+                    return Ok(()); // the driver stopped
+                }
+                continue;
+            }
+            // Malformed frames close the connection here, before waiting.
+            let entries_len = match upload::decode_frame(kind, &body[17..], max_entries_bytes)? {
+                upload::UploadFrame::ByDigest { head, .. } => head.entries_len,
+                upload::UploadFrame::Miss(_) => 0,
+            };
+            // Charged for the message it will be once rebuilt, now, in order.
+            drop(permit);
+            let charge = u32::try_from(entries_len.max(len).min(MAX_INBOUND_BYTES as u64))
+                .expect("at most 64 MiB");
+            let permit = inbound_bytes
+                .clone()
+                .acquire_many_owned(charge)
+                .await
+                .map_err(|_| "the inbound budget is closed".to_string())?;
+            // Its uploads may still be on their way: rebuilt in a task of
+            // its own, in order with the other appends, while heartbeats
+            // and votes go on.
+            let slot = chain_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| "the append chain is closed".to_string())?;
+            clear_if_done(&mut append_chain);
+            let previous = append_chain.take();
+            let (done, next) = oneshot::channel::<()>();
+            append_chain = Some(next);
+            let (identity, events) = (identity.clone(), events.clone());
+            tokio::spawn(async move {
+                // Waits for its uploads at once, alongside the appends
+                // before it (the waits overlap); steps in order.
+                let event =
+                    receive_upload_frame(kind, &body, from, &identity, permit, max_entries_bytes)
+                        .await;
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
+                if let Ok(event) = event {
+                    let _ = events.send(event).await;
+                }
+                drop((done, slot));
+            });
+            continue;
+        }
         let envelope = Envelope::decode(&body, max_entries_bytes)
             .map_err(|error| format!("undecodable message: {error}"))?;
         if envelope.from != from || envelope.to != identity.node_id {
@@ -507,13 +577,96 @@ async fn receive_peer(
             ));
         }
         drop(body);
+        let is_append = matches!(envelope.message, Message::AppendEntries(_));
         let event = Event::Message {
             from,
             message: envelope.message,
             _bytes: permit,
         };
+        // An append behind one still waiting for its uploads waits too.
+        clear_if_done(&mut append_chain);
+        if is_append && append_chain.is_some() {
+            let slot = chain_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| "the append chain is closed".to_string())?;
+            let previous = append_chain.take();
+            let (done, next) = oneshot::channel::<()>();
+            append_chain = Some(next);
+            let events = events.clone();
+            tokio::spawn(async move {
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
+                let _ = events.send(event).await;
+                drop((done, slot));
+            });
+            continue;
+        }
         if events.send(event).await.is_err() {
             return Ok(()); // the driver stopped
+        }
+    }
+}
+
+/// Forgets the last append of the chain once it is done (a finished
+/// receiver must not be awaited again).
+fn clear_if_done(chain: &mut Option<oneshot::Receiver<()>>) {
+    if chain
+        .as_mut()
+        .is_some_and(|last| !matches!(last.try_recv(), Err(TryRecvError::Empty)))
+    {
+        *chain = None;
+    }
+}
+
+/// Checks the `from` and `to` of a frame of module `upload`.
+fn check_upload_frame_addressing(
+    body: &[u8],
+    from: NodeId,
+    identity: &Identity,
+) -> Result<(), String> {
+    let addressed = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
+    if addressed(0) != from || addressed(8) != identity.node_id {
+        return Err(format!(
+            "misaddressed upload frame on a connection from {from} to {}",
+            identity.node_id
+        ));
+    }
+    Ok(())
+}
+
+/// A frame of module `upload`: an `AppendByDigest` becomes the ordinary
+/// `AppendEntries` when the uploads are here, else a miss to report to the
+/// leader; an `UploadMiss` goes to the driver.
+///
+/// `permit` is the frame's share of the inbound budget; for an
+/// `AppendByDigest`, the rebuilt message's (taken by the reader, in order,
+/// so that an append waiting for its uploads never needs budget that a
+/// later append waiting behind it holds).
+async fn receive_upload_frame(
+    kind: u8,
+    body: &[u8],
+    from: NodeId,
+    identity: &Identity,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    max_entries_bytes: u64,
+) -> Result<Event, String> {
+    match upload::decode_frame(kind, &body[17..], max_entries_bytes)? {
+        upload::UploadFrame::Miss(miss) => Ok(Event::UploadMissed { from, miss }),
+        upload::UploadFrame::ByDigest { head, parts } => {
+            match upload::rebuild(&identity.uploads, &head, &parts, identity.max_payload).await {
+                Some(message) => Ok(Event::Message {
+                    from,
+                    message: Message::AppendEntries(message),
+                    _bytes: permit,
+                }),
+                None => Ok(Event::ReportMiss {
+                    leader: from,
+                    miss: head,
+                }),
+            }
         }
     }
 }
