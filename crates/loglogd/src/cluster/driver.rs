@@ -408,7 +408,13 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
     let identity = Arc::new(Identity {
         node_id: me,
         cluster_id: cluster.cluster_id(),
-        members: std::sync::RwLock::new(BTreeSet::new()),
+        // Set before the peer listener serves, so that no stranger gets in
+        // before the driver's first sync_peers.
+        members: std::sync::RwLock::new(accepted_peers(
+            opened.raft.membership(),
+            opened.raft.committed_membership(),
+            cluster,
+        )),
         bytes_sent: AtomicU64::new(0),
         uploads: UploadCache::new(cluster.upload_cache),
         max_payload: config.max_entry_size,
@@ -532,6 +538,22 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
             identity,
         },
     })
+}
+
+/// The peer ids whose connections this node accepts: the latest and the
+/// committed members (a node removed by an uncommitted entry may still be
+/// needed to commit it) and the --peers it was started with. None yet (a
+/// joining node): any id of the cluster (see transport).
+fn accepted_peers(
+    latest: &Membership,
+    committed: &Membership,
+    cluster: &ClusterConfig,
+) -> BTreeSet<NodeId> {
+    let mut accepted: BTreeSet<NodeId> = latest.members().chain(committed.members()).collect();
+    if !accepted.is_empty() {
+        accepted.extend(cluster.peers.iter().map(|peer| peer.id));
+    }
+    accepted
 }
 
 /// The addresses this node listens on should be the ones `--peers` gives
@@ -1269,14 +1291,8 @@ impl Driver {
                 },
             );
         }
-        // Accept the latest and the committed members (a node removed by an
-        // uncommitted entry may still be needed to commit it).
-        // None yet (joining): any id of the cluster (see transport).
-        let mut accepted: BTreeSet<NodeId> = latest.members().chain(committed.members()).collect();
-        if !accepted.is_empty() {
-            accepted.extend(self.cluster.peers.iter().map(|peer| peer.id));
-        }
-        self.identity.set_members(accepted);
+        self.identity
+            .set_members(accepted_peers(&latest, &committed, &self.cluster));
         tracing::info!(
             voters = ?latest.voters,
             learners = ?latest.learners,
