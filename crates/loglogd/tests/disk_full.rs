@@ -495,23 +495,30 @@ fn cluster_payload(n: u32) -> Vec<u8> {
     format!("entry-{n:06}-{}", "z".repeat(1000)).into_bytes()
 }
 
+/// Appends `cluster_payload(n)` for each `n` in `numbers`, recording each
+/// (offset, payload) as acknowledged.
+fn append_cluster_payloads(
+    client: &Client,
+    numbers: std::ops::Range<u32>,
+    acknowledged: &mut Vec<(u64, Vec<u8>)>,
+) {
+    for n in numbers {
+        let payload = cluster_payload(n);
+        acknowledged.push((client.append(payload.clone()).unwrap(), payload));
+    }
+}
+
 #[test]
 fn a_follower_with_a_full_disk_catches_up_when_space_returns() {
     let mut cluster = ThreeNodes::start();
     cluster.lead_with(|id| id != 3, 1);
     let client = Client::connect(&cluster.clients).unwrap();
     let mut acknowledged = Vec::new();
-    for n in 0..100 {
-        let payload = cluster_payload(n);
-        acknowledged.push((client.append(payload.clone()).unwrap(), payload));
-    }
+    append_cluster_payloads(&client, 0..100, &mut acknowledged);
 
     // Node 3's disk fills up; the other two go on committing.
     let ballast = cluster.disk.fill();
-    for n in 100..1600 {
-        let payload = cluster_payload(n);
-        acknowledged.push((client.append(payload.clone()).unwrap(), payload));
-    }
+    append_cluster_payloads(&client, 100..1600, &mut acknowledged);
     let last = acknowledged.last().unwrap().0;
     let full = status(cluster.members[2].client).expect("node 3 is up and answers");
     assert!(
@@ -545,18 +552,12 @@ fn a_leader_with_a_full_disk_hands_over_and_the_cluster_goes_on() {
     cluster.lead_with(|id| id == 3, 3);
     let client = Client::connect(&cluster.clients).unwrap();
     let mut acknowledged = Vec::new();
-    for n in 0..100 {
-        let payload = cluster_payload(n);
-        acknowledged.push((client.append(payload.clone()).unwrap(), payload));
-    }
+    append_cluster_payloads(&client, 0..100, &mut acknowledged);
 
     // The leader's disk fills up: it refuses, hands over, and the client
     // (retrying what was refused) is answered by the new leader.
     let ballast = cluster.disk.fill();
-    for n in 100..1600 {
-        let payload = cluster_payload(n);
-        acknowledged.push((client.append(payload.clone()).unwrap(), payload));
-    }
+    append_cluster_payloads(&client, 100..1600, &mut acknowledged);
     let leader = cluster.leader();
     assert!(matches!(leader, Some(1 | 2)), "leader {leader:?}");
     assert!(cluster.node3_is_running());
