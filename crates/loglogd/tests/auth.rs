@@ -8,54 +8,32 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use loglog::blocking::Client;
 use loglog::{AdminRequest, AuthToken, ClientConfig, Error};
 use loglog_proto::auth::Roles;
-use loglog_proto::wire::{FrameHeader, Request, ServerError, FRAME_HEADER_LEN, STATUS_OK};
+use loglog_proto::wire::{Request, ServerError, STATUS_OK};
 
 mod common;
-use common::free_addr;
+use common::{exchange, free_addr, loglogd_command, RunningNode};
 
 /// A `loglogd` process, stopped when dropped.
-struct Node {
-    child: Child,
-    addr: SocketAddr,
+type Node = RunningNode;
+
+/// Starts `loglogd` with `args` on a free port; returns once it listens.
+fn start_node(dir: &Path, args: &[&str]) -> Node {
+    let addr = free_addr();
+    RunningNode::start(
+        loglogd_command(&dir.join("data"), addr).args(args),
+        addr,
+        Duration::from_secs(20),
+    )
 }
 
-impl Node {
-    /// Starts `loglogd` with `args` on a free port; returns once it listens.
-    fn start(dir: &Path, args: &[&str]) -> Node {
-        let addr = free_addr();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_loglogd"))
-            .args(["--data-dir", dir.join("data").to_str().unwrap()])
-            .args(["--listen", &addr.to_string()])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
-            assert!(child.try_wait().unwrap().is_none(), "loglogd exited early");
-            assert!(Instant::now() < deadline, "loglogd did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Node { child, addr }
-    }
-
-    fn cluster(&self) -> Vec<String> {
-        vec![self.addr.to_string()]
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn cluster_of(node: &Node) -> Vec<String> {
+    vec![node.addr.to_string()]
 }
 
 /// Runs `loglog` against `node`; returns (success, stdout, stderr).
@@ -99,7 +77,7 @@ fn client(node: &Node, token: Option<&str>) -> Result<Client, Error> {
         leader_wait: Duration::from_secs(2),
         ..ClientConfig::default()
     };
-    Client::connect_with(&node.cluster(), config)
+    Client::connect_with(&cluster_of(node), config)
 }
 
 fn assert_unauthorized<T: std::fmt::Debug>(result: Result<T, Error>) {
@@ -114,14 +92,7 @@ fn assert_unauthorized<T: std::fmt::Debug>(result: Result<T, Error>) {
 
 /// Sends one request on a raw connection and returns (status byte, body).
 fn raw_call(stream: &mut TcpStream, request: Request<'_>, request_id: u64) -> (u8, Vec<u8>) {
-    let mut frame = Vec::new();
-    request.encode(request_id, &mut frame);
-    stream.write_all(&frame).unwrap();
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    stream.read_exact(&mut header).unwrap();
-    let header = FrameHeader::decode(&header, u32::MAX).unwrap().unwrap();
-    let mut body = vec![0u8; header.body_len as usize];
-    stream.read_exact(&mut body).unwrap();
+    let (header, body) = exchange(stream, request, request_id);
     assert_eq!(header.request_id, request_id);
     (header.aux, body)
 }
@@ -154,7 +125,7 @@ fn tokens_grant_exactly_their_roles() {
     let config = dir.path().join("loglogd.toml");
     std::fs::write(&config, format!("{writer_entry}{reader_entry}{ops_entry}")).unwrap();
     let metrics = free_addr().to_string();
-    let node = Node::start(
+    let node = start_node(
         dir.path(),
         &[
             "--config",
@@ -283,7 +254,7 @@ fn the_command_line_takes_the_token_from_a_flag_or_the_environment() {
     let (reader, reader_entry) = new_token("reader", "read");
     let config = dir.path().join("loglogd.toml");
     std::fs::write(&config, format!("{writer_entry}{reader_entry}")).unwrap();
-    let node = Node::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let node = start_node(dir.path(), &["--config", config.to_str().unwrap()]);
 
     let (ok, stdout, stderr) = loglog(Some(&node), None, &["--token", &writer, "append", "a"]);
     assert!(ok, "{stderr}");
@@ -324,7 +295,7 @@ fn the_command_line_takes_the_token_from_a_flag_or_the_environment() {
 #[test]
 fn without_tokens_auth_is_off_and_any_token_is_accepted() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &[]);
+    let node = start_node(dir.path(), &[]);
     let anonymous = client(&node, None).unwrap();
     let offset = anonymous.append(&b"open"[..]).unwrap();
     assert!(anonymous.admin(AdminRequest::Trim { offset: 0 }).is_ok());
@@ -362,27 +333,15 @@ fn a_cluster_client_authenticates_again_on_every_redirect() {
         .enumerate()
         .map(|(index, (client, peer))| {
             let node_dir = dir.path().join(format!("node{}", index + 1));
-            let mut child = Command::new(env!("CARGO_BIN_EXE_loglogd"))
-                .args(["--config", config.to_str().unwrap()])
-                .args(["--id", &(index + 1).to_string()])
-                .args(["--data-dir", node_dir.to_str().unwrap()])
-                .args(["--listen", &client.to_string()])
-                .args(["--peer-listen", &peer.to_string()])
-                .args(["--peers", &peers])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while TcpStream::connect(client).is_err() {
-                assert!(child.try_wait().unwrap().is_none(), "loglogd exited early");
-                assert!(Instant::now() < deadline, "loglogd did not listen");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Node {
-                child,
-                addr: *client,
-            }
+            RunningNode::start(
+                loglogd_command(&node_dir, *client)
+                    .args(["--config", config.to_str().unwrap()])
+                    .args(["--id", &(index + 1).to_string()])
+                    .args(["--peer-listen", &peer.to_string()])
+                    .args(["--peers", &peers]),
+                *client,
+                Duration::from_secs(20),
+            )
         })
         .collect();
     let config_with = |token: &str| ClientConfig {
@@ -398,7 +357,7 @@ fn a_cluster_client_authenticates_again_on_every_redirect() {
         let statuses: Vec<_> = nodes
             .iter()
             .filter_map(|node| {
-                Client::connect_with(&node.cluster(), config_with(&reader))
+                Client::connect_with(&cluster_of(node), config_with(&reader))
                     .and_then(|client| client.status())
                     .ok()
             })
@@ -417,13 +376,13 @@ fn a_cluster_client_authenticates_again_on_every_redirect() {
         if index as u64 + 1 == leader {
             continue;
         }
-        let writers = Client::connect_with(&node.cluster(), config_with(&writer)).unwrap();
+        let writers = Client::connect_with(&cluster_of(node), config_with(&writer)).unwrap();
         offsets.push(writers.append(format!("via node {}", index + 1)).unwrap());
         assert_ne!(
             writers.as_async().current_address(),
             Some(node.addr.to_string())
         );
-        let readers = Client::connect_with(&node.cluster(), config_with(&reader)).unwrap();
+        let readers = Client::connect_with(&cluster_of(node), config_with(&reader)).unwrap();
         assert_unauthorized(readers.append(&b"refused"[..]));
     }
     assert_eq!(offsets.len(), 2);

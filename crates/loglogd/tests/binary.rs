@@ -2,18 +2,15 @@
 //! Each test listens on a port it picked itself (never the default 19194,
 //! which other nodes on this machine may use).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use loglog_proto::wire::{FrameHeader, NodeStatus, Request, FRAME_HEADER_LEN, STATUS_OK};
+use loglog_proto::wire::{NodeStatus, Request, STATUS_OK};
 
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
+mod common;
 
 fn spawn(cwd: &Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_loglogd"))
@@ -27,20 +24,12 @@ fn spawn(cwd: &Path, args: &[&str]) -> Child {
 }
 
 fn connect(addr: SocketAddr, child: &mut Child) -> TcpStream {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(stream) = TcpStream::connect(addr) {
-            stream
-                .set_read_timeout(Some(Duration::from_secs(20)))
-                .unwrap();
-            return stream;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("loglogd exited early: {status}: {}", output(child));
-        }
-        assert!(Instant::now() < deadline, "loglogd did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let stream =
+        common::wait_until_listening_or_report(child, addr, Duration::from_secs(20), output);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
 }
 
 fn output(child: &mut Child) -> String {
@@ -55,14 +44,7 @@ fn output(child: &mut Child) -> String {
 }
 
 fn call(stream: &mut TcpStream, request: Request<'_>, request_id: u64) -> Vec<u8> {
-    let mut frame = Vec::new();
-    request.encode(request_id, &mut frame);
-    stream.write_all(&frame).unwrap();
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    stream.read_exact(&mut header).unwrap();
-    let header = FrameHeader::decode(&header, u32::MAX).unwrap().unwrap();
-    let mut body = vec![0u8; header.body_len as usize];
-    stream.read_exact(&mut body).unwrap();
+    let (header, body) = common::exchange(stream, request, request_id);
     assert_eq!(header.request_id, request_id);
     assert_eq!(header.aux, STATUS_OK, "error response: {body:?}");
     body
@@ -98,7 +80,7 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
 #[test]
 fn sigterm_and_sigint_stop_cleanly_and_a_restart_keeps_the_data() {
     let cwd = tempfile::tempdir().unwrap();
-    let addr = free_port();
+    let addr = common::free_addr();
     let listen = addr.to_string();
     // Relative data dir: resolved against the process's cwd.
     let args = [
@@ -157,7 +139,7 @@ fn sigterm_and_sigint_stop_cleanly_and_a_restart_keeps_the_data() {
 #[test]
 fn fsync_never_is_loudly_unsafe_and_bad_flags_fail() {
     let cwd = tempfile::tempdir().unwrap();
-    let addr = free_port();
+    let addr = common::free_addr();
     let listen = addr.to_string();
     let mut child = spawn(
         cwd.path(),

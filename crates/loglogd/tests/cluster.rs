@@ -21,11 +21,9 @@ use loglog::AdminRequest;
 use loglog_proto::producer::{entry_producer, ProducerTag};
 
 mod common;
-use loglog_proto::wire::{
-    FrameHeader, NodeStatus, Request, Role, ServerError, FRAME_HEADER_LEN, STATUS_OK,
-};
+use loglog_proto::wire::{NodeStatus, Request, Role, ServerError};
 
-use common::free_addr;
+use common::{call, committed_range, free_addr, segment_starts, wait_until_listening};
 
 struct Member {
     id: u64,
@@ -208,23 +206,6 @@ impl Drop for Cluster {
                 drop(child.wait());
             }
         }
-    }
-}
-
-/// One request on a raw connection: the body of an OK answer, or the error.
-fn call(stream: &mut TcpStream, request: Request<'_>) -> Result<Vec<u8>, ServerError> {
-    let mut frame = Vec::new();
-    request.encode(7, &mut frame);
-    stream.write_all(&frame).unwrap();
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    stream.read_exact(&mut header).unwrap();
-    let header = FrameHeader::decode(&header, u32::MAX).unwrap().unwrap();
-    let mut body = vec![0u8; header.body_len as usize];
-    stream.read_exact(&mut body).unwrap();
-    if header.aux == STATUS_OK {
-        Ok(body)
-    } else {
-        Err(ServerError::decode(header.aux, &body))
     }
 }
 
@@ -909,12 +890,7 @@ fn start_one(dir: &Path, id: u64, client: SocketAddr, peer: SocketAddr, peers: &
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(client).is_err() {
-        assert!(child.try_wait().unwrap().is_none(), "loglogd exited");
-        assert!(Instant::now() < deadline, "loglogd did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_listening(&mut child, client, Duration::from_secs(10));
     child
 }
 
@@ -1078,19 +1054,6 @@ fn one_append_call_rides_out_the_leaders_death() {
     assert_eq!(entries[&b"after"[..]], vec![after]);
 }
 
-/// Segment file starts in a member's log directory.
-fn segment_starts(member: &Member) -> Vec<u64> {
-    let mut starts: Vec<u64> = std::fs::read_dir(member.dir.join(loglogd::LOG_DIR))
-        .unwrap()
-        .filter_map(|entry| {
-            let name = entry.unwrap().file_name().into_string().unwrap();
-            name.strip_suffix(".seg")?.parse().ok()
-        })
-        .collect();
-    starts.sort_unstable();
-    starts
-}
-
 /// Waits until a member's log starts past 0 (it applied a trim or was
 /// re-seeded) and returns its start.
 fn wait_for_start(cluster: &Cluster, index: usize) -> u64 {
@@ -1111,25 +1074,8 @@ fn wait_for_start(cluster: &Cluster, index: usize) -> u64 {
     }
 }
 
-/// A member's committed bytes from `from` up to `to`.
-fn committed_range(addr: SocketAddr, from: u64, to: u64) -> Vec<u8> {
-    let client = Client::connect(&[addr.to_string()]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut bytes = Vec::new();
-    while from + (bytes.len() as u64) < to {
-        let page = client
-            .read(
-                from + bytes.len() as u64,
-                1 << 20,
-                Duration::from_millis(200),
-            )
-            .unwrap();
-        bytes.extend_from_slice(page.raw());
-        assert!(Instant::now() < deadline, "{addr} stuck below {to}");
-    }
-    bytes.truncate((to - from) as usize);
-    bytes
-}
+/// How long `committed_range` waits for a member's committed bytes.
+const RANGE_WAIT: Duration = Duration::from_secs(15);
 
 /// A replicated trim with `loglogd` processes as followers, under load:
 /// every node drops its segments below the trim (files gone, start offset
@@ -1221,7 +1167,7 @@ fn a_replicated_trim_reaches_every_process_and_a_wiped_one_reseeds() {
     for index in 0..3 {
         let status = cluster.status(index).unwrap();
         assert_eq!(
-            segment_starts(&cluster.members[index])[0],
+            segment_starts(&cluster.members[index].dir)[0],
             status.start_offset,
             "node {}: files below the start are gone",
             index + 1
@@ -1251,14 +1197,14 @@ fn a_replicated_trim_reaches_every_process_and_a_wiped_one_reseeds() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(load.join().unwrap() > 0);
     let end = embedded.commit_offset();
-    let expected = committed_range(cluster.members[0].client, leader_start, end);
+    let expected = committed_range(cluster.members[0].client, leader_start, end, RANGE_WAIT);
     for index in 1..3 {
         let from = cluster
             .status(index)
             .unwrap()
             .start_offset
             .max(leader_start);
-        let bytes = committed_range(cluster.members[index].client, from, end);
+        let bytes = committed_range(cluster.members[index].client, from, end, RANGE_WAIT);
         assert_eq!(
             bytes[..],
             expected[(from - leader_start) as usize..],
@@ -1266,7 +1212,7 @@ fn a_replicated_trim_reaches_every_process_and_a_wiped_one_reseeds() {
             index + 1
         );
     }
-    assert_eq!(segment_starts(&cluster.members[wiped])[0], leader_start);
+    assert_eq!(segment_starts(&cluster.members[wiped].dir)[0], leader_start);
     runtime.block_on(embedded.shutdown());
 }
 
@@ -1825,7 +1771,7 @@ fn retention_trims_whole_segments_on_every_node_under_load() {
     for (index, status) in statuses.iter().enumerate() {
         let member = &cluster.members[index];
         assert_eq!(
-            segment_starts(member)[0],
+            segment_starts(&member.dir)[0],
             status.start_offset,
             "node {}: files below the start are deleted",
             member.id
@@ -1841,7 +1787,7 @@ fn retention_trims_whole_segments_on_every_node_under_load() {
             call(&mut stream, below),
             Err(ServerError::Trimmed { start })
         );
-        logs.push(committed_range(member.client, start, commit));
+        logs.push(committed_range(member.client, start, commit, RANGE_WAIT));
     }
     assert!(
         logs.iter().all(|log| *log == logs[0]),
@@ -1907,7 +1853,7 @@ fn retention_by_age_trims_a_paused_follower_only_after_it_catches_up() {
             .success())
     };
     signal("-STOP");
-    let paused_segments = segment_starts(&cluster.members[paused]);
+    let paused_segments = segment_starts(&cluster.members[paused].dir);
     let mut acknowledged = Vec::new();
     for n in 0..300 {
         let payload = format!("later-{n:04}-{}", "b".repeat(64)).into_bytes();
@@ -1917,7 +1863,10 @@ fn retention_by_age_trims_a_paused_follower_only_after_it_catches_up() {
     let running = 3 - leader - paused;
     let leader_start = wait_for_start(&cluster, leader);
     wait_for_start(&cluster, running);
-    assert_eq!(segment_starts(&cluster.members[paused]), paused_segments);
+    assert_eq!(
+        segment_starts(&cluster.members[paused].dir),
+        paused_segments
+    );
 
     signal("-CONT");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1956,16 +1905,16 @@ fn retention_by_age_trims_a_paused_follower_only_after_it_catches_up() {
             index + 1
         );
         assert_eq!(
-            segment_starts(&cluster.members[index])[0],
+            segment_starts(&cluster.members[index].dir)[0],
             status.start_offset
         );
     }
     let start = statuses[0].start_offset;
     let commit = statuses.iter().map(|s| s.commit_offset).min().unwrap();
-    let kept = committed_range(cluster.members[paused].client, start, commit);
+    let kept = committed_range(cluster.members[paused].client, start, commit, RANGE_WAIT);
     assert_eq!(
         kept,
-        committed_range(cluster.members[leader].client, start, commit)
+        committed_range(cluster.members[leader].client, start, commit, RANGE_WAIT)
     );
     let mut found = 0;
     for entry in loglog_proto::entry::EntryIter::new(&kept, start, u32::MAX) {

@@ -1,18 +1,13 @@
 //! Cluster members embedded in one process (`Node::start` with
 //! `Config::cluster`): the embedded API behaves like the TCP one.
 
-use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use loglogd::cluster::{ClusterConfig, PeerSpec};
 use loglogd::{Config, Node, Role, ServerError};
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+mod common;
+use common::free_addr;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_members_replicate_and_redirect() {
@@ -165,19 +160,6 @@ async fn wait_for_leader(nodes: &[Option<Node>]) -> usize {
     }
 }
 
-/// Segment file starts in a node's log directory.
-fn segment_starts(config: &Config) -> Vec<u64> {
-    let mut starts: Vec<u64> = std::fs::read_dir(config.data_dir.join(loglogd::LOG_DIR))
-        .unwrap()
-        .filter_map(|entry| {
-            let name = entry.unwrap().file_name().into_string().unwrap();
-            name.strip_suffix(".seg")?.parse().ok()
-        })
-        .collect();
-    starts.sort_unstable();
-    starts
-}
-
 /// A crash in the middle of a log reset (the intent saved, the log not yet
 /// reset) is completed at the next start: the log then begins at the
 /// intent's offset, with that checkpoint, and reads below it answer
@@ -214,7 +196,7 @@ async fn an_interrupted_log_reset_is_completed_at_start() {
     let node = Node::start(config.clone()).await.unwrap();
     assert!(!reset_path.exists(), "the intent is dropped once done");
     assert_eq!(node.status().start_offset, start);
-    assert_eq!(segment_starts(&config), vec![start]);
+    assert_eq!(common::segment_starts(&config.data_dir), vec![start]);
     wait_for_leader(&[Some(node.clone())]).await;
     let offset = node.append(&b"after the reset"[..]).await.unwrap();
     assert!(offset >= start);

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,17 +14,12 @@ use std::time::{Duration, Instant};
 
 use loglog::{Client, ClientConfig};
 
+mod common;
+
 const CLIENTS: usize = 64;
 const KILLS: usize = 8;
 /// Acknowledged appends in a round before its kill can come.
 const ACKS_BEFORE_KILL: usize = 3_000;
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// Starts loglogd on `addr` over `data_dir` and waits until it listens.
 fn start_loglogd(data_dir: &Path, addr: SocketAddr, log: &Path) -> Child {
@@ -41,14 +36,7 @@ fn start_loglogd(data_dir: &Path, addr: SocketAddr, log: &Path) -> Child {
         .stderr(log)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("loglogd exited early: {status}");
-        }
-        assert!(Instant::now() < deadline, "loglogd did not listen");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_until_listening(&mut child, addr, Duration::from_secs(30));
     child
 }
 
@@ -177,7 +165,7 @@ async fn acknowledged_appends_survive_sigkill_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let server_log = dir.path().join("loglogd.log");
-    let addr = free_port();
+    let addr = common::free_addr();
     let history = Arc::new(Mutex::new(History::default()));
     let started = Instant::now();
 

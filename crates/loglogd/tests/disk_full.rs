@@ -21,29 +21,13 @@ use std::time::{Duration, Instant};
 
 use loglog::blocking::Client;
 use loglog_proto::entry::{EntryIter, EntryKind};
-use loglog_proto::wire::{
-    FrameHeader, NodeStatus, Request, Role, ServerError, FRAME_HEADER_LEN,
-    READ_RESPONSE_PREFIX_LEN, STATUS_OK,
-};
+use loglog_proto::wire::{NodeStatus, Request, Role, ServerError, READ_RESPONSE_PREFIX_LEN};
 
-#[allow(dead_code)] // free_addr only
 mod common;
+use common::{call, committed_range};
 
-fn call(stream: &mut TcpStream, request: Request<'_>) -> Result<Vec<u8>, ServerError> {
-    let mut frame = Vec::new();
-    request.encode(1, &mut frame);
-    stream.write_all(&frame).unwrap();
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    stream.read_exact(&mut header).unwrap();
-    let header = FrameHeader::decode(&header, u32::MAX).unwrap().unwrap();
-    let mut body = vec![0u8; header.body_len as usize];
-    stream.read_exact(&mut body).unwrap();
-    if header.aux == STATUS_OK {
-        Ok(body)
-    } else {
-        Err(ServerError::decode(header.aux, &body))
-    }
-}
+/// How long `committed_range` waits for a member's committed bytes.
+const RANGE_WAIT: Duration = Duration::from_secs(30);
 
 /// A tmpfs of `size` mounted at `dir` in a private mount namespace, alive
 /// as long as the holder process (a `sleep`) is.
@@ -132,23 +116,14 @@ impl Drop for SmallDisk {
 }
 
 fn connect(child: &mut Child, addr: SocketAddr, log: &Path) -> TcpStream {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(stream) = TcpStream::connect(addr) {
-            stream
-                .set_read_timeout(Some(Duration::from_secs(20)))
-                .unwrap();
-            return stream;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "loglogd exited: {status}: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "loglogd did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let stream =
+        common::wait_until_listening_or_report(child, addr, Duration::from_secs(20), |_| {
+            std::fs::read_to_string(log).unwrap_or_default()
+        });
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
 }
 
 fn stop(child: &mut Child, log: &Path) {
@@ -353,26 +328,6 @@ fn status(addr: SocketAddr) -> Option<NodeStatus> {
     NodeStatus::decode(&call(&mut stream, Request::Status).ok()?)
 }
 
-/// A member's committed bytes from `from` to `to` (waits for them).
-fn committed_range(addr: SocketAddr, from: u64, to: u64) -> Vec<u8> {
-    let client = Client::connect(&[addr.to_string()]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut bytes = Vec::new();
-    while from + (bytes.len() as u64) < to {
-        let page = client
-            .read(
-                from + bytes.len() as u64,
-                1 << 20,
-                Duration::from_millis(200),
-            )
-            .unwrap();
-        bytes.extend_from_slice(page.raw());
-        assert!(Instant::now() < deadline, "{addr} stuck below {to}");
-    }
-    bytes.truncate((to - from) as usize);
-    bytes
-}
-
 /// Three nodes: 1 and 2 on the ordinary disk, 3 on a 4 MiB tmpfs.
 struct ThreeNodes {
     disk: SmallDisk,
@@ -515,9 +470,9 @@ impl ThreeNodes {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let expected = committed_range(self.members[0].client, 0, commit);
+        let expected = committed_range(self.members[0].client, 0, commit, RANGE_WAIT);
         assert_eq!(
-            committed_range(self.members[2].client, 0, commit),
+            committed_range(self.members[2].client, 0, commit, RANGE_WAIT),
             expected,
             "node 3 holds the same log"
         );
@@ -540,23 +495,30 @@ fn cluster_payload(n: u32) -> Vec<u8> {
     format!("entry-{n:06}-{}", "z".repeat(1000)).into_bytes()
 }
 
+/// Appends `cluster_payload(n)` for each `n` in `numbers`, recording each
+/// (offset, payload) as acknowledged.
+fn append_cluster_payloads(
+    client: &Client,
+    numbers: std::ops::Range<u32>,
+    acknowledged: &mut Vec<(u64, Vec<u8>)>,
+) {
+    for n in numbers {
+        let payload = cluster_payload(n);
+        acknowledged.push((client.append(payload.clone()).unwrap(), payload));
+    }
+}
+
 #[test]
 fn a_follower_with_a_full_disk_catches_up_when_space_returns() {
     let mut cluster = ThreeNodes::start();
     cluster.lead_with(|id| id != 3, 1);
     let client = Client::connect(&cluster.clients).unwrap();
     let mut acknowledged = Vec::new();
-    for n in 0..100 {
-        let payload = cluster_payload(n);
-        acknowledged.push((client.append(payload.clone()).unwrap(), payload));
-    }
+    append_cluster_payloads(&client, 0..100, &mut acknowledged);
 
     // Node 3's disk fills up; the other two go on committing.
     let ballast = cluster.disk.fill();
-    for n in 100..1600 {
-        let payload = cluster_payload(n);
-        acknowledged.push((client.append(payload.clone()).unwrap(), payload));
-    }
+    append_cluster_payloads(&client, 100..1600, &mut acknowledged);
     let last = acknowledged.last().unwrap().0;
     let full = status(cluster.members[2].client).expect("node 3 is up and answers");
     assert!(
@@ -590,18 +552,12 @@ fn a_leader_with_a_full_disk_hands_over_and_the_cluster_goes_on() {
     cluster.lead_with(|id| id == 3, 3);
     let client = Client::connect(&cluster.clients).unwrap();
     let mut acknowledged = Vec::new();
-    for n in 0..100 {
-        let payload = cluster_payload(n);
-        acknowledged.push((client.append(payload.clone()).unwrap(), payload));
-    }
+    append_cluster_payloads(&client, 0..100, &mut acknowledged);
 
     // The leader's disk fills up: it refuses, hands over, and the client
     // (retrying what was refused) is answered by the new leader.
     let ballast = cluster.disk.fill();
-    for n in 100..1600 {
-        let payload = cluster_payload(n);
-        acknowledged.push((client.append(payload.clone()).unwrap(), payload));
-    }
+    append_cluster_payloads(&client, 100..1600, &mut acknowledged);
     let leader = cluster.leader();
     assert!(matches!(leader, Some(1 | 2)), "leader {leader:?}");
     assert!(cluster.node3_is_running());

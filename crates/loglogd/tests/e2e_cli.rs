@@ -9,22 +9,15 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use loglog_proto::entry::{EntryIter, EntryKind, DEFAULT_MAX_PAYLOAD};
 use loglog_proto::producer::{ProducerTag, ENTRY_FLAG_PRODUCER};
 
 mod common;
 use common::loglog_binary;
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// A running `loglogd`, killed when dropped.
 struct Server {
@@ -36,7 +29,7 @@ struct Server {
 impl Server {
     fn start(extra_args: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let addr = free_port();
+        let addr = common::free_addr();
         let log = File::create(dir.path().join("loglogd.log")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_loglogd"))
             .arg("--data-dir")
@@ -48,14 +41,7 @@ impl Server {
             .stderr(log)
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("loglogd exited early: {status}");
-            }
-            assert!(Instant::now() < deadline, "loglogd did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        common::wait_until_listening(&mut child, addr, Duration::from_secs(30));
         Server {
             child,
             addr,
@@ -258,7 +244,7 @@ fn errors_exit_non_zero_with_one_line() {
     let inside = server.run(&["read", "--from", "3"]);
     assert_one_line_error(&inside);
 
-    let dead = free_port().to_string();
+    let dead = common::free_addr().to_string();
     let refused = Command::new(loglog_binary())
         .args(["--cluster", &dead, "append", "nobody"])
         .output()

@@ -8,13 +8,12 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use loglog::blocking::Client;
 use loglog_proto::wire::{NodeStatus, ServerError};
 
-#[allow(dead_code)] // free_addr only
 mod common;
 
 const SEGMENT_SIZE: u64 = 4096;
@@ -31,14 +30,11 @@ impl Process {
         let addr = common::free_addr();
         let dir = root.join("data");
         let log = root.join("loglogd.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_loglogd"))
-            .args(["--data-dir", dir.to_str().unwrap()])
-            .args(["--listen", &addr.to_string()])
+        let child = common::loglogd_command(&dir, addr)
             .args(["--segment-size", &SEGMENT_SIZE.to_string()])
             .args(["--retention-check-interval", "100ms"])
             .args(retention_flags)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
             .spawn()
             .unwrap();
@@ -72,15 +68,7 @@ impl Process {
 
     /// Segment file starts, oldest first.
     fn segment_starts(&self) -> Vec<u64> {
-        let mut starts: Vec<u64> = std::fs::read_dir(self.dir.join(loglogd::LOG_DIR))
-            .unwrap()
-            .filter_map(|entry| {
-                let name = entry.unwrap().file_name().into_string().unwrap();
-                name.strip_suffix(".seg")?.parse().ok()
-            })
-            .collect();
-        starts.sort_unstable();
-        starts
+        common::segment_starts(&self.dir)
     }
 
     /// Waits until `done(status)` holds; returns that status.
