@@ -103,6 +103,8 @@
 pub mod cluster;
 pub mod config;
 pub mod dedup;
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod node;
 mod pipeline;
