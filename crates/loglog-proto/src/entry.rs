@@ -93,6 +93,11 @@ pub enum EntryError {
     /// the envelope.
     #[error("entry flagged with a producer envelope has only {len} payload bytes")]
     ShortProducerEnvelope { len: u32 },
+    /// The entry at `offset` would end past the largest log offset
+    /// (`u64::MAX`): bytes placed there by a damaged segment name, or a
+    /// peer or node that misstates offsets.
+    #[error("entry at offset {offset} would end past the largest log offset")]
+    PastMaxOffset { offset: u64 },
 }
 
 /// A decoded entry header.
@@ -285,6 +290,13 @@ impl<'a> Iterator for EntryIter<'a> {
         let result = (|| {
             let header = EntryHeader::decode(rest, self.max_payload)?;
             let end = ENTRY_HEADER_LEN as u64 + u64::from(header.len);
+            // Every yielded entry ends at or below u64::MAX, so `offset()`
+            // and `EntryRef::next_offset` never overflow.
+            if self.offset().checked_add(end).is_none() {
+                return Err(EntryError::PastMaxOffset {
+                    offset: self.offset(),
+                });
+            }
             if (rest.len() as u64) < end {
                 return Err(EntryError::Truncated {
                     needed: end,
@@ -350,6 +362,31 @@ mod tests {
         bytes.clear();
         encode_entry_with_flags(1, EntryKind::Data, 1, &[7; 16], &mut bytes);
         assert!(EntryHeader::decode(&bytes, DEFAULT_MAX_PAYLOAD).is_ok());
+    }
+
+    /// Found by the `segment_recovery` and `read_page` fuzz targets: an
+    /// entry read at an offset near u64::MAX (a damaged segment name, a
+    /// node answering a read at such an offset) overflowed the iterator's
+    /// offset arithmetic.
+    #[test]
+    fn an_entry_past_the_largest_offset_is_an_error_not_an_overflow() {
+        let mut log = Vec::new();
+        encode_entry(1, EntryKind::Data, b"abc", &mut log);
+        let base = u64::MAX - 10;
+        let mut iter = EntryIter::new(&log, base, DEFAULT_MAX_PAYLOAD);
+        assert_eq!(
+            iter.next(),
+            Some(Err(EntryError::PastMaxOffset { offset: base }))
+        );
+        assert_eq!(iter.next(), None);
+        assert_eq!(iter.offset(), base);
+        // An entry that ends exactly at u64::MAX is still an entry.
+        let base = u64::MAX - log.len() as u64;
+        let entry = EntryIter::new(&log, base, DEFAULT_MAX_PAYLOAD)
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(entry.next_offset(), u64::MAX);
     }
 
     #[test]

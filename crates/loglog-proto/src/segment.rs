@@ -27,6 +27,9 @@ pub enum SegmentHeaderError {
     UnsupportedVersion { found: u32 },
     #[error("segment header checksum mismatch")]
     BadCrc,
+    /// Reserved bytes are not zero: not a header this version wrote.
+    #[error("segment header has non-zero reserved bytes")]
+    ReservedNotZero,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +64,10 @@ impl SegmentHeader {
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
         if version != SEGMENT_FORMAT_VERSION {
             return Err(SegmentHeaderError::UnsupportedVersion { found: version });
+        }
+        // One encoding per header, as for entry headers.
+        if bytes[12..16] != [0; 4] || bytes[24..28] != [0; 4] {
+            return Err(SegmentHeaderError::ReservedNotZero);
         }
         let start_offset = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
         Ok(SegmentHeader { start_offset })
@@ -117,6 +124,18 @@ mod tests {
             SegmentHeader::decode(&future),
             Err(SegmentHeaderError::UnsupportedVersion { found: 2 })
         );
+        // Found by the `entry_parser` fuzz target: reserved bytes under a
+        // matching CRC were ignored, so two headers meant one.
+        for at in [12, 15, 24, 27] {
+            let mut reserved = bytes;
+            reserved[at] = 39;
+            let crc = crc32c::crc32c(&reserved[..28]);
+            reserved[28..32].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(
+                SegmentHeader::decode(&reserved),
+                Err(SegmentHeaderError::ReservedNotZero)
+            );
+        }
     }
 
     #[test]

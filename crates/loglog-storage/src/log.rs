@@ -387,6 +387,17 @@ impl LogWriter {
         if self.dirty_past_end {
             self.remove_bytes_past_end()?;
         }
+        // A log recovered from a segment named near u64::MAX has no room:
+        // offsets never wrap.
+        if self.end.checked_add(entries.len() as u64).is_none() {
+            return Err(StorageError::InvalidAppend {
+                reason: format!(
+                    "{} bytes at offset {} would pass the largest log offset",
+                    entries.len(),
+                    self.end
+                ),
+            });
+        }
         // The caller is trusted; check cheaply that it passed entries.
         let first = EntryHeader::decode(entries, self.shared.max_payload).map_err(|error| {
             StorageError::InvalidAppend {

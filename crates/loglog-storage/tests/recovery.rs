@@ -400,6 +400,38 @@ fn a_segment_named_near_the_largest_offset_is_an_error_not_a_panic() {
     ));
 }
 
+/// Found by the `segment_recovery` fuzz target: a segment named just below
+/// u64::MAX with no log bytes recovers (its bytes fit), but an append there
+/// overflowed the offset arithmetic. It is now a typed error, and the log
+/// is unchanged.
+#[test]
+fn an_append_past_the_largest_offset_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = u64::MAX - 1;
+    let path = dir
+        .path()
+        .join(loglog_proto::segment::segment_file_name(start));
+    let header = loglog_proto::segment::SegmentHeader {
+        start_offset: start,
+    }
+    .encode();
+    fs::write(&path, header).unwrap();
+    let (mut writer, _syncer, reader) = open(config(dir.path(), 4096)).unwrap();
+    assert_eq!(writer.end_offset(), start);
+    let mut entry = Vec::new();
+    encode_entry(1, EntryKind::Data, b"no room", &mut entry);
+    assert!(matches!(
+        writer.append(&entry),
+        Err(StorageError::InvalidAppend { .. })
+    ));
+    assert_eq!(writer.end_offset(), start);
+    assert_eq!(reader.end_offset(), start);
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        SEGMENT_HEADER_LEN as u64
+    );
+}
+
 /// CRC32C (Castagnoli), bitwise: the test does not need a dependency.
 fn crc32c_of(bytes: &[u8]) -> u32 {
     let mut crc = !0u32;

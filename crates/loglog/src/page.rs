@@ -60,8 +60,10 @@ pub struct ReadPage {
 }
 
 impl ReadPage {
-    /// Parses and verifies the body of a successful read answer for `offset`.
-    pub(crate) fn parse(addr: &str, offset: u64, mut body: Bytes) -> Result<ReadPage, Error> {
+    /// Parses and verifies the body of a successful read answer for `offset`
+    /// from the node at `addr` (named in errors). The client does this for
+    /// every read answer; public for tools that speak the wire protocol.
+    pub fn parse(addr: &str, offset: u64, mut body: Bytes) -> Result<ReadPage, Error> {
         if body.len() < READ_RESPONSE_PREFIX_LEN {
             return Err(Error::Protocol {
                 addr: addr.to_string(),
@@ -249,6 +251,22 @@ mod tests {
         assert!(matches!(
             ReadPage::parse("a", 0, Bytes::from_static(b"1234")),
             Err(Error::Protocol { .. })
+        ));
+    }
+
+    /// Found by the `read_page` fuzz target: an answer with an entry for a
+    /// read at an offset near u64::MAX overflowed the offset arithmetic.
+    #[test]
+    fn entries_past_the_largest_offset_are_corrupt_not_an_overflow() {
+        let mut log = Vec::new();
+        encode_entry(1, EntryKind::Data, b"hello", &mut log);
+        let offset = u64::MAX - 3;
+        assert!(matches!(
+            ReadPage::parse("a", offset, body(u64::MAX, &log)),
+            Err(Error::Corrupt {
+                source: loglog_proto::entry::EntryError::PastMaxOffset { .. },
+                ..
+            })
         ));
     }
 

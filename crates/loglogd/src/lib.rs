@@ -119,6 +119,8 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod dedup;
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod node;
 mod pipeline;

@@ -550,7 +550,7 @@ fn read_config_file(
 }
 
 /// Parses a command line and applies `--config` (what `main` does).
-#[cfg(test)]
+#[cfg(any(test, fuzzing))]
 fn parse_args<I, T>(argv: I) -> Result<Args, String>
 where
     I: IntoIterator<Item = T>,
@@ -1089,5 +1089,24 @@ cluster_id = "file-cluster"
         let cluster = config.cluster.expect("--join gives a cluster config");
         assert!(cluster.join && cluster.peers.is_empty());
         assert!(cluster.validate(4).is_ok());
+    }
+}
+
+/// The `config_file` fuzz target (`fuzz/`) compiles this file as a module
+/// and runs the config file path of `main` through this.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    /// Parses `loglogd --config <path>` as `main` does, validates the
+    /// configuration as `Node::start` does, and prints it as
+    /// `--print-config` does.
+    pub fn load_config_file(path: &std::path::Path) -> Result<String, String> {
+        let args = super::parse_args([
+            std::ffi::OsStr::new("loglogd"),
+            "--config".as_ref(),
+            path.as_os_str(),
+        ])?;
+        let config = super::config_from(args);
+        config.validate()?;
+        Ok(super::printed_config(&config))
     }
 }

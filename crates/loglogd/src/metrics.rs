@@ -22,6 +22,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use loglog_proto::wire::MemberStatus;
+
 use crate::server::until_true;
 use crate::Node;
 
@@ -38,6 +40,11 @@ pub(crate) struct ErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabels {
     role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FollowerLabels {
+    follower: u64,
 }
 
 /// Every metric of one node. Cloning shares the same series.
@@ -65,6 +72,8 @@ pub(crate) struct NodeMetrics {
     commit_offset: Gauge,
     end_offset: Gauge,
     start_offset: Gauge,
+    /// On the leader only: its log end minus each follower's match offset.
+    follower_lag_bytes: Family<FollowerLabels, Gauge>,
 }
 
 impl NodeMetrics {
@@ -85,6 +94,7 @@ impl NodeMetrics {
         let commit_offset = Gauge::default();
         let end_offset = Gauge::default();
         let start_offset = Gauge::default();
+        let follower_lag_bytes = Family::default();
         registry.register("appends", "Appends acknowledged", appends.clone());
         registry.register(
             "append_bytes",
@@ -130,6 +140,11 @@ impl NodeMetrics {
             "Start of the log (below it: trimmed)",
             start_offset.clone(),
         );
+        registry.register(
+            "follower_lag_bytes",
+            "On the leader, per follower: the leader's log end minus the follower's match offset",
+            follower_lag_bytes.clone(),
+        );
         NodeMetrics {
             registry: Arc::new(registry),
             appends,
@@ -145,6 +160,7 @@ impl NodeMetrics {
             commit_offset,
             end_offset,
             start_offset,
+            follower_lag_bytes,
         }
     }
 
@@ -158,7 +174,12 @@ impl NodeMetrics {
     }
 
     /// The exposition text, with the gauges read from `node` now.
-    pub(crate) fn render(&self, node: &Node) -> String {
+    /// `members` is the node's view of the cluster (empty on a single node
+    /// or when the driver did not answer in time); only a leader knows its
+    /// followers' match offsets, so only a leader reports lag.
+    pub(crate) fn render(&self, node: &Node, members: &[MemberStatus]) -> String {
+        // Read after `members`: the end only grows, so it is at least every
+        // match offset reported (a follower never holds more than the leader).
         let status = node.status();
         self.term.set(status.term as i64);
         for role in ["leader", "follower", "candidate", "learner"] {
@@ -172,6 +193,22 @@ impl NodeMetrics {
         self.commit_offset.set(status.commit_offset as i64);
         self.end_offset.set(status.end_offset as i64);
         self.start_offset.set(status.start_offset as i64);
+        // Rebuilt each scrape: a removed follower, or a leader that stepped
+        // down, leaves no stale series behind.
+        self.follower_lag_bytes.clear();
+        if status.role == loglog_proto::wire::Role::Leader {
+            let followers = members.iter().filter(|member| member.id != status.node_id);
+            for member in followers {
+                if let Some(match_offset) = member.match_offset {
+                    let lag = status.end_offset.saturating_sub(match_offset);
+                    self.follower_lag_bytes
+                        .get_or_create(&FollowerLabels {
+                            follower: member.id,
+                        })
+                        .set(i64::try_from(lag).unwrap_or(i64::MAX));
+                }
+            }
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
@@ -212,7 +249,7 @@ pub(crate) async fn serve(listener: TcpListener, node: Node, mut shutdown: watch
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let node = node.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&node, &request)) }
+                async move { Ok::<_, std::convert::Infallible>(answer(&node, &request).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
@@ -227,7 +264,7 @@ pub(crate) async fn serve(listener: TcpListener, node: Node, mut shutdown: watch
     }
 }
 
-fn answer(node: &Node, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(node: &Node, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = if request.uri().path() != "/metrics" {
         (
             StatusCode::NOT_FOUND,
@@ -244,7 +281,7 @@ fn answer(node: &Node, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            node.render_metrics(),
+            node.render_metrics().await,
         )
     };
     Response::builder()

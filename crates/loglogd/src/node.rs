@@ -31,6 +31,8 @@ pub const NODE_STATE_FILE: &str = "node.state";
 pub const LOG_DIR: &str = "log";
 /// Name of the lock file inside the data directory.
 pub const LOCK_FILE: &str = "LOCK";
+/// How long a metrics scrape waits for the raft driver's member list.
+const METRICS_MEMBERS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a node did not start. Nothing on disk is deleted on any of them.
 #[derive(Debug, thiserror::Error)]
@@ -709,8 +711,20 @@ impl Node {
     }
 
     /// The Prometheus exposition text, as `GET /metrics` serves it.
-    pub fn render_metrics(&self) -> String {
-        self.inner.shared.metrics.render(self)
+    pub async fn render_metrics(&self) -> String {
+        // The members (for per-follower lag) come from the raft driver; a
+        // busy or stopping driver must not stall the scrape, which then
+        // simply lacks the lag series.
+        let members = match &self.inner.cluster {
+            Some(cluster) => {
+                match tokio::time::timeout(METRICS_MEMBERS_TIMEOUT, cluster.members()).await {
+                    Ok(Ok(members)) => members,
+                    Ok(Err(_)) | Err(_) => Vec::new(),
+                }
+            }
+            None => Vec::new(),
+        };
+        self.inner.shared.metrics.render(self, &members)
     }
 
     pub(crate) fn node_metrics(&self) -> &crate::metrics::NodeMetrics {

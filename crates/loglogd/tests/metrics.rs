@@ -1,11 +1,15 @@
 //! The Prometheus endpoint, scraped over real HTTP from a real node that
 //! served real appends, reads and errors over TCP.
 
-use std::time::Duration;
+mod common;
 
+use std::time::{Duration, Instant};
+
+use common::free_addr;
 use loglog::Client;
 use loglog_proto::producer::PRODUCER_ENVELOPE_LEN;
-use loglogd::{Config, Node};
+use loglogd::cluster::{ClusterConfig, PeerSpec};
+use loglogd::{Config, Node, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -22,12 +26,13 @@ async fn scrape(addr: std::net::SocketAddr, path: &str) -> (String, String) {
 /// The value of the sample line that starts with `series ` (exact name and
 /// labels).
 fn sample(text: &str, series: &str) -> f64 {
+    find_sample(text, series).unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+}
+
+fn find_sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
+        .map(|value| value.trim().parse().unwrap())
 }
 
 #[tokio::test]
@@ -105,4 +110,111 @@ async fn metrics_are_off_unless_asked_for() {
     let node = Node::start(config).await.unwrap();
     assert_eq!(node.metrics_addr(), None);
     node.shutdown().await;
+}
+
+fn lag_series(follower: u64) -> String {
+    format!("loglog_follower_lag_bytes{{follower=\"{follower}\"}}")
+}
+
+/// A 3-node cluster: the leader's endpoint has one lag series per follower
+/// (none for itself), followers have none; a caught-up follower's lag drops
+/// to 0 and a stopped one's covers at least every byte appended since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_reports_each_follower_s_replication_lag() {
+    let root = tempfile::tempdir().unwrap();
+    let peers: Vec<PeerSpec> = (1..=3)
+        .map(|id| PeerSpec {
+            id,
+            peer_addr: free_addr().to_string(),
+            client_addr: format!("client-of-{id}:19194"),
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for peer in &peers {
+        let mut config = Config::new(root.path().join(format!("node{}", peer.id)));
+        config.node_id = peer.id;
+        config.listen = None;
+        config.metrics_listen = Some(free_addr());
+        let mut cluster = ClusterConfig::new(peers.clone());
+        cluster.peer_listen = peer.peer_addr.parse().unwrap();
+        config.cluster = Some(cluster);
+        nodes.push(Node::start(config).await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let leader = loop {
+        if let Some(leader) = nodes.iter().position(|n| n.status().role == Role::Leader) {
+            break leader;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let leader_id = nodes[leader].status().node_id;
+    let (kept, stopped) = ((leader + 1) % 3, (leader + 2) % 3);
+    let (kept_id, stopped_id) = (
+        nodes[kept].status().node_id,
+        nodes[stopped].status().node_id,
+    );
+    let leader_metrics = nodes[leader].metrics_addr().unwrap();
+
+    for index in 0..50u32 {
+        nodes[leader]
+            .append(format!("entry {index}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let end = nodes[leader].status().end_offset;
+    for node in &nodes {
+        assert!(node.wait_for_commit(end).await >= end);
+    }
+    // Replication is quiet now: each follower's ack of the last entry
+    // reaches the leader and its lag drops to 0.
+    loop {
+        let (_, text) = scrape(leader_metrics, "/metrics").await;
+        assert_eq!(find_sample(&text, &lag_series(leader_id)), None, "{text}");
+        let lags = [kept_id, stopped_id].map(|id| sample(&text, &lag_series(id)));
+        for lag in lags {
+            assert!((0.0..=end as f64).contains(&lag), "lag {lag}, end {end}");
+        }
+        if lags == [0.0, 0.0] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lags stay {lags:?}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for follower in [kept, stopped] {
+        let metrics = nodes[follower].metrics_addr().unwrap();
+        let (_, text) = scrape(metrics, "/metrics").await;
+        assert!(!text.contains("loglog_follower_lag_bytes{"), "{text}");
+        assert_eq!(sample(&text, "loglog_role{role=\"follower\"}"), 1.0);
+    }
+
+    nodes[stopped].shutdown().await;
+    let mut appended = 0u64;
+    for index in 0..50u32 {
+        let payload = format!("after the stop {index}").into_bytes();
+        appended += 16 + payload.len() as u64;
+        nodes[leader].append(payload).await.unwrap();
+    }
+    let end = nodes[leader].status().end_offset;
+    assert!(nodes[kept].wait_for_commit(end).await >= end);
+    loop {
+        let (_, text) = scrape(leader_metrics, "/metrics").await;
+        let stopped_lag = sample(&text, &lag_series(stopped_id));
+        assert!(
+            (appended as f64..=end as f64).contains(&stopped_lag),
+            "stopped follower's lag {stopped_lag}: appended {appended}, end {end}"
+        );
+        let kept_lag = sample(&text, &lag_series(kept_id));
+        if kept_lag == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lag of the running follower stays {kept_lag}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
 }

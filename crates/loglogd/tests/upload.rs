@@ -11,7 +11,6 @@ use loglog_proto::upload::digest;
 use loglogd::cluster::{ClusterConfig, PeerSpec};
 use loglogd::{Config, Node, Role, ServerError};
 
-#[allow(dead_code)] // the binary helpers are not used here
 mod common;
 
 struct Cluster {

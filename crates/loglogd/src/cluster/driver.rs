@@ -128,19 +128,19 @@ pub const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLUSTER_ID_VERSION: u32 = 1;
 /// Version of the durable-end file's payload.
 const DURABLE_VERSION: u32 = 1;
-const DURABLE_LEN: usize = 25;
+pub const DURABLE_LEN: usize = 25;
 
 /// `<data-dir>/raft.durable`: a lower bound of the log's synced end, and
 /// the lost-tail mark while the core keeps one. Payload, little endian:
 /// `version u32, synced_end u64, has_mark u8, mark_end u64, mark_term u32`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct DurableRecord {
-    synced_end: u64,
-    lost_tail: Option<LostTail>,
+pub struct DurableRecord {
+    pub synced_end: u64,
+    pub lost_tail: Option<LostTail>,
 }
 
 impl DurableRecord {
-    fn encode(&self) -> [u8; DURABLE_LEN] {
+    pub fn encode(&self) -> [u8; DURABLE_LEN] {
         let mut out = [0u8; DURABLE_LEN];
         out[0..4].copy_from_slice(&DURABLE_VERSION.to_le_bytes());
         out[4..12].copy_from_slice(&self.synced_end.to_le_bytes());
@@ -152,7 +152,7 @@ impl DurableRecord {
         out
     }
 
-    fn decode(path: &Path, bytes: &[u8]) -> Result<DurableRecord, StartError> {
+    pub fn decode(path: &Path, bytes: &[u8]) -> Result<DurableRecord, StartError> {
         let corrupt = |reason: String| StartError::CorruptState {
             path: path.to_path_buf(),
             reason,
@@ -172,7 +172,8 @@ impl DurableRecord {
             .map_err(|_| corrupt(format!("expected {DURABLE_LEN} bytes")))?;
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
         let lost_tail = match bytes[12] {
-            0 => None,
+            // Without a mark its fields are zero (one encoding per record).
+            0 if bytes[13..] == [0; 12] => None,
             1 => Some(LostTail {
                 end_offset: u64_at(13),
                 last_term: u32::from_le_bytes(bytes[21..25].try_into().expect("4 bytes")),
@@ -619,13 +620,13 @@ fn state_error(error: StorageError) -> StartError {
     }
 }
 
-fn encode_cluster_id(cluster_id: &str) -> Vec<u8> {
+pub fn encode_cluster_id(cluster_id: &str) -> Vec<u8> {
     let mut out = CLUSTER_ID_VERSION.to_le_bytes().to_vec();
     out.extend_from_slice(cluster_id.as_bytes());
     out
 }
 
-fn decode_cluster_id(path: &Path, bytes: &[u8]) -> Result<String, StartError> {
+pub fn decode_cluster_id(path: &Path, bytes: &[u8]) -> Result<String, StartError> {
     let corrupt = |reason: &str| StartError::CorruptState {
         path: path.to_path_buf(),
         reason: reason.to_string(),
@@ -2390,6 +2391,14 @@ mod tests {
                 record
             );
         }
+        // Found by the `state_files` fuzz target: mark fields without the
+        // mark flag were ignored, so two byte strings meant one record.
+        let mut stray_mark = DurableRecord::default().encode();
+        stray_mark[18] = 0xb1;
+        assert!(matches!(
+            DurableRecord::decode(path, &stray_mark),
+            Err(StartError::CorruptState { .. })
+        ));
         let mut bad = DurableRecord::default().encode();
         bad[12] = 2;
         assert!(DurableRecord::decode(path, &bad).is_err());

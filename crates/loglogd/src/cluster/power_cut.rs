@@ -69,7 +69,7 @@ impl SyncedMark {
 
 /// Drops every byte of the log in `log_dir` past the mark the previous
 /// process left in `data_dir` (none: nothing to drop). Returns the mark.
-pub(crate) fn drop_unsynced(data_dir: &Path, log_dir: &Path) -> io::Result<Option<u64>> {
+pub fn drop_unsynced(data_dir: &Path, log_dir: &Path) -> io::Result<Option<u64>> {
     let mark = match fs::read(data_dir.join(MARK_FILE)) {
         Ok(bytes) => match <[u8; 8]>::try_from(bytes.as_slice()) {
             Ok(bytes) => u64::from_le_bytes(bytes),
@@ -100,7 +100,8 @@ pub(crate) fn drop_unsynced(data_dir: &Path, log_dir: &Path) -> io::Result<Optio
             tracing::warn!(path = %path.display(), mark, "power-cut emulation: removed an unsynced segment");
         } else if Some(index) == holding_mark {
             let file = OpenOptions::new().write(true).open(path)?;
-            let keep = SEGMENT_HEADER_LEN as u64 + (mark - start);
+            // A damaged mark near u64::MAX keeps everything (no overflow).
+            let keep = (SEGMENT_HEADER_LEN as u64).saturating_add(mark - start);
             if file.metadata()?.len() > keep {
                 file.set_len(keep)?;
                 file.sync_all()?;
@@ -152,5 +153,22 @@ mod tests {
             "cut at the mark"
         );
         assert!(!third.exists(), "starts past the mark: removed");
+    }
+
+    /// The mark file is read back from disk: a damaged one holding an
+    /// offset near u64::MAX keeps the whole log instead of overflowing.
+    #[test]
+    fn a_mark_near_the_largest_offset_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        fs::create_dir(&log).unwrap();
+        let segment = log.join(segment_file_name(0));
+        fs::write(&segment, vec![7u8; SEGMENT_HEADER_LEN + 100]).unwrap();
+        fs::write(dir.path().join(MARK_FILE), u64::MAX.to_le_bytes()).unwrap();
+        assert_eq!(drop_unsynced(dir.path(), &log).unwrap(), Some(u64::MAX));
+        assert_eq!(
+            fs::metadata(&segment).unwrap().len(),
+            SEGMENT_HEADER_LEN as u64 + 100
+        );
     }
 }

@@ -68,7 +68,7 @@ use crate::server::until_true;
 use crate::tls::{PeerTls, Stream};
 
 pub(crate) const HANDSHAKE_MAGIC: &[u8; 8] = b"LLPEER01";
-const HANDSHAKE_FIXED_LEN: usize = 26;
+pub const HANDSHAKE_FIXED_LEN: usize = 26;
 /// Handshake answers.
 pub(crate) const ACCEPTED: u8 = 0;
 pub(crate) const WRONG_CLUSTER: u8 = 1;
@@ -99,7 +99,7 @@ const WRITE_BUFFER: usize = 256 * 1024;
 
 /// The largest frame body accepted from a peer: what the core may put in
 /// one message (`max_message_entries_bytes`) plus room for the headers.
-pub(crate) fn max_frame_len(max_message_entries_bytes: u64) -> u64 {
+pub fn max_frame_len(max_message_entries_bytes: u64) -> u64 {
     max_message_entries_bytes + 1024
 }
 
@@ -138,7 +138,7 @@ impl Identity {
     }
 }
 
-pub(crate) fn encode_handshake(from: NodeId, to: NodeId, cluster_id: &str) -> Vec<u8> {
+pub fn encode_handshake(from: NodeId, to: NodeId, cluster_id: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(HANDSHAKE_FIXED_LEN + cluster_id.len());
     out.extend_from_slice(HANDSHAKE_MAGIC);
     out.extend_from_slice(&from.to_le_bytes());
@@ -568,14 +568,7 @@ async fn receive_peer(
             });
             continue;
         }
-        let envelope = Envelope::decode(&body, max_entries_bytes)
-            .map_err(|error| format!("undecodable message: {error}"))?;
-        if envelope.from != from || envelope.to != identity.node_id {
-            return Err(format!(
-                "misaddressed message: from {} to {} on a connection from {from} to {}",
-                envelope.from, envelope.to, identity.node_id
-            ));
-        }
+        let envelope = decode_peer_frame(&body, max_entries_bytes, from, identity.node_id)?;
         drop(body);
         let is_append = matches!(envelope.message, Message::AppendEntries(_));
         let event = Event::Message {
@@ -671,6 +664,44 @@ async fn receive_upload_frame(
     }
 }
 
+/// The fixed head of a peer handshake (everything but the cluster id):
+/// `(from, to, cluster id length)`, or the answer code refusing it and why.
+pub fn decode_handshake_head(
+    fixed: &[u8; HANDSHAKE_FIXED_LEN],
+) -> Result<(NodeId, NodeId, usize), (u8, String)> {
+    if &fixed[0..8] != HANDSHAKE_MAGIC {
+        return Err((MALFORMED, "not a LogLog peer handshake".to_string()));
+    }
+    let from = u64::from_le_bytes(fixed[8..16].try_into().expect("8 bytes"));
+    let to = u64::from_le_bytes(fixed[16..24].try_into().expect("8 bytes"));
+    let id_len = usize::from(u16::from_le_bytes(
+        fixed[24..26].try_into().expect("2 bytes"),
+    ));
+    if id_len == 0 || id_len > super::MAX_CLUSTER_ID_LEN {
+        return Err((MALFORMED, format!("cluster id length {id_len}")));
+    }
+    Ok((from, to, id_len))
+}
+
+/// One frame body from the peer `from` (after the handshake) to this node
+/// `to`: the envelope, checked to be addressed as the connection is.
+pub fn decode_peer_frame(
+    body: &[u8],
+    max_entries_bytes: u64,
+    from: NodeId,
+    to: NodeId,
+) -> Result<Envelope, String> {
+    let envelope = Envelope::decode(body, max_entries_bytes)
+        .map_err(|error| format!("undecodable message: {error}"))?;
+    if envelope.from != from || envelope.to != to {
+        return Err(format!(
+            "misaddressed message: from {} to {} on a connection from {from} to {to}",
+            envelope.from, envelope.to
+        ));
+    }
+    Ok(envelope)
+}
+
 async fn accept_handshake(stream: &mut Stream, identity: &Identity) -> Result<NodeId, String> {
     let mut fixed = [0u8; HANDSHAKE_FIXED_LEN];
     stream
@@ -678,20 +709,7 @@ async fn accept_handshake(stream: &mut Stream, identity: &Identity) -> Result<No
         .await
         .map_err(|error| format!("handshake: {error}"))?;
     let refuse = |code: u8, reason: String| (code, reason);
-    let verdict = (|| {
-        if &fixed[0..8] != HANDSHAKE_MAGIC {
-            return Err(refuse(MALFORMED, "not a LogLog peer handshake".to_string()));
-        }
-        let from = u64::from_le_bytes(fixed[8..16].try_into().expect("8 bytes"));
-        let to = u64::from_le_bytes(fixed[16..24].try_into().expect("8 bytes"));
-        let id_len = usize::from(u16::from_le_bytes(
-            fixed[24..26].try_into().expect("2 bytes"),
-        ));
-        if id_len == 0 || id_len > super::MAX_CLUSTER_ID_LEN {
-            return Err(refuse(MALFORMED, format!("cluster id length {id_len}")));
-        }
-        Ok((from, to, id_len))
-    })();
+    let verdict = decode_handshake_head(&fixed);
     let (from, to, id_len) = match verdict {
         Ok(fields) => fields,
         Err((code, reason)) => {
