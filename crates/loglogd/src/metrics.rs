@@ -5,6 +5,7 @@
 //! Hot-path updates are single relaxed atomic operations (prometheus-client
 //! metrics are atomics behind an `Arc`); nothing is locked per request.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +73,10 @@ pub(crate) struct NodeMetrics {
     commit_offset: Gauge,
     end_offset: Gauge,
     start_offset: Gauge,
+    /// Upload cache hits and misses (module `cluster::upload`), copied from
+    /// the node's own counters at scrape time.
+    upload_rebuilt_entries: Counter,
+    upload_missed_messages: Counter,
     /// On the leader only: its log end minus each follower's match offset.
     follower_lag_bytes: Family<FollowerLabels, Gauge>,
 }
@@ -94,6 +99,8 @@ impl NodeMetrics {
         let commit_offset = Gauge::default();
         let end_offset = Gauge::default();
         let start_offset = Gauge::default();
+        let upload_rebuilt_entries = Counter::default();
+        let upload_missed_messages = Counter::default();
         let follower_lag_bytes = Family::default();
         registry.register("appends", "Appends acknowledged", appends.clone());
         registry.register(
@@ -141,6 +148,16 @@ impl NodeMetrics {
             start_offset.clone(),
         );
         registry.register(
+            "upload_rebuilt_entries",
+            "Entries rebuilt from client uploads (upload cache hits)",
+            upload_rebuilt_entries.clone(),
+        );
+        registry.register(
+            "upload_missed_messages",
+            "Messages by digest not rebuilt from uploads, asked of the leader instead (upload cache misses)",
+            upload_missed_messages.clone(),
+        );
+        registry.register(
             "follower_lag_bytes",
             "On the leader, per follower: the leader's log end minus the follower's match offset",
             follower_lag_bytes.clone(),
@@ -160,6 +177,8 @@ impl NodeMetrics {
             commit_offset,
             end_offset,
             start_offset,
+            upload_rebuilt_entries,
+            upload_missed_messages,
             follower_lag_bytes,
         }
     }
@@ -182,6 +201,13 @@ impl NodeMetrics {
         // match offset reported (a follower never holds more than the leader).
         let status = node.status();
         self.term.set(status.term as i64);
+        let (rebuilt, missed) = node.upload_counters();
+        self.upload_rebuilt_entries
+            .inner()
+            .store(rebuilt, Ordering::Relaxed);
+        self.upload_missed_messages
+            .inner()
+            .store(missed, Ordering::Relaxed);
         for role in ["leader", "follower", "candidate", "learner"] {
             self.role.get_or_create(&RoleLabels { role }).set(0);
         }

@@ -157,6 +157,14 @@ async fn uploaded_entries_go_by_digest_and_the_leader_sends_almost_no_payload() 
     for follower in cluster.followers(leader) {
         let (rebuilt, missed) = cluster.nodes[follower].upload_counters();
         assert_eq!((rebuilt, missed), (u64::from(count), 0));
+        // The same counts as Prometheus series (upload cache hits, misses).
+        let text = cluster.nodes[follower].render_metrics().await;
+        for line in [
+            format!("loglog_upload_rebuilt_entries_total {count}"),
+            "loglog_upload_missed_messages_total 0".to_string(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
     }
     cluster.shutdown().await;
 }
