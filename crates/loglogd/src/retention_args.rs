@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use loglogd::{parse_byte_size, parse_duration, Retention};
 
-use crate::FileSize;
+use super::FileSize;
 
 /// Each setting from its flag, its LOGLOG_* variable, the config file's
 /// `[retention]` table, or the default (retention off).
