@@ -174,11 +174,20 @@ fn a_build_that_acks_before_fsync_is_caught() {
     );
     let mut broken_args = slow_disk.to_vec();
     broken_args.push("--test-ack-before-fsync".to_string());
-    let broken = run(11, broken_args);
-    assert!(
-        broken.summary.lost > 0,
-        "power cuts on a build that acks before fsync lost nothing: {} ({})",
-        broken.summary.line(),
-        broken.details
+    // Whether a cut lands while acknowledged bytes are unsynced is chance
+    // (on a starved machine the cuts can all meet a cluster still
+    // recovering from the last one): up to three schedules, one must lose.
+    let mut missed = Vec::new();
+    for seed in [11, 12, 13] {
+        let broken = run(seed, broken_args.clone());
+        if broken.summary.lost > 0 {
+            return;
+        }
+        missed.push(format!("{} ({})", broken.summary.line(), broken.details));
+    }
+    panic!(
+        "power cuts on a build that acks before fsync lost nothing in {} runs:\n{}",
+        missed.len(),
+        missed.join("\n")
     );
 }
