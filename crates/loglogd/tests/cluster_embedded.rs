@@ -12,21 +12,8 @@ use common::free_addr;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_members_replicate_and_redirect() {
     let root = tempfile::tempdir().unwrap();
-    let peers: Vec<PeerSpec> = (1..=3)
-        .map(|id| PeerSpec {
-            id,
-            peer_addr: free_addr().to_string(),
-            client_addr: format!("client-of-{id}:19194"),
-        })
-        .collect();
     let mut nodes = Vec::new();
-    for peer in &peers {
-        let mut config = Config::new(root.path().join(format!("node{}", peer.id)));
-        config.node_id = peer.id;
-        config.listen = None;
-        let mut cluster = ClusterConfig::new(peers.clone());
-        cluster.peer_listen = peer.peer_addr.parse().unwrap();
-        config.cluster = Some(cluster);
+    for config in common::embedded_cluster_configs(root.path(), 3) {
         nodes.push(Node::start(config).await.unwrap());
     }
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use common::free_addr;
 use loglog::Client;
 use loglog_proto::producer::PRODUCER_ENVELOPE_LEN;
-use loglogd::cluster::{ClusterConfig, PeerSpec};
 use loglogd::{Config, Node, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -122,22 +121,9 @@ fn lag_series(follower: u64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_reports_each_follower_s_replication_lag() {
     let root = tempfile::tempdir().unwrap();
-    let peers: Vec<PeerSpec> = (1..=3)
-        .map(|id| PeerSpec {
-            id,
-            peer_addr: free_addr().to_string(),
-            client_addr: format!("client-of-{id}:19194"),
-        })
-        .collect();
     let mut nodes = Vec::new();
-    for peer in &peers {
-        let mut config = Config::new(root.path().join(format!("node{}", peer.id)));
-        config.node_id = peer.id;
-        config.listen = None;
+    for mut config in common::embedded_cluster_configs(root.path(), 3) {
         config.metrics_listen = Some(free_addr());
-        let mut cluster = ClusterConfig::new(peers.clone());
-        cluster.peer_listen = peer.peer_addr.parse().unwrap();
-        config.cluster = Some(cluster);
         nodes.push(Node::start(config).await.unwrap());
     }
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use loglog_proto::upload::digest;
-use loglogd::cluster::{ClusterConfig, PeerSpec};
 use loglogd::{Config, Node, Role, ServerError};
 
 mod common;
@@ -22,24 +21,10 @@ struct Cluster {
 impl Cluster {
     async fn start() -> Cluster {
         let root = tempfile::tempdir().unwrap();
-        let peers: Vec<PeerSpec> = (1..=3)
-            .map(|id| PeerSpec {
-                id,
-                peer_addr: common::free_addr().to_string(),
-                client_addr: format!("client-of-{id}:19194"),
-            })
-            .collect();
-        let mut configs = Vec::new();
+        let configs = common::embedded_cluster_configs(root.path(), 3);
         let mut nodes = Vec::new();
-        for peer in &peers {
-            let mut config = Config::new(root.path().join(format!("node{}", peer.id)));
-            config.node_id = peer.id;
-            config.listen = None;
-            let mut cluster = ClusterConfig::new(peers.clone());
-            cluster.peer_listen = peer.peer_addr.parse().unwrap();
-            config.cluster = Some(cluster);
+        for config in &configs {
             nodes.push(Node::start(config.clone()).await.unwrap());
-            configs.push(config);
         }
         Cluster {
             _root: root,

@@ -194,3 +194,30 @@ pub fn segment_starts(data_dir: &Path) -> Vec<u64> {
     starts.sort_unstable();
     starts
 }
+
+/// Configs of an embedded cluster of `members` nodes under `root` (ids from
+/// 1, peer ports from [`free_addr`], no client listener): each test adds
+/// what it needs, then starts them with `Node::start`.
+pub fn embedded_cluster_configs(root: &Path, members: u64) -> Vec<loglogd::Config> {
+    use loglogd::cluster::{ClusterConfig, PeerSpec};
+    use loglogd::Config;
+    let peers: Vec<PeerSpec> = (1..=members)
+        .map(|id| PeerSpec {
+            id,
+            peer_addr: free_addr().to_string(),
+            client_addr: format!("client-of-{id}:19194"),
+        })
+        .collect();
+    peers
+        .iter()
+        .map(|peer| {
+            let mut config = Config::new(root.join(format!("node{}", peer.id)));
+            config.node_id = peer.id;
+            config.listen = None;
+            let mut cluster = ClusterConfig::new(peers.clone());
+            cluster.peer_listen = peer.peer_addr.parse().expect("free_addr is an address");
+            config.cluster = Some(cluster);
+            config
+        })
+        .collect()
+}
