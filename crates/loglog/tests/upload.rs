@@ -93,7 +93,14 @@ async fn assert_every_member_holds(cluster: &Cluster, expected: &[Vec<u8>]) {
 async fn uploaded_appends_are_replicated_by_digest() {
     let cluster = start_cluster().await;
     let client = Client::connect(&cluster.client_addrs).await.unwrap();
-    client.enable_upload(UploadConfig::default()).await.unwrap();
+    // Room for every upload of the test at once: with the default bound
+    // (2 MiB, 32 uploads of a little over 64 KiB) a slow machine that has
+    // not answered the first uploads yet skips the last ones, by design.
+    let config = UploadConfig {
+        max_queued_bytes: 8 * 1024 * 1024,
+        ..UploadConfig::default()
+    };
+    client.enable_upload(config).await.unwrap();
     let leader = cluster
         .nodes
         .iter()
