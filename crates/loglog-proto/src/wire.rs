@@ -740,7 +740,9 @@ pub enum ServerError {
     #[error("outcome of the retried append unknown: its producer sequence is outside the node's dedup window; nothing was appended now")]
     SequenceUnknown,
     /// Body: a UTF-8 message. An admin request did not finish in time
-    /// (e.g. the added node did not catch up); it may still finish later.
+    /// (e.g. the added node did not catch up), or an append was not
+    /// committed within the node's `max_commit_wait` (no majority stored
+    /// it); either may still finish later.
     #[error("timed out: {message}")]
     TimedOut { message: String },
     /// Body: a UTF-8 message. The connection's token (or its lack of one)

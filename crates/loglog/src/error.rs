@@ -12,7 +12,8 @@ use loglog_proto::wire::ServerError;
 /// [`Error::is_indeterminate`] tells. Most [`Error::Server`] answers mean
 /// the node refused the request and nothing changed; `ShuttingDown` and
 /// `Unavailable` may also answer an append that was already written (and
-/// replicated) when the node stopped or its disk failed, so for appends
+/// replicated) when the node stopped or its disk failed, and `TimedOut` one
+/// that was not committed in time but may still commit, so for appends
 /// they are indeterminate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -93,6 +94,7 @@ impl Error {
                 | Error::Server {
                     source: ServerError::ShuttingDown
                         | ServerError::Unavailable { .. }
+                        | ServerError::TimedOut { .. }
                         | ServerError::SequenceUnknown,
                     ..
                 }

@@ -117,6 +117,12 @@ pub struct Limits {
     /// disconnected: a stalled client must not hold its share of the node's
     /// budgets forever.
     pub client_stall_timeout: Duration,
+    /// Longest an append waits for its commit in a replicated cluster; then
+    /// it is answered `TimedOut`, which is indeterminate: the entry may
+    /// still commit (clients with a producer id retry it without a second
+    /// copy). Keeps clients from waiting forever when no majority can store
+    /// entries (full disks, followers that answer but cannot write).
+    pub max_commit_wait: Duration,
 }
 
 /// What a request costs in memory besides its frame (its task or queue
@@ -141,6 +147,7 @@ impl Default for Limits {
             max_read_bytes: 4 * 1024 * 1024,
             max_long_poll_wait: Duration::from_secs(60),
             client_stall_timeout: Duration::from_secs(30),
+            max_commit_wait: Duration::from_secs(10),
         }
     }
 }
@@ -248,6 +255,9 @@ impl Config {
         }
         if limits.client_stall_timeout.is_zero() {
             return Err("the client stall timeout must not be zero".to_string());
+        }
+        if limits.max_commit_wait.is_zero() {
+            return Err("the longest commit wait must not be zero".to_string());
         }
         // One whole entry must always fit the byte bounds, or it could never pass.
         let largest_frame = self.max_entry_size as usize + FRAME_SLACK as usize;

@@ -301,6 +301,7 @@ struct FileLimits {
     max_read_bytes: Option<FileSize>,
     max_long_poll_wait: Option<String>,
     client_stall_timeout: Option<String>,
+    max_commit_wait: Option<String>,
 }
 
 /// The node's bounds (`loglogd::Limits`): each from its flag, its LOGLOG_*
@@ -341,6 +342,10 @@ struct LimitArgs {
     /// A client that stalls this long is disconnected (e.g. 30s).
     #[arg(long, env = "LOGLOG_CLIENT_STALL_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     client_stall_timeout: Option<Duration>,
+    /// Longest an append waits for its commit (replicated mode); then it
+    /// is answered TimedOut and may still commit (e.g. 10s).
+    #[arg(long, env = "LOGLOG_MAX_COMMIT_WAIT", value_name = "DURATION", value_parser = parse_duration)]
+    max_commit_wait: Option<Duration>,
 }
 
 impl LimitArgs {
@@ -409,6 +414,10 @@ impl LimitArgs {
             &mut self.client_stall_timeout,
             duration("client_stall_timeout", file.client_stall_timeout)?,
         );
+        or(
+            &mut self.max_commit_wait,
+            duration("max_commit_wait", file.max_commit_wait)?,
+        );
         Ok(())
     }
 
@@ -431,7 +440,8 @@ impl LimitArgs {
             max_write_batch_bytes,
             max_read_bytes,
             max_long_poll_wait,
-            client_stall_timeout
+            client_stall_timeout,
+            max_commit_wait
         );
         limits
     }
@@ -624,6 +634,7 @@ fn printed_config(config: &Config) -> String {
             max_read_bytes: size(limits.max_read_bytes as usize),
             max_long_poll_wait: Some(loglogd::format_duration(limits.max_long_poll_wait)),
             client_stall_timeout: Some(loglogd::format_duration(limits.client_stall_timeout)),
+            max_commit_wait: Some(loglogd::format_duration(limits.max_commit_wait)),
         }),
         tls: config.tls.as_ref().map(|tls| FileTls {
             cert: Some(tls.cert.clone()),

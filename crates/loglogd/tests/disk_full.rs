@@ -11,6 +11,10 @@
 //! * A follower of a 3-node cluster: while its disk is full the other two
 //!   keep committing, the follower stays up and never fails; after the
 //!   ballast is deleted it catches up, byte for byte.
+//! * A leader of a 3-node cluster fills up: it hands over.
+//! * Two followers fill up: no majority can store an append, so the leader
+//!   answers it `TimedOut` after `--max-commit-wait` instead of never; once
+//!   space returns it commits after all.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -328,7 +332,8 @@ fn status(addr: SocketAddr) -> Option<NodeStatus> {
     NodeStatus::decode(&call(&mut stream, Request::Status).ok()?)
 }
 
-/// Three nodes: 1 and 2 on the ordinary disk, 3 on a 4 MiB tmpfs.
+/// Three nodes, those `start` names on one 8 MiB tmpfs, the others on the
+/// ordinary disk.
 struct ThreeNodes {
     disk: SmallDisk,
     members: Vec<Member>,
@@ -337,10 +342,11 @@ struct ThreeNodes {
 }
 
 impl ThreeNodes {
-    fn start() -> ThreeNodes {
+    /// Members `small` on the tmpfs, every member with `extra` flags.
+    fn start(small: &[u64], extra: &[&str]) -> ThreeNodes {
         let root = tempfile::tempdir().unwrap();
         let mount = tempfile::tempdir().unwrap();
-        let disk = SmallDisk::mount(mount.path(), "4m");
+        let disk = SmallDisk::mount(mount.path(), "8m");
         let peers: Vec<(u64, SocketAddr, SocketAddr)> = (1..=3)
             .map(|id| (id, common::free_addr(), common::free_addr()))
             .collect();
@@ -352,8 +358,8 @@ impl ThreeNodes {
         let mut members: Vec<Member> = peers
             .iter()
             .map(|&(id, peer, client)| {
-                let data_dir = if id == 3 {
-                    mount.path().join("data")
+                let data_dir = if small.contains(&id) {
+                    mount.path().join(format!("data{id}"))
                 } else {
                     root.path().join(format!("node{id}"))
                 };
@@ -371,8 +377,10 @@ impl ThreeNodes {
                     "--segment-size",
                     "256KiB",
                 ]
-                .map(String::from)
-                .to_vec();
+                .iter()
+                .chain(extra)
+                .map(|arg| arg.to_string())
+                .collect();
                 Member {
                     id,
                     client,
@@ -383,7 +391,7 @@ impl ThreeNodes {
             })
             .collect();
         for member in &mut members {
-            member.child = Some(if member.id == 3 {
+            member.child = Some(if small.contains(&member.id) {
                 disk.start_node(&member.args, &member.log)
             } else {
                 Command::new(env!("CARGO_BIN_EXE_loglogd"))
@@ -510,7 +518,7 @@ fn append_cluster_payloads(
 
 #[test]
 fn a_follower_with_a_full_disk_catches_up_when_space_returns() {
-    let mut cluster = ThreeNodes::start();
+    let mut cluster = ThreeNodes::start(&[3], &[]);
     cluster.lead_with(|id| id != 3, 1);
     let client = Client::connect(&cluster.clients).unwrap();
     let mut acknowledged = Vec::new();
@@ -548,7 +556,7 @@ fn a_follower_with_a_full_disk_catches_up_when_space_returns() {
 
 #[test]
 fn a_leader_with_a_full_disk_hands_over_and_the_cluster_goes_on() {
-    let mut cluster = ThreeNodes::start();
+    let mut cluster = ThreeNodes::start(&[3], &[]);
     cluster.lead_with(|id| id == 3, 3);
     let client = Client::connect(&cluster.clients).unwrap();
     let mut acknowledged = Vec::new();
@@ -583,5 +591,58 @@ fn a_leader_with_a_full_disk_hands_over_and_the_cluster_goes_on() {
     );
 
     cluster.disk.remove(&ballast);
+    cluster.node3_catches_up(&acknowledged);
+}
+
+#[test]
+fn appends_no_majority_can_store_time_out_and_commit_once_space_returns() {
+    let mut cluster = ThreeNodes::start(&[2, 3], &["--max-commit-wait", "1s"]);
+    cluster.lead_with(|id| id == 1, 1);
+    let client = Client::connect(&cluster.clients).unwrap();
+    let mut acknowledged = Vec::new();
+    append_cluster_payloads(&client, 0..100, &mut acknowledged);
+
+    // Both followers' disk fills up: the leader takes appends but cannot
+    // commit them. Each is answered TimedOut after about a second, not never.
+    let ballast = cluster.disk.fill();
+    let mut leader = connect(
+        cluster.members[0].child.as_mut().unwrap(),
+        cluster.members[0].client,
+        &cluster.members[0].log,
+    );
+    let (timed_out, waited) = (0..2_000)
+        .find_map(|n| {
+            let payload = numbered_payload(n);
+            let sent = Instant::now();
+            match append(&mut leader, &payload) {
+                Ok(offset) => {
+                    acknowledged.push((offset, payload));
+                    None
+                }
+                Err(error) => Some((error, sent.elapsed())),
+            }
+        })
+        .expect("8 MiB of appends fit on two full followers' disks");
+    let ServerError::TimedOut { message } = &timed_out else {
+        panic!("expected TimedOut, got {timed_out}\n{}", cluster.logs());
+    };
+    assert!(message.contains("may still commit"), "{message}");
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
+    assert_eq!(cluster.leader(), Some(1), "{}", cluster.logs());
+    let at_timeout = status(cluster.members[0].client).unwrap();
+    assert!(at_timeout.end_offset > at_timeout.commit_offset, "{at_timeout:?}");
+
+    // Space returns: the entry that timed out commits after all, and both
+    // followers catch up with every acknowledged append.
+    cluster.disk.remove(&ballast);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(cluster.members[0].client).unwrap().commit_offset < at_timeout.end_offset {
+        assert!(Instant::now() < deadline, "never committed\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cluster.node3_is_running());
     cluster.node3_catches_up(&acknowledged);
 }

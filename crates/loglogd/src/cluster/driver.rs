@@ -505,6 +505,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         tick: cluster.tick,
         next_tick: now + cluster.tick,
         max_catch_up_ticks: cluster.election_ticks,
+        max_commit_wait: config.limits.max_commit_wait,
         stopping: None,
         handoff: None,
         failed: false,
@@ -1007,6 +1008,9 @@ struct Waiter {
     /// The term it was proposed in: the committed entry at `offset` is this
     /// append's own iff it has this term.
     term: u32,
+    /// When it began to wait: past `Limits::max_commit_wait` it is answered
+    /// `TimedOut`.
+    since: Instant,
     reply: Reply,
 }
 
@@ -1096,6 +1100,8 @@ struct Driver {
     tick: Duration,
     next_tick: Instant,
     max_catch_up_ticks: u32,
+    /// `Limits::max_commit_wait`.
+    max_commit_wait: Duration,
     stopping: Option<Instant>,
     /// A stopping leader hands its leadership over first (since when), so
     /// the cluster does not wait out an election timeout: a rolling restart
@@ -1808,6 +1814,7 @@ impl Driver {
                         offset,
                         end,
                         term: self.raft.term(),
+                        since: Instant::now(),
                         reply: request.reply,
                     });
                 } else {
@@ -1860,6 +1867,7 @@ impl Driver {
             offset: located.offset,
             end: located.offset,
             term: located.term,
+            since: Instant::now(),
             reply: request.reply,
         };
         if located.offset < self.raft.commit_offset() {
@@ -1908,6 +1916,48 @@ impl Driver {
         self.publish_status();
         if self.durable_saved_at.elapsed() >= CHECKPOINT_INTERVAL {
             self.save_durable();
+        }
+        self.expire_waiters(now);
+    }
+
+    /// Answers `TimedOut` to every append that has waited for its commit
+    /// longer than `max_commit_wait`: a cluster where no majority can store
+    /// entries (full disks, lost followers that still answer heartbeats, no
+    /// quorum after a step-down) must not keep clients waiting forever. The
+    /// entry stays in the log and may still commit, so the answer is
+    /// indeterminate, never `NotLeader`.
+    fn expire_waiters(&mut self, now: Instant) {
+        let expired = |waiter: &Waiter| now.duration_since(waiter.since) >= self.max_commit_wait;
+        let mut timed_out = Vec::new();
+        // In offset order, which is also the order they began to wait.
+        while self.waiters.front().is_some_and(expired) {
+            timed_out.push(self.waiters.pop_front().expect("checked"));
+        }
+        if self.in_doubt.iter().any(expired) {
+            let (late, waiting) = std::mem::take(&mut self.in_doubt)
+                .into_iter()
+                .partition(expired);
+            self.in_doubt = waiting;
+            timed_out.extend::<Vec<Waiter>>(late);
+        }
+        if timed_out.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            appends = timed_out.len(),
+            commit = self.raft.commit_offset(),
+            wait = %crate::format_duration(self.max_commit_wait),
+            "appends not committed in time: answered TimedOut (they may still commit)"
+        );
+        for waiter in timed_out {
+            waiter.reply.send(Err(ServerError::TimedOut {
+                message: format!(
+                    "append at offset {} not committed within {} (no majority has stored it: \
+                     full disks, slow or unreachable followers); it may still commit",
+                    waiter.offset,
+                    crate::format_duration(self.max_commit_wait)
+                ),
+            }));
         }
     }
 
