@@ -605,11 +605,8 @@ fn appends_no_majority_can_store_time_out_and_commit_once_space_returns() {
     // Both followers' disk fills up: the leader takes appends but cannot
     // commit them. Each is answered TimedOut after about a second, not never.
     let ballast = cluster.disk.fill();
-    let mut leader = connect(
-        cluster.members[0].child.as_mut().unwrap(),
-        cluster.members[0].client,
-        &cluster.members[0].log,
-    );
+    let node1 = &mut cluster.members[0];
+    let mut leader = connect(node1.child.as_mut().unwrap(), node1.client, &node1.log);
     let (timed_out, waited) = (0..2_000)
         .find_map(|n| {
             let payload = numbered_payload(n);
@@ -633,14 +630,21 @@ fn appends_no_majority_can_store_time_out_and_commit_once_space_returns() {
     );
     assert_eq!(cluster.leader(), Some(1), "{}", cluster.logs());
     let at_timeout = status(cluster.members[0].client).unwrap();
-    assert!(at_timeout.end_offset > at_timeout.commit_offset, "{at_timeout:?}");
+    assert!(
+        at_timeout.end_offset > at_timeout.commit_offset,
+        "{at_timeout:?}"
+    );
 
     // Space returns: the entry that timed out commits after all, and both
     // followers catch up with every acknowledged append.
     cluster.disk.remove(&ballast);
     let deadline = Instant::now() + Duration::from_secs(30);
     while status(cluster.members[0].client).unwrap().commit_offset < at_timeout.end_offset {
-        assert!(Instant::now() < deadline, "never committed\n{}", cluster.logs());
+        assert!(
+            Instant::now() < deadline,
+            "never committed\n{}",
+            cluster.logs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(cluster.node3_is_running());
