@@ -88,7 +88,10 @@
 //! writer and sync thread pipelined: about 6,950 fsyncs/s and 459,000
 //! entries/s, median sync 122 us (364,000 entries/s without the readback),
 //! against 3,000-4,500 fsyncs/s and median 180-300 us with
-//! [`Preallocation::Off`].
+//! [`Preallocation::Off`]. Zeroing costs a second write of every byte, which
+//! only small syncs gain from: while syncs cover 64 KiB or more on average
+//! (large entries), the tail is not zeroed and the writer appends into a
+//! growing file (`prealloc.rs`, "Only for small syncs").
 //!
 //! # Recovery
 //!

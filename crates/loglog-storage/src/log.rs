@@ -111,7 +111,10 @@ pub(crate) struct Shared {
     start: AtomicU64,
     /// Written end: every byte below it is written and readable.
     end: AtomicU64,
-    durable: AtomicU64,
+    pub(crate) durable: AtomicU64,
+    /// fdatasyncs of the tail that had written bytes to cover: with
+    /// `durable`, how many bytes one sync covers (see [`crate::prealloc`]).
+    pub(crate) data_syncs: AtomicU64,
     /// Serializes syncs with each other and with truncate/trim, so that the
     /// durable offset never claims bytes a truncation removed.
     sync_lock: Mutex<()>,
@@ -141,6 +144,7 @@ impl Shared {
             start: AtomicU64::new(start),
             end: AtomicU64::new(end),
             durable: AtomicU64::new(end),
+            data_syncs: AtomicU64::new(0),
             sync_lock: Mutex::new(()),
             pending_rolls: Mutex::new(Vec::new()),
             poisoned: Mutex::new(None),
@@ -236,6 +240,9 @@ impl Shared {
             tail.file
                 .sync_data()
                 .map_err(|error| self.poison(StorageError::io("fdatasync", &tail.path())(error)))?;
+            if target > durable {
+                self.data_syncs.fetch_add(1, Ordering::Relaxed);
+            }
         }
         // Monotonic: a truncation lowers `durable` only while holding
         // `sync_lock`, so no sync is in flight then.
