@@ -198,6 +198,7 @@
 //! counting replicas, forget to persist its vote, or count bytes durable
 //! before the fsync. They exist so the simulator can prove it catches each.
 
+mod fresh;
 pub mod log;
 pub mod membership;
 pub mod message;

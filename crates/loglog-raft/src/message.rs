@@ -29,6 +29,8 @@
 //! bytes are errors. Decoding never panics. (Entry headers and CRCs inside
 //! `entries` are checked by the receiving node, not here.)
 
+use bytes::Bytes;
+
 use crate::log::{Checkpoint, LogStateError};
 use crate::types::{NodeId, Term};
 
@@ -88,8 +90,9 @@ pub struct AppendEntries {
     pub prev_term: Term,
     /// The leader's commit offset.
     pub leader_commit: u64,
-    /// Whole entries, raw log bytes, starting at `prev_offset`.
-    pub entries: Vec<u8>,
+    /// Whole entries, raw log bytes, starting at `prev_offset`. Shared, not
+    /// copied, between the leader's memory, its messages and their frames.
+    pub entries: Bytes,
 }
 
 /// A follower's answer to `AppendEntries`; also sent unprompted when its
@@ -221,9 +224,18 @@ const FLAG_SECOND: u8 = 2;
 
 impl Envelope {
     pub fn encode(&self, out: &mut Vec<u8>) {
+        let tail = self.encode_head(out);
+        out.extend_from_slice(&tail);
+    }
+
+    /// Appends the encoding of this envelope to `out` except its last part,
+    /// the entries of an `AppendEntries` (empty for other messages), which
+    /// it returns: the encoding is `out`'s new bytes followed by them, so a
+    /// transport can write large entries without copying them into a frame.
+    pub fn encode_head(&self, out: &mut Vec<u8>) -> Bytes {
         out.extend_from_slice(&self.from.to_le_bytes());
         out.extend_from_slice(&self.to.to_le_bytes());
-        self.message.encode(out);
+        self.message.encode_head(out)
     }
 
     /// Decodes a whole envelope; `max_entries_bytes` caps AppendEntries.
@@ -239,6 +251,12 @@ impl Envelope {
 impl Message {
     /// Appends the encoding of this message to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        let tail = self.encode_head(out);
+        out.extend_from_slice(&tail);
+    }
+
+    /// [`Envelope::encode_head`] for the message alone.
+    pub fn encode_head(&self, out: &mut Vec<u8>) -> Bytes {
         let flags = |first: bool, second: bool| {
             (if first { FLAG_PRE_VOTE } else { 0 }) | (if second { FLAG_SECOND } else { 0 })
         };
@@ -258,14 +276,14 @@ impl Message {
             Message::AppendEntries(m) => {
                 let len = u32::try_from(m.entries.len())
                     .expect("a batch is bounded by max_batch_bytes plus one entry, under 4 GiB");
-                out.reserve(33 + m.entries.len());
                 out.push(KIND_APPEND_ENTRIES);
                 out.extend_from_slice(&m.term.to_le_bytes());
                 out.extend_from_slice(&m.prev_offset.to_le_bytes());
                 out.extend_from_slice(&m.prev_term.to_le_bytes());
                 out.extend_from_slice(&m.leader_commit.to_le_bytes());
                 out.extend_from_slice(&len.to_le_bytes());
-                out.extend_from_slice(&m.entries);
+                // The last field: the caller sends it after `out`.
+                return m.entries.clone();
             }
             Message::AppendResponse(m) => {
                 out.push(KIND_APPEND_RESPONSE);
@@ -318,6 +336,7 @@ impl Message {
                 out.extend_from_slice(&checkpoint);
             }
         }
+        Bytes::new()
     }
 
     /// Decodes exactly one message filling `bytes`.
@@ -357,7 +376,7 @@ impl Message {
                         max: max_entries_bytes,
                     });
                 }
-                let entries = reader.take(len as usize)?.to_vec();
+                let entries = Bytes::copy_from_slice(reader.take(len as usize)?);
                 Message::AppendEntries(AppendEntries {
                     term,
                     prev_offset,
@@ -506,7 +525,7 @@ mod tests {
                         prev_offset,
                         prev_term,
                         leader_commit,
-                        entries,
+                        entries: Bytes::from(entries),
                     })
                 }),
             (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
@@ -610,7 +629,7 @@ mod tests {
             prev_offset: 0,
             prev_term: 0,
             leader_commit: 0,
-            entries: vec![0; 100],
+            entries: Bytes::from(vec![0; 100]),
         });
         let mut bytes = Vec::new();
         message.encode(&mut bytes);

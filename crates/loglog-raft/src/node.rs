@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use bytes::Bytes;
+
 use loglog_proto::entry::{
     decode_trim_payload, encode_entry_with_flags, encode_trim_payload, EntryHeader, EntryIter,
     EntryKind, TRIM_PAYLOAD_LEN,
@@ -10,6 +12,7 @@ use loglog_proto::entry::{
 use loglog_proto::producer::ENTRY_FLAG_PRODUCER;
 use loglog_proto::ENTRY_HEADER_LEN;
 
+use crate::fresh::FreshEntries;
 use crate::log::{Checkpoint, LogRead, LogReadError, LogState, LostTail, RecoveredLog, TermMap};
 use crate::membership::{MemberAddress, Membership, MembershipChange};
 use crate::message::{
@@ -44,7 +47,7 @@ pub enum Action {
     Append {
         write_id: WriteId,
         offset: u64,
-        bytes: Vec<u8>,
+        bytes: Bytes,
     },
     /// Cut the log at `offset` (an entry boundary above the commit offset):
     /// every byte from `offset` on is discarded. This does not fail client
@@ -191,11 +194,10 @@ struct PendingRead {
 #[derive(Clone, Debug)]
 struct LeaderState {
     progress: BTreeMap<NodeId, Progress>,
-    /// Our own entries not yet committed, from `fresh_start` on: what we
-    /// send to followers that are caught up, without reading storage (the
-    /// driver has not necessarily written them yet when we send).
-    fresh: VecDeque<u8>,
-    fresh_start: u64,
+    /// Our own entries not yet committed: what we send to followers that
+    /// are caught up, without reading storage (the driver has not
+    /// necessarily written them yet when we send).
+    fresh: FreshEntries,
     /// Offset of this term's no-op: once the commit offset passes it, this
     /// leader's commit offset is up to date (read-index needs that).
     term_start: u64,
@@ -829,8 +831,7 @@ impl RaftNode {
             .collect();
         self.leader = Some(LeaderState {
             progress,
-            fresh: VecDeque::new(),
-            fresh_start: end,
+            fresh: FreshEntries::starting_at(end),
             term_start: end,
             heartbeat_elapsed: 0,
             heartbeat_due: false,
@@ -1106,10 +1107,7 @@ impl RaftNode {
             }
             let write_id = self.log.record_write(self.log.end);
             let offset = first.offset;
-            let mut bytes = append.entries;
-            if start > 0 {
-                bytes.drain(..start);
-            }
+            let bytes = append.entries.slice(start..);
             self.actions.push(Action::Append {
                 write_id,
                 offset,
@@ -1443,7 +1441,8 @@ impl RaftNode {
             .expect("a leader appends entries of its own, highest, term");
         let write_id = self.log.record_write(self.log.end);
         let leader = self.leader.as_mut().expect("only a leader appends locally");
-        leader.fresh.extend(bytes.iter());
+        let bytes = Bytes::from(bytes);
+        leader.fresh.push(bytes.clone());
         if kind == EntryKind::Config {
             let membership = Membership::decode(payload).expect("encoded by Membership::encode");
             let end = self.log.end;
@@ -1566,11 +1565,7 @@ impl RaftNode {
             commit_offset: commit,
         });
         if let Some(leader) = self.leader.as_mut() {
-            if commit > leader.fresh_start {
-                let drop = (commit - leader.fresh_start).min(leader.fresh.len() as u64);
-                leader.fresh.drain(..drop as usize);
-                leader.fresh_start += drop;
-            }
+            leader.fresh.forget_below(commit);
         }
         self.process_reads();
         if self.role == Role::Leader && !self.membership().is_voter(self.config.id) {
@@ -1729,7 +1724,7 @@ impl RaftNode {
                     Err(_) => return, // Retried on the next call.
                 }
             } else {
-                Vec::new()
+                Bytes::new()
             };
             let message = AppendEntries {
                 term: self.hard.term,
@@ -1800,9 +1795,9 @@ impl RaftNode {
         from: u64,
         budget: u64,
         log: &dyn LogRead,
-    ) -> Result<Vec<u8>, Option<u64>> {
+    ) -> Result<Bytes, Option<u64>> {
         let leader = self.leader.as_ref().expect("role is leader");
-        if from >= leader.fresh_start {
+        if from >= leader.fresh.start() {
             let limit = from.saturating_add(budget);
             // The last boundary at or below the limit, but past `from`.
             let boundaries = &self.log.boundaries;
@@ -1819,16 +1814,7 @@ impl RaftNode {
                 let next = boundaries.partition_point(|&start| start <= from);
                 end = boundaries.get(next).copied().unwrap_or(self.log.end);
             }
-            let start_index = (from - leader.fresh_start) as usize;
-            let end_index = (end - leader.fresh_start) as usize;
-            let (front, back) = leader.fresh.as_slices();
-            let mut bytes = Vec::with_capacity(end_index - start_index);
-            for (slice, base) in [(front, 0), (back, front.len())] {
-                let from_index = start_index.clamp(base, base + slice.len()) - base;
-                let to_index = end_index.clamp(base, base + slice.len()) - base;
-                bytes.extend_from_slice(&slice[from_index..to_index]);
-            }
-            return Ok(bytes);
+            return Ok(leader.fresh.range(from, end));
         }
         let bytes = match log.read(from, budget) {
             Ok(bytes) => bytes,
@@ -1853,7 +1839,7 @@ impl RaftNode {
         }
         let mut bytes = bytes;
         bytes.truncate(taken as usize);
-        Ok(bytes)
+        Ok(Bytes::from(bytes))
     }
 
     // ----- follower: acknowledgements -----
@@ -1949,7 +1935,7 @@ impl RaftNode {
                 .all(|(offset, _)| *offset >= self.commit));
             if let Some(leader) = &self.leader {
                 assert_eq!(
-                    leader.fresh_start + leader.fresh.len() as u64,
+                    leader.fresh.end(),
                     self.log.end,
                     "the leader's fresh entries end at the log's end"
                 );

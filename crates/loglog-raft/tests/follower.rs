@@ -44,7 +44,7 @@ fn append(term: u32, prev_offset: u64, prev_term: u32, entries: Vec<u8>) -> Mess
         prev_offset,
         prev_term,
         leader_commit: 0,
-        entries,
+        entries: entries.into(),
     })
 }
 
@@ -309,7 +309,7 @@ fn any_message() -> impl Strategy<Value = Message> {
                     prev_offset,
                     prev_term,
                     leader_commit,
-                    entries,
+                    entries: entries.into(),
                 })
             }),
         (term.clone(), offset.clone(), any::<u64>()).prop_map(|(term, commit, read_seq)| {

@@ -1448,7 +1448,7 @@ impl Sim {
                 prev_offset: head.prev_offset,
                 prev_term: head.prev_term,
                 leader_commit: head.leader_commit,
-                entries,
+                entries: entries.into(),
             }),
         };
         self.send(leader, envelope);

@@ -228,7 +228,7 @@ impl UploadModel {
                     prev_offset: head.prev_offset,
                     prev_term: head.prev_term,
                     leader_commit: head.leader_commit,
-                    entries,
+                    entries: entries.into(),
                 }))
             }
             Err(RebuildError::Missing(_)) => {

@@ -67,6 +67,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use loglog_proto::entry::{EntryIter, ENTRY_HEADER_LEN};
 use loglog_proto::wire::{MemberStatus, Role as WireRole, ServerError};
 use loglog_raft::{
@@ -82,7 +83,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::power_cut::{self, SyncedMark};
-use super::transport::{self, Identity, PeerQueue};
+use super::transport::{self, Frame, Identity, PeerQueue};
 use super::upload::{LeaderDigests, MissReport, UploadCache};
 use super::{ClusterConfig, CHECKPOINT_FILE, CLUSTER_ID_FILE, DURABLE_FILE, RESET_FILE};
 use crate::config::{Config, Fsync};
@@ -1561,7 +1562,8 @@ impl Driver {
             Input::Event(Event::UploadMissed { from, miss }) => self.resend_missed(from, miss),
             Input::Event(Event::ReportMiss { leader, miss }) => {
                 if let Some(link) = self.links.get(&leader) {
-                    link.queue.push(miss.encode_frame(self.node_id, leader));
+                    link.queue
+                        .push(Frame::whole(miss.encode_frame(self.node_id, leader)));
                 }
             }
             Input::Event(Event::Admin(command, reply)) => self.start_admin(command, reply),
@@ -1753,7 +1755,7 @@ impl Driver {
             let end =
                 (append.prev_offset + append.entries.len() as u64).max(self.raft.end_offset());
             if self.reserve_space_to(end).is_err() {
-                append.entries = Vec::new();
+                append.entries = Bytes::new();
             }
         }
         Message::AppendEntries(append)
@@ -2202,16 +2204,17 @@ impl Driver {
                     self.upload_digests
                         .encode_by_digest_frame(envelope.from, envelope.to, message)
                 {
-                    link.queue.push(frame);
+                    link.queue.push(Frame::whole(frame));
                     return;
                 }
             }
         }
-        let mut frame = vec![0u8; 4];
-        envelope.encode(&mut frame);
-        let len = u32::try_from(frame.len() - 4).expect("messages are capped far below 4 GiB");
-        frame[0..4].copy_from_slice(&len.to_le_bytes());
-        link.queue.push(frame);
+        let mut head = vec![0u8; 4];
+        let body = envelope.encode_head(&mut head);
+        let len = u32::try_from(head.len() - 4 + body.len())
+            .expect("messages are capped far below 4 GiB");
+        head[0..4].copy_from_slice(&len.to_le_bytes());
+        link.queue.push(Frame { head, body });
     }
 
     /// A follower could not rebuild entries we sent by digest: send them
@@ -2234,7 +2237,7 @@ impl Driver {
         }
         let max = u32::try_from(miss.entries_len).unwrap_or(u32::MAX);
         let entries = match self.reader.read(miss.prev_offset, max, wanted_end) {
-            Ok(chunk) => chunk.bytes,
+            Ok(chunk) => Bytes::from(chunk.bytes),
             Err(error) => {
                 tracing::debug!(%error, "cannot read entries a follower missed");
                 return;

@@ -56,6 +56,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use loglog_raft::{Envelope, Message, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -150,6 +151,28 @@ pub fn encode_handshake(from: NodeId, to: NodeId, cluster_id: &str) -> Vec<u8> {
     out
 }
 
+/// One encoded frame: `head`, then `body` (the entries of an
+/// `AppendEntries`, shared with the leader's memory: large ones go to the
+/// socket without being copied into a frame).
+pub(crate) struct Frame {
+    pub(crate) head: Vec<u8>,
+    pub(crate) body: Bytes,
+}
+
+impl Frame {
+    /// A frame encoded in one piece.
+    pub(crate) fn whole(bytes: Vec<u8>) -> Frame {
+        Frame {
+            head: bytes,
+            body: Bytes::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+}
+
 /// An outbound queue of encoded frames for one peer.
 pub(crate) struct PeerQueue {
     state: Mutex<QueueState>,
@@ -157,7 +180,7 @@ pub(crate) struct PeerQueue {
 }
 
 struct QueueState {
-    frames: VecDeque<Vec<u8>>,
+    frames: VecDeque<Frame>,
     bytes: usize,
     connected: bool,
     dropped: u64,
@@ -186,7 +209,7 @@ impl PeerQueue {
 
     /// Queues a frame; drops it when disconnected or over the byte bound
     /// (best effort, as the core expects). Never blocks on the network.
-    pub(crate) fn push(&self, frame: Vec<u8>) {
+    pub(crate) fn push(&self, frame: Frame) {
         let mut state = self.lock();
         if !state.connected || state.bytes + frame.len() > MAX_PEER_QUEUE_BYTES {
             state.dropped += 1;
@@ -208,7 +231,7 @@ impl PeerQueue {
     }
 
     /// Waits for frames and takes them all.
-    async fn take_all(&self, into: &mut Vec<Vec<u8>>) {
+    async fn take_all(&self, into: &mut Vec<Frame>) {
         loop {
             {
                 let mut state = self.lock();
@@ -370,19 +393,20 @@ async fn send_frames(
     loop {
         queue.take_all(&mut frames).await;
         for frame in frames.drain(..) {
-            if buffer.len() + frame.len() > WRITE_BUFFER {
-                if !buffer.is_empty() {
-                    stream.write_all(&buffer).await?;
-                    count(buffer.len());
-                    buffer.clear();
-                }
-                if frame.len() > WRITE_BUFFER {
-                    stream.write_all(&frame).await?;
-                    count(frame.len());
-                    continue;
-                }
+            if buffer.len() + frame.len() > WRITE_BUFFER && !buffer.is_empty() {
+                stream.write_all(&buffer).await?;
+                count(buffer.len());
+                buffer.clear();
             }
-            buffer.extend_from_slice(&frame);
+            if frame.len() > WRITE_BUFFER {
+                // Large entries go from the leader's memory to the socket.
+                stream.write_all(&frame.head).await?;
+                stream.write_all(&frame.body).await?;
+                count(frame.len());
+                continue;
+            }
+            buffer.extend_from_slice(&frame.head);
+            buffer.extend_from_slice(&frame.body);
         }
         if !buffer.is_empty() {
             stream.write_all(&buffer).await?;

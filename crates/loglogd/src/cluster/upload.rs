@@ -416,7 +416,7 @@ pub(crate) async fn rebuild(
                 prev_offset: head.prev_offset,
                 prev_term: head.prev_term,
                 leader_commit: head.leader_commit,
-                entries,
+                entries: entries.into(),
             })
         }
         Err(error) => {
@@ -486,7 +486,7 @@ mod tests {
             prev_offset: 500,
             prev_term: 2,
             leader_commit: 400,
-            entries,
+            entries: entries.into(),
         };
         let frame = digests.encode_by_digest_frame(1, 2, &message).unwrap();
         assert!(frame.len() < 300);

@@ -1,0 +1,136 @@
+//! The leader's own uncommitted entries, kept in memory: it sends them to
+//! caught-up followers without reading storage (its driver has not
+//! necessarily written them yet) and without copying them.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+/// The leader's entries from [`FreshEntries::start`] to the log's end, each
+/// the one `Bytes` it encoded, shared with its `Append` action and with the
+/// messages that carry it.
+#[derive(Clone, Debug)]
+pub(crate) struct FreshEntries {
+    /// `(offset, whole entry)`, in offset order, contiguous.
+    entries: VecDeque<(u64, Bytes)>,
+    start: u64,
+    end: u64,
+}
+
+impl FreshEntries {
+    /// None yet: they will start at `offset`, the log's end.
+    pub(crate) fn starting_at(offset: u64) -> FreshEntries {
+        FreshEntries {
+            entries: VecDeque::new(),
+            start: offset,
+            end: offset,
+        }
+    }
+
+    pub(crate) fn start(&self) -> u64 {
+        self.start
+    }
+
+    pub(crate) fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Adds the next entry (whole, encoded), at [`FreshEntries::end`].
+    pub(crate) fn push(&mut self, entry: Bytes) {
+        let len = entry.len() as u64;
+        self.entries.push_back((self.end, entry));
+        self.end += len;
+    }
+
+    /// Forgets the entries that end at or below `offset` (committed ones).
+    pub(crate) fn forget_below(&mut self, offset: u64) {
+        while let Some((at, entry)) = self.entries.front() {
+            let entry_end = at + entry.len() as u64;
+            if entry_end > offset {
+                break;
+            }
+            self.start = entry_end;
+            self.entries.pop_front();
+        }
+    }
+
+    /// The bytes from `from` to `to`, both within `start..=end`: a shared
+    /// slice of one entry when they lie in one, else copied once into one
+    /// buffer.
+    pub(crate) fn range(&self, from: u64, to: u64) -> Bytes {
+        assert!(
+            self.start <= from && from <= to && to <= self.end,
+            "{from}..{to} lies within the fresh entries {}..{}",
+            self.start,
+            self.end
+        );
+        if from == to {
+            return Bytes::new();
+        }
+        let first = self
+            .entries
+            .partition_point(|(at, _)| *at <= from)
+            .checked_sub(1)
+            .expect("from >= start, and the first entry begins at start");
+        let (at, entry) = &self.entries[first];
+        let skip = (from - at) as usize;
+        if to - at <= entry.len() as u64 {
+            return entry.slice(skip..(to - at) as usize);
+        }
+        let mut joined = BytesMut::with_capacity((to - from) as usize);
+        for (at, entry) in self.entries.range(first..) {
+            if *at >= to {
+                break;
+            }
+            let lo = from.saturating_sub(*at) as usize;
+            let hi = ((to - at) as usize).min(entry.len());
+            joined.extend_from_slice(&entry[lo..hi]);
+        }
+        debug_assert_eq!(joined.len() as u64, to - from);
+        joined.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh_of(lens: &[usize], start: u64) -> (FreshEntries, Vec<u8>) {
+        let mut fresh = FreshEntries::starting_at(start);
+        let mut all = Vec::new();
+        for (index, &len) in lens.iter().enumerate() {
+            let entry: Vec<u8> = (0..len).map(|i| (index * 31 + i) as u8).collect();
+            all.extend_from_slice(&entry);
+            fresh.push(Bytes::from(entry));
+        }
+        (fresh, all)
+    }
+
+    #[test]
+    fn ranges_are_the_bytes_and_one_entry_is_shared_not_copied() {
+        let (fresh, all) = fresh_of(&[5, 7, 3, 9], 100);
+        assert_eq!((fresh.start(), fresh.end()), (100, 124));
+        for from in 100..=124 {
+            for to in from..=124 {
+                let range = fresh.range(from, to);
+                assert_eq!(&range[..], &all[(from - 100) as usize..(to - 100) as usize]);
+            }
+        }
+        // The second entry, whole: the very bytes pushed, no copy.
+        let second = fresh.range(105, 112);
+        assert_eq!(second.as_ptr(), fresh.entries[1].1.as_ptr());
+    }
+
+    #[test]
+    fn forgetting_drops_only_whole_entries_below() {
+        let (mut fresh, all) = fresh_of(&[5, 7, 3], 0);
+        fresh.forget_below(4);
+        assert_eq!(fresh.start(), 0, "the first entry ends past 4");
+        fresh.forget_below(12);
+        assert_eq!(fresh.start(), 12);
+        assert_eq!(&fresh.range(12, 15)[..], &all[12..15]);
+        fresh.forget_below(15);
+        assert_eq!((fresh.start(), fresh.end()), (15, 15));
+        assert!(fresh.range(15, 15).is_empty());
+    }
+}
