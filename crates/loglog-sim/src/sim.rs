@@ -416,14 +416,20 @@ struct Client {
 }
 
 /// [`LogRead`] over a node's disk, as the real storage serves it.
-struct DiskLog<'a>(&'a [u8]);
+struct DiskLog<'a>(&'a Disk);
 
 impl LogRead for DiskLog<'_> {
     /// Whole entries from `from`, CRC-checked like the real storage's
     /// reader: a corrupt first entry is an error, a corrupt later one ends
-    /// the chunk early.
+    /// the chunk early; below the log's start, `Trimmed` (the trimmed
+    /// bytes are gone; the core then sends a snapshot).
     fn read(&self, from: u64, max_bytes: u64) -> Result<Vec<u8>, LogReadError> {
-        let log = self.0;
+        if from < self.0.start() {
+            return Err(LogReadError::Trimmed {
+                start: self.0.start(),
+            });
+        }
+        let log = self.0.log();
         let Some(rest) = log.get(from as usize..) else {
             return Err(LogReadError::Storage(format!(
                 "read at {from} past the end {}",
@@ -1041,7 +1047,7 @@ impl Sim {
             let Some(core) = node.core.as_mut() else {
                 return;
             };
-            let actions = core.take_actions(&DiskLog(node.disk.log()));
+            let actions = core.take_actions(&DiskLog(&node.disk));
             if actions.is_empty() {
                 break;
             }
@@ -1426,14 +1432,14 @@ impl Sim {
         if core.role() != Role::Leader || core.term() != head.term {
             return;
         }
-        let log = self.nodes[leader].disk.log();
+        let disk = &self.nodes[leader].disk;
         let Some(wanted_end) = head.prev_offset.checked_add(head.entries_len) else {
             return;
         };
-        if wanted_end > log.len() as u64 || head.entries_len == 0 {
+        if wanted_end > disk.log().len() as u64 || head.entries_len == 0 {
             return;
         }
-        let Ok(entries) = DiskLog(log).read(head.prev_offset, head.entries_len) else {
+        let Ok(entries) = DiskLog(disk).read(head.prev_offset, head.entries_len) else {
             return;
         };
         self.uploads

@@ -57,3 +57,23 @@ fn both_cluster_sizes_and_the_seed_choice_agree() {
     let options = SimOptions::new(42);
     assert_eq!(sim::run(&options).nodes, sim::founding_voters(&options));
 }
+
+/// A leader that trimmed its log (and has not restarted since, which would
+/// have told its core the new start) must catch up followers behind that
+/// start with a snapshot. The simulated disk used to answer their reads
+/// with a storage error where the real storage answers `Trimmed`, so the
+/// core never learned its start and these two seeds stalled for good.
+#[test]
+fn followers_behind_a_trimmed_leader_are_caught_up_with_a_snapshot() {
+    for seed in [64_320, 66_891] {
+        let mut options = SimOptions::new(seed);
+        options.nodes = Some(5);
+        let report = sim::run(&options);
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed}: {:#?}",
+            report.violations
+        );
+        assert!(report.resets > 0, "seed {seed}: no follower was re-seeded");
+    }
+}
