@@ -169,6 +169,11 @@ pub trait LogRead {
     /// when it alone is larger. Never returns part of an entry. May return
     /// fewer bytes than available (e.g. to stop at a segment's end), but not
     /// zero bytes when an entry starts at `from`.
+    ///
+    /// Below the log's start (after a `TrimPrefix`) it must answer
+    /// [`LogReadError::Trimmed`] with that start, never a storage error:
+    /// that answer is how a leader learns its new start and sends a
+    /// follower behind it a snapshot instead of retrying the read forever.
     fn read(&self, from: u64, max_bytes: u64) -> Result<Vec<u8>, LogReadError>;
 }
 
