@@ -196,7 +196,12 @@ fn zeroing_ahead_never_lands_on_data() {
             encode_entry(1, EntryKind::Data, &payload, &mut bytes);
             id += 1;
         }
-        writer.append(&bytes).unwrap();
+        let written = writer.append(&bytes).unwrap();
+        // Each sync covers one batch at most (under 64 KiB), so the
+        // preparer keeps zeroing: it stops while syncs are large.
+        while syncer.durable_offset() < written {
+            std::thread::yield_now();
+        }
         batch = batch % 97 + 1;
     }
     stop.store(true, Ordering::Release);
@@ -234,4 +239,45 @@ fn zeroing_ahead_never_lands_on_data() {
         offset = chunk.next_offset();
     }
     assert_eq!(next, id);
+}
+
+#[test]
+fn large_syncs_append_into_a_growing_file_without_zeroing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StorageConfig::new(dir.path());
+    config.segment_size = 64 * 1024 * 1024;
+    let (mut writer, syncer, reader) = open(config.clone()).unwrap();
+    // 256 KiB per sync: past the first syncs, zeroing would only double
+    // the disk writes, so the file grows with the data alone.
+    let mut id = 0u32;
+    while writer.end_offset() < 40 * 1024 * 1024 {
+        let mut bytes = Vec::new();
+        for _ in 0..4 {
+            let mut payload = id.to_le_bytes().to_vec();
+            payload.resize(64 * 1024, id as u8);
+            encode_entry(1, EntryKind::Data, &payload, &mut bytes);
+            id += 1;
+        }
+        writer.append(&bytes).unwrap();
+        syncer.sync().unwrap();
+    }
+    let end = writer.end_offset();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(reader.segment_count(), 1);
+    let segment = dir.path().join("00000000000000000000.seg");
+    assert_eq!(
+        std::fs::metadata(&segment).unwrap().len(),
+        32 + end,
+        "nothing zeroed past the data"
+    );
+    drop((writer, syncer, reader));
+
+    let (writer, _syncer, reader) = open(config).unwrap();
+    assert_eq!(writer.end_offset(), end);
+    let chunk = reader.read(0, 1 << 20, end).unwrap();
+    let first = EntryIter::new(&chunk.bytes, 0, DEFAULT_MAX_PAYLOAD)
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.payload[..4], 0u32.to_le_bytes());
 }
