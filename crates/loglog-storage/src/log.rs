@@ -475,6 +475,7 @@ impl LogWriter {
             if write_end + ZERO_AHEAD / 2 > zeroed
                 && zeroed < zero_limit
                 && self.tail.zero.enabled()
+                && !preparer.zeroing_paused()
             {
                 preparer.wake();
             }

@@ -93,6 +93,9 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 const LARGE_SYNC_BYTES: u64 = 64 * 1024;
 /// Syncs over which the bytes per sync are averaged.
 const SYNC_SAMPLE: u64 = 16;
+/// While zeroing is paused for large syncs, how often the preparer looks
+/// again (the writer does not wake it for zeroing then).
+const SYNC_RECHECK: Duration = Duration::from_millis(50);
 
 /// Whether recent syncs were large, from the log's durable offset and
 /// count of data syncs.
@@ -365,6 +368,9 @@ struct Control {
     state: Mutex<ControlState>,
     wake: Condvar,
     wake_requested: AtomicBool,
+    /// Set while syncs are large and the tail is not zeroed: the writer
+    /// then need not wake the preparer after every append.
+    zeroing_paused: AtomicBool,
     /// Numbers the prepared files (`prealloc-N.tmp`), whoever creates them.
     next_id: AtomicU64,
 }
@@ -389,6 +395,7 @@ impl Preparer {
             }),
             wake: Condvar::new(),
             wake_requested: AtomicBool::new(true),
+            zeroing_paused: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
         });
         let thread_control = control.clone();
@@ -403,6 +410,12 @@ impl Preparer {
             control,
             thread: Some(thread),
         })
+    }
+
+    /// Whether zeroing ahead is paused (large syncs): waking the preparer
+    /// for it would find nothing to do.
+    pub(crate) fn zeroing_paused(&self) -> bool {
+        self.control.zeroing_paused.load(Ordering::Acquire)
     }
 
     /// Asks the preparer to look for work. Cheap when it was already asked.
@@ -482,6 +495,9 @@ fn run(control: &Control, shared: &Shared, segment_size: u64) {
         let tail = shared.tail();
         let write_position = tail.position(tail.end.load(Ordering::Acquire));
         let zeroing_pays = !sync_size.large(shared);
+        control
+            .zeroing_paused
+            .store(!zeroing_pays, Ordering::Release);
         if zeroing_pays {
             match tail
                 .zero
@@ -551,6 +567,12 @@ fn run(control: &Control, shared: &Shared, segment_size: u64) {
             let (_state, _) = control
                 .wake
                 .wait_timeout(state, ERROR_BACKOFF)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        } else if !worked && !zeroing_pays {
+            // Nobody wakes us for zeroing now: look at the syncs again soon.
+            let (_state, _) = control
+                .wake
+                .wait_timeout(state, SYNC_RECHECK)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         } else if !worked {
             while !state.shutdown && !control.wake_requested.load(Ordering::Acquire) {

@@ -1919,7 +1919,10 @@ impl Driver {
         if self.durable_saved_at.elapsed() >= CHECKPOINT_INTERVAL {
             self.save_durable();
         }
-        self.expire_waiters(now);
+        if ticks > 0 {
+            // Tick precision is plenty for a bound of seconds.
+            self.expire_waiters(now);
+        }
     }
 
     /// Answers `TimedOut` to every append that has waited for its commit
@@ -1936,11 +1939,11 @@ impl Driver {
             timed_out.push(self.waiters.pop_front().expect("checked"));
         }
         if self.in_doubt.iter().any(expired) {
-            let (late, waiting) = std::mem::take(&mut self.in_doubt)
+            let (late, waiting): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.in_doubt)
                 .into_iter()
                 .partition(expired);
             self.in_doubt = waiting;
-            timed_out.extend::<Vec<Waiter>>(late);
+            timed_out.extend(late);
         }
         if timed_out.is_empty() {
             return;
