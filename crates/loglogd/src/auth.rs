@@ -181,6 +181,12 @@ impl ConnectionAccess {
         }
     }
 
+    /// Whether the connection may make no request at all: with
+    /// authentication on, until a known token was sent.
+    pub(crate) fn holds_no_role(&self) -> bool {
+        self.roles.is_empty()
+    }
+
     /// Checks a request of `request_opcode` (not AUTH) against the
     /// connection's roles: `Err(Unauthorized)` is its whole answer.
     pub(crate) fn admit(&self, request_opcode: u8) -> Result<(), ServerError> {

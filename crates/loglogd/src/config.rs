@@ -123,6 +123,10 @@ pub struct Limits {
     /// copy). Keeps clients from waiting forever when no majority can store
     /// entries (full disks, followers that answer but cannot write).
     pub max_commit_wait: Duration,
+    /// With client tokens configured, a connection that holds no role this
+    /// long after it was accepted (no AUTH, or only unknown tokens) is
+    /// closed: strangers cannot keep connection slots from real clients.
+    pub auth_timeout: Duration,
 }
 
 /// What a request costs in memory besides its frame (its task or queue
@@ -148,6 +152,7 @@ impl Default for Limits {
             max_long_poll_wait: Duration::from_secs(60),
             client_stall_timeout: Duration::from_secs(30),
             max_commit_wait: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -258,6 +263,9 @@ impl Config {
         }
         if limits.max_commit_wait.is_zero() {
             return Err("the longest commit wait must not be zero".to_string());
+        }
+        if limits.auth_timeout.is_zero() {
+            return Err("the auth timeout must not be zero".to_string());
         }
         // One whole entry must always fit the byte bounds, or it could never pass.
         let largest_frame = self.max_entry_size as usize + FRAME_SLACK as usize;

@@ -302,6 +302,7 @@ struct FileLimits {
     max_long_poll_wait: Option<String>,
     client_stall_timeout: Option<String>,
     max_commit_wait: Option<String>,
+    auth_timeout: Option<String>,
 }
 
 /// The node's bounds (`loglogd::Limits`): each from its flag, its LOGLOG_*
@@ -346,6 +347,10 @@ struct LimitArgs {
     /// is answered TimedOut and may still commit (e.g. 10s).
     #[arg(long, env = "LOGLOG_MAX_COMMIT_WAIT", value_name = "DURATION", value_parser = parse_duration)]
     max_commit_wait: Option<Duration>,
+    /// With auth tokens: a connection still without a role this long after
+    /// it connected is closed (e.g. 10s).
+    #[arg(long, env = "LOGLOG_AUTH_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    auth_timeout: Option<Duration>,
 }
 
 impl LimitArgs {
@@ -418,6 +423,10 @@ impl LimitArgs {
             &mut self.max_commit_wait,
             duration("max_commit_wait", file.max_commit_wait)?,
         );
+        or(
+            &mut self.auth_timeout,
+            duration("auth_timeout", file.auth_timeout)?,
+        );
         Ok(())
     }
 
@@ -441,7 +450,8 @@ impl LimitArgs {
             max_read_bytes,
             max_long_poll_wait,
             client_stall_timeout,
-            max_commit_wait
+            max_commit_wait,
+            auth_timeout
         );
         limits
     }
@@ -635,6 +645,7 @@ fn printed_config(config: &Config) -> String {
             max_long_poll_wait: Some(loglogd::format_duration(limits.max_long_poll_wait)),
             client_stall_timeout: Some(loglogd::format_duration(limits.client_stall_timeout)),
             max_commit_wait: Some(loglogd::format_duration(limits.max_commit_wait)),
+            auth_timeout: Some(loglogd::format_duration(limits.auth_timeout)),
         }),
         tls: config.tls.as_ref().map(|tls| FileTls {
             cert: Some(tls.cert.clone()),
@@ -1053,10 +1064,10 @@ cluster_id = "file-cluster"
         let reread =
             config_from(parse_args(["loglogd", "--config", printed.to_str().unwrap()]).unwrap());
         assert_eq!(reread.auth, config.auth);
-        // No token: auth is off and nothing about it is printed.
+        // No token: auth is off and no token table is printed.
         let off = config_from(parse_args(["loglogd"]).unwrap());
         assert!(!off.auth.is_enabled());
-        assert!(!printed_config(&off).contains("auth"));
+        assert!(!printed_config(&off).contains("[auth"));
         // Bad entries are errors that name the file.
         for bad in [
             "[[auth.tokens]]\nname = \"x\"\nsha256 = \"abc\"\nroles = [\"read\"]\n".to_string(),

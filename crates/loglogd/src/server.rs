@@ -457,6 +457,10 @@ async fn read_requests<R: AsyncRead + Unpin>(
     let stall_timeout = config.limits.client_stall_timeout;
     let stall_check = tokio::time::sleep(stall_timeout);
     tokio::pin!(stall_check);
+    // Only armed while the connection holds no role (auth on, no known
+    // token yet): then it is closed when this fires.
+    let auth_deadline = tokio::time::sleep(config.limits.auth_timeout);
+    tokio::pin!(auth_deadline);
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     // Whether `buffer` is an allocation made for the one (large) frame it
     // is receiving, so that frame may keep it without a copy.
@@ -567,6 +571,10 @@ async fn read_requests<R: AsyncRead + Unpin>(
                         return;
                     }
                     stall_check.as_mut().reset(deadline);
+                }
+                () = &mut auth_deadline, if access.holds_no_role() => {
+                    tracing::debug!(%peer, timeout = ?config.limits.auth_timeout, "client sent no known token in time; closing");
+                    return;
                 }
                 // The writer gave up on this client: nobody to answer.
                 _ = sink.closed() => return,

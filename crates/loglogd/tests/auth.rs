@@ -388,3 +388,56 @@ fn a_cluster_client_authenticates_again_on_every_redirect() {
     assert_eq!(offsets.len(), 2);
     assert!(offsets[1] > offsets[0]);
 }
+
+/// Reads until the node closes `stream`; panics if it sends anything else.
+fn wait_for_close(stream: &mut TcpStream) {
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the node to close the connection, got {other:?}"),
+    }
+}
+
+#[test]
+fn connections_without_a_known_token_are_closed_after_the_auth_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, writer_entry) = new_token("writer", "read,append");
+    let config = dir.path().join("loglogd.toml");
+    std::fs::write(&config, writer_entry).unwrap();
+    let node = start_node(
+        dir.path(),
+        &["--config", config.to_str().unwrap(), "--auth-timeout", "1s"],
+    );
+    let accepted = Instant::now();
+    let mut silent = raw_connect(&node);
+    let mut unknown = raw_connect(&node);
+    let (status, _) = raw_call(&mut unknown, Request::Auth { token: b"llt_x" }, 1);
+    assert_eq!(status, 12, "an unknown token is refused");
+    let mut known = raw_connect(&node);
+    let (status, _) = raw_call(
+        &mut known,
+        Request::Auth {
+            token: writer.as_bytes(),
+        },
+        1,
+    );
+    assert_eq!(status, STATUS_OK);
+
+    wait_for_close(&mut silent);
+    wait_for_close(&mut unknown);
+    let waited = accepted.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(15),
+        "closed after {waited:?}"
+    );
+    // The authenticated connection outlives the timeout.
+    assert_eq!(raw_call(&mut known, APPEND, 2).0, STATUS_OK);
+
+    // With authentication off the timeout closes nothing.
+    let open_dir = tempfile::tempdir().unwrap();
+    let open = start_node(open_dir.path(), &["--auth-timeout", "1s"]);
+    let mut idle = raw_connect(&open);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(raw_call(&mut idle, APPEND, 1).0, STATUS_OK);
+}
