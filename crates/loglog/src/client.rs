@@ -48,6 +48,15 @@ pub struct ClientConfig {
     pub max_response_body: u32,
     /// How long opening one TCP connection may take.
     pub connect_timeout: Duration,
+    /// How long a node may leave a request unanswered (on top of a read's
+    /// long-poll wait, and two minutes more for admin requests, which
+    /// nodes bound themselves) before the client gives up on the
+    /// connection: every request on it then fails as IO `TimedOut` (an
+    /// append's outcome is unknown: retried, then [`Error::InDoubt`]), and
+    /// the next call opens a fresh one. Guards against a node that stops
+    /// answering without closing the connection (a stopped process, a
+    /// black-holed link). It must cover sending the largest request.
+    pub request_timeout: Duration,
     /// How many `NotLeader` answers naming a leader one call follows at
     /// once. Past them, and when no leader is known or reachable (an
     /// election is under way), the call retries with backoff until
@@ -75,6 +84,7 @@ impl Default for ClientConfig {
             max_in_flight: 1024,
             max_response_body: 64 * 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
             max_redirects: 3,
             leader_wait: Duration::from_secs(10),
             tls: None,
@@ -596,6 +606,7 @@ impl Client {
                 config.max_in_flight,
                 config.max_response_body,
                 config.connect_timeout,
+                config.request_timeout,
             )
             .await
             {

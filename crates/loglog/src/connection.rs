@@ -7,9 +7,19 @@
 //! connection's failure) arrives, so the pending map, the writer's queue and
 //! the node's work for this connection are all bounded.
 //!
-//! When the connection fails (IO error, end of stream, protocol violation),
-//! every pending request fails with a typed error, and so does every later
-//! request: a failed connection is never reused.
+//! When the connection fails (IO error, end of stream, protocol violation,
+//! or a request left unanswered past its deadline), every pending request
+//! fails with a typed error, and so does every later request: a failed
+//! connection is never reused.
+//!
+//! **Deadlines.** A node that stops answering without closing the
+//! connection (a stopped process, a black-holed link) would otherwise keep
+//! its callers waiting until the OS gives up on the socket, which can take
+//! many minutes. Each request must be answered within the client's
+//! `request_timeout` of being sent, plus the time the node may rightly take
+//! (a read's long-poll wait, an admin request's own bound); a watchdog in
+//! the reader fails the connection when one is not, as `TimedOut` IO, which
+//! callers already treat as "outcome unknown, reconnect".
 
 use std::collections::HashMap;
 use std::io;
@@ -19,12 +29,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use loglog_proto::wire::{
-    FrameHeader, ServerError, CONNECTION_OPCODE, FRAME_HEADER_LEN, STATUS_OK,
+    opcode, FrameHeader, ServerError, CONNECTION_OPCODE, FRAME_HEADER_LEN, STATUS_OK,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::tls::ClientTls;
@@ -39,6 +50,13 @@ const READ_CHUNK: usize = 64 * 1024;
 /// A large body is buffered in steps of at most this, so a hostile length
 /// field cannot make the client allocate more than it actually receives.
 const MAX_RESERVE_STEP: usize = 4 * 1024 * 1024;
+/// What an admin request may take on top of the request timeout: a node
+/// answers adding a member once it has caught up, within two minutes
+/// (`loglogd`'s `ADD_NODE_TIMEOUT`), or `TimedOut`.
+const ADMIN_ALLOWANCE: Duration = Duration::from_secs(130);
+/// Where a read request's long-poll wait (u32, milliseconds) sits in its
+/// body: after the offset (u64) and max bytes (u32).
+const READ_WAIT_MS_AT: usize = 12;
 
 /// The answer to one request: its body on success, or a typed error.
 pub(crate) type Reply = Result<Bytes, Error>;
@@ -76,6 +94,8 @@ impl Failure {
 struct Pending {
     opcode: u8,
     reply: oneshot::Sender<Reply>,
+    /// Past this, unanswered, the connection is failed (see the module docs).
+    deadline: Instant,
     /// Released when the answer arrives: this is what bounds in-flight requests.
     _permit: OwnedSemaphorePermit,
 }
@@ -92,6 +112,7 @@ struct State {
 /// What the caller side, the reader and the writer share.
 struct Shared {
     addr: String,
+    request_timeout: Duration,
     in_flight: Arc<Semaphore>,
     state: Mutex<State>,
     /// Set when the [`Connection`] handle is dropped: the reader stops once
@@ -160,6 +181,7 @@ impl Connection {
         max_in_flight: usize,
         max_response_body: u32,
         connect_timeout: Duration,
+        request_timeout: Duration,
     ) -> Result<Connection, Error> {
         let connect_error = |source| Error::Connect {
             addr: addr.to_string(),
@@ -203,8 +225,10 @@ impl Connection {
             max_in_flight > 0,
             "at least one request must be allowed in flight"
         );
+        assert!(!request_timeout.is_zero(), "a request must get some time");
         let shared = Arc::new(Shared {
             addr: addr.to_string(),
+            request_timeout,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             state: Mutex::new(State::default()),
             closing: AtomicBool::new(false),
@@ -265,6 +289,7 @@ impl Connection {
             .await
             .map_err(|_| failed())?;
         let (reply, answer) = oneshot::channel();
+        let deadline = Instant::now() + self.shared.request_timeout + allowance(opcode, &body);
         let request_id = {
             let mut state = self.shared.lock();
             if let Some(failure) = &state.failure {
@@ -278,6 +303,7 @@ impl Connection {
                 Pending {
                     opcode,
                     reply,
+                    deadline,
                     _permit: permit,
                 },
             );
@@ -375,9 +401,56 @@ async fn write_batch<W: AsyncWrite + Unpin>(socket: &mut W, batch: &mut Vec<u8>)
     Ok(())
 }
 
+/// How long a node may rightly take to answer a request, on top of the
+/// request timeout.
+fn allowance(opcode: u8, body: &[u8]) -> Duration {
+    match opcode {
+        opcode::READ => body
+            .get(READ_WAIT_MS_AT..READ_WAIT_MS_AT + 4)
+            .map(|wait| u32::from_le_bytes(wait.try_into().expect("4 bytes")))
+            .map_or(Duration::ZERO, |wait_ms| {
+                Duration::from_millis(u64::from(wait_ms))
+            }),
+        opcode::ADMIN => ADMIN_ALLOWANCE,
+        _ => Duration::ZERO,
+    }
+}
+
 async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, socket: R, max_response_body: u32) {
-    let failure = read_answers(&shared, socket, max_response_body).await;
+    let failure = tokio::select! {
+        failure = read_answers(&shared, socket, max_response_body) => failure,
+        failure = overdue(&shared) => failure,
+    };
     shared.fail(failure);
+}
+
+/// Returns once a pending request is past its deadline. Checks a few times
+/// per request timeout, at most once a second: deadlines are a safety net
+/// for a silent node, not a latency bound.
+async fn overdue(shared: &Shared) -> Failure {
+    let every =
+        (shared.request_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now = Instant::now();
+        let late = shared
+            .lock()
+            .pending
+            .values()
+            .filter(|request| request.deadline <= now)
+            .count();
+        if late > 0 {
+            return Failure::Io(Arc::new(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{late} request(s) unanswered past the request timeout ({:?})",
+                    shared.request_timeout
+                ),
+            )));
+        }
+    }
 }
 
 /// Reads and dispatches answers until the connection fails (the return

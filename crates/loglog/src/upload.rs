@@ -248,6 +248,7 @@ async fn upload_task(
                         client.max_in_flight,
                         client.max_response_body,
                         client.connect_timeout,
+                        client.request_timeout,
                     )
                     .await?;
                     if let Some(token) = &client.token {

@@ -423,6 +423,48 @@ async fn a_lost_connection_fails_every_pending_request() {
 }
 
 #[tokio::test]
+async fn a_node_that_stops_answering_fails_requests_after_the_request_timeout() {
+    let test = start_node(|_| {}).await;
+    let proxy = start_proxy(test.addr.clone(), NO_MARKER).await;
+    let config = ClientConfig {
+        request_timeout: Duration::from_millis(300),
+        leader_wait: Duration::from_millis(500),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(&[&proxy.addr], config).await.unwrap();
+    // A long-poll read may take its whole wait on top of the timeout.
+    let tail = client.end_offset().await.unwrap();
+    let started = Instant::now();
+    let page = client
+        .read(tail, 1024, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(page.entries().count(), 0);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // The node's answers stop; its connections stay open (a stopped
+    // process, a black-holed link).
+    proxy.mode.send_replace(ProxyMode::Hold);
+    let started = Instant::now();
+    let error = client.status().await.unwrap_err();
+    assert!(
+        matches!(&error, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut),
+        "{error:?}"
+    );
+    let error = client.append(&b"unanswered"[..]).await.unwrap_err();
+    assert!(
+        matches!(error, Error::InDoubt { .. }) && error.is_indeterminate(),
+        "{error:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    test.node.shutdown().await;
+}
+
+#[tokio::test]
 async fn reads_fall_back_to_the_next_node_when_the_connection_is_lost() {
     let test = start_node(|_| {}).await;
     let proxy = start_proxy(test.addr.clone(), NO_MARKER).await;
