@@ -23,7 +23,7 @@ use crate::cluster::Cluster;
 use crate::netns::Network;
 use crate::relay::Relays;
 use crate::workload::Shared;
-use loglog::{AdminRequest, Client, ClientConfig};
+use loglog::{AdminRequest, Client, ClientConfig, MemberStatus, Role};
 
 /// The kinds of fault, by the names `--faults` takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +157,25 @@ async fn replace(cluster: &mut Cluster, nodes: &[String], index: usize) -> Strin
     format!("removed, wiped, re-added: {added}")
 }
 
+/// The members of the latest configuration of a node that reports itself
+/// leader, if one answers. Only a leader's view will do: a follower that
+/// was cut off may not have heard of a removal that committed without it
+/// (a removal answered with an error may have committed all the same).
+async fn leader_members(nodes: &[String]) -> Option<Vec<MemberStatus>> {
+    for node in nodes {
+        let status = async {
+            let client = Client::connect(&[node]).await?;
+            client.cluster_status().await
+        };
+        if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(2), status).await {
+            if status.node.role == Role::Leader {
+                return Some(status.members);
+            }
+        }
+    }
+    None
+}
+
 /// After a heal, every node must be a member again (the end of the run
 /// compares every node's log): a node a `replace` left out is removed for
 /// sure (idempotent), wiped and added back. Errors if that fails.
@@ -167,19 +186,14 @@ async fn restore_membership(
 ) -> Result<()> {
     let deadline = Instant::now() + RESTORE_TIMEOUT;
     loop {
-        let status = async {
-            let client = Client::connect(nodes).await?;
-            client.cluster_status().await
-        };
-        let missing: Vec<usize> = match tokio::time::timeout(ADMIN_TIMEOUT, status).await {
-            // The answering node's latest configuration.
-            Ok(Ok(status)) => (0..cluster.members.len())
-                .filter(|&index| !status.members.iter().any(|m| m.id == index as u64 + 1))
+        let missing: Vec<usize> = match leader_members(nodes).await {
+            Some(members) => (0..cluster.members.len())
+                .filter(|&index| !members.iter().any(|m| m.id == index as u64 + 1))
                 .collect(),
-            _ => {
+            None => {
                 anyhow::ensure!(
                     Instant::now() < deadline,
-                    "no cluster status to restore membership"
+                    "no leader's cluster status to restore membership"
                 );
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
