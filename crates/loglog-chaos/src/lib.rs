@@ -373,27 +373,37 @@ async fn drive(
     cluster.revive_all()?;
 
     // Convergence: every node reports the same commit offset.
+    let mut converged = true;
     let logs = match converged_logs(&nodes, Duration::from_secs(30)).await {
         Ok(logs) => logs,
         Err(error) => {
             problems.push(format!("no convergence after healing: {error:#}"));
             summary.other_failures += 1;
-            Vec::new()
+            converged = false;
+            // The history must still be checked: each node's log up to
+            // its own commit offset (a node that cannot be read is left
+            // out). Committed prefixes must agree where they overlap.
+            committed_logs_as_they_are(&nodes).await
         }
     };
     for (index, log) in logs.iter().enumerate() {
         std::fs::write(folder.join(format!("node{}.committed", index + 1)), log)?;
     }
-    if let Some(first) = logs.first() {
-        for (index, log) in logs.iter().enumerate().skip(1) {
-            if log != first {
-                let at = first.iter().zip(log).position(|(a, b)| a != b);
+    // Every committed log must be a prefix of the longest (converged: all
+    // equal). An empty log stands for a node that could not be read.
+    if let Some((longest_index, longest)) = logs.iter().enumerate().max_by_key(|(_, log)| log.len())
+    {
+        for (index, log) in logs.iter().enumerate() {
+            let converged_but_shorter = log.len() != longest.len() && !log.is_empty();
+            let differs = longest.iter().zip(log).position(|(a, b)| a != b);
+            if differs.is_some() || (converged_but_shorter && converged) {
                 problems.push(format!(
-                    "node {} committed log ({} bytes) differs from node 1's ({} bytes) at byte {:?}",
+                    "node {} committed log ({} bytes) differs from node {}'s ({} bytes) at byte {:?}",
                     index + 1,
                     log.len(),
-                    first.len(),
-                    at
+                    longest_index + 1,
+                    longest.len(),
+                    differs
                 ));
                 summary.diverged += 1;
             }
@@ -600,6 +610,22 @@ async fn converged_logs(nodes: &[String], limit: Duration) -> Result<Vec<Vec<u8>
         logs.push(read_committed(addr, commit).await?);
     }
     Ok(logs)
+}
+
+/// Each node's log up to its own commit offset, read as it is (empty for a
+/// node that does not answer).
+async fn committed_logs_as_they_are(nodes: &[String]) -> Vec<Vec<u8>> {
+    let mut logs = Vec::new();
+    for addr in nodes {
+        let log = match node_status(addr).await {
+            Some(status) => read_committed(addr, status.commit_offset)
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        logs.push(log);
+    }
+    logs
 }
 
 async fn read_committed(addr: &str, commit: u64) -> Result<Vec<u8>> {
