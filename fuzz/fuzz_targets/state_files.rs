@@ -19,7 +19,8 @@ use loglog_raft::Checkpoint;
 use loglog_storage::state_file;
 use loglogd::cluster::parse_peers;
 use loglogd::fuzzing::{
-    decode_cluster_id, drop_unsynced, encode_cluster_id, DurableRecord, NodeState, MARK_FILE,
+    decode_cluster_id, drop_unsynced, encode_cluster_id, load_synced_hint, DurableRecord,
+    NodeState, MARK_FILE, SYNCED_HINT_FILE,
 };
 
 /// One scratch directory per fuzzing process, on tmpfs when there is one.
@@ -49,6 +50,17 @@ fn framing(bytes: &[u8]) {
     let saved = scratch().join("saved.state");
     state_file::save(&saved, &payload).expect("save a loaded payload");
     assert_eq!(fs::read(&saved).expect("read the saved file"), bytes);
+}
+
+/// `raft.synced`: a synced end only from a whole, undamaged state file of
+/// exactly 8 payload bytes (anything else is ignored, never a panic).
+fn synced_hint(bytes: &[u8]) {
+    let data_dir = scratch().join("synced-hint");
+    fs::create_dir_all(&data_dir).expect("create the directory");
+    fs::write(data_dir.join(SYNCED_HINT_FILE), bytes).expect("write the hint");
+    if let Some(end) = load_synced_hint(&data_dir) {
+        assert_eq!(state_file::frame(&end.to_le_bytes()), bytes);
+    }
 }
 
 /// Segments at 0 (100 bytes of log) and 100 (50 bytes), then the mark.
@@ -110,6 +122,7 @@ fuzz_target!(|data: &[u8]| {
     match mode {
         0 => framing(bytes),
         1 => power_cut_mark(bytes),
+        2 => synced_hint(bytes),
         _ => payloads(bytes),
     }
 });

@@ -103,14 +103,7 @@ fn save_once(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
             ),
         });
     }
-    let mut framed = Vec::with_capacity(PREFIX_LEN + bytes.len() + CRC_LEN);
-    framed.extend_from_slice(&MAGIC);
-    framed.extend_from_slice(&VERSION.to_le_bytes());
-    framed.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    framed.extend_from_slice(bytes);
-    let crc = crc32c::crc32c(&framed);
-    framed.extend_from_slice(&crc.to_le_bytes());
-
+    let framed = frame(bytes);
     let temp = temp_path(path);
     let mut file = OpenOptions::new()
         .write(true)
@@ -128,6 +121,22 @@ fn save_once(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
         .and_then(|dir| dir.sync_all())
         .map_err(StorageError::io("fsync directory", dir))?;
     Ok(())
+}
+
+/// `bytes` framed as a state file holds them (module docs), for a caller
+/// that rewrites a fixed-size state in place instead of [`save`] (what
+/// [`load`] reads back either way). `bytes` must be at most
+/// [`MAX_STATE_LEN`].
+pub fn frame(bytes: &[u8]) -> Vec<u8> {
+    assert!(bytes.len() <= MAX_STATE_LEN, "state files are small");
+    let mut framed = Vec::with_capacity(PREFIX_LEN + bytes.len() + CRC_LEN);
+    framed.extend_from_slice(&MAGIC);
+    framed.extend_from_slice(&VERSION.to_le_bytes());
+    framed.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    framed.extend_from_slice(bytes);
+    let crc = crc32c::crc32c(&framed);
+    framed.extend_from_slice(&crc.to_le_bytes());
+    framed
 }
 
 /// Deletes the state saved at `path`, durably (the directory is fsynced);

@@ -6,6 +6,7 @@ pub use crate::cluster::driver::{
     decode_cluster_id, encode_cluster_id, DurableRecord, DURABLE_LEN,
 };
 pub use crate::cluster::power_cut::{drop_unsynced, MARK_FILE};
+pub use crate::cluster::synced_hint::{load as load_synced_hint, SYNCED_HINT_FILE};
 pub use crate::cluster::transport::{
     decode_handshake_head, decode_peer_frame, encode_handshake, max_frame_len, HANDSHAKE_FIXED_LEN,
 };

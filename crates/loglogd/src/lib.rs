@@ -102,6 +102,7 @@
 //! <data-dir>/cluster.id    cluster members only: the cluster id fixed at bootstrap
 //! <data-dir>/raft.checkpoint  cluster members only: commit offset, term map, membership
 //! <data-dir>/raft.durable  cluster members only: a lower bound of the synced end, lost-tail mark
+//! <data-dir>/raft.synced   cluster members only: the synced end as of the last fsync (rewritten in place)
 //! ```
 //! A node refuses to start (a typed [`StartError`]) on a node state or a
 //! segment of another format version, a damaged segment header, segments

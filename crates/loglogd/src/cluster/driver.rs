@@ -53,12 +53,14 @@
 //!   a restart scans the log from the checkpoint's commit offset only.
 //! * **Lost tail.** `<data-dir>/raft.durable` keeps a lower bound of the
 //!   log's synced end (saved with the same lazy rhythm, and lowered *before*
-//!   any truncation below it). If recovery leaves the log shorter than that,
-//!   synced entries were lost to disk damage: the core gets a
-//!   [`LostTail`] mark (that end, and the persisted term as its last term,
-//!   the conservative choice its docs allow), which is persisted in the same
-//!   file until the core clears it. Synced bytes lost within the last
-//!   interval before a crash go unnoticed (the bound lags).
+//!   any truncation below it), and `<data-dir>/raft.synced`
+//!   ([`super::synced_hint`]) the synced end as of the last fsync, exact
+//!   unless the machine lost power. If recovery leaves the log shorter than
+//!   the higher of the two, synced entries were lost to disk damage: the
+//!   core gets a [`LostTail`] mark (that end, and the persisted term as its
+//!   last term, the conservative choice its docs allow), which is persisted
+//!   in `raft.durable` until the core clears it. Only synced bytes lost to
+//!   damage *and* a power loss within the last interval go unnoticed.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File};
@@ -83,6 +85,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::power_cut::{self, SyncedMark};
+use super::synced_hint::{self, SyncedHint};
 use super::transport::{self, Frame, Identity, PeerQueue};
 use super::upload::{LeaderDigests, MissReport, UploadCache};
 use super::{ClusterConfig, CHECKPOINT_FILE, CLUSTER_ID_FILE, DURABLE_FILE, RESET_FILE};
@@ -447,6 +450,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
     let syncer = SyncerThread {
         fsync_delay: cluster.test_switches.fsync_delay,
         synced_mark: opened.synced_mark.clone(),
+        synced_hint: opened.synced_hint.clone(),
         syncer: opened.syncer,
         fsync: config.fsync,
         jobs: sync_rx,
@@ -500,6 +504,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         durable_path: config.data_dir.join(DURABLE_FILE),
         durable: opened.durable,
         synced_mark: opened.synced_mark,
+        synced_hint: opened.synced_hint,
         #[cfg(feature = "bug-injection")]
         ack_before_fsync: cluster.test_switches.ack_before_fsync,
         durable_saved_at: now,
@@ -603,6 +608,7 @@ struct Opened {
     syncer: LogSyncer,
     durable: DurableRecord,
     synced_mark: Option<Arc<SyncedMark>>,
+    synced_hint: Arc<SyncedHint>,
 }
 
 fn dir_error(dir: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
@@ -762,8 +768,14 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
     let checkpoint_path = dir.join(CHECKPOINT_FILE);
     let durable_path = dir.join(DURABLE_FILE);
     let reset_path = dir.join(RESET_FILE);
+    // The previous process's synced end, exact unless the machine lost
+    // power (see `synced_hint`). Read before anything below rewrites it.
+    let mut synced_hint = synced_hint::load(dir);
     if let Some(bytes) = state_file::load(&reset_path).map_err(state_error)? {
-        // A crash interrupted a log reset: redo it (it is idempotent).
+        // A crash interrupted a log reset: redo it (it is idempotent). The
+        // hint may predate the reset's cut: only `raft.durable`, lowered
+        // first, can be trusted then.
+        synced_hint = None;
         let checkpoint = Checkpoint::decode(&bytes).map_err(|error| StartError::CorruptState {
             path: reset_path.clone(),
             reason: error.to_string(),
@@ -802,15 +814,16 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
         None => DurableRecord::default(),
     };
     let mut lost_tail = previous.lost_tail;
-    if end < previous.synced_end {
+    let synced_end = previous.synced_end.max(synced_hint.unwrap_or(0));
+    if end < synced_end {
         tracing::error!(
             end,
-            synced_end = previous.synced_end,
+            synced_end,
             "!!! recovery cut entries this node had synced (disk damage): until a leader has \
              restored them it asks for no votes and grants none to a shorter log"
         );
         let mark = LostTail {
-            end_offset: previous.synced_end,
+            end_offset: synced_end,
             last_term: hard_state.term,
         };
         lost_tail = Some(match lost_tail {
@@ -853,6 +866,7 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
     } else {
         None
     };
+    let synced_hint = Arc::new(SyncedHint::open(dir, syncer.clone()).map_err(dir_error(dir))?);
     Ok(Opened {
         join_peers,
         lock,
@@ -862,6 +876,7 @@ fn open_cluster_dir(config: &Config, cluster: &ClusterConfig) -> Result<Opened, 
         syncer,
         durable,
         synced_mark,
+        synced_hint,
     })
 }
 
@@ -1094,6 +1109,8 @@ struct Driver {
     durable: DurableRecord,
     /// Power-cut emulation for tests (`TestSwitches::unsynced_lost_on_kill`).
     synced_mark: Option<Arc<SyncedMark>>,
+    /// `raft.synced`, capped before every cut of the log.
+    synced_hint: Arc<SyncedHint>,
     /// The deliberate bug `TestSwitches::ack_before_fsync`.
     #[cfg(feature = "bug-injection")]
     ack_before_fsync: bool,
@@ -2035,8 +2052,11 @@ impl Driver {
                         .map_err(|error| ("saving the term and vote", error))?;
                 }
                 Action::Truncate { write_id, offset } => {
-                    // The durable bound must never claim removed bytes: a
+                    // The durable bounds must never claim removed bytes: a
                     // restart would take them for disk damage.
+                    self.synced_hint
+                        .cap_before_cut(offset)
+                        .map_err(|error| ("saving the synced end", error))?;
                     if self.durable.synced_end > offset {
                         let lowered = DurableRecord {
                             synced_end: offset,
@@ -2051,6 +2071,7 @@ impl Driver {
                     self.writer
                         .truncate_suffix(offset)
                         .map_err(|error| ("truncating the log", error))?;
+                    self.synced_hint.cut_done();
                     if let Some(mark) = &self.synced_mark {
                         mark.record();
                     }
@@ -2138,6 +2159,9 @@ impl Driver {
         let start = checkpoint.commit_offset;
         state_file::save(&self.reset_path, &checkpoint.encode())
             .map_err(|error| ("saving the log reset intent", error))?;
+        self.synced_hint
+            .cap_before_cut(start)
+            .map_err(|error| ("saving the synced end", error))?;
         complete_reset(
             &mut self.writer,
             checkpoint,
@@ -2154,6 +2178,7 @@ impl Driver {
         // The log is empty from `start` on; what was below is unknown here.
         self.producers = ProducerTable::starting_at(self.producers.limits(), start);
         self.shared.written_end.store(start, Ordering::Release);
+        self.synced_hint.cut_done();
         if let Some(mark) = &self.synced_mark {
             mark.record();
         }
@@ -2381,6 +2406,7 @@ struct SyncerThread {
     /// `TestSwitches::fsync_delay`.
     fsync_delay: Duration,
     synced_mark: Option<Arc<SyncedMark>>,
+    synced_hint: Arc<SyncedHint>,
     fsync: Fsync,
     jobs: std_mpsc::Receiver<WriteId>,
     synced: Arc<AtomicU64>,
@@ -2405,6 +2431,7 @@ impl SyncerThread {
                 match crate::pipeline::timed_sync(&self.syncer, &self.shared) {
                     Ok(_) => {
                         self.shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                        self.synced_hint.record();
                         if let Some(mark) = &self.synced_mark {
                             mark.record();
                         }

@@ -59,6 +59,7 @@
 
 pub(crate) mod driver;
 pub(crate) mod power_cut;
+pub(crate) mod synced_hint;
 pub(crate) mod transport;
 pub mod upload;
 
