@@ -639,13 +639,10 @@ fn a_producer_sequence_is_appended_once_across_failovers_and_restarts() {
     );
 }
 
-/// A follower whose disk lost synced entries (its segment cut short while
-/// it was down, above its checkpoint) restarts with the core's lost-tail
-/// mark, catches up from the leader, and the mark clears.
-#[test]
-fn a_follower_that_lost_synced_entries_is_marked_and_restored() {
-    let root = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::new(root.path(), 3);
+/// Starts every member of a 3-node `cluster` and appends `count` entries
+/// through the leader: (a follower's index, the client, what was
+/// acknowledged).
+fn start_and_append(cluster: &mut Cluster, count: usize) -> (usize, Client, Vec<(Vec<u8>, u64)>) {
     for index in 0..3 {
         cluster.start(index);
     }
@@ -653,36 +650,23 @@ fn a_follower_that_lost_synced_entries_is_marked_and_restored() {
     let follower = (leader + 1) % 3;
     let client = Client::connect(&[cluster.members[leader].client.to_string()]).unwrap();
     let mut acknowledged = Vec::new();
-    for i in 0..100 {
+    for i in 0..count {
         let payload = format!("before-{i}").into_bytes();
         acknowledged.push((payload.clone(), client.append(payload).unwrap()));
     }
-    // Let the follower sync and record its synced end, then stop it cleanly.
-    std::thread::sleep(Duration::from_millis(1500));
-    let end = cluster.status(follower).unwrap().end_offset;
-    let mut child = cluster.members[follower].child.take().unwrap();
-    assert!(Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap()
-        .success());
-    assert!(child.wait().unwrap().success());
-    // Disk damage: the last entries' bytes are gone.
-    let segment = cluster.members[follower]
-        .dir
-        .join("log")
-        .join("00000000000000000000.seg");
-    File::options()
-        .write(true)
-        .open(&segment)
-        .unwrap()
-        .set_len(32 + end - 40)
-        .unwrap();
-    // Its checkpoint is from before the damage: committed bytes past it
-    // are missing, and it would rightly refuse to start. An older
-    // checkpoint is always valid: none at all (scan from the start).
-    std::fs::remove_file(cluster.members[follower].dir.join("raft.checkpoint")).unwrap();
-    cluster.start(follower);
+    (follower, client, acknowledged)
+}
+
+/// After `follower` restarted with synced entries cut from its log: more
+/// appends go through, the follower ends up holding every acknowledged
+/// entry at its offset, and its log shows the lost-tail mark set, then
+/// cleared.
+fn assert_lost_tail_marked_and_restored(
+    cluster: &Cluster,
+    follower: usize,
+    client: &Client,
+    mut acknowledged: Vec<(Vec<u8>, u64)>,
+) {
     for i in 0..50 {
         let payload = format!("after-{i}").into_bytes();
         acknowledged.push((payload.clone(), client.append(payload).unwrap()));
@@ -712,6 +696,43 @@ fn a_follower_that_lost_synced_entries_is_marked_and_restored() {
     }
 }
 
+/// A follower whose disk lost synced entries (its segment cut short while
+/// it was down, above its checkpoint) restarts with the core's lost-tail
+/// mark, catches up from the leader, and the mark clears.
+#[test]
+fn a_follower_that_lost_synced_entries_is_marked_and_restored() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 3);
+    let (follower, client, acknowledged) = start_and_append(&mut cluster, 100);
+    // Let the follower sync and record its synced end, then stop it cleanly.
+    std::thread::sleep(Duration::from_millis(1500));
+    let end = cluster.status(follower).unwrap().end_offset;
+    let mut child = cluster.members[follower].child.take().unwrap();
+    assert!(Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success());
+    // Disk damage: the last entries' bytes are gone.
+    let segment = cluster.members[follower]
+        .dir
+        .join("log")
+        .join("00000000000000000000.seg");
+    File::options()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(32 + end - 40)
+        .unwrap();
+    // Its checkpoint is from before the damage: committed bytes past it
+    // are missing, and it would rightly refuse to start. An older
+    // checkpoint is always valid: none at all (scan from the start).
+    std::fs::remove_file(cluster.members[follower].dir.join("raft.checkpoint")).unwrap();
+    cluster.start(follower);
+    assert_lost_tail_marked_and_restored(&cluster, follower, &client, acknowledged);
+}
+
 /// The same damage right after a crash: the follower is SIGKILLed as soon
 /// as the last append is acknowledged, so `raft.durable` (saved once a
 /// second) may lag what it had synced and acknowledged; `raft.synced`,
@@ -724,17 +745,7 @@ fn a_follower_that_lost_synced_entries_right_before_a_crash_is_marked() {
     // Unsynced bytes are dropped at the next start, as by a power cut: the
     // cut below then removes synced bytes only.
     cluster.extra_args = vec!["--test-unsynced-lost-on-kill".to_string()];
-    for index in 0..3 {
-        cluster.start(index);
-    }
-    let leader = cluster.wait_for_leader(&[0, 1, 2]);
-    let follower = (leader + 1) % 3;
-    let client = Client::connect(&[cluster.members[leader].client.to_string()]).unwrap();
-    let mut acknowledged = Vec::new();
-    for i in 0..200 {
-        let payload = format!("before-{i}").into_bytes();
-        acknowledged.push((payload.clone(), client.append(payload).unwrap()));
-    }
+    let (follower, client, acknowledged) = start_and_append(&mut cluster, 200);
     cluster.kill(follower);
     let dir = cluster.members[follower].dir.clone();
     let mark = std::fs::read(dir.join("test-synced-end.mark")).unwrap();
@@ -751,33 +762,7 @@ fn a_follower_that_lost_synced_entries_right_before_a_crash_is_marked() {
     // test above); none at all is always valid.
     let _ = std::fs::remove_file(dir.join("raft.checkpoint"));
     cluster.start(follower);
-    for i in 0..50 {
-        let payload = format!("after-{i}").into_bytes();
-        acknowledged.push((payload.clone(), client.append(payload).unwrap()));
-    }
-    let (payload, offset) = acknowledged.last().unwrap().clone();
-    let bytes = committed_bytes(
-        cluster.members[follower].client,
-        offset + 16 + payload.len() as u64,
-    );
-    let entries = data_entries(&bytes);
-    for (payload, offset) in &acknowledged {
-        assert_eq!(entries.get(payload), Some(&vec![*offset]));
-    }
-    let log = &cluster.members[follower].log;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap();
-        assert!(
-            text.contains("recovery cut entries this node had synced"),
-            "no lost-tail mark: {text}"
-        );
-        if text.contains("the lost tail is restored") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the mark never cleared: {text}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_lost_tail_marked_and_restored(&cluster, follower, &client, acknowledged);
 }
 
 /// Every node SIGKILLed at once under load (twice): the restarted cluster
