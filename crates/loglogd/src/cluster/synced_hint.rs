@@ -23,6 +23,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use loglog_storage::{state_file, LogSyncer, StorageError};
@@ -40,6 +41,9 @@ pub(crate) struct SyncedHint {
     /// lock also orders writers (the syncer thread, the driver), each of
     /// which reads the synced end while holding it.
     ceiling: Mutex<Option<u64>>,
+    /// Whether a failed record was logged: once per run of failures, not
+    /// after every fsync.
+    failing: AtomicBool,
 }
 
 impl SyncedHint {
@@ -56,6 +60,7 @@ impl SyncedHint {
             path,
             syncer,
             ceiling: Mutex::new(None),
+            failing: AtomicBool::new(false),
         };
         hint.record();
         Ok(hint)
@@ -74,13 +79,23 @@ impl SyncedHint {
     }
 
     /// Records the log's synced end (after an fsync). No fsync: see the
-    /// module docs. A failure is logged; it only loses precision.
+    /// module docs. A failure is logged (once until a record succeeds
+    /// again); it only loses precision.
     pub(crate) fn record(&self) {
         let ceiling = self.lock();
         let synced_end = self.syncer.durable_offset();
         let value = ceiling.map_or(synced_end, |cap| cap.min(synced_end));
-        if let Err(error) = self.write(value) {
-            tracing::warn!(path = %self.path.display(), %error, "cannot record the synced end");
+        match self.write(value) {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(path = %self.path.display(), "recording the synced end works again");
+                }
+            }
+            Err(error) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(path = %self.path.display(), %error, "cannot record the synced end; a crash with disk damage may then go unnoticed");
+                }
+            }
         }
     }
 
