@@ -5,6 +5,7 @@
 //! is accepted must encode back to the same bytes.
 #![no_main]
 
+use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use loglogd::fuzzing::{
     decode_handshake_head, decode_peer_frame, encode_handshake, max_frame_len, HANDSHAKE_FIXED_LEN,
@@ -42,7 +43,8 @@ fuzz_target!(|data: &[u8]| {
         let Some(body) = tail.get(..len as usize) else {
             return; // the peer stopped mid-frame
         };
-        let Ok(envelope) = decode_peer_frame(body, MAX_ENTRIES_BYTES, from, OWN_ID) else {
+        let frame = Bytes::copy_from_slice(body);
+        let Ok(envelope) = decode_peer_frame(&frame, MAX_ENTRIES_BYTES, from, OWN_ID) else {
             return; // the connection is closed
         };
         assert_eq!((envelope.from, envelope.to), (from, OWN_ID));

@@ -4,11 +4,12 @@
 //! bytes, so no two encodings mean the same thing.
 #![no_main]
 
+use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use loglog_raft::{Checkpoint, Envelope, HardState, Membership};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(envelope) = Envelope::decode(data, 1 << 16) {
+    if let Ok(envelope) = Envelope::decode(&Bytes::copy_from_slice(data), 1 << 16) {
         let mut encoded = Vec::new();
         envelope.encode(&mut encoded);
         assert_eq!(encoded, data);

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use bytes::Bytes;
 use loglog_proto::entry::EntryIter;
 use loglog_raft::{
     Action, Checkpoint, Config, Envelope, HardState, LogRead, LogReadError, LogScan, Membership,
@@ -60,8 +61,8 @@ fn main() {
             }
         })
         .collect();
-    let mut network: VecDeque<Vec<u8>> = VecDeque::new();
-    let pump = |nodes: &mut Vec<Node>, network: &mut VecDeque<Vec<u8>>| loop {
+    let mut network: VecDeque<Bytes> = VecDeque::new();
+    let pump = |nodes: &mut Vec<Node>, network: &mut VecDeque<Bytes>| loop {
         let mut idle = true;
         for node in nodes.iter_mut() {
             let actions = node.raft.take_actions(&node.log);
@@ -78,7 +79,7 @@ fn main() {
                     Action::Send(envelope) => {
                         let mut bytes = Vec::new();
                         envelope.encode(&mut bytes);
-                        network.push_back(bytes);
+                        network.push_back(Bytes::from(bytes));
                     }
                     _ => {}
                 }

@@ -6,6 +6,10 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
+/// Entries at least this long go into messages as slices of their own
+/// buffer, never copied into one buffer with others.
+pub(crate) const JOIN_LIMIT: usize = 16 * 1024;
+
 /// The leader's entries from [`FreshEntries::start`] to the log's end, each
 /// the one `Bytes` it encoded, shared with its `Append` action and with the
 /// messages that carry it.
@@ -51,6 +55,30 @@ impl FreshEntries {
             }
             self.start = entry_end;
             self.entries.pop_front();
+        }
+    }
+
+    /// How far from `from` (an entry's start) towards `to` (an entry's
+    /// end past it) one message should reach so that [`FreshEntries::range`]
+    /// copies no large entry: just the first entry when it is large, else
+    /// up to the first large entry after it.
+    pub(crate) fn end_without_copying_large(&self, from: u64, to: u64) -> u64 {
+        let first = self.entries.partition_point(|(at, _)| *at < from);
+        let mut end = from;
+        for (at, entry) in self.entries.range(first..) {
+            let large = entry.len() >= JOIN_LIMIT;
+            if *at != end || end + entry.len() as u64 > to || (large && end > from) {
+                break;
+            }
+            end += entry.len() as u64;
+            if large {
+                break;
+            }
+        }
+        if end == from {
+            to // `from` or `to` is not where an entry starts: no limit
+        } else {
+            end
         }
     }
 
@@ -119,6 +147,23 @@ mod tests {
         // The second entry, whole: the very bytes pushed, no copy.
         let second = fresh.range(105, 112);
         assert_eq!(second.as_ptr(), fresh.entries[1].1.as_ptr());
+    }
+
+    #[test]
+    fn messages_stop_short_of_copying_a_large_entry() {
+        let large = JOIN_LIMIT;
+        // Entries at 0, 10, 20, 20+large, 30+large, 30+2*large.
+        let (fresh, _) = fresh_of(&[10, 10, large, 10, large, 10], 0);
+        let end = fresh.end();
+        let l = large as u64;
+        // Small entries are joined up to the first large one.
+        assert_eq!(fresh.end_without_copying_large(0, end), 20);
+        // A large entry alone, shared.
+        assert_eq!(fresh.end_without_copying_large(20, end), 20 + l);
+        assert_eq!(fresh.end_without_copying_large(20 + l, end), 30 + l);
+        // Never past `to`, and always at least one entry.
+        assert_eq!(fresh.end_without_copying_large(0, 10), 10);
+        assert_eq!(fresh.end_without_copying_large(30 + 2 * l, end), end);
     }
 
     #[test]

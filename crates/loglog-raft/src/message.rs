@@ -238,12 +238,13 @@ impl Envelope {
         self.message.encode_head(out)
     }
 
-    /// Decodes a whole envelope; `max_entries_bytes` caps AppendEntries.
-    pub fn decode(bytes: &[u8], max_entries_bytes: u64) -> Result<Envelope, DecodeError> {
+    /// Decodes a whole envelope; `max_entries_bytes` caps AppendEntries,
+    /// whose entries are a slice of `bytes`, not a copy.
+    pub fn decode(bytes: &Bytes, max_entries_bytes: u64) -> Result<Envelope, DecodeError> {
         let mut reader = Reader { bytes };
         let from = reader.u64()?;
         let to = reader.u64()?;
-        let message = Message::decode(reader.bytes, max_entries_bytes)?;
+        let message = Message::decode_within(bytes, reader.bytes, max_entries_bytes)?;
         Ok(Envelope { from, to, message })
     }
 }
@@ -339,9 +340,19 @@ impl Message {
         Bytes::new()
     }
 
-    /// Decodes exactly one message filling `bytes`.
-    pub fn decode(bytes: &[u8], max_entries_bytes: u64) -> Result<Message, DecodeError> {
-        let mut reader = Reader { bytes };
+    /// Decodes exactly one message filling `bytes` (AppendEntries' entries
+    /// are a slice of it).
+    pub fn decode(bytes: &Bytes, max_entries_bytes: u64) -> Result<Message, DecodeError> {
+        Message::decode_within(bytes, bytes, max_entries_bytes)
+    }
+
+    /// Decodes exactly one message filling `encoded`, a part of `source`.
+    fn decode_within(
+        source: &Bytes,
+        encoded: &[u8],
+        max_entries_bytes: u64,
+    ) -> Result<Message, DecodeError> {
+        let mut reader = Reader { bytes: encoded };
         let kind = reader.u8()?;
         let message = match kind {
             KIND_REQUEST_VOTE => {
@@ -376,7 +387,7 @@ impl Message {
                         max: max_entries_bytes,
                     });
                 }
-                let entries = Bytes::copy_from_slice(reader.take(len as usize)?);
+                let entries = source.slice_ref(reader.take(len as usize)?);
                 Message::AppendEntries(AppendEntries {
                     term,
                     prev_offset,
@@ -606,24 +617,29 @@ mod tests {
             let envelope = Envelope { from, to, message };
             let mut bytes = Vec::new();
             envelope.encode(&mut bytes);
-            prop_assert_eq!(Envelope::decode(&bytes, 1 << 20), Ok(envelope.clone()));
+            let encoded = Bytes::from(bytes.clone());
+            prop_assert_eq!(Envelope::decode(&encoded, 1 << 20), Ok(envelope.clone()));
             // Every strict prefix is an error, never a panic or a wrong message.
             for cut in 0..bytes.len() {
-                prop_assert!(Envelope::decode(&bytes[..cut], 1 << 20).is_err());
+                prop_assert!(Envelope::decode(&encoded.slice(..cut), 1 << 20).is_err());
             }
             bytes.push(0);
-            prop_assert_eq!(Envelope::decode(&bytes, 1 << 20), Err(DecodeError::TrailingBytes(1)));
+            prop_assert_eq!(
+                Envelope::decode(&Bytes::from(bytes), 1 << 20),
+                Err(DecodeError::TrailingBytes(1))
+            );
         }
 
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let bytes = Bytes::from(bytes);
             let _ = Envelope::decode(&bytes, 64);
             let _ = Message::decode(&bytes, 64);
         }
     }
 
     #[test]
-    fn entries_over_the_cap_are_refused_before_copying() {
+    fn entries_over_the_cap_are_refused_and_entries_are_not_copied() {
         let message = Message::AppendEntries(AppendEntries {
             term: 1,
             prev_offset: 0,
@@ -633,12 +649,24 @@ mod tests {
         });
         let mut bytes = Vec::new();
         message.encode(&mut bytes);
+        let encoded = Bytes::from(bytes.clone());
         assert_eq!(
-            Message::decode(&bytes, 99),
+            Message::decode(&encoded, 99),
             Err(DecodeError::TooLarge { len: 100, max: 99 })
+        );
+        // Decoded entries share the encoded buffer.
+        let Ok(Message::AppendEntries(decoded)) = Message::decode(&encoded, 100) else {
+            panic!("the encoding decodes");
+        };
+        assert_eq!(
+            decoded.entries.as_ptr(),
+            encoded[encoded.len() - 100..].as_ptr()
         );
         // A length field claiming more than the buffer holds is truncation.
         bytes.truncate(bytes.len() - 1);
-        assert_eq!(Message::decode(&bytes, 1000), Err(DecodeError::Truncated));
+        assert_eq!(
+            Message::decode(&Bytes::from(bytes), 1000),
+            Err(DecodeError::Truncated)
+        );
     }
 }

@@ -1814,6 +1814,7 @@ impl RaftNode {
                 let next = boundaries.partition_point(|&start| start <= from);
                 end = boundaries.get(next).copied().unwrap_or(self.log.end);
             }
+            let end = leader.fresh.end_without_copying_large(from, end);
             return Ok(leader.fresh.range(from, end));
         }
         let bytes = match log.read(from, budget) {

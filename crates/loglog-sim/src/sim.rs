@@ -55,6 +55,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use loglog_proto::entry::{EntryHeader, EntryIter};
 use loglog_proto::upload::UploadKey;
 use loglog_proto::{EntryKind, ENTRY_HEADER_LEN};
@@ -258,7 +259,7 @@ enum Event {
         from: usize,
         to: usize,
         /// The envelope as it crosses the wire ([`Envelope::encode`]).
-        bytes: Vec<u8>,
+        bytes: Bytes,
     },
     /// An upload reached `node`: `payload` cached under `key`.
     Upload {
@@ -1408,8 +1409,9 @@ impl Sim {
             return;
         }
         // Real bytes on the wire: the receiver decodes what the codec wrote.
-        let mut bytes = Vec::new();
-        envelope.encode(&mut bytes);
+        let mut encoded = Vec::new();
+        envelope.encode(&mut encoded);
+        let bytes = Bytes::from(encoded);
         for &delay in deliveries.as_slice() {
             self.queue.schedule_in(
                 delay,

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use bytes::Bytes;
 use loglog_proto::entry::EntryIter;
 use loglog_raft::{
     Action, Checkpoint, Config, Envelope, HardState, LogRead, LogReadError, LogScan, Membership,
@@ -196,7 +197,8 @@ impl Cluster {
                 // Through the codec, as on a real network.
                 let mut bytes = Vec::new();
                 envelope.encode(&mut bytes);
-                let decoded = Envelope::decode(&bytes, 1 << 30).expect("own encoding decodes");
+                let decoded =
+                    Envelope::decode(&Bytes::from(bytes), 1 << 30).expect("own encoding decodes");
                 assert_eq!(decoded, envelope);
                 self.queue.push_back(decoded);
             }

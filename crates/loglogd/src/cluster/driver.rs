@@ -101,6 +101,9 @@ use loglog_proto::upload::UploadKey;
 pub const EVENT_QUEUE: usize = 4096;
 /// Bound of the driver -> syncer queue (write ids).
 const SYNC_JOB_QUEUE: usize = 1024;
+/// `Append` bytes at least this long are written from the core's buffer;
+/// smaller ones are gathered into one write per round.
+const WRITE_IN_PLACE_BYTES: usize = 16 * 1024;
 /// Most client appends proposed in one round (then actions are performed).
 const MAX_PROPOSALS_PER_ROUND: usize = 4096;
 /// Most events handled in one round.
@@ -2033,8 +2036,15 @@ impl Driver {
                     "the core appends at the end of the log"
                 );
                 self.producers.observe_bytes(offset, &bytes);
-                self.batch.extend_from_slice(&bytes);
-                self.batch_last_write = write_id;
+                if bytes.len() >= WRITE_IN_PLACE_BYTES {
+                    // Large entries go to the file from the core's buffer:
+                    // one more write call costs less than copying them.
+                    self.flush_batch()?;
+                    self.write(&bytes, write_id)?;
+                } else {
+                    self.batch.extend_from_slice(&bytes);
+                    self.batch_last_write = write_id;
+                }
                 continue;
             }
             // Everything before this action is written first (in order).
@@ -2193,14 +2203,27 @@ impl Driver {
         if self.batch.is_empty() {
             return Ok(());
         }
+        let batch = std::mem::take(&mut self.batch);
+        let written = self.write(&batch, self.batch_last_write);
+        // Keep the buffer's capacity for the next batch.
+        self.batch = batch;
+        self.batch.clear();
+        written
+    }
+
+    /// Appends whole entries to the log and hands their write to the syncer.
+    fn write(
+        &mut self,
+        entries: &[u8],
+        write_id: WriteId,
+    ) -> Result<(), (&'static str, StorageError)> {
         let end = self
             .writer
-            .append(&self.batch)
+            .append(entries)
             .map_err(|error| ("appending to the log", error))?;
         self.shared.written_end.store(end, Ordering::Release);
         self.shared.counters.writes.fetch_add(1, Ordering::Relaxed);
-        self.batch.clear();
-        self.submit_sync(self.batch_last_write);
+        self.submit_sync(write_id);
         Ok(())
     }
 

@@ -56,9 +56,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use loglog_raft::{Envelope, Message, NodeId};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
@@ -97,6 +97,9 @@ const BACKOFF_REFUSED: Duration = Duration::from_secs(5);
 const MAX_WAITING_APPENDS: usize = 256;
 /// Small frames are gathered into one write up to this size.
 const WRITE_BUFFER: usize = 256 * 1024;
+/// Frame bodies (entries) at least this long are written from their own
+/// buffer, not copied into the write buffer.
+const WRITE_IN_PLACE_BYTES: usize = 16 * 1024;
 
 /// The largest frame body accepted from a peer: what the core may put in
 /// one message (`max_message_entries_bytes`) plus room for the headers.
@@ -398,14 +401,15 @@ async fn send_frames(
                 count(buffer.len());
                 buffer.clear();
             }
-            if frame.len() > WRITE_BUFFER {
-                // Large entries go from the leader's memory to the socket.
-                stream.write_all(&frame.head).await?;
-                stream.write_all(&frame.body).await?;
-                count(frame.len());
+            buffer.extend_from_slice(&frame.head);
+            if frame.body.len() >= WRITE_IN_PLACE_BYTES {
+                // Large entries go from the leader's memory to the socket,
+                // in one call with what is gathered before them.
+                write_all_pair(&mut stream, &buffer, &frame.body).await?;
+                count(buffer.len() + frame.body.len());
+                buffer.clear();
                 continue;
             }
-            buffer.extend_from_slice(&frame.head);
             buffer.extend_from_slice(&frame.body);
         }
         if !buffer.is_empty() {
@@ -416,6 +420,23 @@ async fn send_frames(
         // TLS may hold the last record back until flushed (TCP: no-op).
         stream.flush().await?;
     }
+}
+
+/// Writes `first` then `second`, with vectored writes where the stream
+/// takes them.
+async fn write_all_pair(stream: &mut Stream, first: &[u8], second: &[u8]) -> std::io::Result<()> {
+    let (mut first, mut second) = (first, second);
+    while !first.is_empty() || !second.is_empty() {
+        let parts = [std::io::IoSlice::new(first), std::io::IoSlice::new(second)];
+        let written = stream.write_vectored(&parts).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_first = written.min(first.len());
+        first = &first[from_first..];
+        second = &second[written - from_first..];
+    }
+    Ok(())
 }
 
 /// Accepts peer connections until `stopped` and feeds their messages to
@@ -531,9 +552,7 @@ async fn receive_peer(
             .acquire_many_owned(charge)
             .await
             .map_err(|_| "the inbound budget is closed".to_string())?;
-        let mut body = vec![0u8; len as usize];
-        reader
-            .read_exact(&mut body)
+        let body = read_frame_body(&mut reader, len as usize)
             .await
             .map_err(|error| error.to_string())?;
         if let Some(kind @ (upload::KIND_APPEND_BY_DIGEST | upload::KIND_UPLOAD_MISS)) =
@@ -707,10 +726,27 @@ pub fn decode_handshake_head(
     Ok((from, to, id_len))
 }
 
+/// Reads exactly `len` bytes into a buffer of their own (not zeroed first:
+/// its pages are touched once, by the copy from the socket).
+async fn read_frame_body<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    len: usize,
+) -> std::io::Result<Bytes> {
+    let mut body = BytesMut::with_capacity(len);
+    while body.len() < len {
+        let missing = (len - body.len()) as u64;
+        if (&mut *reader).take(missing).read_buf(&mut body).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(body.freeze())
+}
+
 /// One frame body from the peer `from` (after the handshake) to this node
-/// `to`: the envelope, checked to be addressed as the connection is.
+/// `to`: the envelope, checked to be addressed as the connection is. An
+/// AppendEntries' entries are a slice of `body`.
 pub fn decode_peer_frame(
-    body: &[u8],
+    body: &Bytes,
     max_entries_bytes: u64,
     from: NodeId,
     to: NodeId,
