@@ -10,8 +10,9 @@ use loglog::{Client, PendingAppend};
 use tokio::sync::mpsc;
 
 /// Appends sent ahead of the oldest unanswered one. Appends are pipelined
-/// for speed but their offsets are printed in input order.
-const APPEND_WINDOW: usize = 512;
+/// for speed but their offsets are printed in input order. All that a
+/// client may keep unfinished: a larger window would wait for itself.
+const APPEND_WINDOW: usize = loglog::MAX_SEQUENCE_SPAN as usize;
 /// Lines read from stdin ahead of the appends.
 const STDIN_QUEUE: usize = 1024;
 

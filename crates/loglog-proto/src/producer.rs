@@ -19,6 +19,19 @@ use crate::entry::{EntryHeader, EntryKind};
 /// Length of the envelope in front of the user's payload.
 pub const PRODUCER_ENVELOPE_LEN: usize = 16;
 
+/// Entries per producer that a node's exactly-once table remembers, in log
+/// order: a retry finds its original among them, or the table proves there
+/// is none.
+pub const DEDUP_WINDOW: usize = 1024;
+
+/// Most sequences a producer may have issued from its oldest unfinished
+/// append on (that one included): half of [`DEDUP_WINDOW`]. Every entry of
+/// the producer appended while an append is unfinished then has a sequence
+/// within this span on either side of it, so fewer than `DEDUP_WINDOW` of
+/// them follow it in any log and none of them leaves the window before its
+/// retry: the retry is always decided, never answered `SequenceUnknown`.
+pub const MAX_SEQUENCE_SPAN: u64 = (DEDUP_WINDOW / 2) as u64;
+
 /// Entry header flag (byte 13, bit 0): the payload starts with a producer
 /// envelope. Only data entries carry it.
 pub const ENTRY_FLAG_PRODUCER: u8 = 1;

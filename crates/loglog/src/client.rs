@@ -11,7 +11,12 @@
 //! whichever node leads, until `leader_wait` has passed: the leader answers
 //! with the offset of the copy its log already holds, or appends it if it
 //! can tell there is none. Only if that fails does the call end with
-//! [`Error::InDoubt`]. A retry never creates a second copy.
+//! [`Error::InDoubt`]. A retry never creates a second copy. So that a
+//! retry always finds its original in the leader's dedup window, a client
+//! keeps its unfinished appends (submitted, and their [`PendingAppend`]
+//! neither waited for to the end nor dropped) within
+//! [`MAX_SEQUENCE_SPAN`](crate::MAX_SEQUENCE_SPAN) sequences of the oldest:
+//! past that, new appends wait.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -32,6 +37,7 @@ use crate::auth::{authenticate, AuthToken};
 use crate::connection::{Connection, Reply};
 use crate::error::Error;
 use crate::page::ReadPage;
+use crate::sequences::{Sequence, Sequences};
 use crate::stream::EntryStream;
 use crate::upload::{UploadConfig, UploadStats, Uploader};
 
@@ -105,8 +111,8 @@ struct Inner {
     config: ClientConfig,
     /// This client's producer id: random, so that no two clients share it.
     producer_id: u64,
-    /// The sequence number of the next append.
-    next_sequence: AtomicU64,
+    /// This producer's sequence numbers.
+    sequences: Arc<Sequences>,
     /// The connection in use; replaced when it fails or a node redirects.
     current: Mutex<Option<Arc<Connection>>>,
     /// Held while a new connection is opened, so concurrent callers that see
@@ -129,6 +135,9 @@ pub struct PendingAppend {
     uploaded: bool,
     answer: oneshot::Receiver<Reply>,
     search: LeaderSearch,
+    /// Unfinished until this is dropped: later appends stay within reach of
+    /// the nodes' dedup window while this one may still be retried.
+    _sequence: Sequence,
 }
 
 impl PendingAppend {
@@ -149,6 +158,7 @@ impl PendingAppend {
             uploaded,
             mut answer,
             mut search,
+            _sequence,
         } = self;
         // Set once an attempt may have been appended: every later attempt
         // is then marked as a retry, for the leader to deduplicate.
@@ -223,7 +233,7 @@ impl Client {
                 cluster,
                 config,
                 producer_id: random_producer_id(),
-                next_sequence: AtomicU64::new(0),
+                sequences: Sequences::new(),
                 current: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
                 uploader: std::sync::OnceLock::new(),
@@ -267,6 +277,11 @@ impl Client {
     /// several appends in sequence gets them appended in that order (unless
     /// a redirect to a new leader resends some of them), while the answers
     /// are awaited separately. `no_wait` asks for the answer before the commit.
+    ///
+    /// Waits while the oldest unfinished append of this client (and its
+    /// clones) is [`MAX_SEQUENCE_SPAN`](crate::MAX_SEQUENCE_SPAN) sequences
+    /// back: a caller that keeps more `PendingAppend`s than that before it
+    /// waits for the first would wait for itself.
     pub async fn submit_append(
         &self,
         payload: impl Into<Bytes>,
@@ -282,9 +297,10 @@ impl Client {
             )));
         }
         let connection = self.connection().await?;
+        let sequence = self.inner.sequences.issue().await;
         let tag = ProducerTag {
             producer_id: self.inner.producer_id,
-            sequence: self.inner.next_sequence.fetch_add(1, Ordering::Relaxed),
+            sequence: sequence.number(),
         };
         let mut body = Vec::with_capacity(PRODUCER_ENVELOPE_LEN + payload.len());
         body.extend_from_slice(&tag.encode());
@@ -303,6 +319,7 @@ impl Client {
             uploaded,
             answer,
             search: LeaderSearch::new(&self.inner.config),
+            _sequence: sequence,
         })
     }
 

@@ -49,6 +49,7 @@ mod connection;
 mod error;
 pub mod follower;
 mod page;
+mod sequences;
 mod stream;
 mod tls;
 pub mod upload;
@@ -65,7 +66,7 @@ pub use upload::{UploadConfig, UploadStats};
 
 pub use loglog_proto::auth::Roles;
 pub use loglog_proto::entry::EntryKind;
-pub use loglog_proto::producer::ProducerTag;
+pub use loglog_proto::producer::{ProducerTag, MAX_SEQUENCE_SPAN};
 pub use loglog_proto::wire::{
     AdminRequest, ClusterStatus, MemberStatus, NodeStatus, Role, ServerError,
 };

@@ -73,9 +73,10 @@ use loglog_storage::LogReader;
 
 /// Default most producers remembered.
 pub const DEFAULT_MAX_PRODUCERS: usize = 1024;
-/// Default entries remembered per producer: the client's default bound on
-/// requests in flight, so a client's retries after a failover all fit.
-pub const DEFAULT_WINDOW: usize = 1024;
+/// Default entries remembered per producer: the client library keeps its
+/// unfinished appends within half of it, so a client's retries after a
+/// failover all fit (`loglog_proto::producer::MAX_SEQUENCE_SPAN`).
+pub const DEFAULT_WINDOW: usize = loglog_proto::producer::DEDUP_WINDOW;
 /// A restart rebuilds the table from at least this many bytes of the log's
 /// tail (whole segments: at most one segment more), or the whole log when
 /// it is shorter.
