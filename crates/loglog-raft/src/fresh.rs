@@ -119,6 +119,59 @@ impl FreshEntries {
     }
 }
 
+/// Where a leader encodes its entries. Small ones are consecutive slices
+/// of shared chunks: an entry costs no allocation of its own, and sharing
+/// it with its write and its messages only counts references. A chunk is
+/// freed once its last entry is committed, written and sent, so what the
+/// chunks hold is the uncommitted entries and at most two chunks more.
+pub(crate) struct EntryArena {
+    chunk: BytesMut,
+}
+
+/// Size of one arena chunk.
+const ARENA_CHUNK: usize = 64 * 1024;
+
+impl EntryArena {
+    pub(crate) fn new() -> EntryArena {
+        EntryArena {
+            chunk: BytesMut::new(),
+        }
+    }
+
+    /// One buffer holding `header` then `payload`.
+    pub(crate) fn encode(&mut self, header: &[u8], payload: &[u8]) -> Bytes {
+        let len = header.len() + payload.len();
+        if len >= JOIN_LIMIT {
+            // Large: a buffer of its own, allocated once either way.
+            let mut own = BytesMut::with_capacity(len);
+            own.extend_from_slice(header);
+            own.extend_from_slice(payload);
+            return own.freeze();
+        }
+        if self.chunk.capacity() < len {
+            self.chunk = BytesMut::with_capacity(ARENA_CHUNK);
+        }
+        self.chunk.extend_from_slice(header);
+        self.chunk.extend_from_slice(payload);
+        self.chunk.split().freeze()
+    }
+}
+
+impl Clone for EntryArena {
+    /// A fresh arena: chunks are never shared between two leaders' states.
+    fn clone(&self) -> EntryArena {
+        EntryArena::new()
+    }
+}
+
+impl std::fmt::Debug for EntryArena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntryArena")
+            .field("spare", &self.chunk.capacity())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +217,28 @@ mod tests {
         // Never past `to`, and always at least one entry.
         assert_eq!(fresh.end_without_copying_large(0, 10), 10);
         assert_eq!(fresh.end_without_copying_large(30 + 2 * l, end), end);
+    }
+
+    #[test]
+    fn small_entries_share_a_chunk_and_large_ones_get_their_own() {
+        let mut arena = EntryArena::new();
+        let first = arena.encode(b"head", b"one");
+        let second = arena.encode(b"head", b"two");
+        assert_eq!(
+            (&first[..], &second[..]),
+            (&b"headone"[..], &b"headtwo"[..])
+        );
+        // Consecutive in one chunk.
+        assert_eq!(first.as_ptr().wrapping_add(first.len()), second.as_ptr());
+        let large = arena.encode(b"h", &vec![7; JOIN_LIMIT]);
+        assert_eq!(large.len(), JOIN_LIMIT + 1);
+        let third = arena.encode(b"head", b"three");
+        assert_eq!(second.as_ptr().wrapping_add(second.len()), third.as_ptr());
+        // A chunk that cannot hold the next entry is replaced.
+        let filler = vec![1; JOIN_LIMIT - 1];
+        let entries: Vec<Bytes> = (0..8).map(|_| arena.encode(b"", &filler)).collect();
+        assert!(entries.iter().all(|entry| entry[..] == filler[..]));
+        assert_eq!(&third[..], b"headthree", "earlier entries are untouched");
     }
 
     #[test]

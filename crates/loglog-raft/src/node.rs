@@ -6,13 +6,12 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 
 use loglog_proto::entry::{
-    decode_trim_payload, encode_entry_with_flags, encode_trim_payload, EntryHeader, EntryIter,
-    EntryKind, TRIM_PAYLOAD_LEN,
+    decode_trim_payload, encode_trim_payload, EntryHeader, EntryIter, EntryKind, TRIM_PAYLOAD_LEN,
 };
 use loglog_proto::producer::ENTRY_FLAG_PRODUCER;
 use loglog_proto::ENTRY_HEADER_LEN;
 
-use crate::fresh::FreshEntries;
+use crate::fresh::{EntryArena, FreshEntries};
 use crate::log::{Checkpoint, LogRead, LogReadError, LogState, LostTail, RecoveredLog, TermMap};
 use crate::membership::{MemberAddress, Membership, MembershipChange};
 use crate::message::{
@@ -198,6 +197,8 @@ struct LeaderState {
     /// are caught up, without reading storage (the driver has not
     /// necessarily written them yet when we send).
     fresh: FreshEntries,
+    /// Where our entries are encoded.
+    arena: EntryArena,
     /// Offset of this term's no-op: once the commit offset passes it, this
     /// leader's commit offset is up to date (read-index needs that).
     term_start: u64,
@@ -832,6 +833,7 @@ impl RaftNode {
         self.leader = Some(LeaderState {
             progress,
             fresh: FreshEntries::starting_at(end),
+            arena: EntryArena::new(),
             term_start: end,
             heartbeat_elapsed: 0,
             heartbeat_due: false,
@@ -1434,14 +1436,14 @@ impl RaftNode {
 
     fn append_local_with_flags(&mut self, kind: EntryKind, flags: u8, payload: &[u8]) -> u64 {
         let offset = self.log.end;
-        let mut bytes = Vec::with_capacity(ENTRY_HEADER_LEN + payload.len());
-        encode_entry_with_flags(self.hard.term, kind, flags, payload, &mut bytes);
+        let leader = self.leader.as_mut().expect("only a leader appends locally");
+        let header = EntryHeader::with_flags(self.hard.term, kind, flags, payload);
+        let bytes = leader.arena.encode(&header.encode(), payload);
         self.log
             .push_entry(self.hard.term, bytes.len() as u64)
             .expect("a leader appends entries of its own, highest, term");
         let write_id = self.log.record_write(self.log.end);
         let leader = self.leader.as_mut().expect("only a leader appends locally");
-        let bytes = Bytes::from(bytes);
         leader.fresh.push(bytes.clone());
         if kind == EntryKind::Config {
             let membership = Membership::decode(payload).expect("encoded by Membership::encode");
