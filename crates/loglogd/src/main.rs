@@ -727,6 +727,16 @@ fn config_from(args: Args) -> Config {
 
 async fn run(args: Args) -> ExitCode {
     let config = config_from(args);
+    // Caught before the node serves anyone: a SIGTERM that comes right
+    // after the first answer (or during the start) must stop it cleanly,
+    // not kill it with the default action.
+    let mut signals = match Signals::listen() {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for signals");
+            return ExitCode::FAILURE;
+        }
+    };
     let node = match Node::start(config).await {
         Ok(node) => node,
         Err(error) => {
@@ -734,12 +744,10 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(error) = wait_for_signal().await {
-        tracing::error!(%error, "cannot listen for signals; shutting down");
-    }
+    signals.next().await;
     // A second signal while draining exits at once.
-    tokio::spawn(async {
-        let _ = wait_for_signal().await;
+    tokio::spawn(async move {
+        signals.next().await;
         tracing::warn!("second signal: exiting without a clean shutdown");
         std::process::exit(130);
     });
@@ -747,15 +755,27 @@ async fn run(args: Args) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+/// SIGTERM and SIGINT, caught from [`Signals::listen`] on.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = self.interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+    }
 }
 
 #[cfg(test)]

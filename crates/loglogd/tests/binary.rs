@@ -12,15 +12,20 @@ use loglog_proto::wire::{NodeStatus, Request, STATUS_OK};
 
 mod common;
 
-fn spawn(cwd: &Path, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_loglogd"))
+use common::RunningNode;
+
+/// Starts `loglogd` with `args` (listening on `addr`); it is killed if the
+/// test ends, or panics, before it exits.
+fn spawn(cwd: &Path, args: &[&str], addr: SocketAddr) -> RunningNode {
+    let child = Command::new(env!("CARGO_BIN_EXE_loglogd"))
         .args(args)
         .current_dir(cwd)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    RunningNode { child, addr }
 }
 
 fn connect(addr: SocketAddr, child: &mut Child) -> TcpStream {
@@ -101,9 +106,9 @@ fn sigterm_and_sigint_stop_cleanly_and_a_restart_keeps_the_data() {
         "--max-entry-size",
         "64KiB",
     ];
-    let mut child = spawn(cwd.path(), &args);
-    let mut stream = connect(addr, &mut child);
-    let before = status(&mut stream, &mut child);
+    let mut node = spawn(cwd.path(), &args, addr);
+    let mut stream = connect(addr, &mut node.child);
+    let before = status(&mut stream, &mut node.child);
     assert_eq!(before.term, 1);
     let body = call(
         &mut stream,
@@ -115,17 +120,17 @@ fn sigterm_and_sigint_stop_cleanly_and_a_restart_keeps_the_data() {
     );
     let offset = u64::from_le_bytes(body.try_into().unwrap());
     assert_eq!(offset, before.commit_offset);
-    signal(&child, "TERM");
-    let exit = wait_exit(&mut child);
-    let log = output(&mut child);
+    signal(&node.child, "TERM");
+    let exit = wait_exit(&mut node.child);
+    let log = output(&mut node.child);
     assert!(exit.success(), "exit {exit}: {log}");
     assert!(log.contains(&listen), "the listen address is logged: {log}");
     assert!(cwd.path().join("data/log").is_dir());
     assert!(cwd.path().join("data/node.state").is_file());
 
-    let mut child = spawn(cwd.path(), &args);
-    let mut stream = connect(addr, &mut child);
-    let after = status(&mut stream, &mut child);
+    let mut node = spawn(cwd.path(), &args, addr);
+    let mut stream = connect(addr, &mut node.child);
+    let after = status(&mut stream, &mut node.child);
     assert_eq!(after.term, 2);
     let body = call(
         &mut stream,
@@ -139,9 +144,9 @@ fn sigterm_and_sigint_stop_cleanly_and_a_restart_keeps_the_data() {
     );
     // Commit offset, the entry's header, its payload (then the new term's no-op).
     assert_eq!(&body[8 + 16..8 + 16 + 15], b"from the binary");
-    signal(&child, "INT");
-    let exit = wait_exit(&mut child);
-    assert!(exit.success(), "exit {exit}: {}", output(&mut child));
+    signal(&node.child, "INT");
+    let exit = wait_exit(&mut node.child);
+    assert!(exit.success(), "exit {exit}: {}", output(&mut node.child));
 }
 
 #[test]
@@ -149,15 +154,16 @@ fn fsync_never_is_loudly_unsafe_and_bad_flags_fail() {
     let cwd = tempfile::tempdir().unwrap();
     let addr = common::free_addr();
     let listen = addr.to_string();
-    let mut child = spawn(
+    let mut node = spawn(
         cwd.path(),
         &["--listen", &listen, "--fsync", "never", "--data-dir", "d"],
+        addr,
     );
-    let mut stream = connect(addr, &mut child);
-    status(&mut stream, &mut child);
-    signal(&child, "TERM");
-    assert!(wait_exit(&mut child).success());
-    let log = output(&mut child);
+    let mut stream = connect(addr, &mut node.child);
+    status(&mut stream, &mut node.child);
+    signal(&node.child, "TERM");
+    assert!(wait_exit(&mut node.child).success());
+    let log = output(&mut node.child);
     assert!(log.contains("UNSAFE"), "{log}");
 
     let failed = Command::new(env!("CARGO_BIN_EXE_loglogd"))
