@@ -6,9 +6,12 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-/// Entries at least this long go into messages as slices of their own
-/// buffer, never copied into one buffer with others.
-pub(crate) const JOIN_LIMIT: usize = 16 * 1024;
+/// Entries at least this long are never copied once encoded: each has a
+/// buffer of its own, goes into messages as a slice of it (never joined with
+/// others), and a driver writes it and sends it from there. Below it, one
+/// copy into a shared buffer costs less than a call or an allocation of its
+/// own.
+pub const LARGE_ENTRY_BYTES: usize = 16 * 1024;
 
 /// The leader's entries from [`FreshEntries::start`] to the log's end, each
 /// the one `Bytes` it encoded, shared with its `Append` action and with the
@@ -66,7 +69,7 @@ impl FreshEntries {
         let first = self.entries.partition_point(|(at, _)| *at < from);
         let mut end = from;
         for (at, entry) in self.entries.range(first..) {
-            let large = entry.len() >= JOIN_LIMIT;
+            let large = entry.len() >= LARGE_ENTRY_BYTES;
             if *at != end || end + entry.len() as u64 > to || (large && end > from) {
                 break;
             }
@@ -141,7 +144,7 @@ impl EntryArena {
     /// One buffer holding `header` then `payload`.
     pub(crate) fn encode(&mut self, header: &[u8], payload: &[u8]) -> Bytes {
         let len = header.len() + payload.len();
-        if len >= JOIN_LIMIT {
+        if len >= LARGE_ENTRY_BYTES {
             // Large: a buffer of its own, allocated once either way.
             let mut own = BytesMut::with_capacity(len);
             own.extend_from_slice(header);
@@ -204,7 +207,7 @@ mod tests {
 
     #[test]
     fn messages_stop_short_of_copying_a_large_entry() {
-        let large = JOIN_LIMIT;
+        let large = LARGE_ENTRY_BYTES;
         // Entries at 0, 10, 20, 20+large, 30+large, 30+2*large.
         let (fresh, _) = fresh_of(&[10, 10, large, 10, large, 10], 0);
         let end = fresh.end();
@@ -230,12 +233,12 @@ mod tests {
         );
         // Consecutive in one chunk.
         assert_eq!(first.as_ptr().wrapping_add(first.len()), second.as_ptr());
-        let large = arena.encode(b"h", &vec![7; JOIN_LIMIT]);
-        assert_eq!(large.len(), JOIN_LIMIT + 1);
+        let large = arena.encode(b"h", &vec![7; LARGE_ENTRY_BYTES]);
+        assert_eq!(large.len(), LARGE_ENTRY_BYTES + 1);
         let third = arena.encode(b"head", b"three");
         assert_eq!(second.as_ptr().wrapping_add(second.len()), third.as_ptr());
         // A chunk that cannot hold the next entry is replaced.
-        let filler = vec![1; JOIN_LIMIT - 1];
+        let filler = vec![1; LARGE_ENTRY_BYTES - 1];
         let entries: Vec<Bytes> = (0..8).map(|_| arena.encode(b"", &filler)).collect();
         assert!(entries.iter().all(|entry| entry[..] == filler[..]));
         assert_eq!(&third[..], b"headthree", "earlier entries are untouched");

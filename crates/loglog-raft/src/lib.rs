@@ -206,6 +206,7 @@ mod node;
 mod rng;
 mod types;
 
+pub use fresh::LARGE_ENTRY_BYTES;
 pub use log::{
     Checkpoint, LogRead, LogReadError, LogScan, LogStateError, LostTail, RecoveredLog, TermMap,
     TermRun,

@@ -101,9 +101,6 @@ use loglog_proto::upload::UploadKey;
 pub const EVENT_QUEUE: usize = 4096;
 /// Bound of the driver -> syncer queue (write ids).
 const SYNC_JOB_QUEUE: usize = 1024;
-/// `Append` bytes at least this long are written from the core's buffer;
-/// smaller ones are gathered into one write per round.
-const WRITE_IN_PLACE_BYTES: usize = 16 * 1024;
 /// Most client appends proposed in one round (then actions are performed).
 const MAX_PROPOSALS_PER_ROUND: usize = 4096;
 /// Most events handled in one round.
@@ -2036,7 +2033,7 @@ impl Driver {
                     "the core appends at the end of the log"
                 );
                 self.producers.observe_bytes(offset, &bytes);
-                if bytes.len() >= WRITE_IN_PLACE_BYTES {
+                if bytes.len() >= loglog_raft::LARGE_ENTRY_BYTES {
                     // Large entries go to the file from the core's buffer:
                     // one more write call costs less than copying them.
                     self.flush_batch()?;

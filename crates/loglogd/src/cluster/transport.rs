@@ -56,8 +56,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use loglog_raft::{Envelope, Message, NodeId};
+use bytes::{Buf, Bytes, BytesMut};
+use loglog_raft::{Envelope, Message, NodeId, LARGE_ENTRY_BYTES};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot::error::TryRecvError;
@@ -97,9 +97,6 @@ const BACKOFF_REFUSED: Duration = Duration::from_secs(5);
 const MAX_WAITING_APPENDS: usize = 256;
 /// Small frames are gathered into one write up to this size.
 const WRITE_BUFFER: usize = 256 * 1024;
-/// Frame bodies (entries) at least this long are written from their own
-/// buffer, not copied into the write buffer.
-const WRITE_IN_PLACE_BYTES: usize = 16 * 1024;
 
 /// The largest frame body accepted from a peer: what the core may put in
 /// one message (`max_message_entries_bytes`) plus room for the headers.
@@ -402,11 +399,14 @@ async fn send_frames(
                 buffer.clear();
             }
             buffer.extend_from_slice(&frame.head);
-            if frame.body.len() >= WRITE_IN_PLACE_BYTES {
+            if frame.body.len() >= LARGE_ENTRY_BYTES {
                 // Large entries go from the leader's memory to the socket,
-                // in one call with what is gathered before them.
-                write_all_pair(&mut stream, &buffer, &frame.body).await?;
-                count(buffer.len() + frame.body.len());
+                // in one vectored write with what is gathered before them.
+                let written = buffer.len() + frame.body.len();
+                stream
+                    .write_all_buf(&mut Buf::chain(&buffer[..], &frame.body[..]))
+                    .await?;
+                count(written);
                 buffer.clear();
                 continue;
             }
@@ -420,23 +420,6 @@ async fn send_frames(
         // TLS may hold the last record back until flushed (TCP: no-op).
         stream.flush().await?;
     }
-}
-
-/// Writes `first` then `second`, with vectored writes where the stream
-/// takes them.
-async fn write_all_pair(stream: &mut Stream, first: &[u8], second: &[u8]) -> std::io::Result<()> {
-    let (mut first, mut second) = (first, second);
-    while !first.is_empty() || !second.is_empty() {
-        let parts = [std::io::IoSlice::new(first), std::io::IoSlice::new(second)];
-        let written = stream.write_vectored(&parts).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let from_first = written.min(first.len());
-        first = &first[from_first..];
-        second = &second[written - from_first..];
-    }
-    Ok(())
 }
 
 /// Accepts peer connections until `stopped` and feeds their messages to
