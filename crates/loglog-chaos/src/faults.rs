@@ -23,7 +23,7 @@ use crate::cluster::Cluster;
 use crate::netns::Network;
 use crate::relay::Relays;
 use crate::workload::Shared;
-use loglog::{AdminRequest, Client, ClientConfig, MemberStatus, Role};
+use loglog::{AdminRequest, Client, ClientConfig, ClusterStatus, MemberStatus, Role};
 
 /// The kinds of fault, by the names `--faults` takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,23 +157,37 @@ async fn replace(cluster: &mut Cluster, nodes: &[String], index: usize) -> Strin
     format!("removed, wiped, re-added: {added}")
 }
 
-/// The members of the latest configuration of a node that reports itself
-/// leader, if one answers. Only a leader's view will do: a follower that
-/// was cut off may not have heard of a removal that committed without it
-/// (a removal answered with an error may have committed all the same).
+/// The members of the latest configuration of the leader of the newest
+/// term, if one answers and no node that answers knows a newer term. Only
+/// a leader's view will do: a follower that was cut off may not have heard
+/// of a removal that committed without it (a removal answered with an
+/// error may have committed all the same). And only the newest leader's: a
+/// leader just resumed from SIGSTOP still reports itself leader of its old
+/// term, with the configuration it knew then (found by seed 113006: a
+/// removal that timed out while the old leader was stopped committed under
+/// the new one, and the stale leader's answer hid it).
 async fn leader_members(nodes: &[String]) -> Option<Vec<MemberStatus>> {
+    let mut answers = Vec::new();
     for node in nodes {
         let status = async {
             let client = Client::connect(&[node]).await?;
             client.cluster_status().await
         };
         if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(2), status).await {
-            if status.node.role == Role::Leader {
-                return Some(status.members);
-            }
+            answers.push(status);
         }
     }
-    None
+    newest_leader_members(answers)
+}
+
+/// See [`leader_members`]: the members a leader of the newest term any
+/// answer knows reports, or `None` if no such leader answered.
+fn newest_leader_members(answers: Vec<ClusterStatus>) -> Option<Vec<MemberStatus>> {
+    let newest_term = answers.iter().map(|status| status.node.term).max()?;
+    answers
+        .into_iter()
+        .find(|status| status.node.role == Role::Leader && status.node.term == newest_term)
+        .map(|status| status.members)
 }
 
 /// After a heal, every node must be a member again (the end of the run
@@ -489,4 +503,65 @@ pub async fn inject(
         note(log, "healed".to_string());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loglog::NodeStatus;
+
+    fn status(node_id: u64, term: u64, role: Role, members: &[u64]) -> ClusterStatus {
+        ClusterStatus {
+            node: NodeStatus {
+                node_id,
+                term,
+                role,
+                segment_count: 1,
+                start_offset: 0,
+                commit_offset: 0,
+                end_offset: 0,
+                leader_id: 0,
+            },
+            peer_bytes_sent: 0,
+            members: members
+                .iter()
+                .map(|&id| MemberStatus {
+                    id,
+                    voter: true,
+                    match_offset: None,
+                    last_heard_ms: None,
+                    peer_addr: String::new(),
+                    client_addr: String::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn ids(members: Option<Vec<MemberStatus>>) -> Option<Vec<u64>> {
+        members.map(|members| members.iter().map(|member| member.id).collect())
+    }
+
+    #[test]
+    fn a_stale_leader_does_not_hide_a_newer_configuration() {
+        // Seed 113006: node 3 resumed from SIGSTOP still calls itself the
+        // leader of term 12; node 1 leads term 19 and has removed node 2.
+        let answers = vec![
+            status(3, 12, Role::Leader, &[1, 2, 3]),
+            status(1, 19, Role::Leader, &[1, 3]),
+            status(2, 19, Role::Follower, &[1, 2, 3]),
+        ];
+        assert_eq!(ids(newest_leader_members(answers)), Some(vec![1, 3]));
+    }
+
+    #[test]
+    fn no_answer_from_the_newest_terms_leader_is_no_answer() {
+        let answers = vec![
+            status(3, 12, Role::Leader, &[1, 2, 3]),
+            status(2, 19, Role::Follower, &[1, 3]),
+        ];
+        assert_eq!(ids(newest_leader_members(answers)), None);
+        assert_eq!(ids(newest_leader_members(Vec::new())), None);
+        let answers = vec![status(1, 7, Role::Leader, &[1, 2, 3])];
+        assert_eq!(ids(newest_leader_members(answers)), Some(vec![1, 2, 3]));
+    }
 }
