@@ -52,8 +52,9 @@ CONFIG FILE\n  \
 TLS\n  \
     Plain TCP is the default, meant for local use. --tls-cert and --tls-key (PEM) turn on TLS\n  \
     for clients and mutual TLS between peers, whose certificates must come from --tls-ca\n  \
-    (the cluster's CA; a node's certificate needs serverAuth and clientAuth). A [tls] table\n  \
-    in the config file takes cert, key, ca, listeners, client_auth, peer_server_name.\n\n\
+    (the cluster's CA; a node's certificate needs serverAuth and clientAuth, and must be valid\n  \
+    for the host of its peer address: a peer is admitted as the member whose id it claims only\n  \
+    then). A [tls] table in the config file takes cert, key, ca, listeners, client_auth, peer_server_name.\n\n\
 CLIENT TOKENS\n  \
     Off unless the config file lists tokens: then every client request needs a token with\n  \
     its role (read: reads and status; append; admin). Make one with `loglog token new --name\n  \

@@ -9,7 +9,13 @@
 //!   `clientAuth`. A connection with another CA's certificate, or none, is
 //!   refused during the handshake and logged (warn, with the peer's
 //!   address and rustls' reason). The LogLog peer handshake (cluster id,
-//!   node ids) then runs inside the encrypted stream, unchanged.
+//!   node ids) then runs inside the encrypted stream, unchanged, and ties
+//!   the node id the dialer claims to its certificate: the certificate must
+//!   be valid for the name this node would dial that member by (the host
+//!   of its peer address, or `peer_server_name`), as its server
+//!   certificate must be for the members that dial it. Otherwise any
+//!   holder of a certificate of the CA (a client's, under
+//!   [`ClientAuth::Require`]) could speak as a member.
 //! * **Clients**: the client listener runs server-authenticated TLS with
 //!   the same certificate; with [`ClientAuth::Require`] it also demands a
 //!   client certificate from `ca`. The wire protocol inside is unchanged.
@@ -24,7 +30,7 @@ use std::task::{Context, Poll};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::RootCertStore;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -274,6 +280,50 @@ impl PeerTls {
     pub(crate) async fn accept(&self, stream: TcpStream) -> io::Result<Stream> {
         let stream = self.acceptor.accept(stream).await?;
         Ok(Stream::Tls(Box::new(stream.into())))
+    }
+
+    /// Checks that the certificate an accepted peer connection showed is
+    /// valid for the name this node would dial that peer by:
+    /// `peer_server_name` when set, else the host of one of `addresses`
+    /// (the claimed member's peer address; while joining, those of
+    /// `--peers`). `Ok` for a plain stream (no TLS, nothing to check).
+    pub(crate) fn check_dialer<'a>(
+        &self,
+        stream: &Stream,
+        addresses: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), String> {
+        let Stream::Tls(tls) = stream else {
+            return Ok(());
+        };
+        let leaf = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .ok_or("it showed no certificate")?;
+        let leaf = ParsedCertificate::try_from(leaf)
+            .map_err(|error| format!("its certificate cannot be parsed: {error}"))?;
+        let names: Vec<ServerName<'static>> = match &self.server_name {
+            Some(name) => vec![name.clone()],
+            None => addresses
+                .into_iter()
+                .filter_map(|address| server_name_of(address).ok())
+                .collect(),
+        };
+        if names
+            .iter()
+            .any(|name| rustls::client::verify_server_name(&leaf, name).is_ok())
+        {
+            return Ok(());
+        }
+        let names: Vec<String> = names
+            .iter()
+            .map(|name| name.to_str().into_owned())
+            .collect();
+        Err(match names.is_empty() {
+            true => "no peer address is known to check its certificate against".to_string(),
+            false => format!("its certificate is not valid for {}", names.join(" or ")),
+        })
     }
 
     /// The TLS handshake of a connection dialed to `peer_addr` ("host:port").

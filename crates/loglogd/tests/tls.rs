@@ -1,7 +1,8 @@
 //! TLS on real `loglogd` processes, with certificates made at test time
 //! (rcgen): a 3-node cluster with mutual TLS between peers and TLS clients
 //! replicates identical logs; a peer with a certificate of another CA, or
-//! none, is refused and logged; a client trusting another CA fails with a
+//! none, is refused and logged, and so is one whose certificate of the
+//! cluster's CA is not valid for the member it claims to be; a client trusting another CA fails with a
 //! clear error (library and CLI); client certificates when demanded; and
 //! plain TCP (the default, with zero-copy reads) answers the same bytes as
 //! TLS.
@@ -48,7 +49,6 @@ impl Authority {
     /// Returns (certificate file, key file).
     fn issue(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
         params
             .subject_alt_names
             .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
@@ -56,6 +56,19 @@ impl Authority {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        self.sign(dir, name, params)
+    }
+
+    /// A client's certificate: valid for the DNS name `name`, client
+    /// authentication only. Returns (certificate file, key file).
+    fn issue_client(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(dir, name, params)
+    }
+
+    fn sign(&self, dir: &Path, name: &str, mut params: CertificateParams) -> (PathBuf, PathBuf) {
+        params.distinguished_name.push(DnType::CommonName, name);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         let (cert_file, key_file) = (
@@ -314,7 +327,14 @@ fn a_mutual_tls_cluster_replicates_and_refuses_peers_of_another_ca() {
     let (stranger_cert, stranger_key) = other_ca.issue(root, "stranger");
     for client_cert in [Some((stranger_cert, stranger_key)), None] {
         let shown = client_cert.is_some();
-        let local = runtime.block_on(peer_handshake(peers[0], &ca.pem, client_cert));
+        let hello = PeerHello {
+            from: 9,
+            to: 1,
+            cluster_id: "x".to_string(),
+        };
+        let (local, answer) =
+            runtime.block_on(peer_handshake(peers[0], &ca.pem, client_cert, &hello));
+        assert_eq!(answer, None, "the peer listener accepted a stranger");
         let expected_reason = if shown {
             "UnknownIssuer"
         } else {
@@ -334,6 +354,45 @@ fn a_mutual_tls_cluster_replicates_and_refuses_peers_of_another_ca() {
         );
     }
 
+    // A certificate of the cluster's CA that is not a member's (a client's,
+    // valid for another name) claims to be node 2, with the right cluster
+    // id: the TLS handshake passes, the peer handshake is refused (answer
+    // 5) and logged. Node 2's own certificate, valid for the host of node
+    // 2's peer address, is admitted: the check refuses by name, not all.
+    let cluster_id = read_cluster_id(&root.join("node1"));
+    let as_node_2 = PeerHello {
+        from: 2,
+        to: 1,
+        cluster_id,
+    };
+    let client_cert = ca.issue_client(root, "client.example");
+    let (_, answer) = runtime.block_on(peer_handshake(
+        peers[0],
+        &ca.pem,
+        Some(client_cert),
+        &as_node_2,
+    ));
+    assert_eq!(answer, Some(5), "{}", logs(&nodes));
+    wait_until(
+        "node 1 logs the certificate that is not node 2's",
+        || {
+            nodes[0].log().lines().any(|line| {
+                line.contains("peer handshake refused")
+                    && line.contains("node 2's certificate does not belong to it")
+                    && line.contains("not valid for 127.0.0.1")
+            })
+        },
+        || logs(&nodes),
+    );
+    let node_2_cert = (root.join("node2.pem"), root.join("node2.key"));
+    let (_, answer) = runtime.block_on(peer_handshake(
+        peers[0],
+        &ca.pem,
+        Some(node_2_cert),
+        &as_node_2,
+    ));
+    assert_eq!(answer, Some(0), "{}", logs(&nodes));
+
     // The cluster goes on without the intruder, which learned nothing.
     let after = client.append(&b"after the intruder"[..]).unwrap();
     assert!(after > last);
@@ -344,19 +403,72 @@ fn a_mutual_tls_cluster_replicates_and_refuses_peers_of_another_ca() {
     );
     assert!(intruder_reader.status().unwrap().commit_offset < last);
     drop(intruder);
+
+    // A node with a certificate of the cluster's CA joins: with no
+    // configuration yet, it admits the leader's connection because the
+    // leader's certificate is valid for a host of its --peers, and then
+    // it holds the whole committed log.
+    let (cert, key) = ca.issue(root, "node5");
+    let (joiner_client, joiner_peer) = (free_addr(), free_addr());
+    let mut join_args = node_args(0, &cert, &key, &ca.pem, "node5");
+    let replace = |list: &mut Vec<String>, flag: &str, value: String| {
+        let at = list.iter().position(|arg| arg == flag).unwrap();
+        list[at + 1] = value;
+    };
+    replace(&mut join_args, "--id", "5".to_string());
+    replace(&mut join_args, "--listen", joiner_client.to_string());
+    replace(&mut join_args, "--peer-listen", joiner_peer.to_string());
+    join_args.push("--join".to_string());
+    nodes.push(Process::start(root.join("node5.log"), &join_args));
+    client
+        .admin(loglog::AdminRequest::AddNode {
+            id: 5,
+            peer_addr: &joiner_peer.to_string(),
+            client_addr: &joiner_client.to_string(),
+        })
+        .unwrap_or_else(|error| panic!("add node 5: {error}\n{}", logs(&nodes)));
+    let joiner = connect_when_up(&[joiner_client.to_string()], tls_config(&ca.pem), || {
+        logs(&nodes)
+    });
+    wait_until(
+        "node 5 holds the committed log",
+        || {
+            joiner
+                .status()
+                .is_ok_and(|status| status.commit_offset > after)
+        },
+        || logs(&nodes),
+    );
     for node in &mut nodes {
         node.stop();
     }
 }
 
+/// The LogLog peer handshake a test sends (see `cluster/transport.rs`).
+struct PeerHello {
+    from: u64,
+    to: u64,
+    cluster_id: String,
+}
+
+/// The cluster id a founder derived, from its data dir (`cluster.id`: a
+/// state file of a 16-byte prefix, a 4-byte version, the id, a 4-byte CRC;
+/// docs/FORMAT.md).
+fn read_cluster_id(data_dir: &Path) -> String {
+    let bytes = std::fs::read(data_dir.join("cluster.id")).unwrap();
+    String::from_utf8(bytes[16 + 4..bytes.len() - 4].to_vec()).unwrap()
+}
+
 /// Opens a TLS connection to a peer listener trusting `ca`, with or
-/// without a client certificate, and sends the LogLog peer handshake: the
-/// listener must refuse it (no answer byte). Returns the local address.
+/// without a client certificate, and sends `hello`. Returns the local
+/// address and the listener's answer byte (`None`: the TLS handshake was
+/// refused, or the connection closed without an answer).
 async fn peer_handshake(
     peer: SocketAddr,
     ca: &Path,
     client_cert: Option<(PathBuf, PathBuf)>,
-) -> SocketAddr {
+    hello: &PeerHello,
+) -> (SocketAddr, Option<u8>) {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -387,28 +499,28 @@ async fn peer_handshake(
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     // TLS 1.3: the client may finish before the server has checked its
     // certificate; the refusal then shows on the first read.
-    let refused = match connector
+    let answer = match connector
         .connect(ServerName::try_from("127.0.0.1").unwrap(), stream)
         .await
     {
-        Err(_) => true,
+        Err(_) => None,
         Ok(mut stream) => {
-            let mut hello = b"LLPEER01".to_vec();
-            hello.extend_from_slice(&9u64.to_le_bytes());
-            hello.extend_from_slice(&1u64.to_le_bytes());
-            hello.extend_from_slice(&1u16.to_le_bytes());
-            hello.push(b'x');
-            let _ = stream.write_all(&hello).await;
+            let mut bytes = b"LLPEER01".to_vec();
+            bytes.extend_from_slice(&hello.from.to_le_bytes());
+            bytes.extend_from_slice(&hello.to.to_le_bytes());
+            bytes.extend_from_slice(&(hello.cluster_id.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(hello.cluster_id.as_bytes());
+            let _ = stream.write_all(&bytes).await;
             let _ = stream.flush().await;
             let mut answer = [0u8; 1];
             tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut answer))
                 .await
-                .expect("the listener closes a refused connection")
-                .is_err()
+                .expect("the listener answers or closes the connection")
+                .ok()
+                .map(|_| answer[0])
         }
     };
-    assert!(refused, "the peer listener accepted a stranger");
-    local
+    (local, answer)
 }
 
 #[test]

@@ -86,7 +86,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::power_cut::{self, SyncedMark};
 use super::synced_hint::{self, SyncedHint};
-use super::transport::{self, Frame, Identity, PeerQueue};
+use super::transport::{self, AcceptedPeers, Frame, Identity, PeerQueue};
 use super::upload::{LeaderDigests, MissReport, UploadCache};
 use super::{ClusterConfig, CHECKPOINT_FILE, CLUSTER_ID_FILE, DURABLE_FILE, RESET_FILE};
 use crate::config::{Config, Fsync};
@@ -415,7 +415,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         cluster_id: cluster.cluster_id(),
         // Set before the peer listener serves, so that no stranger gets in
         // before the driver's first sync_peers.
-        members: std::sync::RwLock::new(accepted_peers(
+        accepted: std::sync::RwLock::new(accepted_peers(
             opened.raft.membership(),
             opened.raft.committed_membership(),
             cluster,
@@ -548,20 +548,56 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
     })
 }
 
-/// The peer ids whose connections this node accepts: the latest and the
-/// committed members (a node removed by an uncommitted entry may still be
-/// needed to commit it) and the --peers it was started with. None yet (a
-/// joining node): any id of the cluster (see transport).
+/// Whom the peer listener accepts: the latest and the committed members (a
+/// node removed by an uncommitted entry may still be needed to commit it)
+/// and the --peers it was started with, each with its peer address. None
+/// yet (a joining node): any id of the cluster, whose certificate (under
+/// TLS) must name the host of one of --peers (see transport).
 fn accepted_peers(
     latest: &Membership,
     committed: &Membership,
     cluster: &ClusterConfig,
-) -> BTreeSet<NodeId> {
-    let mut accepted: BTreeSet<NodeId> = latest.members().chain(committed.members()).collect();
-    if !accepted.is_empty() {
-        accepted.extend(cluster.peers.iter().map(|peer| peer.id));
+) -> AcceptedPeers {
+    let mut ids: BTreeSet<NodeId> = latest.members().chain(committed.members()).collect();
+    if !ids.is_empty() {
+        ids.extend(cluster.peers.iter().map(|peer| peer.id));
     }
-    accepted
+    AcceptedPeers {
+        members: ids
+            .into_iter()
+            .map(|id| {
+                let peer_addr = member_address(latest, committed, cluster, id)
+                    .map(|(peer, _client)| peer)
+                    .unwrap_or_default();
+                (id, peer_addr)
+            })
+            .collect(),
+        join_peers: cluster
+            .peers
+            .iter()
+            .map(|peer| peer.peer_addr.clone())
+            .collect(),
+    }
+}
+
+/// A member's (peer, client) address: from the latest configuration, the
+/// committed one, or `--peers`, in that order.
+fn member_address(
+    latest: &Membership,
+    committed: &Membership,
+    cluster: &ClusterConfig,
+    id: NodeId,
+) -> Option<(String, String)> {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    latest
+        .address(id)
+        .or_else(|| committed.address(id))
+        .map(|address| (text(&address.peer), text(&address.client)))
+        .or_else(|| {
+            cluster
+                .peer(id)
+                .map(|peer| (peer.peer_addr.clone(), peer.client_addr.clone()))
+        })
 }
 
 /// The addresses this node listens on should be the ones `--peers` gives
@@ -1241,20 +1277,14 @@ impl Driver {
         }
     }
 
-    /// A member's (peer, client) address: from the latest configuration,
-    /// the committed one, or `--peers`, in that order.
+    /// A member's (peer, client) address (see [`member_address`]).
     fn member_address(&self, id: NodeId) -> Option<(String, String)> {
-        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-        self.raft
-            .membership()
-            .address(id)
-            .or_else(|| self.raft.committed_membership().address(id))
-            .map(|address| (text(&address.peer), text(&address.client)))
-            .or_else(|| {
-                self.cluster
-                    .peer(id)
-                    .map(|peer| (peer.peer_addr.clone(), peer.client_addr.clone()))
-            })
+        member_address(
+            self.raft.membership(),
+            self.raft.committed_membership(),
+            &self.cluster,
+            id,
+        )
     }
 
     /// Follows the configurations: dials new members, stops dialing members
@@ -1317,7 +1347,7 @@ impl Driver {
             );
         }
         self.identity
-            .set_members(accepted_peers(&latest, &committed, &self.cluster));
+            .set_accepted(accepted_peers(&latest, &committed, &self.cluster));
         tracing::info!(
             voters = ?latest.voters,
             learners = ?latest.learners,

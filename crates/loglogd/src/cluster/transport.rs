@@ -16,7 +16,8 @@
 //! ```
 //!
 //! and the listener answers one byte: 0 accepted, 1 another cluster, 2 not
-//! the node the dialer wanted, 3 an id that is not a member, 4 malformed.
+//! the node the dialer wanted, 3 an id that is not a member, 4 malformed,
+//! 5 a TLS certificate that is not the claimed member's.
 //! A refused handshake is logged on both sides and the connection closed;
 //! the dialer retries with backoff (a misconfigured node keeps being
 //! refused, loudly, and never mixes its messages in). The members a node
@@ -31,6 +32,12 @@
 //! certificate is not from the cluster's CA, or that has none; the dialer
 //! refuses a listener whose certificate is not, and retries slowly. The
 //! handshake and frames below then run inside the TLS stream, unchanged.
+//! The listener then ties the node id the dialer claims to its
+//! certificate: it must be valid for the name this node would dial that
+//! member by (the host of its peer address in the configuration, or
+//! `tls.peer_server_name`; a joining node checks against the hosts of its
+//! `--peers`), else answer 5. A certificate of the cluster's CA alone (a
+//! client's, say) does not make its holder a member.
 //!
 //! **Frames.** After the handshake the dialer sends frames of
 //! `length u32 LE, Envelope::encode bytes`. The receiver caps the length
@@ -50,7 +57,7 @@
 //! whatever the peers send. At most [`MAX_INBOUND_CONNECTIONS`] peer
 //! connections are served at once.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -76,6 +83,7 @@ pub(crate) const WRONG_CLUSTER: u8 = 1;
 pub(crate) const WRONG_NODE: u8 = 2;
 pub(crate) const NOT_A_MEMBER: u8 = 3;
 pub(crate) const MALFORMED: u8 = 4;
+pub(crate) const WRONG_CERTIFICATE: u8 = 5;
 
 /// Bytes queued for one peer, at most (about four full in-flight windows).
 pub const MAX_PEER_QUEUE_BYTES: usize = 32 * 1024 * 1024;
@@ -109,9 +117,8 @@ pub fn max_frame_len(max_message_entries_bytes: u64) -> u64 {
 pub(crate) struct Identity {
     pub node_id: NodeId,
     pub cluster_id: String,
-    /// Ids allowed to connect (the members this node knows, kept current by
-    /// the driver); empty: any id of the cluster (a joining node).
-    pub members: RwLock<BTreeSet<NodeId>>,
+    /// Whom the peer listener accepts (kept current by the driver).
+    pub accepted: RwLock<AcceptedPeers>,
     /// Bytes written to outbound peer connections since start.
     pub bytes_sent: AtomicU64,
     /// Payloads clients uploaded here (module `upload`).
@@ -123,20 +130,62 @@ pub(crate) struct Identity {
 }
 
 impl Identity {
-    pub(crate) fn set_members(&self, members: BTreeSet<NodeId>) {
+    pub(crate) fn set_accepted(&self, accepted: AcceptedPeers) {
         *self
-            .members
+            .accepted
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = members;
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = accepted;
     }
 
-    fn accepts(&self, from: NodeId) -> bool {
-        let members = self
-            .members
+    /// Whether `from` may connect; under TLS also whether the certificate
+    /// it showed is valid for the name this node would dial it by.
+    fn admit(&self, from: NodeId, stream: &Stream) -> Result<(), (u8, String)> {
+        let accepted = self
+            .accepted
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        from != self.node_id && (members.is_empty() || members.contains(&from))
+        let not_a_member = || {
+            (
+                NOT_A_MEMBER,
+                format!("node id {from} is not a configured peer: refused"),
+            )
+        };
+        if from == self.node_id {
+            return Err(not_a_member());
+        }
+        let addresses: Vec<&str> = if accepted.members.is_empty() {
+            // Joining: any id of the cluster.
+            accepted.join_peers.iter().map(String::as_str).collect()
+        } else {
+            vec![accepted
+                .members
+                .get(&from)
+                .ok_or_else(not_a_member)?
+                .as_str()]
+        };
+        match &self.tls {
+            Some(tls) => tls.check_dialer(stream, addresses).map_err(|reason| {
+                (
+                    WRONG_CERTIFICATE,
+                    format!("node {from}'s certificate does not belong to it ({reason}): refused"),
+                )
+            }),
+            None => Ok(()),
+        }
     }
+}
+
+/// Whom the peer listener accepts.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct AcceptedPeers {
+    /// Member id → its peer address ("host:port", empty when unknown), from
+    /// the configurations this node follows and `--peers`.
+    pub members: BTreeMap<NodeId, String>,
+    /// With no members yet (a joining node): any id of the cluster is
+    /// accepted, and under TLS its certificate must be valid for the host
+    /// of one of these peer addresses (`--peers`, which a joining node
+    /// also answers through).
+    pub join_peers: Vec<String>,
 }
 
 pub fn encode_handshake(from: NodeId, to: NodeId, cluster_id: &str) -> Vec<u8> {
@@ -376,6 +425,9 @@ async fn handshake(
             "the node at that address has another node id",
         )),
         NOT_A_MEMBER => Err(DialError::NotYetMember),
+        WRONG_CERTIFICATE => Err(DialError::Refused(
+            "our certificate is not valid for our peer address's host (or tls.peer_server_name)",
+        )),
         _ => Err(DialError::Refused("malformed handshake")),
     }
 }
@@ -782,13 +834,8 @@ async fn accept_handshake(stream: &mut Stream, identity: &Identity) -> Result<No
                 identity.node_id
             ),
         ))
-    } else if !identity.accepts(from) {
-        Err(refuse(
-            NOT_A_MEMBER,
-            format!("node id {from} is not a configured peer: refused"),
-        ))
     } else {
-        Ok(from)
+        identity.admit(from, stream).map(|()| from)
     };
     match verdict {
         Ok(from) => {
