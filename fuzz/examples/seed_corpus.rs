@@ -16,8 +16,8 @@ use loglog_proto::wire::{
 };
 use loglog_raft::{
     AppendEntries, AppendOutcome, AppendResponse, Checkpoint, ConflictHint, Envelope, HardState,
-    Heartbeat, HeartbeatResponse, InstallSnapshot, MemberAddress, Membership, Message, RequestVote,
-    RequestVoteResponse, TermMap, TermRun, TimeoutNow,
+    Heartbeat, HeartbeatResponse, InstallSnapshot, MemberAddress, Membership, Message, NotAMember,
+    RequestVote, RequestVoteResponse, TermMap, TermRun, TimeoutNow,
 };
 
 struct Corpus {
@@ -134,6 +134,11 @@ fn sample_messages() -> Vec<Message> {
             log_end: 200,
         }),
         Message::TimeoutNow(TimeoutNow { term: 3 }),
+        Message::NotAMember(NotAMember {
+            term: 3,
+            last_offset: 200,
+            last_term: 3,
+        }),
         Message::InstallSnapshot(InstallSnapshot {
             term: 3,
             leader_commit: 5000,

@@ -500,6 +500,10 @@ pub enum Role {
     Candidate,
     Leader,
     Learner,
+    /// A voter told it is in no configuration of a voter whose log is at
+    /// least as up to date: most likely removed without learning it. It
+    /// does not campaign until a leader reaches it again.
+    Removed,
     Unknown(u8),
 }
 
@@ -510,6 +514,7 @@ impl Role {
             Role::Candidate => 1,
             Role::Leader => 2,
             Role::Learner => 3,
+            Role::Removed => 4,
             Role::Unknown(byte) => byte,
         }
     }
@@ -520,6 +525,7 @@ impl Role {
             1 => Role::Candidate,
             2 => Role::Leader,
             3 => Role::Learner,
+            4 => Role::Removed,
             other => Role::Unknown(other),
         }
     }
@@ -532,6 +538,7 @@ impl fmt::Display for Role {
             Role::Candidate => f.write_str("candidate"),
             Role::Leader => f.write_str("leader"),
             Role::Learner => f.write_str("learner"),
+            Role::Removed => f.write_str("removed"),
             Role::Unknown(byte) => write!(f, "unknown({byte})"),
         }
     }

@@ -38,7 +38,10 @@
 //! ([`RaftNode::read_index`]), leadership transfer
 //! ([`RaftNode::transfer_leadership`]), single-server membership changes
 //! with learners ([`RaftNode::propose_membership`]; config entry payload format in
-//! the [`membership`] module docs).
+//! the [`membership`] module docs), and a removed voter that never received
+//! its removal (the leader stops replicating to it once the change is
+//! appended) learns it from the voters it asks for votes: they answer
+//! [`NotAMember`], and it stops campaigning ([`RaftNode::is_removed`]).
 //!
 //! # Driver contract
 //!
@@ -217,9 +220,10 @@ pub use membership::{
 };
 pub use message::{
     AppendEntries, AppendOutcome, AppendResponse, ConflictHint, DecodeError, Envelope, Heartbeat,
-    HeartbeatResponse, InstallSnapshot, Message, RequestVote, RequestVoteResponse, TimeoutNow,
+    HeartbeatResponse, InstallSnapshot, Message, NotAMember, RequestVote, RequestVoteResponse,
+    TimeoutNow,
 };
-pub use node::{Action, FollowerProgress, RaftNode, Role, Status};
+pub use node::{Action, FollowerProgress, RaftNode, Role, Status, REMOVED_BACKOFF_ELECTIONS};
 #[cfg(feature = "bug-injection")]
 pub use types::Bugs;
 pub use types::{

@@ -22,6 +22,7 @@
 //! 7 TimeoutNow           term u32
 //! 8 InstallSnapshot      term u32, leader_commit u64, checkpoint_len u32,
 //!                        checkpoint bytes (`Checkpoint::encode`)
+//! 9 NotAMember           term u32, last_offset u64, last_term u32
 //! ```
 //!
 //! Decoding takes untrusted bytes: every length is checked, the entry bytes
@@ -53,6 +54,7 @@ pub enum Message {
     HeartbeatResponse(HeartbeatResponse),
     TimeoutNow(TimeoutNow),
     InstallSnapshot(InstallSnapshot),
+    NotAMember(NotAMember),
 }
 
 /// A candidate asks for a vote (or, with `pre_vote`, asks whether it would
@@ -157,6 +159,22 @@ pub struct TimeoutNow {
     pub term: Term,
 }
 
+/// The answer, besides the vote response, to a vote request from a node
+/// that is in neither of the sender's configurations (latest, committed):
+/// most likely a removed voter that never received its removal (the
+/// leader stopped replicating to it once the change was appended). The
+/// candidate believes it only if the sender's log is at least as up to
+/// date as its own (see `RaftNode`), and then stops campaigning for a
+/// while. Informational: its term is the sender's, and it changes no term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotAMember {
+    pub term: Term,
+    /// End offset of the sender's log.
+    pub last_offset: u64,
+    /// Term of the sender's last entry (0 if its log is empty).
+    pub last_term: Term,
+}
+
 /// Raft's InstallSnapshot with an empty state machine: the leader no longer
 /// holds the bytes a follower needs (they were trimmed), so it sends the
 /// checkpoint of its log start instead. The follower makes its log begin
@@ -187,6 +205,7 @@ impl Message {
             Message::HeartbeatResponse(m) => m.term,
             Message::TimeoutNow(m) => m.term,
             Message::InstallSnapshot(m) => m.term,
+            Message::NotAMember(m) => m.term,
         }
     }
 }
@@ -218,6 +237,7 @@ const KIND_HEARTBEAT: u8 = 5;
 const KIND_HEARTBEAT_RESPONSE: u8 = 6;
 const KIND_TIMEOUT_NOW: u8 = 7;
 const KIND_INSTALL_SNAPSHOT: u8 = 8;
+const KIND_NOT_A_MEMBER: u8 = 9;
 
 const FLAG_PRE_VOTE: u8 = 1;
 const FLAG_SECOND: u8 = 2;
@@ -336,6 +356,12 @@ impl Message {
                 out.extend_from_slice(&len.to_le_bytes());
                 out.extend_from_slice(&checkpoint);
             }
+            Message::NotAMember(m) => {
+                out.push(KIND_NOT_A_MEMBER);
+                out.extend_from_slice(&m.term.to_le_bytes());
+                out.extend_from_slice(&m.last_offset.to_le_bytes());
+                out.extend_from_slice(&m.last_term.to_le_bytes());
+            }
         }
         Bytes::new()
     }
@@ -446,6 +472,11 @@ impl Message {
                     checkpoint,
                 })
             }
+            KIND_NOT_A_MEMBER => Message::NotAMember(NotAMember {
+                term: reader.u32()?,
+                last_offset: reader.u64()?,
+                last_term: reader.u32()?,
+            }),
             other => return Err(DecodeError::UnknownKind(other)),
         };
         if !reader.bytes.is_empty() {
@@ -585,6 +616,15 @@ mod tests {
                 })
             }),
             any::<u32>().prop_map(|term| Message::TimeoutNow(TimeoutNow { term })),
+            (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(
+                |(term, last_offset, last_term)| {
+                    Message::NotAMember(NotAMember {
+                        term,
+                        last_offset,
+                        last_term,
+                    })
+                }
+            ),
             (
                 any::<u32>(),
                 any::<u64>(),

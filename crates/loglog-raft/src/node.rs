@@ -16,7 +16,8 @@ use crate::log::{Checkpoint, LogRead, LogReadError, LogState, LostTail, Recovere
 use crate::membership::{MemberAddress, Membership, MembershipChange};
 use crate::message::{
     AppendEntries, AppendOutcome, AppendResponse, ConflictHint, Envelope, Heartbeat,
-    HeartbeatResponse, InstallSnapshot, Message, RequestVote, RequestVoteResponse, TimeoutNow,
+    HeartbeatResponse, InstallSnapshot, Message, NotAMember, RequestVote, RequestVoteResponse,
+    TimeoutNow,
 };
 use crate::rng::SplitMix64;
 use crate::types::{
@@ -133,6 +134,11 @@ pub struct FollowerProgress {
 /// replicating follower is probed again (its messages were likely lost).
 const STALLED_HEARTBEATS_BEFORE_PROBE: u32 = 3;
 
+/// Election timeouts a node told [`NotAMember`] waits before it campaigns
+/// (and so asks) again: a removed node stays quiet, and a wrong belief
+/// costs at most this long.
+pub const REMOVED_BACKOFF_ELECTIONS: u32 = 10;
+
 /// The leader's view of one follower's log.
 #[derive(Clone, Debug)]
 struct Progress {
@@ -237,6 +243,10 @@ pub struct RaftNode {
     lost_tail: Option<LostTail>,
     election_elapsed: u32,
     randomized_timeout: u32,
+    /// Ticks left during which this node does not campaign because a
+    /// voter whose log is at least as up to date as ours answered our vote
+    /// request with [`NotAMember`]: we were most likely removed. 0: not.
+    removed_backoff_ticks: u32,
     votes: BTreeMap<NodeId, bool>,
     leader: Option<LeaderState>,
     actions: Vec<Action>,
@@ -290,6 +300,7 @@ impl RaftNode {
             lost_tail: recovered.lost_tail,
             election_elapsed: 0,
             randomized_timeout,
+            removed_backoff_ticks: 0,
             votes: BTreeMap::new(),
             leader: None,
             actions: Vec::new(),
@@ -316,6 +327,16 @@ impl RaftNode {
 
     pub fn hard_state(&self) -> HardState {
         self.hard
+    }
+
+    /// Whether this node was recently told, by a voter whose log is at
+    /// least as up to date as its own, that it is in neither of that
+    /// voter's configurations ([`NotAMember`]): most likely it was removed
+    /// and never received the change. It then does not campaign for
+    /// [`REMOVED_BACKOFF_ELECTIONS`] election timeouts, and asks again
+    /// after them; contact with a leader (it was added again) ends it.
+    pub fn is_removed(&self) -> bool {
+        self.removed_backoff_ticks > 0
     }
 
     /// The leader of the current term, as far as this node knows.
@@ -426,6 +447,7 @@ impl RaftNode {
             self.tick_leader();
         } else {
             self.election_elapsed = self.election_elapsed.saturating_add(1);
+            self.removed_backoff_ticks = self.removed_backoff_ticks.saturating_sub(1);
             if self.election_elapsed >= self.randomized_timeout && self.is_promotable() {
                 self.campaign(false);
             }
@@ -688,6 +710,7 @@ impl RaftNode {
     /// commits.
     fn is_promotable(&self) -> bool {
         self.lost_tail.is_none()
+            && self.removed_backoff_ticks == 0
             && (self.membership().is_voter(self.config.id)
                 || self.committed_membership.is_voter(self.config.id))
     }
@@ -869,6 +892,14 @@ impl RaftNode {
     // ----- message handling -----
 
     fn step_inner(&mut self, from: NodeId, message: Message) {
+        // Informational, whatever its term: it changes no term.
+        if let Message::NotAMember(notice) = message {
+            self.handle_not_a_member(notice);
+            return;
+        }
+        if let Message::RequestVote(_) = message {
+            self.tell_if_not_a_member(from);
+        }
         let term = message.term();
         if term > self.hard.term {
             match &message {
@@ -951,11 +982,62 @@ impl RaftNode {
             Message::AppendResponse(response) => self.handle_append_response(from, response),
             Message::HeartbeatResponse(response) => self.handle_heartbeat_response(from, response),
             Message::TimeoutNow(_) => {
+                // Only a leader that counts us among its voters sends it.
+                self.removed_backoff_ticks = 0;
                 if self.role != Role::Leader && self.is_promotable() {
                     self.campaign(true);
                 }
             }
+            // Handled before the term checks.
+            Message::NotAMember(_) => {}
         }
+    }
+
+    /// Answers a vote request from a node in neither of our configurations
+    /// with [`NotAMember`] (its vote request is still handled as any other:
+    /// we may be the one behind, and it may need our vote).
+    fn tell_if_not_a_member(&mut self, from: NodeId) {
+        if self.membership().is_member(from) || self.committed_membership.is_member(from) {
+            return;
+        }
+        if let Some(notice) = self.not_a_member_notice() {
+            self.send(from, Message::NotAMember(notice));
+        }
+    }
+
+    /// What this node tells a node that is in neither of its
+    /// configurations, [`NotAMember`]; `None` unless it is a voter (in its
+    /// latest or committed configuration): only a voter says it, one that
+    /// can itself campaign in the other's place. A driver whose transport
+    /// refuses non-members before any message is exchanged sends this with
+    /// its refusal, and the other side steps it as a message.
+    pub fn not_a_member_notice(&self) -> Option<NotAMember> {
+        let me = self.config.id;
+        let voter = self.membership().is_voter(me) || self.committed_membership.is_voter(me);
+        voter.then(|| NotAMember {
+            term: self.hard.term,
+            last_offset: self.log.end,
+            last_term: self.log.last_term(),
+        })
+    }
+
+    /// A voter says we are in neither of its configurations. Believed only
+    /// while we campaign and only if its log is at least as up to date as
+    /// ours: then its log holds ours (same last term) or comes from a later
+    /// leader, which held every entry committed before it, so a committed
+    /// configuration that includes us would be in it, and a voter that
+    /// knows all we know can campaign in our place. Stopping is never
+    /// unsafe (we only stop campaigning) and lasts a bounded time.
+    fn handle_not_a_member(&mut self, notice: NotAMember) {
+        if !matches!(self.role, Role::PreCandidate | Role::Candidate) {
+            return;
+        }
+        if (notice.last_term, notice.last_offset) < (self.log.last_term(), self.log.end) {
+            return;
+        }
+        self.removed_backoff_ticks =
+            REMOVED_BACKOFF_ELECTIONS.saturating_mul(self.config.election_ticks);
+        self.become_follower(self.hard.term, None);
     }
 
     /// A message from the leader of our term: follow it. Returns false if
@@ -969,6 +1051,8 @@ impl RaftNode {
             self.become_follower(self.hard.term, Some(from));
         }
         self.election_elapsed = 0;
+        // A leader replicates to us: we are a member (again).
+        self.removed_backoff_ticks = 0;
         true
     }
 

@@ -974,3 +974,121 @@ fn member_addresses_travel_in_config_entries() {
     let decoded = loglog_raft::Checkpoint::decode(&checkpoint.encode()).unwrap();
     assert_eq!(decoded, checkpoint);
 }
+
+/// Vote requests delivered from `from` so far.
+fn vote_requests_from(cluster: &Cluster, from: u64) -> usize {
+    cluster
+        .delivered
+        .iter()
+        .filter(|envelope| {
+            envelope.from == from && matches!(envelope.message, Message::RequestVote(_))
+        })
+        .count()
+}
+
+#[test]
+fn a_removed_voter_learns_it_from_the_voters_and_stops_campaigning() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    // Node 3 is cut off while its removal commits, so it never sees it.
+    cluster.isolate(3);
+    cluster
+        .node_mut(1)
+        .propose_membership(MembershipChange::Remove(3))
+        .unwrap();
+    cluster.run(1);
+    cluster.ticks(5);
+    assert_eq!(cluster.node(1).membership().voters, [1, 2].into());
+    assert!(cluster.node(2).commit_offset() >= cluster.node(1).commit_offset());
+    assert_eq!(cluster.node(3).membership().voters, [1, 2, 3].into());
+    let term = cluster.node(1).term();
+
+    // Healed, node 3 hears no leader (it is not in the configuration) and
+    // campaigns; the voters answer "not a member", and it stops.
+    cluster.heal();
+    let election_ticks = cluster.node(3).config().election_ticks as usize;
+    cluster.ticks(3 * election_ticks);
+    assert!(cluster.node(3).is_removed(), "node 3 learned its removal");
+    assert_eq!(cluster.node(3).role(), Role::Follower);
+    assert!(cluster.count_delivered(|m| matches!(m, Message::NotAMember(_))) >= 1);
+
+    // For the backoff it asks no one; the cluster is undisturbed.
+    let asked = vote_requests_from(&cluster, 3);
+    let backoff = loglog_raft::REMOVED_BACKOFF_ELECTIONS as usize * election_ticks;
+    cluster.ticks(backoff - 3 * election_ticks);
+    assert_eq!(
+        vote_requests_from(&cluster, 3),
+        asked,
+        "quiet while removed"
+    );
+    // Then it asks again, hears the same, and stays quiet: about one round
+    // per backoff, where it used to campaign every election timeout.
+    cluster.ticks(2 * backoff);
+    let rounds = (vote_requests_from(&cluster, 3) - asked) / 2;
+    assert!((1..=3).contains(&rounds), "{rounds} rounds in two backoffs");
+    assert!(cluster.node(3).is_removed());
+    assert_eq!(cluster.leader(), Some(1));
+    assert_eq!(cluster.node(1).term(), term, "no election was disturbed");
+    cluster.propose(1, b"after the removal");
+    cluster.ticks(3);
+
+    // Added again, a leader reaches it: it is a member, not removed.
+    cluster
+        .node_mut(1)
+        .propose_membership(MembershipChange::AddLearner(3))
+        .unwrap();
+    cluster.run(1);
+    cluster.ticks(10);
+    assert!(!cluster.node(3).is_removed());
+    assert_eq!(cluster.log(3), cluster.log(1));
+}
+
+#[test]
+fn a_voter_behind_cannot_silence_a_member_it_does_not_know() {
+    // Node 4 is added and promoted while node 3 is cut off, so node 3's
+    // configuration does not name it: node 3 answers node 4's vote requests
+    // with "not a member", but its log is behind node 4's, so node 4 does
+    // not believe it (it is a member, and may need node 3's vote).
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.isolate(3);
+    cluster.add_node(4, Membership::default());
+    cluster
+        .node_mut(1)
+        .propose_membership(MembershipChange::AddLearner(4))
+        .unwrap();
+    cluster.run(1);
+    cluster.ticks(10);
+    cluster
+        .node_mut(1)
+        .propose_membership(MembershipChange::PromoteLearner(4))
+        .unwrap();
+    cluster.run(1);
+    cluster.ticks(10);
+    assert_eq!(cluster.node(4).membership().voters, [1, 2, 3, 4].into());
+    assert_eq!(cluster.node(3).membership().voters, [1, 2, 3].into());
+
+    cluster.crash(1);
+    cluster.heal();
+    // Only node 4's clock runs: it campaigns first.
+    let election_ticks = cluster.node(4).config().election_ticks as usize;
+    for _ in 0..2 * election_ticks {
+        cluster.tick(4);
+        cluster.deliver_all();
+        assert!(!cluster.node(4).is_removed());
+    }
+    assert!(
+        cluster.count_delivered(|m| matches!(m, Message::NotAMember(_))) >= 1,
+        "node 3 told node 4"
+    );
+    for _ in 0..20 * election_ticks {
+        cluster.tick_all();
+        assert!(!cluster.node(4).is_removed());
+    }
+    let leader = cluster.leader().expect("a leader among 2, 3 and 4");
+    let offset = cluster.propose(leader, b"after the failover");
+    cluster.ticks(5);
+    for id in [2, 3, 4] {
+        assert!(cluster.node(id).commit_offset() > offset, "node {id}");
+    }
+}

@@ -335,6 +335,13 @@ fn any_message() -> impl Strategy<Value = Message> {
         }),
         term.clone()
             .prop_map(|term| Message::TimeoutNow(loglog_raft::TimeoutNow { term })),
+        (term.clone(), 0u64..300, term.clone()).prop_map(|(term, last_offset, last_term)| {
+            Message::NotAMember(loglog_raft::NotAMember {
+                term,
+                last_offset,
+                last_term,
+            })
+        }),
         (
             term.clone(),
             1u64..300,

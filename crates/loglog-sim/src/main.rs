@@ -229,10 +229,12 @@ fn main() -> ExitCode {
     let sum = |field: fn(&SimReport) -> u64| reports.iter().map(field).sum::<u64>();
     let reseeded = reports.iter().filter(|report| report.resets > 0).count();
     eprintln!(
-        "trims_applied={} log_resets={} (in {reseeded} seeds) reads_trimmed={}",
+        "trims_applied={} log_resets={} (in {reseeded} seeds) reads_trimmed={} \
+         removals_noticed={}",
         sum(|report| report.trims),
         sum(|report| report.resets),
-        sum(|report| report.reads_trimmed)
+        sum(|report| report.reads_trimmed),
+        sum(|report| report.removals_noticed)
     );
     if broken == 0 {
         ExitCode::SUCCESS

@@ -179,6 +179,9 @@ pub struct SimReport {
     pub trims: u64,
     pub resets: u64,
     pub reads_trimmed: u64,
+    /// Times a campaigning node was told "not a member" by a voter and
+    /// believed it (`RaftNode::is_removed` turned on).
+    pub removals_noticed: u64,
     /// FNV-1a of the trace lines (0 with [`TraceMode::Off`]).
     pub trace_hash: u64,
     /// The trace text (empty unless [`TraceMode::Full`]).
@@ -510,6 +513,7 @@ struct Sim {
     trims: u64,
     resets: u64,
     reads_trimmed: u64,
+    removals_noticed: u64,
     /// Until this time, AppendEntries starting with a no-op to these nodes
     /// are lost.
     no_op_loss_until: Nanos,
@@ -631,6 +635,7 @@ impl Sim {
             trims: 0,
             resets: 0,
             reads_trimmed: 0,
+            removals_noticed: 0,
             no_op_loss_until: 0,
             no_op_loss_to: Vec::new(),
             client_links_cut: vec![false; client_count * node_count],
@@ -759,7 +764,15 @@ impl Sim {
                         self.nodes[to].vote_requests.insert(from, *request);
                     }
                     let from_id = self.nodes[from].id;
+                    let was_removed = self.core(to).is_removed();
                     self.core(to).step(from_id, message);
+                    if !was_removed && self.core(to).is_removed() {
+                        self.removals_noticed += 1;
+                        let id = self.nodes[to].id;
+                        self.trace_line(|| {
+                            format!("node {id} told by node {from_id} that it is not a member")
+                        });
+                    }
                     self.drive(to);
                 }
             }
@@ -2428,6 +2441,7 @@ impl Sim {
             trims: self.trims,
             resets: self.resets,
             reads_trimmed: self.reads_trimmed,
+            removals_noticed: self.removals_noticed,
             trace_hash: if self.trace_mode == TraceMode::Off {
                 0
             } else {

@@ -208,7 +208,7 @@ impl NodeMetrics {
         self.upload_missed_messages
             .inner()
             .store(missed, Ordering::Relaxed);
-        for role in ["leader", "follower", "candidate", "learner"] {
+        for role in ["leader", "follower", "candidate", "learner", "removed"] {
             self.role.get_or_create(&RoleLabels { role }).set(0);
         }
         self.role
@@ -249,6 +249,7 @@ fn role_name(role: loglog_proto::wire::Role) -> &'static str {
         Role::Follower => "follower",
         Role::Candidate => "candidate",
         Role::Learner => "learner",
+        Role::Removed => "removed",
         Role::Unknown(_) => "unknown",
     }
 }

@@ -1011,7 +1011,13 @@ fn peer_handshake_refuses_strangers_and_garbage_closes_the_connection() {
     assert_eq!(answer, 1, "another cluster is refused");
     assert!(closed(stream));
     assert_eq!(handshake(peer, 2, 3, "alpha").1, 2, "wrong node id");
-    assert_eq!(handshake(peer, 7, 1, "alpha").1, 3, "not a member");
+    // Not a member: node 1, a voter, says so with what it knows (term,
+    // log end, last term), checked against its status below.
+    let (mut stream, answer) = handshake(peer, 7, 1, "alpha");
+    assert_eq!(answer, 6, "not a member, told by a voter");
+    let mut notice = [0u8; 16];
+    stream.read_exact(&mut notice).unwrap();
+    assert!(closed(stream));
     let mut garbage = TcpStream::connect(peer).unwrap();
     garbage
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -1039,6 +1045,15 @@ fn peer_handshake_refuses_strangers_and_garbage_closes_the_connection() {
     let status = NodeStatus::decode(&call(&mut raw, Request::Status).unwrap()).unwrap();
     assert_eq!(status.node_id, 1);
     assert_ne!(status.role, Role::Leader);
+    assert_eq!(
+        u64::from_le_bytes(notice[4..12].try_into().unwrap()),
+        status.end_offset,
+        "the notice carries node 1's log end"
+    );
+    assert_eq!(
+        u64::from(u32::from_le_bytes(notice[0..4].try_into().unwrap())),
+        status.term
+    );
     assert!(node.try_wait().unwrap().is_none());
     node.kill().unwrap();
     node.wait().unwrap();
@@ -1529,9 +1544,9 @@ fn a_node_added_under_load_becomes_a_voter_and_the_old_leader_is_removed() {
     );
     assert_eq!(status.members.len(), 3);
     // The old leader committed its own removal before stepping down: it
-    // knows it is no voter, and never campaigns.
+    // knows it is out, says so, and never campaigns.
     let removed_status = cluster.status(leader).unwrap();
-    assert_eq!(removed_status.role, Role::Learner, "{removed_status:?}");
+    assert_eq!(removed_status.role, Role::Removed, "{removed_status:?}");
     cluster.kill(leader);
     // Appends go on without it.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -2012,4 +2027,90 @@ fn retention_by_age_trims_a_paused_follower_only_after_it_catches_up() {
         }
     }
     assert!(found > 0, "acknowledged entries above the start are kept");
+}
+
+/// A follower stopped (SIGSTOP) while it is removed never receives its
+/// removal. Resumed, it campaigns; the voters refuse its connections as
+/// not a member, with their log position, and it stops campaigning and
+/// reports `removed` (the leader and its term undisturbed). Added again,
+/// a leader reaches it and it is a voter once more.
+#[test]
+fn a_node_removed_while_stopped_learns_it_and_stops_campaigning() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(root.path(), 4);
+    for index in 0..4 {
+        cluster.start(index);
+    }
+    let all: Vec<usize> = (0..4).collect();
+    let leader = cluster.wait_for_leader(&all);
+    let stopped = (leader + 1) % 4;
+    let stopped_id = cluster.members[stopped].id;
+    let others: Vec<usize> = all.iter().copied().filter(|&i| i != stopped).collect();
+    let others_addrs = cluster.client_addrs(&others);
+    let client = Client::connect(&others_addrs).unwrap();
+    client.append(&b"before the removal"[..]).unwrap();
+
+    let pid = cluster.members[stopped]
+        .child
+        .as_ref()
+        .unwrap()
+        .id()
+        .to_string();
+    let signal = |name: &str| {
+        assert!(Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    let removed = client.admin(AdminRequest::RemoveNode { id: stopped_id });
+    assert!(removed.is_ok(), "{removed:?}\n{}", cluster.logs());
+    client.append(&b"after the removal"[..]).unwrap();
+    let term = cluster.status(leader).unwrap().term;
+    signal("-CONT");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = cluster.status(stopped);
+        if status.is_some_and(|status| status.role == Role::Removed) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {stopped_id} never learned its removal: {status:?}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(&cluster.members[stopped].log).unwrap();
+    assert!(
+        log.contains("this node was removed from the cluster"),
+        "{log}"
+    );
+    // Quiet from then on: no election among the others.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(cluster.status(stopped).unwrap().role, Role::Removed);
+    let leader_status = cluster.status(leader).unwrap();
+    assert_eq!(leader_status.role, Role::Leader);
+    assert_eq!(
+        leader_status.term, term,
+        "the removed node disturbed no one"
+    );
+
+    // Added again (same id, same data): a member once more.
+    let member = &cluster.members[stopped];
+    let added = client.admin(AdminRequest::AddNode {
+        id: stopped_id,
+        peer_addr: &member.peer.to_string(),
+        client_addr: &member.client.to_string(),
+    });
+    assert!(added.is_ok(), "{added:?}\n{}", cluster.logs());
+    let status = cluster.status(stopped).unwrap();
+    assert_eq!(status.role, Role::Follower, "{status:?}");
+    let log = std::fs::read_to_string(&cluster.members[stopped].log).unwrap();
+    assert!(log.contains("a leader reaches this node again"), "{log}");
+    for index in 0..4 {
+        cluster.kill(index);
+    }
 }

@@ -75,7 +75,7 @@ use loglog_proto::wire::{MemberStatus, Role as WireRole, ServerError};
 use loglog_raft::{
     Action, AppendEntries, Checkpoint, Config as RaftConfig, Envelope, HardState, LogRead,
     LogReadError, LogScan, LostTail, MemberAddress, Membership, MembershipChange, Message, NodeId,
-    ProposeError, RaftNode, RequestError, Role, WriteId,
+    NotAMember, ProposeError, RaftNode, RequestError, Role, WriteId,
 };
 use loglog_storage::{
     state_file, FsyncPolicy, LogReader, LogSyncer, LogWriter, StorageConfig, StorageError,
@@ -212,6 +212,8 @@ pub(crate) enum Event {
     UploadMissed { from: NodeId, miss: MissReport },
     /// We could not rebuild an `AppendByDigest` from `leader`: tell it.
     ReportMiss { leader: NodeId, miss: MissReport },
+    /// A voter refused our connection as not a member, with its notice.
+    NotAMember { from: NodeId, notice: NotAMember },
 }
 
 /// The admin requests the driver performs (trim goes through the node's
@@ -424,6 +426,8 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         uploads: UploadCache::new(cluster.upload_cache),
         max_payload: config.max_entry_size,
         tls: peer_tls,
+        accepted_generation: AtomicU64::new(0),
+        not_a_member_notice: std::sync::Mutex::new(opened.raft.not_a_member_notice()),
     });
     let max_entries_bytes = opened.raft.config().max_message_entries_bytes();
     tokio::spawn(transport::serve_peers(
@@ -476,6 +480,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         commands: commands_rx,
         commands_open: true,
         events: events_rx,
+        peer_events: events_tx.clone(),
         runtime: tokio::runtime::Handle::current(),
         sync_jobs: Some(sync_tx),
         synced,
@@ -484,6 +489,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         cluster: cluster.clone(),
         links: BTreeMap::new(),
         synced_membership: None,
+        removal_logged: false,
         last_heard: BTreeMap::new(),
         admin: Vec::new(),
         waiters: VecDeque::new(),
@@ -549,19 +555,18 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
 }
 
 /// Whom the peer listener accepts: the latest and the committed members (a
-/// node removed by an uncommitted entry may still be needed to commit it)
-/// and the --peers it was started with, each with its peer address. None
-/// yet (a joining node): any id of the cluster, whose certificate (under
-/// TLS) must name the host of one of --peers (see transport).
+/// node removed by an uncommitted entry may still be needed to commit it),
+/// each with its peer address. Not `--peers` beyond them: a founder
+/// removed since must be refused like any removed node, so that it learns
+/// it (a voter's refusal carries the core's `NotAMember`). None yet (a
+/// joining node): any id of the cluster, whose certificate (under TLS)
+/// must name the host of one of --peers (see transport).
 fn accepted_peers(
     latest: &Membership,
     committed: &Membership,
     cluster: &ClusterConfig,
 ) -> AcceptedPeers {
-    let mut ids: BTreeSet<NodeId> = latest.members().chain(committed.members()).collect();
-    if !ids.is_empty() {
-        ids.extend(cluster.peers.iter().map(|peer| peer.id));
-    }
+    let ids: BTreeSet<NodeId> = latest.members().chain(committed.members()).collect();
     AcceptedPeers {
         members: ids
             .into_iter()
@@ -1092,6 +1097,8 @@ struct Driver {
     commands: mpsc::Receiver<WriterCommand>,
     commands_open: bool,
     events: mpsc::Receiver<Event>,
+    /// Handed to the dialers, which report refusals with a notice.
+    peer_events: mpsc::Sender<Event>,
     runtime: tokio::runtime::Handle,
     /// `None` once stopping: dropping it ends the syncer thread.
     sync_jobs: Option<std_mpsc::SyncSender<WriteId>>,
@@ -1106,6 +1113,9 @@ struct Driver {
     /// The (latest, committed) configurations `links` and the accepted
     /// members follow.
     synced_membership: Option<(Membership, Membership)>,
+    /// This node's removal was logged (once, until a leader reaches it
+    /// again).
+    removal_logged: bool,
     /// When a message from each member last arrived.
     last_heard: BTreeMap<NodeId, Instant>,
     /// Admin requests waiting for their change (at most MAX_PENDING_ADMIN).
@@ -1335,6 +1345,7 @@ impl Driver {
                 id,
                 peer_addr.clone(),
                 queue.clone(),
+                self.peer_events.clone(),
                 stopped,
             ));
             self.links.insert(
@@ -1607,6 +1618,9 @@ impl Driver {
             }
             Input::Event(Event::Members(reply)) => drop(reply.send(self.members_status())),
             Input::Event(Event::UploadMissed { from, miss }) => self.resend_missed(from, miss),
+            Input::Event(Event::NotAMember { from, notice }) => {
+                self.raft.step(from, Message::NotAMember(notice));
+            }
             Input::Event(Event::ReportMiss { leader, miss }) => {
                 if let Some(link) = self.links.get(&leader) {
                     link.queue
@@ -2035,12 +2049,37 @@ impl Driver {
         }
     }
 
-    fn publish_status(&self) {
+    /// Whether this node is out of the cluster: its latest configuration
+    /// leaves it out (a joining node, with none yet, is not out), or a
+    /// voter told it so (the core's `is_removed`: a removal it never
+    /// received).
+    fn is_removed(&self) -> bool {
+        let latest = self.raft.membership();
+        let known = !latest.voters.is_empty() || !latest.learners.is_empty();
+        self.raft.is_removed() || (known && !latest.is_member(self.node_id))
+    }
+
+    fn publish_status(&mut self) {
+        let removed = self.is_removed() && self.raft.role() != Role::Leader;
+        if removed && !self.removal_logged {
+            tracing::warn!(
+                "this node was removed from the cluster (its configuration says so, or a voter \
+                 answered its vote request with \"not a member\"): it does not campaign until a \
+                 leader reaches it; add it again with `loglog admin add-node`, or stop it"
+            );
+            self.removal_logged = true;
+        } else if !removed && self.removal_logged && self.raft.leader().is_some() {
+            tracing::info!("a leader reaches this node again: it is a member");
+            self.removal_logged = false;
+        }
         let role = match self.raft.role() {
+            _ if removed => WireRole::Removed,
             Role::Follower if !self.raft.membership().is_voter(self.node_id) => WireRole::Learner,
             role => wire_role(role),
         };
         self.status.role.store(role.to_byte(), Ordering::Relaxed);
+        self.identity
+            .set_not_a_member_notice(self.raft.not_a_member_notice());
         self.status
             .leader
             .store(self.raft.leader().unwrap_or(0), Ordering::Relaxed);

@@ -17,14 +17,21 @@
 //!
 //! and the listener answers one byte: 0 accepted, 1 another cluster, 2 not
 //! the node the dialer wanted, 3 an id that is not a member, 4 malformed,
-//! 5 a TLS certificate that is not the claimed member's.
+//! 5 a TLS certificate that is not the claimed member's, 6 an id that is
+//! not a member, from a voter, followed by 16 bytes: the core's
+//! `NotAMember` notice (term u32, last_offset u64, last_term u32), which
+//! the dialer's driver steps like a message (a removed node that never
+//! received its removal learns it so, and stops campaigning).
 //! A refused handshake is logged on both sides and the connection closed;
 //! the dialer retries with backoff (a misconfigured node keeps being
 //! refused, loudly, and never mixes its messages in). The members a node
-//! accepts follow its latest configuration (a node added later is accepted
-//! once the config entry adding it is in this node's log, so "not a member"
-//! is retried at the normal pace); a node with no configuration yet (one
-//! joining, before it has the log) accepts any id of its cluster.
+//! accepts follow its configurations, latest and committed (a node added
+//! later is accepted once the config entry adding it is in this node's
+//! log, so "not a member" is retried at the normal pace; a member removed
+//! since its connection was accepted has the connection closed at its next
+//! frame, and its redial is refused with answer 6); a node with no
+//! configuration yet (one joining, before it has the log) accepts any id
+//! of its cluster.
 //!
 //! **TLS.** With `tls` configured for peers, every peer connection is
 //! mutual TLS first (see [`crate::tls`]): the listener refuses, and logs
@@ -64,7 +71,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use loglog_raft::{Envelope, Message, NodeId, LARGE_ENTRY_BYTES};
+use loglog_raft::{Envelope, Message, NodeId, NotAMember, LARGE_ENTRY_BYTES};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot::error::TryRecvError;
@@ -84,6 +91,10 @@ pub(crate) const WRONG_NODE: u8 = 2;
 pub(crate) const NOT_A_MEMBER: u8 = 3;
 pub(crate) const MALFORMED: u8 = 4;
 pub(crate) const WRONG_CERTIFICATE: u8 = 5;
+/// "Not a member", from a voter: followed by its [`NotAMember`] notice
+/// (term u32, last_offset u64, last_term u32, little endian).
+pub(crate) const NOT_A_MEMBER_NOTICE: u8 = 6;
+const NOTICE_LEN: usize = 16;
 
 /// Bytes queued for one peer, at most (about four full in-flight windows).
 pub const MAX_PEER_QUEUE_BYTES: usize = 32 * 1024 * 1024;
@@ -119,6 +130,9 @@ pub(crate) struct Identity {
     pub cluster_id: String,
     /// Whom the peer listener accepts (kept current by the driver).
     pub accepted: RwLock<AcceptedPeers>,
+    /// Bumped by every change of `accepted`, so that open connections
+    /// re-check their peer cheaply.
+    pub accepted_generation: AtomicU64,
     /// Bytes written to outbound peer connections since start.
     pub bytes_sent: AtomicU64,
     /// Payloads clients uploaded here (module `upload`).
@@ -127,14 +141,42 @@ pub(crate) struct Identity {
     pub max_payload: u32,
     /// Mutual TLS for every peer connection; `None`: plain TCP.
     pub tls: Option<PeerTls>,
+    /// What the peer listener tells a dialer it refuses as not a member
+    /// (the core's `not_a_member_notice`, kept current by the driver).
+    pub not_a_member_notice: Mutex<Option<NotAMember>>,
 }
 
 impl Identity {
+    pub(crate) fn set_not_a_member_notice(&self, notice: Option<NotAMember>) {
+        *self
+            .not_a_member_notice
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = notice;
+    }
+
+    fn not_a_member_notice(&self) -> Option<NotAMember> {
+        *self
+            .not_a_member_notice
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     pub(crate) fn set_accepted(&self, accepted: AcceptedPeers) {
         *self
             .accepted
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = accepted;
+        self.accepted_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Whether a peer admitted earlier is still a member (a joining node,
+    /// with no members yet, keeps everyone).
+    fn still_accepts(&self, from: NodeId) -> bool {
+        let accepted = self
+            .accepted
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        accepted.members.is_empty() || accepted.members.contains_key(&from)
     }
 
     /// Whether `from` may connect; under TLS also whether the certificate
@@ -303,6 +345,7 @@ pub(crate) async fn dial_peer(
     peer: NodeId,
     peer_addr: String,
     queue: Arc<PeerQueue>,
+    events: mpsc::Sender<Event>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut backoff = BACKOFF_FIRST;
@@ -356,7 +399,12 @@ pub(crate) async fn dial_peer(
                     tracing::info!(peer, addr = %peer_addr, %error, "peer connection lost");
                 }
             }
-            Err(DialError::NotYetMember) => {
+            Err(DialError::NotYetMember(notice)) => {
+                // Informational (the core decides what it means); dropped
+                // when the driver is busy: the next refusal repeats it.
+                if let Some(notice) = notice {
+                    drop(events.try_send(Event::NotAMember { from: peer, notice }));
+                }
                 if !logged_down {
                     tracing::info!(peer, addr = %peer_addr, "peer does not know us as a member; retrying");
                     logged_down = true;
@@ -391,7 +439,8 @@ pub(crate) async fn dial_peer(
 
 enum DialError {
     Io(String),
-    NotYetMember,
+    /// The peer does not count us as a member; a voter says what it knows.
+    NotYetMember(Option<NotAMember>),
     Refused(&'static str),
     /// The TLS handshake failed on a certificate (ours or theirs).
     Tls(String),
@@ -424,7 +473,15 @@ async fn handshake(
         WRONG_NODE => Err(DialError::Refused(
             "the node at that address has another node id",
         )),
-        NOT_A_MEMBER => Err(DialError::NotYetMember),
+        NOT_A_MEMBER => Err(DialError::NotYetMember(None)),
+        NOT_A_MEMBER_NOTICE => {
+            let mut notice = [0u8; NOTICE_LEN];
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut notice))
+                .await
+                .map_err(|_| DialError::Io("handshake timed out".to_string()))?
+                .map_err(|error| DialError::Io(format!("handshake: {error}")))?;
+            Err(DialError::NotYetMember(Some(decode_notice(&notice))))
+        }
         WRONG_CERTIFICATE => Err(DialError::Refused(
             "our certificate is not valid for our peer address's host (or tls.peer_server_name)",
         )),
@@ -568,12 +625,24 @@ async fn receive_peer(
     let mut append_chain: Option<oneshot::Receiver<()>> = None;
     let chain_slots = Arc::new(Semaphore::new(MAX_WAITING_APPENDS));
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut accepted_generation = identity.accepted_generation.load(Ordering::Acquire);
     loop {
         let len = match reader.read_u32_le().await {
             Ok(len) => u64::from(len),
             Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(error) => return Err(error.to_string()),
         };
+        // A member removed since the handshake is closed on: it redials,
+        // and the refusal tells it (it never receives its removal).
+        let generation = identity.accepted_generation.load(Ordering::Acquire);
+        if generation != accepted_generation {
+            accepted_generation = generation;
+            if !identity.still_accepts(from) {
+                return Err(format!(
+                    "node {from} is no longer in this node's configuration: closed"
+                ));
+            }
+        }
         if len > max_frame {
             return Err(format!(
                 "frame of {len} bytes exceeds the cap of {max_frame}"
@@ -844,11 +913,45 @@ async fn accept_handshake(stream: &mut Stream, identity: &Identity) -> Result<No
                 .map_err(|error| format!("handshake: {error}"))?;
             Ok(from)
         }
+        Err((NOT_A_MEMBER, reason)) => {
+            tracing::error!(%reason, "peer handshake refused");
+            match identity.not_a_member_notice() {
+                Some(notice) => drop(answer_not_a_member(stream, notice).await),
+                None => drop(answer(stream, NOT_A_MEMBER).await),
+            }
+            Err(reason)
+        }
         Err((code, reason)) => {
             tracing::error!(%reason, "peer handshake refused");
             drop(answer(stream, code).await);
             Err(reason)
         }
+    }
+}
+
+/// Refuses a dialer as not a member, with what this voter knows.
+async fn answer_not_a_member(stream: &mut Stream, notice: NotAMember) -> std::io::Result<()> {
+    let mut bytes = [0u8; 1 + NOTICE_LEN];
+    bytes[0] = NOT_A_MEMBER_NOTICE;
+    bytes[1..].copy_from_slice(&encode_notice(notice));
+    stream.write_all(&bytes).await?;
+    stream.flush().await
+}
+
+fn encode_notice(notice: NotAMember) -> [u8; NOTICE_LEN] {
+    let mut bytes = [0u8; NOTICE_LEN];
+    bytes[0..4].copy_from_slice(&notice.term.to_le_bytes());
+    bytes[4..12].copy_from_slice(&notice.last_offset.to_le_bytes());
+    bytes[12..16].copy_from_slice(&notice.last_term.to_le_bytes());
+    bytes
+}
+
+fn decode_notice(bytes: &[u8; NOTICE_LEN]) -> NotAMember {
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    NotAMember {
+        term: u32_at(0),
+        last_offset: u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes")),
+        last_term: u32_at(12),
     }
 }
 
