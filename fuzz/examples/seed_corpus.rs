@@ -103,7 +103,7 @@ fn sample_messages() -> Vec<Message> {
             prev_offset: 0,
             prev_term: 0,
             leader_commit: 0,
-            entries: sample_log(),
+            entries: sample_log().into(),
         }),
         Message::AppendResponse(AppendResponse {
             term: 3,
