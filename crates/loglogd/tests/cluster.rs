@@ -143,6 +143,18 @@ impl Cluster {
         member.child = Some(child);
     }
 
+    /// Sends a signal (`kill` syntax: "-STOP", "-CONT") to a running node.
+    fn signal(&self, index: usize, name: &str) {
+        let pid = self.members[index]
+            .child
+            .as_ref()
+            .expect("running")
+            .id()
+            .to_string();
+        let sent = Command::new("kill").args([name, &pid]).status().unwrap();
+        assert!(sent.success(), "kill {name} {pid}");
+    }
+
     fn kill(&mut self, index: usize) {
         let mut child = self.members[index].child.take().expect("running");
         child.kill().unwrap(); // SIGKILL
@@ -1937,20 +1949,7 @@ fn retention_by_age_trims_a_paused_follower_only_after_it_catches_up() {
     let leader = cluster.wait_for_leader(&[0, 1, 2]);
     let paused = (leader + 1) % 3;
     let client = Client::connect(&cluster.client_addrs(&[leader])).unwrap();
-    let pid = cluster.members[paused]
-        .child
-        .as_ref()
-        .unwrap()
-        .id()
-        .to_string();
-    let signal = |name: &str| {
-        assert!(Command::new("kill")
-            .args([name, &pid])
-            .status()
-            .unwrap()
-            .success())
-    };
-    signal("-STOP");
+    cluster.signal(paused, "-STOP");
     let paused_segments = segment_starts(&cluster.members[paused].dir);
     let mut acknowledged = Vec::new();
     for n in 0..300 {
@@ -1966,7 +1965,7 @@ fn retention_by_age_trims_a_paused_follower_only_after_it_catches_up() {
         paused_segments
     );
 
-    signal("-CONT");
+    cluster.signal(paused, "-CONT");
     let deadline = Instant::now() + Duration::from_secs(20);
     let statuses = loop {
         let statuses: Vec<NodeStatus> = (0..3).filter_map(|index| cluster.status(index)).collect();
@@ -2050,25 +2049,12 @@ fn a_node_removed_while_stopped_learns_it_and_stops_campaigning() {
     let client = Client::connect(&others_addrs).unwrap();
     client.append(&b"before the removal"[..]).unwrap();
 
-    let pid = cluster.members[stopped]
-        .child
-        .as_ref()
-        .unwrap()
-        .id()
-        .to_string();
-    let signal = |name: &str| {
-        assert!(Command::new("kill")
-            .args([name, &pid])
-            .status()
-            .unwrap()
-            .success())
-    };
-    signal("-STOP");
+    cluster.signal(stopped, "-STOP");
     let removed = client.admin(AdminRequest::RemoveNode { id: stopped_id });
     assert!(removed.is_ok(), "{removed:?}\n{}", cluster.logs());
     client.append(&b"after the removal"[..]).unwrap();
     let term = cluster.status(leader).unwrap().term;
-    signal("-CONT");
+    cluster.signal(stopped, "-CONT");
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
