@@ -500,9 +500,9 @@ pub enum Role {
     Candidate,
     Leader,
     Learner,
-    /// A voter told it is in no configuration of a voter whose log is at
-    /// least as up to date: most likely removed without learning it. It
-    /// does not campaign until a leader reaches it again.
+    /// Out of the cluster: its own configuration leaves it out, or a voter
+    /// whose log is at least as up to date told it so (a removal it never
+    /// received). It does not campaign until a leader reaches it again.
     Removed,
     Unknown(u8),
 }

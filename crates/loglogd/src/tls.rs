@@ -320,9 +320,10 @@ impl PeerTls {
             .iter()
             .map(|name| name.to_str().into_owned())
             .collect();
-        Err(match names.is_empty() {
-            true => "no peer address is known to check its certificate against".to_string(),
-            false => format!("its certificate is not valid for {}", names.join(" or ")),
+        Err(if names.is_empty() {
+            "no peer address is known to check its certificate against".to_string()
+        } else {
+            format!("its certificate is not valid for {}", names.join(" or "))
         })
     }
 

@@ -220,8 +220,9 @@ impl Identity {
 /// Whom the peer listener accepts.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct AcceptedPeers {
-    /// Member id → its peer address ("host:port", empty when unknown), from
-    /// the configurations this node follows and `--peers`.
+    /// The members of the configurations this node follows (latest and
+    /// committed), each with its peer address ("host:port": from the
+    /// configurations, else `--peers`; empty when unknown).
     pub members: BTreeMap<NodeId, String>,
     /// With no members yet (a joining node): any id of the cluster is
     /// accepted, and under TLS its certificate must be valid for the host
