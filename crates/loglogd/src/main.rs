@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use loglogd::cluster::upload::UploadLimits;
 use loglogd::{
     parse_byte_size, parse_duration, ClientAuth, Config, Fsync, Limits, Node, TlsConfig,
     TlsListeners,
@@ -304,6 +305,9 @@ struct FileLimits {
     client_stall_timeout: Option<String>,
     max_commit_wait: Option<String>,
     auth_timeout: Option<String>,
+    max_upload_cache_bytes: Option<FileSize>,
+    max_upload_cache_entries: Option<usize>,
+    upload_cache_ttl: Option<String>,
 }
 
 /// The node's bounds (`loglogd::Limits`): each from its flag, its LOGLOG_*
@@ -352,6 +356,17 @@ struct LimitArgs {
     /// it connected is closed (e.g. 10s).
     #[arg(long, env = "LOGLOG_AUTH_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     auth_timeout: Option<Duration>,
+    /// Cluster, client-side upload: payload bytes of uploads held for the
+    /// leader's appends by digest (oldest dropped first; a miss costs the
+    /// leader a raw resend, never data).
+    #[arg(long, env = "LOGLOG_MAX_UPLOAD_CACHE_BYTES", value_name = "SIZE", value_parser = parse_usize_size)]
+    max_upload_cache_bytes: Option<usize>,
+    /// Cluster, client-side upload: uploads held at most.
+    #[arg(long, env = "LOGLOG_MAX_UPLOAD_CACHE_ENTRIES", value_name = "N")]
+    max_upload_cache_entries: Option<usize>,
+    /// Cluster, client-side upload: how long an upload is kept (e.g. 30s).
+    #[arg(long, env = "LOGLOG_UPLOAD_CACHE_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    upload_cache_ttl: Option<Duration>,
 }
 
 impl LimitArgs {
@@ -428,7 +443,32 @@ impl LimitArgs {
             &mut self.auth_timeout,
             duration("auth_timeout", file.auth_timeout)?,
         );
+        or(
+            &mut self.max_upload_cache_bytes,
+            size("max_upload_cache_bytes", file.max_upload_cache_bytes)?,
+        );
+        or(
+            &mut self.max_upload_cache_entries,
+            file.max_upload_cache_entries,
+        );
+        or(
+            &mut self.upload_cache_ttl,
+            duration("upload_cache_ttl", file.upload_cache_ttl)?,
+        );
         Ok(())
+    }
+
+    /// The upload cache's bounds: the defaults with what was given laid
+    /// over them.
+    fn upload_limits(&self) -> UploadLimits {
+        let defaults = UploadLimits::default();
+        UploadLimits {
+            max_bytes: self.max_upload_cache_bytes.unwrap_or(defaults.max_bytes),
+            max_entries: self
+                .max_upload_cache_entries
+                .unwrap_or(defaults.max_entries),
+            ttl: self.upload_cache_ttl.unwrap_or(defaults.ttl),
+        }
     }
 
     /// The defaults with what was given laid over them.
@@ -647,6 +687,12 @@ fn printed_config(config: &Config) -> String {
             client_stall_timeout: Some(loglogd::format_duration(limits.client_stall_timeout)),
             max_commit_wait: Some(loglogd::format_duration(limits.max_commit_wait)),
             auth_timeout: Some(loglogd::format_duration(limits.auth_timeout)),
+            // Only a cluster node has an upload cache.
+            max_upload_cache_bytes: cluster
+                .map(|cluster| FileSize::Bytes(cluster.upload_cache.max_bytes as u64)),
+            max_upload_cache_entries: cluster.map(|cluster| cluster.upload_cache.max_entries),
+            upload_cache_ttl: cluster
+                .map(|cluster| loglogd::format_duration(cluster.upload_cache.ttl)),
         }),
         tls: config.tls.as_ref().map(|tls| FileTls {
             cert: Some(tls.cert.clone()),
@@ -715,6 +761,7 @@ fn config_from(args: Args) -> Config {
         cluster.peer_listen = args.peer_listen;
         cluster.cluster_id = args.cluster_id;
         cluster.join = args.join;
+        cluster.upload_cache = args.limits.upload_limits();
         cluster.test_switches.unsynced_lost_on_kill = args.test_unsynced_lost_on_kill;
         cluster.test_switches.fsync_delay = args.test_fsync_delay.unwrap_or_default();
         #[cfg(feature = "bug-injection")]
@@ -966,6 +1013,43 @@ cluster_id = "file-cluster"
     }
 
     #[test]
+    fn upload_cache_bounds_come_from_flags_over_the_file_over_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loglogd.toml");
+        std::fs::write(
+            &path,
+            "peers = \"1=127.0.0.1:7101@127.0.0.1:7001\"\n[limits]\nmax_upload_cache_bytes = \"64MiB\"\nmax_upload_cache_entries = 1000\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let cluster = |argv: &[&str]| {
+            let mut all = vec!["loglogd", "--config", path];
+            all.extend_from_slice(argv);
+            config_from(parse_args(all).unwrap()).cluster.unwrap()
+        };
+        let from_file = cluster(&[]);
+        assert_eq!(from_file.upload_cache.max_bytes, 64 << 20);
+        assert_eq!(from_file.upload_cache.max_entries, 1000);
+        assert_eq!(
+            from_file.upload_cache.ttl,
+            UploadLimits::default().ttl,
+            "unset bounds keep their defaults"
+        );
+        let flagged = cluster(&[
+            "--max-upload-cache-entries",
+            "10",
+            "--upload-cache-ttl",
+            "2s",
+        ]);
+        assert_eq!(flagged.upload_cache.max_entries, 10, "the flag wins");
+        assert_eq!(flagged.upload_cache.max_bytes, 64 << 20);
+        assert_eq!(flagged.upload_cache.ttl, Duration::from_secs(2));
+        // A single node has no upload cache, and prints none.
+        let single = config_from(parse_args(["loglogd"]).unwrap());
+        assert!(!printed_config(&single).contains("upload_cache"));
+    }
+
+    #[test]
     fn printed_config_reads_back_to_the_same_config() {
         let dir = tempfile::tempdir().unwrap();
         let config = config_from(
@@ -983,11 +1067,14 @@ cluster_id = "file-cluster"
                 "1MiB",
                 "--max-long-poll-wait",
                 "2500ms",
+                "--upload-cache-ttl",
+                "5s",
             ])
             .unwrap(),
         );
         let text = printed_config(&config);
         assert!(text.contains("[limits]"), "{text}");
+        assert!(text.contains("upload_cache_ttl = \"5s\""), "{text}");
         let path = dir.path().join("printed.toml");
         std::fs::write(&path, &text).unwrap();
         let reread =
