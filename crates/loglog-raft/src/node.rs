@@ -1022,14 +1022,21 @@ impl RaftNode {
     }
 
     /// A voter says we are in neither of its configurations. Believed only
-    /// while we campaign and only if its log is at least as up to date as
-    /// ours: then its log holds ours (same last term) or comes from a later
-    /// leader, which held every entry committed before it, so a committed
-    /// configuration that includes us would be in it, and a voter that
-    /// knows all we know can campaign in our place. Stopping is never
-    /// unsafe (we only stop campaigning) and lasts a bounded time.
+    /// while we campaign (or, as a learner of our latest configuration,
+    /// which never campaigns, once we heard no leader for an election
+    /// timeout) and only if its log is at
+    /// least as up to date as ours: then its log holds ours (same last
+    /// term) or comes from a later leader, which held every entry committed
+    /// before it, so a committed configuration that includes us would be
+    /// in it, and a voter that knows all we know can campaign in our
+    /// place. Stopping is never unsafe (we only stop campaigning) and
+    /// lasts a bounded time.
     fn handle_not_a_member(&mut self, notice: NotAMember) {
-        if !matches!(self.role, Role::PreCandidate | Role::Candidate) {
+        let campaigning = matches!(self.role, Role::PreCandidate | Role::Candidate);
+        // (A node with no configuration yet is joining, not removed.)
+        let learner = self.membership().learners.contains(&self.config.id);
+        let leaderless = self.election_elapsed >= self.config.election_ticks;
+        if !campaigning && !(learner && leaderless) {
             return;
         }
         if (notice.last_term, notice.last_offset) < (self.log.last_term(), self.log.end) {

@@ -1092,3 +1092,54 @@ fn a_voter_behind_cannot_silence_a_member_it_does_not_know() {
         assert!(cluster.node(id).commit_offset() > offset, "node {id}");
     }
 }
+
+#[test]
+fn a_removed_learner_believes_the_notice_once_no_leader_reached_it() {
+    // A driver whose transport refuses non-members hands the refusal's
+    // notice to the core as a message; a learner never campaigns, so it
+    // believes one only after an election timeout without a leader.
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.add_node(4, Membership::default());
+    cluster
+        .node_mut(1)
+        .propose_membership(MembershipChange::AddLearner(4))
+        .unwrap();
+    cluster.run(1);
+    cluster.ticks(10);
+    assert!(cluster.node(4).membership().learners.contains(&4));
+    cluster.isolate(4);
+    cluster
+        .node_mut(1)
+        .propose_membership(MembershipChange::Remove(4))
+        .unwrap();
+    cluster.run(1);
+    cluster.ticks(5);
+    assert!(!cluster.node(1).membership().is_member(4));
+    // Just heard from the leader: not believed yet.
+    let fresh = notice_of(&cluster, 1);
+    cluster.node_mut(4).step(1, fresh);
+    assert!(!cluster.node(4).is_removed());
+    let election_ticks = cluster.node(4).config().election_ticks as usize;
+    for _ in 0..election_ticks {
+        cluster.tick(4);
+    }
+    let later = notice_of(&cluster, 1);
+    cluster.node_mut(4).step(1, later);
+    assert!(cluster.node(4).is_removed());
+    assert_eq!(cluster.node(4).leader(), None);
+    // A joining node (no configuration yet) is never told it was removed.
+    cluster.add_node(5, Membership::default());
+    for _ in 0..2 * election_ticks {
+        cluster.tick(5);
+    }
+    let to_joiner = notice_of(&cluster, 1);
+    cluster.node_mut(5).step(1, to_joiner);
+    assert!(!cluster.node(5).is_removed());
+}
+
+/// What voter `id` tells a non-member, as the message a driver steps.
+fn notice_of(cluster: &Cluster, id: u64) -> Message {
+    let notice = cluster.node(id).not_a_member_notice();
+    Message::NotAMember(notice.expect("a voter tells"))
+}

@@ -426,7 +426,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         uploads: UploadCache::new(cluster.upload_cache),
         max_payload: config.max_entry_size,
         tls: peer_tls,
-        accepted_generation: AtomicU64::new(0),
+        accepted_changes: watch::channel(()).0,
         not_a_member_notice: std::sync::Mutex::new(opened.raft.not_a_member_notice()),
     });
     let max_entries_bytes = opened.raft.config().max_message_entries_bytes();

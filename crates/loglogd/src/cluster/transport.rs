@@ -28,8 +28,8 @@
 //! accepts follow its configurations, latest and committed (a node added
 //! later is accepted once the config entry adding it is in this node's
 //! log, so "not a member" is retried at the normal pace; a member removed
-//! since its connection was accepted has the connection closed at its next
-//! frame, and its redial is refused with answer 6); a node with no
+//! since its connection was accepted has the connection closed at once,
+//! and its redial is refused with answer 6); a node with no
 //! configuration yet (one joining, before it has the log) accepts any id
 //! of its cluster.
 //!
@@ -130,9 +130,9 @@ pub(crate) struct Identity {
     pub cluster_id: String,
     /// Whom the peer listener accepts (kept current by the driver).
     pub accepted: RwLock<AcceptedPeers>,
-    /// Bumped by every change of `accepted`, so that open connections
-    /// re-check their peer cheaply.
-    pub accepted_generation: AtomicU64,
+    /// Notified of every change of `accepted`: open connections re-check
+    /// their peer.
+    pub accepted_changes: watch::Sender<()>,
     /// Bytes written to outbound peer connections since start.
     pub bytes_sent: AtomicU64,
     /// Payloads clients uploaded here (module `upload`).
@@ -166,7 +166,7 @@ impl Identity {
             .accepted
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = accepted;
-        self.accepted_generation.fetch_add(1, Ordering::Release);
+        self.accepted_changes.send_replace(());
     }
 
     /// Whether a peer admitted earlier is still a member (a joining node,
@@ -619,6 +619,37 @@ async fn receive_peer(
         .await
         .map_err(|_| "handshake timed out".to_string())??;
     tracing::info!(peer = from, %remote, "peer connected");
+    // A member removed since the handshake is closed on at once: it
+    // redials, and the refusal tells it (it never receives its removal).
+    tokio::select! {
+        result = receive_frames(stream, from, identity, events, inbound_bytes, max_entries_bytes) => result,
+        () = removed_from_configuration(identity, from) => Err(format!(
+            "node {from} is no longer in this node's configuration: closed"
+        )),
+    }
+}
+
+/// Resolves once `from` is no longer accepted by this node's listener.
+async fn removed_from_configuration(identity: &Identity, from: NodeId) {
+    // Subscribed before the check: a change in between still wakes us.
+    let mut changes = identity.accepted_changes.subscribe();
+    while identity.still_accepts(from) {
+        if changes.changed().await.is_err() {
+            // The identity is gone with the node: nothing to watch.
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Reads frames from an admitted peer and hands them to the driver.
+async fn receive_frames(
+    stream: Stream,
+    from: NodeId,
+    identity: &Arc<Identity>,
+    events: &mpsc::Sender<Event>,
+    inbound_bytes: &Arc<Semaphore>,
+    max_entries_bytes: u64,
+) -> Result<(), String> {
     let max_frame = max_frame_len(max_entries_bytes);
     // Appends (raw or by digest) from the leader are stepped in the order
     // they came: each waits for the one before it, which may be waiting
@@ -626,24 +657,12 @@ async fn receive_peer(
     let mut append_chain: Option<oneshot::Receiver<()>> = None;
     let chain_slots = Arc::new(Semaphore::new(MAX_WAITING_APPENDS));
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
-    let mut accepted_generation = identity.accepted_generation.load(Ordering::Acquire);
     loop {
         let len = match reader.read_u32_le().await {
             Ok(len) => u64::from(len),
             Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(error) => return Err(error.to_string()),
         };
-        // A member removed since the handshake is closed on: it redials,
-        // and the refusal tells it (it never receives its removal).
-        let generation = identity.accepted_generation.load(Ordering::Acquire);
-        if generation != accepted_generation {
-            accepted_generation = generation;
-            if !identity.still_accepts(from) {
-                return Err(format!(
-                    "node {from} is no longer in this node's configuration: closed"
-                ));
-            }
-        }
         if len > max_frame {
             return Err(format!(
                 "frame of {len} bytes exceeds the cap of {max_frame}"
