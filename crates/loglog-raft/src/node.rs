@@ -1036,7 +1036,8 @@ impl RaftNode {
         // (A node with no configuration yet is joining, not removed.)
         let learner = self.membership().learners.contains(&self.config.id);
         let leaderless = self.election_elapsed >= self.config.election_ticks;
-        if !campaigning && !(learner && leaderless) {
+        let believed = campaigning || (learner && leaderless);
+        if !believed {
             return;
         }
         if (notice.last_term, notice.last_offset) < (self.log.last_term(), self.log.end) {
