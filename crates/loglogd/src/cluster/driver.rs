@@ -428,6 +428,7 @@ pub(crate) async fn start(config: &Config, cluster: &ClusterConfig) -> Result<St
         tls: peer_tls,
         accepted_changes: watch::channel(()).0,
         not_a_member_notice: std::sync::Mutex::new(opened.raft.not_a_member_notice()),
+        refusals: std::sync::Mutex::new(transport::RefusalLog::default()),
     });
     let max_entries_bytes = opened.raft.config().max_message_entries_bytes();
     tokio::spawn(transport::serve_peers(

@@ -68,7 +68,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use loglog_raft::{Envelope, Message, NodeId, NotAMember, LARGE_ENTRY_BYTES};
@@ -111,6 +111,11 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// After a refused handshake (a misconfiguration), retry slowly.
 const BACKOFF_REFUSED: Duration = Duration::from_secs(5);
+/// Refused handshakes of one dialer id are logged at most this often.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// Dialer ids whose last logged refusal is remembered, at most (the
+/// oldest is forgotten first).
+const REFUSAL_LOG_IDS: usize = 64;
 /// Appends from one peer waiting (for their uploads, or for the append
 /// before them) at most; past it the connection is not read.
 const MAX_WAITING_APPENDS: usize = 256;
@@ -144,6 +149,8 @@ pub(crate) struct Identity {
     /// What the peer listener tells a dialer it refuses as not a member
     /// (the core's `not_a_member_notice`, kept current by the driver).
     pub not_a_member_notice: Mutex<Option<NotAMember>>,
+    /// When refusals were last logged, per dialer id.
+    pub refusals: Mutex<RefusalLog>,
 }
 
 impl Identity {
@@ -152,6 +159,14 @@ impl Identity {
             .not_a_member_notice
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = notice;
+    }
+
+    /// Whether to log a refused handshake of `from` now (see [`RefusalLog`]).
+    fn refusal_log(&self, from: NodeId) -> Option<u64> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .admit(from, Instant::now())
     }
 
     fn not_a_member_notice(&self) -> Option<NotAMember> {
@@ -615,9 +630,15 @@ async fn receive_peer(
     inbound_bytes: &Arc<Semaphore>,
     max_entries_bytes: u64,
 ) -> Result<(), String> {
-    let from = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(&mut stream, identity))
-        .await
-        .map_err(|_| "handshake timed out".to_string())??;
+    let handshake =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(&mut stream, identity));
+    let from = match handshake.await {
+        Ok(Ok(from)) => from,
+        // Logged where it was refused (at most once a minute per id).
+        Ok(Err(HandshakeEnd::Refused)) => return Ok(()),
+        Ok(Err(HandshakeEnd::Failed(reason))) => return Err(reason),
+        Err(_) => return Err("handshake timed out".to_string()),
+    };
     tracing::info!(peer = from, %remote, "peer connected");
     // A member removed since the handshake is closed on at once: it
     // redials, and the refusal tells it (it never receives its removal).
@@ -886,26 +907,24 @@ pub fn decode_peer_frame(
     Ok(envelope)
 }
 
-async fn accept_handshake(stream: &mut Stream, identity: &Identity) -> Result<NodeId, String> {
+async fn accept_handshake(
+    stream: &mut Stream,
+    identity: &Identity,
+) -> Result<NodeId, HandshakeEnd> {
+    let failed = |error: std::io::Error| HandshakeEnd::Failed(format!("handshake: {error}"));
     let mut fixed = [0u8; HANDSHAKE_FIXED_LEN];
-    stream
-        .read_exact(&mut fixed)
-        .await
-        .map_err(|error| format!("handshake: {error}"))?;
+    stream.read_exact(&mut fixed).await.map_err(failed)?;
     let refuse = |code: u8, reason: String| (code, reason);
     let verdict = decode_handshake_head(&fixed);
     let (from, to, id_len) = match verdict {
         Ok(fields) => fields,
         Err((code, reason)) => {
             drop(answer(stream, code).await);
-            return Err(reason);
+            return Err(HandshakeEnd::Failed(reason));
         }
     };
     let mut cluster_id = vec![0u8; id_len];
-    stream
-        .read_exact(&mut cluster_id)
-        .await
-        .map_err(|error| format!("handshake: {error}"))?;
+    stream.read_exact(&mut cluster_id).await.map_err(failed)?;
     let verdict = if cluster_id != identity.cluster_id.as_bytes() {
         Err(refuse(
             WRONG_CLUSTER,
@@ -926,26 +945,64 @@ async fn accept_handshake(stream: &mut Stream, identity: &Identity) -> Result<No
     } else {
         identity.admit(from, stream).map(|()| from)
     };
-    match verdict {
+    let (code, reason) = match verdict {
         Ok(from) => {
-            answer(stream, ACCEPTED)
-                .await
-                .map_err(|error| format!("handshake: {error}"))?;
-            Ok(from)
+            answer(stream, ACCEPTED).await.map_err(failed)?;
+            return Ok(from);
         }
-        Err((NOT_A_MEMBER, reason)) => {
-            tracing::error!(%reason, "peer handshake refused");
-            match identity.not_a_member_notice() {
-                Some(notice) => drop(answer_not_a_member(stream, notice).await),
-                None => drop(answer(stream, NOT_A_MEMBER).await),
+        Err(refusal) => refusal,
+    };
+    if let Some(unlogged) = identity.refusal_log(from) {
+        tracing::error!(%reason, refused_since_last_logged = unlogged, "peer handshake refused");
+    }
+    match (code, identity.not_a_member_notice()) {
+        (NOT_A_MEMBER, Some(notice)) => drop(answer_not_a_member(stream, notice).await),
+        _ => drop(answer(stream, code).await),
+    }
+    Err(HandshakeEnd::Refused)
+}
+
+/// Why an inbound handshake ended without a peer.
+enum HandshakeEnd {
+    /// Refused (and logged, at most once a minute per dialer id).
+    Refused,
+    /// Cut short or malformed.
+    Failed(String),
+}
+
+/// Remembers when a refusal of each dialer id was last logged: a removed or
+/// misconfigured node redials every few seconds for as long as it runs.
+#[derive(Debug, Default)]
+pub(crate) struct RefusalLog {
+    /// Dialer id -> when its refusal was last logged, and refusals since.
+    last: BTreeMap<NodeId, (Instant, u64)>,
+}
+
+impl RefusalLog {
+    /// Whether to log a refusal of `from` at `now`; if so, how many of its
+    /// refusals were not logged since the last one.
+    fn admit(&mut self, from: NodeId, now: Instant) -> Option<u64> {
+        if let Some((at, unlogged)) = self.last.get_mut(&from) {
+            if now.saturating_duration_since(*at) < REFUSAL_LOG_INTERVAL {
+                *unlogged += 1;
+                return None;
             }
-            Err(reason)
+            let since = *unlogged;
+            (*at, *unlogged) = (now, 0);
+            return Some(since);
         }
-        Err((code, reason)) => {
-            tracing::error!(%reason, "peer handshake refused");
-            drop(answer(stream, code).await);
-            Err(reason)
+        if self.last.len() >= REFUSAL_LOG_IDS {
+            let oldest = self
+                .last
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(&id, _)| id);
+            if let Some(oldest) = oldest {
+                self.last.remove(&oldest);
+            }
         }
+        self.last.insert(from, (now, 0));
+        Some(0)
     }
 }
 
@@ -979,4 +1036,38 @@ fn decode_notice(bytes: &[u8; NOTICE_LEN]) -> NotAMember {
 async fn answer(stream: &mut Stream, code: u8) -> std::io::Result<()> {
     stream.write_u8(code).await?;
     stream.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_of_one_id_are_logged_once_a_minute_with_the_count_between() {
+        let mut log = RefusalLog::default();
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        assert_eq!(log.admit(7, at(0)), Some(0), "the first is logged");
+        for seconds in [5, 10, 59] {
+            assert_eq!(log.admit(7, at(seconds)), None);
+        }
+        assert_eq!(log.admit(8, at(10)), Some(0), "each id on its own");
+        assert_eq!(log.admit(7, at(60)), Some(3), "then again, with the count");
+        assert_eq!(log.admit(7, at(61)), None);
+    }
+
+    #[test]
+    fn the_refusal_log_forgets_the_oldest_id_past_its_bound() {
+        let mut log = RefusalLog::default();
+        let start = Instant::now();
+        for id in 0..REFUSAL_LOG_IDS as u64 {
+            log.admit(id, start + Duration::from_millis(id));
+        }
+        let later = start + Duration::from_secs(1);
+        assert_eq!(log.admit(1_000, later), Some(0));
+        assert_eq!(log.last.len(), REFUSAL_LOG_IDS);
+        assert!(!log.last.contains_key(&0), "the oldest went");
+        assert_eq!(log.admit(0, later), Some(0), "so it is logged anew");
+        assert_eq!(log.admit(5, later), None, "the others are remembered");
+    }
 }
