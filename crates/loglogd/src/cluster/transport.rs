@@ -22,9 +22,10 @@
 //! `NotAMember` notice (term u32, last_offset u64, last_term u32), which
 //! the dialer's driver steps like a message (a removed node that never
 //! received its removal learns it so, and stops campaigning).
-//! A refused handshake is logged on both sides and the connection closed;
-//! the dialer retries with backoff (a misconfigured node keeps being
-//! refused, loudly, and never mixes its messages in). The members a node
+//! A refused handshake is logged on both sides (by the listener at most
+//! once a minute per dialer id, with the count of refusals between) and
+//! the connection closed; the dialer retries with backoff (a misconfigured
+//! node keeps being refused, loudly, and never mixes its messages in). The members a node
 //! accepts follow its configurations, latest and committed (a node added
 //! later is accepted once the config entry adding it is in this node's
 //! log, so "not a member" is retried at the normal pace; a member removed
