@@ -446,11 +446,7 @@ fn a_learner_catches_up_is_promoted_and_the_old_leader_can_leave() {
     assert!(cluster.node(4).membership().learners.contains(&4));
     assert_eq!(cluster.node(4).role(), Role::Follower);
 
-    cluster
-        .node_mut(1)
-        .propose_membership(MembershipChange::PromoteLearner(4))
-        .unwrap();
-    cluster.run(1);
+    cluster.change_membership(1, MembershipChange::PromoteLearner(4));
     cluster.ticks(5);
     let membership = cluster.node(2).membership().clone();
     assert_eq!(membership.voters, [1, 2, 3, 4].into());
@@ -458,11 +454,7 @@ fn a_learner_catches_up_is_promoted_and_the_old_leader_can_leave() {
 
     // The leader removes itself: it leads until that commits, then steps
     // down, and the rest elect a new leader.
-    cluster
-        .node_mut(1)
-        .propose_membership(MembershipChange::Remove(1))
-        .unwrap();
-    cluster.run(1);
+    cluster.change_membership(1, MembershipChange::Remove(1));
     cluster.ticks(5);
     assert_eq!(cluster.node(1).role(), Role::Follower);
     cluster.ticks(60);
@@ -480,11 +472,7 @@ fn a_learner_never_campaigns() {
     let mut cluster = Cluster::new(&[1, 2, 3]);
     cluster.elect(1);
     cluster.add_node(4, Membership::default());
-    cluster
-        .node_mut(1)
-        .propose_membership(MembershipChange::AddLearner(4))
-        .unwrap();
-    cluster.run(1);
+    cluster.change_membership(1, MembershipChange::AddLearner(4));
     cluster.ticks(5);
     cluster.isolate(4);
     cluster.ticks(100);
@@ -632,11 +620,7 @@ fn a_voter_with_its_own_uncommitted_removal_can_still_campaign() {
     cluster.ticks(2);
     cluster.crash(4);
     cluster.isolate(1);
-    cluster
-        .node_mut(1)
-        .propose_membership(MembershipChange::Remove(1))
-        .unwrap();
-    cluster.run(1);
+    cluster.change_membership(1, MembershipChange::Remove(1));
     let election_ticks = cluster.node(1).config().election_ticks as usize;
     cluster.ticks(2 * election_ticks);
     assert_eq!(cluster.node(1).role(), Role::Follower, "check-quorum");
@@ -806,11 +790,7 @@ fn a_node_seeded_from_a_checkpoint_catches_up_from_there() {
     for i in 0..5u8 {
         cluster.propose(1, &[i; 10]);
     }
-    cluster
-        .node_mut(1)
-        .propose_membership(MembershipChange::AddLearner(4))
-        .unwrap();
-    cluster.run(1);
+    cluster.change_membership(1, MembershipChange::AddLearner(4));
     cluster.ticks(5);
     let end = cluster.node(1).end_offset();
     assert_eq!(cluster.node(4).commit_offset(), end);
@@ -819,11 +799,7 @@ fn a_node_seeded_from_a_checkpoint_catches_up_from_there() {
         &cluster.log(1)[start as usize..]
     );
 
-    cluster
-        .node_mut(1)
-        .propose_membership(MembershipChange::PromoteLearner(4))
-        .unwrap();
-    cluster.run(1);
+    cluster.change_membership(1, MembershipChange::PromoteLearner(4));
     cluster.ticks(3);
     cluster.node_mut(1).transfer_leadership(4).unwrap();
     cluster.run(1);
@@ -836,11 +812,7 @@ fn a_node_seeded_from_a_checkpoint_catches_up_from_there() {
     // A node that needs bytes below node 4's start gets its checkpoint
     // instead (InstallSnapshot) and catches up from there.
     cluster.add_node(5, Membership::default());
-    cluster
-        .node_mut(4)
-        .propose_membership(MembershipChange::AddLearner(5))
-        .unwrap();
-    cluster.run(4);
+    cluster.change_membership(4, MembershipChange::AddLearner(5));
     cluster.ticks(10);
     assert_eq!(cluster.nodes[&5].resets, vec![start]);
     assert_eq!(cluster.node(5).log_start(), start);
@@ -959,11 +931,7 @@ fn member_addresses_travel_in_config_entries() {
         assert_eq!(membership.address(9), None);
     }
     // A later change without addresses keeps them; the checkpoint has them.
-    cluster
-        .node_mut(1)
-        .propose_membership(MembershipChange::PromoteLearner(4))
-        .unwrap();
-    cluster.run(1);
+    cluster.change_membership(1, MembershipChange::PromoteLearner(4));
     cluster.ticks(5);
     let checkpoint = cluster.node(4).checkpoint();
     assert!(checkpoint.membership.voters.contains(&4));
@@ -992,11 +960,7 @@ fn a_removed_voter_learns_it_from_the_voters_and_stops_campaigning() {
     cluster.elect(1);
     // Node 3 is cut off while its removal commits, so it never sees it.
     cluster.isolate(3);
-    cluster
-        .node_mut(1)
-        .propose_membership(MembershipChange::Remove(3))
-        .unwrap();
-    cluster.run(1);
+    cluster.change_membership(1, MembershipChange::Remove(3));
     cluster.ticks(5);
     assert_eq!(cluster.node(1).membership().voters, [1, 2].into());
     assert!(cluster.node(2).commit_offset() >= cluster.node(1).commit_offset());
@@ -1033,11 +997,7 @@ fn a_removed_voter_learns_it_from_the_voters_and_stops_campaigning() {
     cluster.ticks(3);
 
     // Added again, a leader reaches it: it is a member, not removed.
-    cluster
-        .node_mut(1)
-        .propose_membership(MembershipChange::AddLearner(3))
-        .unwrap();
-    cluster.run(1);
+    cluster.change_membership(1, MembershipChange::AddLearner(3));
     cluster.ticks(10);
     assert!(!cluster.node(3).is_removed());
     assert_eq!(cluster.log(3), cluster.log(1));
@@ -1053,17 +1013,9 @@ fn a_voter_behind_cannot_silence_a_member_it_does_not_know() {
     cluster.elect(1);
     cluster.isolate(3);
     cluster.add_node(4, Membership::default());
-    cluster
-        .node_mut(1)
-        .propose_membership(MembershipChange::AddLearner(4))
-        .unwrap();
-    cluster.run(1);
+    cluster.change_membership(1, MembershipChange::AddLearner(4));
     cluster.ticks(10);
-    cluster
-        .node_mut(1)
-        .propose_membership(MembershipChange::PromoteLearner(4))
-        .unwrap();
-    cluster.run(1);
+    cluster.change_membership(1, MembershipChange::PromoteLearner(4));
     cluster.ticks(10);
     assert_eq!(cluster.node(4).membership().voters, [1, 2, 3, 4].into());
     assert_eq!(cluster.node(3).membership().voters, [1, 2, 3].into());
@@ -1101,19 +1053,11 @@ fn a_removed_learner_believes_the_notice_once_no_leader_reached_it() {
     let mut cluster = Cluster::new(&[1, 2, 3]);
     cluster.elect(1);
     cluster.add_node(4, Membership::default());
-    cluster
-        .node_mut(1)
-        .propose_membership(MembershipChange::AddLearner(4))
-        .unwrap();
-    cluster.run(1);
+    cluster.change_membership(1, MembershipChange::AddLearner(4));
     cluster.ticks(10);
     assert!(cluster.node(4).membership().learners.contains(&4));
     cluster.isolate(4);
-    cluster
-        .node_mut(1)
-        .propose_membership(MembershipChange::Remove(4))
-        .unwrap();
-    cluster.run(1);
+    cluster.change_membership(1, MembershipChange::Remove(4));
     cluster.ticks(5);
     assert!(!cluster.node(1).membership().is_member(4));
     // Just heard from the leader: not believed yet.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use loglog_proto::entry::EntryIter;
 use loglog_raft::{
     Action, Checkpoint, Config, Envelope, HardState, LogRead, LogReadError, LogScan, Membership,
-    Message, NodeId, RaftNode, Role, Term, WriteId,
+    MembershipChange, Message, NodeId, RaftNode, Role, Term, WriteId,
 };
 
 /// A log in memory: the bytes, and the offset it starts at (below it the
@@ -373,6 +373,14 @@ impl Cluster {
         let offset = self.node_mut(id).propose(payload).expect("leader accepts");
         self.run(id);
         offset
+    }
+
+    /// A membership change through leader `id`, which must accept it.
+    pub fn change_membership(&mut self, id: NodeId, change: MembershipChange) {
+        self.node_mut(id)
+            .propose_membership(change)
+            .expect("the leader accepts the change");
+        self.run(id);
     }
 
     /// Cuts `id` off from every other node, both ways.
